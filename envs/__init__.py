@@ -1,0 +1,45 @@
+"""peergrid environments: the batched P2P energy-trading core and its wrappers.
+
+- :func:`make_batched_env`: the batched torch core (``envs.core.BatchedP2PEnv``);
+- :func:`make_env`: one community as a PettingZoo ``ParallelEnv``;
+- :func:`make_vec_env`: a stable-baselines3 ``VecEnv`` of every (env, agent) pair.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from envs.config import ConfigError, EnvConfig, env_config
+
+__all__ = ["ConfigError", "EnvConfig", "env_config", "make_batched_env", "make_env",
+           "make_vec_env"]
+
+ConfigSource = str | Path | dict[str, Any] | EnvConfig | None
+
+
+def make_batched_env(config: ConfigSource = None, n_envs: int | None = None,
+                     device: str | None = None, **overrides: Any):
+    """The batched core over ``n_envs`` environments (default: the config's ``n_envs``)."""
+    from envs.core import BatchedP2PEnv
+
+    if n_envs is not None:
+        overrides["n_envs"] = n_envs
+    if device is not None:
+        overrides["device"] = device
+    return BatchedP2PEnv(env_config(config, **overrides))
+
+
+def make_env(config: ConfigSource = None, render_mode: str | None = None, **overrides: Any):
+    """One community as a PettingZoo ``ParallelEnv`` (``envs.pettingzoo_env``)."""
+    from envs.pettingzoo_env import P2PParallelEnv
+
+    return P2PParallelEnv(env_config(config, **overrides), render_mode=render_mode)
+
+
+def make_vec_env(config: ConfigSource = None, n_envs: int | None = None,
+                 device: str | None = None, **overrides: Any):
+    """A stable-baselines3 ``VecEnv`` with one sub-environment per (env, agent) pair."""
+    from envs.sb3_vec_env import SB3VecEnv
+
+    return SB3VecEnv(make_batched_env(config, n_envs=n_envs, device=device, **overrides))

@@ -1,0 +1,458 @@
+"""Typed, validated configuration for the peergrid environment.
+
+YAML holds the values, these dataclasses hold the types, defaults and allowed ranges. A config
+is built with :func:`build_config` from a YAML path, a nested dict or ``None`` (the defaults),
+plus optional dotted overrides (``{"mechanism": "mmr"}``). Unknown keys, wrong types and
+out-of-range values raise one :class:`ConfigError` that names the full key and what is allowed;
+nothing is silently ignored or rewritten after construction.
+
+The same machinery (:func:`from_dict`, :func:`apply_overrides`) types the agents' configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of range."""
+
+
+def check(condition: bool, key: str, allowed: str, value: Any) -> None:
+    """Raise :class:`ConfigError` naming ``key`` and what is allowed unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"config key '{key}': got {value!r}; allowed: {allowed}")
+
+
+# --------------------------------------------------------------------------------------------
+# Environment config sections
+# --------------------------------------------------------------------------------------------
+
+FEEDERS = (
+    "1-LV-rural1--0-sw",
+    "1-LV-semiurb4--0-sw",
+    "1-LV-urban6--0-sw",
+    "case33bw",
+    "synthetic",
+)
+
+
+@dataclass(frozen=True)
+class CommunityConfig:
+    """Which feeder and profiles, and who owns PV and batteries."""
+
+    feeder: str = "1-LV-rural1--0-sw"
+    """One of FEEDERS: a SimBench LV feeder code, pandapower's ``case33bw``, or ``synthetic``."""
+    n_agents: int | None = None
+    """Number of prosumers of the ``synthetic`` community (default 10). Real feeders have one
+    agent per load, so setting it for them is an error."""
+    pv_share: float = 0.6
+    """Fraction of agents with rooftop PV, chosen at random (seeded)."""
+    battery_share: float = 0.4
+    """Fraction of agents with a battery, chosen at random among all agents (seeded)."""
+    pv_kwp_per_mwh: float = 1.0
+    """Installed PV (kWp) per MWh of the agent's annual consumption."""
+    battery_kwh_per_mwh: float = 1.0
+    """Battery capacity (kWh) per MWh of the agent's annual consumption."""
+    battery_c_rate: float = 0.5
+    """Battery charge and discharge power limit (kW) per kWh of capacity."""
+    seed: int = 0
+    """Seed of the asset allocation and of the synthetic profiles."""
+
+    def __post_init__(self) -> None:
+        check(self.feeder in FEEDERS, "feeder", f"one of {FEEDERS}", self.feeder)
+        if self.feeder == "synthetic":
+            check(self.n_agents is None or self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+        else:
+            check(self.n_agents is None, "n_agents",
+                  "null for a real feeder (one agent per load); set only for 'synthetic'",
+                  self.n_agents)
+        for name in ("pv_share", "battery_share"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, f"{name}", "a fraction in [0, 1]", value)
+        for name in ("pv_kwp_per_mwh", "battery_kwh_per_mwh"):
+            value = getattr(self, name)
+            check(value >= 0.0, f"{name}", ">= 0", value)
+        check(self.battery_c_rate > 0.0, "battery_c_rate", "> 0", self.battery_c_rate)
+
+
+@dataclass(frozen=True)
+class BatteryConfig:
+    """Battery physics shared by every battery of the community."""
+
+    charge_efficiency: float = 0.95
+    """Fraction of the AC energy drawn while charging that reaches the cells, in (0, 1]."""
+    discharge_efficiency: float = 0.95
+    """Fraction of the energy leaving the cells that reaches the AC side, in (0, 1]."""
+    soc_min: float = 0.1
+    """Lowest state of charge, as a fraction of capacity."""
+    soc_max: float = 0.9
+    """Highest state of charge, as a fraction of capacity."""
+    initial_soc: float = 0.5
+    """State of charge at the start of every episode, as a fraction of capacity."""
+    degradation_cost: float = 0.02
+    """Cost per kWh of AC-side throughput (charge + discharge), currency/kWh."""
+
+    def __post_init__(self) -> None:
+        for name in ("charge_efficiency", "discharge_efficiency"):
+            value = getattr(self, name)
+            check(0.0 < value <= 1.0, f"{name}", "a value in (0, 1]", value)
+        check(0.0 <= self.soc_min < self.soc_max <= 1.0, "soc_min",
+              "0 <= soc_min < soc_max <= 1", (self.soc_min, self.soc_max))
+        check(self.soc_min <= self.initial_soc <= self.soc_max, "initial_soc",
+              f"a fraction in [soc_min, soc_max] = [{self.soc_min}, {self.soc_max}]",
+              self.initial_soc)
+        check(self.degradation_cost >= 0.0, "degradation_cost", ">= 0",
+              self.degradation_cost)
+
+
+@dataclass(frozen=True)
+class TariffConfig:
+    """Grid tariffs: retail (import) and feed-in (export) prices, currency/kWh."""
+
+    retail: float = 0.30
+    """Flat retail price, currency/kWh (used when ``retail_tou`` is null)."""
+    feed_in: float = 0.08
+    """Flat feed-in price, currency/kWh (used when ``feed_in_tou`` is null)."""
+    retail_tou: list[float] | None = None
+    """Time-of-use retail price: 24 hourly values, currency/kWh, or null for flat."""
+    feed_in_tou: list[float] | None = None
+    """Time-of-use feed-in price: 24 hourly values, currency/kWh, or null for flat."""
+
+    def __post_init__(self) -> None:
+        for name in ("retail_tou", "feed_in_tou"):
+            value = getattr(self, name)
+            if value is not None:
+                check(len(value) == 24, f"{name}", "a list of 24 hourly prices", value)
+        retail = self.retail_tou if self.retail_tou is not None else [self.retail] * 24
+        feed_in = self.feed_in_tou if self.feed_in_tou is not None else [self.feed_in] * 24
+        check(all(r >= f for r, f in zip(retail, feed_in, strict=True)), "retail",
+              "retail >= feed-in in every hour", {"retail": retail, "feed_in": feed_in})
+        check(min(feed_in) >= 0.0, "feed_in", ">= 0", feed_in)
+
+    def hourly(self) -> tuple[list[float], list[float]]:
+        """The (retail, feed-in) price of each hour of the day, currency/kWh."""
+        retail = self.retail_tou if self.retail_tou is not None else [self.retail] * 24
+        feed_in = self.feed_in_tou if self.feed_in_tou is not None else [self.feed_in] * 24
+        return list(retail), list(feed_in)
+
+
+MECHANISM_NAMES = ("uniform", "pay_as_bid", "mcafee", "mmr", "bill_sharing", "sdr", "none")
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """The P2P market mechanism (see ``envs.market``)."""
+
+    mechanism: str = "uniform"
+    """One of uniform, pay_as_bid, mcafee, mmr, bill_sharing, sdr, none."""
+    k: float = 0.5
+    """k of the k-double auction: price = ask + k * (bid - ask), in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        check(self.mechanism in MECHANISM_NAMES, "mechanism",
+              f"one of {MECHANISM_NAMES}", self.mechanism)
+        check(0.0 <= self.k <= 1.0, "k", "a value in [0, 1]", self.k)
+
+
+NETWORK_MODELS = ("zbus", "ac", "none")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Distribution-network model and penalties (see ``envs.network``)."""
+
+    model: str = "zbus"
+    """``zbus`` (batched fixed-point AC power flow in torch), ``ac`` (pandapower runpp per
+    environment and step: exact and slow), or ``none``."""
+    v_min: float = 0.95
+    """Lowest allowed bus voltage, p.u."""
+    v_max: float = 1.05
+    """Highest allowed bus voltage, p.u."""
+    voltage_penalty: float = 100.0
+    """Penalty per p.u. of voltage outside [v_min, v_max], summed over buses, currency/step."""
+    line_penalty: float = 1.0
+    """Penalty per 100 percentage points of line or transformer loading above 100%,
+    currency/step."""
+    iterations: int = 4
+    """Fixed-point iterations of the ``zbus`` solver per step."""
+
+    def __post_init__(self) -> None:
+        check(self.model in NETWORK_MODELS, "model", f"one of {NETWORK_MODELS}",
+              self.model)
+        check(0.0 < self.v_min < 1.0 < self.v_max, "v_min",
+              "0 < v_min < 1 < v_max", (self.v_min, self.v_max))
+        check(self.voltage_penalty >= 0.0, "voltage_penalty", ">= 0",
+              self.voltage_penalty)
+        check(self.line_penalty >= 0.0, "line_penalty", ">= 0", self.line_penalty)
+        check(1 <= self.iterations <= 50, "iterations", "an integer in [1, 50]",
+              self.iterations)
+
+
+ACTION_TYPES = ("continuous", "discrete")
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    """Each agent's action: battery power and bid/ask price."""
+
+    type: str = "continuous"
+    """``continuous``: Box [battery fraction in [-1, 1], price fraction in [0, 1]];
+    ``discrete``: index into battery_levels x price_levels."""
+    battery_levels: int = 5
+    """Discrete battery levels, evenly spaced over [-1, 1] of the power limit."""
+    price_levels: int = 5
+    """Discrete price levels, evenly spaced over [feed-in, retail]."""
+
+    def __post_init__(self) -> None:
+        check(self.type in ACTION_TYPES, "type", f"one of {ACTION_TYPES}", self.type)
+        check(self.battery_levels >= 2, "battery_levels", ">= 2", self.battery_levels)
+        check(self.price_levels >= 2, "price_levels", ">= 2", self.price_levels)
+
+
+@dataclass(frozen=True)
+class ObservationConfig:
+    """What each agent observes (see ``envs.observations``)."""
+
+    forecast_steps: int = 0
+    """Further steps of own load and PV observed beyond the step being traded (0 = none)."""
+    forecast_noise: float = 0.0
+    """Relative std of multiplicative Gaussian noise on the observed load and PV of the step
+    being traded and of the forecasts (0 = exact)."""
+    include_voltage: bool = False
+    """Add the agent's own bus voltage of the last step (p.u. - 1) to its observation."""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.forecast_steps <= 96, "forecast_steps",
+              "an integer in [0, 96]", self.forecast_steps)
+        check(self.forecast_noise >= 0.0, "forecast_noise", ">= 0",
+              self.forecast_noise)
+
+
+DAY_SPLITS = ("train", "test", "all")
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """Episode length and the train/test split of days."""
+
+    days: str = "train"
+    """Which days episodes start on: ``train``, ``test`` or ``all``."""
+    test_every: int = 7
+    """Every ``test_every``-th day of the year (day index % test_every == test_every - 1) is a
+    test day; 0 makes every day a training day."""
+
+    def __post_init__(self) -> None:
+        check(self.days in DAY_SPLITS, "days", f"one of {DAY_SPLITS}", self.days)
+        check(self.test_every == 0 or self.test_every >= 2, "test_every",
+              "0 (no test days) or an integer >= 2", self.test_every)
+
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The whole environment: community, physics, market, network, spaces and batch."""
+
+    community: CommunityConfig = field(default_factory=CommunityConfig)
+    battery: BatteryConfig = field(default_factory=BatteryConfig)
+    tariff: TariffConfig = field(default_factory=TariffConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+    observation: ObservationConfig = field(default_factory=ObservationConfig)
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    reward_scale: float = 1.0
+    """Rewards are minus money (payment + degradation + penalty) times this scale."""
+    n_envs: int = 1
+    """Number of environments stepped together by the batched core."""
+    device: str = "cpu"
+    """Torch device of the core's tensors."""
+    dtype: str = "float32"
+    """Torch dtype of the core's tensors: float32 or float64."""
+    seed: int = 0
+    """Base seed: environment b uses seed + b."""
+
+    def __post_init__(self) -> None:
+        check(self.reward_scale > 0.0, "reward_scale", "> 0", self.reward_scale)
+        check(self.n_envs >= 1, "n_envs", ">= 1", self.n_envs)
+        check(self.dtype in DTYPES, "dtype", f"one of {DTYPES}", self.dtype)
+        check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+              "cpu, cuda, cuda:N or mps", self.device)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic strict loading
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(error)
+        raise ConfigError(f"config key '{key}': got {value!r}; allowed: {_type_name(tp)}")
+    if tp is type(None):
+        check(value is None, key, "null", value)
+        return None
+    if origin is Literal:
+        check(value in get_args(tp), key, f"one of {get_args(tp)}", value)
+        return value
+    if origin is list:
+        check(isinstance(value, list | tuple), key, f"a list ({_type_name(tp)})", value)
+        (item_type,) = get_args(tp)
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        check(isinstance(value, dict), key, f"a mapping of {tp.__name__} fields", value)
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is float:
+        check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
+              value)
+        return float(value)
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        return value
+    if tp is bool:
+        check(isinstance(value, bool), key, "true or false", value)
+        return value
+    if tp is str:
+        check(isinstance(value, str), key, "a string", value)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for config key '{key}'")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
+
+    Errors raised by the dataclass's own range checks are re-raised with the full dotted key.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a "
+                          f"mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; allowed keys in "
+                          f"'{prefix.rstrip('.') or '<root>'}': {', '.join(names)}")
+    kwargs = {name: _coerce(data[name], hints[name], prefix + name) for name in names
+              if name in data}
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        message = str(error)
+        marker = "config key '"
+        if prefix and message.startswith(marker):
+            message = marker + prefix + message[len(marker):]
+        raise ConfigError(message) from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as a plain nested dict (what is logged is what ran)."""
+    return dataclasses.asdict(config)
+
+
+def _parse_override_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] | None
+                    ) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied.
+
+    ``overrides`` is a dict ``{"mechanism": "mmr"}`` or a list of ``key=value``
+    strings (values parsed as YAML). Missing intermediate sections are created; unknown keys
+    are caught later by :func:`from_dict`.
+    """
+    import copy
+
+    result = copy.deepcopy(data)
+    if not overrides:
+        return result
+    if isinstance(overrides, list | tuple):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}': expected key=value")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = _parse_override_value(value)
+        overrides = pairs
+    for dotted, value in overrides.items():
+        node = result
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a config section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` (an empty file is an empty mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    with path.open() as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[T], source: str | Path | dict[str, Any] | T | None = None,
+                 overrides: dict[str, Any] | list[str] | None = None) -> T:
+    """Build config ``cls`` from a YAML path, a dict, an instance or None, plus overrides."""
+    if isinstance(source, cls):
+        data = to_dict(source)
+    elif source is None:
+        data = {}
+    elif isinstance(source, dict):
+        data = source
+    elif isinstance(source, str | Path):
+        data = load_yaml(source)
+    else:
+        raise ConfigError(f"config must be a YAML path, a dict, a {cls.__name__} or None; "
+                          f"got {type(source).__name__}")
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def env_config(source: str | Path | dict[str, Any] | EnvConfig | None = None,
+               **overrides: Any) -> EnvConfig:
+    """The environment config from ``source`` with keyword overrides.
+
+    Overrides are top-level values (``n_envs=64``), section dicts merged into their section
+    (``market={"mechanism": "mmr"}``), or dotted keys (``**{"market.k": 0.3}``).
+    """
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    return build_config(EnvConfig, source, flat)

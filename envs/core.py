@@ -1,0 +1,365 @@
+"""The batched core: B peer-to-peer energy communities of N prosumers stepped at once in torch.
+
+Every tensor has the batch dimension first and lives on the core's device; there is no Python
+loop over environments or agents in ``reset`` or ``step``. One step is 15 minutes:
+
+1. each agent's action sets its battery power (fraction of its power limit) and the price it
+   bids or asks (fraction of the band [feed-in, retail]);
+2. the battery is driven within its physical limits (``envs.physics``); the cut is reported;
+3. the agent's net position ``load - PV + battery charge`` (kWh, > 0 buys) is cleared in the
+   P2P market (``envs.market``), the rest settles with the grid;
+4. the network model (``envs.network``) computes voltages, loadings and losses, and shares
+   the penalties of limit violations among the agents that caused them;
+5. reward = -(payment + battery degradation + network penalty) * reward_scale.
+
+Episodes are one day (96 steps) starting at a day drawn from the configured split; finished
+environments are reset automatically (the last observation is in ``info["final_observation"]``).
+Environment b draws its random numbers from its own counter-based stream keyed by
+``seed + b`` (``envs.rng``), so a batch of B environments reproduces B single environments
+with the same seeds exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from envs import market, observations, physics, rng
+from envs.config import EnvConfig
+from envs.data import (
+    DAYS_PER_YEAR,
+    START_WEEKDAY,
+    STEP_HOURS,
+    STEPS_PER_DAY,
+    STEPS_PER_YEAR,
+    Assets,
+    FeederData,
+    build_assets,
+    day_split,
+    load_feeder,
+)
+
+# Random streams (see envs.rng): one per use, so draws never collide.
+_STREAM_START_DAY = 1
+_STREAM_LOAD_NOISE = 2
+_STREAM_PV_NOISE = 3
+
+
+class BatchedP2PEnv:
+    """B environments of N prosumers trading in a P2P market, stepped together.
+
+    Args:
+        config: the validated environment config (``envs.config.EnvConfig``).
+        data: feeder profiles (loaded from ``config.community`` when None).
+
+    Shapes: observations ``[B, N, obs_dim]`` float, rewards ``[B, N]``, terminated and
+    truncated ``[B]`` bool, state ``[B, state_dim]``; continuous actions ``[B, N, 2]`` in
+    [-1, 1] x [0, 1], discrete actions ``[B, N]`` int64 in [0, battery_levels * price_levels).
+    """
+
+    def __init__(self, config: EnvConfig, data: FeederData | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = getattr(torch, config.dtype)
+        community = config.community
+        if data is None:
+            data = load_feeder(community.feeder, n_agents=community.n_agents,
+                               seed=community.seed)
+        self.data = data
+        self.assets: Assets = build_assets(data, community)
+        self.n_envs = config.n_envs
+        self.n_agents = data.n_agents
+        self.agent_names = data.agent_names
+        self.obs_dim = observations.obs_dim(config.observation)
+        self.state_dim = observations.state_dim(self.n_agents)
+        self.feature_names = observations.feature_names(config.observation)
+        self.episode_steps = STEPS_PER_DAY
+        self.dt_h = STEP_HOURS
+
+        def tensor(array: Any, dtype: torch.dtype | None = None) -> Tensor:
+            return torch.as_tensor(np.asarray(array), dtype=dtype or self.dtype,
+                                   device=self.device)
+
+        self.load_kw = tensor(data.load_kw)
+        self.load_kvar = tensor(data.load_kvar)
+        self.pv_kwp = tensor(self.assets.pv_kwp)
+        self.pv_kw = physics.pv_power_kw(tensor(data.pv_kw_per_kwp), self.pv_kwp)
+        self.capacity_kwh = tensor(self.assets.battery_kwh)
+        self.battery_kw = tensor(self.assets.battery_kw)
+        self.peak_load_kw = self.load_kw.max(dim=0).values.clamp_min(1e-6)
+
+        retail, feed_in = config.tariff.hourly()
+        hour_of_step = np.arange(STEPS_PER_DAY) // 4
+        self.retail_price = tensor(np.asarray(retail)[hour_of_step])
+        self.feed_in_price = tensor(np.asarray(feed_in)[hour_of_step])
+        self.price_scale = float(max(retail))
+
+        train_days, test_days = day_split(config.episode.test_every)
+        split = {"train": train_days, "test": test_days,
+                 "all": np.arange(DAYS_PER_YEAR)}[config.episode.days]
+        if len(split) == 0:
+            raise ValueError(f"episode.days={config.episode.days!r} selects no day with "
+                             f"episode.test_every={config.episode.test_every}")
+        self.start_days = tensor(split, torch.int64)
+
+        b, n = self.n_envs, self.n_agents
+        self.env_seed = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.episode_count = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.day = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.step_of_day = torch.zeros(b, dtype=torch.int64, device=self.device)
+        self.soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
+        self.last_price = torch.zeros(b, dtype=self.dtype, device=self.device)
+        self.last_voltage = torch.ones(b, n, dtype=self.dtype, device=self.device)
+        self._agent_index = torch.arange(n, device=self.device)
+
+        levels = config.action
+        self._battery_levels = torch.linspace(-1.0, 1.0, levels.battery_levels,
+                                              dtype=self.dtype, device=self.device)
+        self._price_levels = torch.linspace(0.0, 1.0, levels.price_levels, dtype=self.dtype,
+                                            device=self.device)
+        self.n_discrete_actions = levels.battery_levels * levels.price_levels
+
+        from envs.grid import make_network
+
+        self.network = make_network(config.network, data, self.device, self.dtype)
+        self._seeded = False
+
+    # ----------------------------------------------------------------------------------------
+    # Reset
+    # ----------------------------------------------------------------------------------------
+
+    def seed(self, seed: int) -> None:
+        """Seed every environment: environment b gets ``seed + b``, episodes count from 0."""
+        self.env_seed = seed + torch.arange(self.n_envs, dtype=torch.int64,
+                                            device=self.device)
+        self.episode_count.zero_()
+        self._seeded = True
+
+    def reset(self, seed: int | None = None, env_index: int | Tensor | None = None
+              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Start new episodes in all environments, or only those in ``env_index``.
+
+        With ``seed``, all environments are reseeded first (see :meth:`seed`); without one an
+        unseeded core uses ``config.seed``. Returns ``(observations, info)``.
+        """
+        if seed is not None:
+            self.seed(seed)
+        elif not self._seeded:
+            self.seed(self.config.seed)
+        mask = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
+        if env_index is not None:
+            mask = torch.zeros_like(mask)
+            mask[torch.as_tensor(env_index, device=self.device)] = True
+        self._reset_where(mask)
+        return self.observe(), {"day": self.day.clone()}
+
+    def _reset_where(self, mask: Tensor) -> None:
+        """Reset the environments where ``mask [B]`` is True (no Python loop)."""
+        u = rng.uniform(self.env_seed, self.episode_count, _STREAM_START_DAY, (),
+                        torch.float64)
+        pick = (u * len(self.start_days)).long().clamp_max(len(self.start_days) - 1)
+        day = self.start_days[pick]
+        self.day = torch.where(mask, day, self.day)
+        self.step_of_day = torch.where(mask, torch.zeros_like(self.step_of_day),
+                                       self.step_of_day)
+        initial = self.config.battery.initial_soc * self.capacity_kwh
+        self.soc_kwh = torch.where(mask[:, None], initial.expand_as(self.soc_kwh),
+                                   self.soc_kwh)
+        midpoint = 0.5 * (self.retail_price[0] + self.feed_in_price[0])
+        self.last_price = torch.where(mask, midpoint, self.last_price)
+        self.last_voltage = torch.where(mask[:, None], torch.ones_like(self.last_voltage),
+                                        self.last_voltage)
+        self.episode_count = self.episode_count + mask.long()
+
+    # ----------------------------------------------------------------------------------------
+    # Observations
+    # ----------------------------------------------------------------------------------------
+
+    def _time_index(self, offset: int = 0) -> Tensor:
+        """Index into the year of step ``step_of_day + offset`` of each env's day, [B]."""
+        return (self.day * STEPS_PER_DAY + self.step_of_day + offset) % STEPS_PER_YEAR
+
+    def _time_features(self) -> Tensor:
+        """[B, 4]: sin/cos of the time of day and of the weekday."""
+        step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1).to(self.dtype)
+        weekday = ((self.day + START_WEEKDAY) % 7).to(self.dtype)
+        tod = 2 * math.pi * step / STEPS_PER_DAY
+        dow = 2 * math.pi * weekday / 7
+        return torch.stack([tod.sin(), tod.cos(), dow.sin(), dow.cos()], dim=1)
+
+    def _tariffs_now(self) -> tuple[Tensor, Tensor]:
+        step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1)
+        return self.retail_price[step], self.feed_in_price[step]
+
+    def observe(self) -> Tensor:
+        """Local observations ``[B, N, obs_dim]`` (layout in ``envs.observations``)."""
+        cfg = self.config.observation
+        b, n = self.n_envs, self.n_agents
+        steps = cfg.forecast_steps + 1
+        offsets = torch.arange(steps, device=self.device)
+        index = (self._time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR  # [B, S]
+        load = self.load_kw[index] / self.peak_load_kw  # [B, S, N]
+        pv = self.pv_kw[index] / self.peak_load_kw
+        if cfg.forecast_noise > 0.0:
+            counter = self.episode_count * 1000 + self.step_of_day
+            shape = (steps, n)
+            load = physics.noisy(load, cfg.forecast_noise,
+                                 rng.normal(self.env_seed, counter, _STREAM_LOAD_NOISE, shape,
+                                            self.dtype))
+            pv = physics.noisy(pv, cfg.forecast_noise,
+                               rng.normal(self.env_seed, counter, _STREAM_PV_NOISE, shape,
+                                          self.dtype))
+        profile = torch.stack([load, pv], dim=-1).permute(0, 2, 1, 3).reshape(b, n, 2 * steps)
+        soc = torch.where(self.capacity_kwh > 0, self.soc_kwh / self.capacity_kwh.clamp_min(
+            1e-9), torch.zeros_like(self.soc_kwh))
+        sizes = torch.stack([self.pv_kwp, self.capacity_kwh], dim=1) / self.peak_load_kw[:, None]
+        retail, feed_in = self._tariffs_now()
+        shared = torch.cat([
+            self._time_features(),
+            torch.stack([retail, feed_in, self.last_price], dim=1) / self.price_scale,
+        ], dim=1)  # [B, 7]
+        parts = [profile, soc[..., None], sizes.expand(b, n, 2),
+                 shared[:, None, :].expand(b, n, shared.shape[1])]
+        if cfg.include_voltage:
+            parts.append(((self.last_voltage - 1.0) * 10.0)[..., None])
+        return torch.cat(parts, dim=-1)
+
+    def state(self) -> Tensor:
+        """Global state ``[B, 3 N + 7]`` for centralised critics (true load, PV, SoC of every
+        agent, then time features, tariffs and last price)."""
+        index = self._time_index()
+        load = self.load_kw[index] / self.peak_load_kw
+        pv = self.pv_kw[index] / self.peak_load_kw
+        soc = torch.where(self.capacity_kwh > 0, self.soc_kwh / self.capacity_kwh.clamp_min(
+            1e-9), torch.zeros_like(self.soc_kwh))
+        retail, feed_in = self._tariffs_now()
+        return torch.cat([
+            load, pv, soc, self._time_features(),
+            torch.stack([retail, feed_in, self.last_price], dim=1) / self.price_scale,
+        ], dim=1)
+
+    # ----------------------------------------------------------------------------------------
+    # Step
+    # ----------------------------------------------------------------------------------------
+
+    def decode_actions(self, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Validate ``actions`` and return (battery fraction in [-1, 1], price fraction in
+        [0, 1]), each ``[B, N]``. Raises ValueError naming the first bad agent."""
+        b, n = self.n_envs, self.n_agents
+        actions = torch.as_tensor(actions, device=self.device)
+        if self.config.action.type == "continuous":
+            if actions.shape != (b, n, 2):
+                raise ValueError(f"continuous actions must have shape [n_envs, n_agents, 2] = "
+                                 f"[{b}, {n}, 2], got {list(actions.shape)}")
+            actions = actions.to(self.dtype)
+            bad = ~torch.isfinite(actions).all(dim=-1)
+            low = torch.tensor([-1.0, 0.0], dtype=self.dtype, device=self.device)
+            high = torch.tensor([1.0, 1.0], dtype=self.dtype, device=self.device)
+            outside = ((actions < low - 1e-6) | (actions > high + 1e-6)).any(dim=-1)
+            if bool((bad | outside).any()):
+                env, agent = (bad | outside).nonzero()[0].tolist()
+                raise ValueError(
+                    f"action of agent {self.agent_names[agent]!r} (index {agent}) in env {env} "
+                    f"is {actions[env, agent].tolist()}; allowed: finite [battery in [-1, 1], "
+                    f"price in [0, 1]]")
+            actions = torch.minimum(torch.maximum(actions, low), high)
+            return actions[..., 0], actions[..., 1]
+        if actions.shape != (b, n):
+            raise ValueError(f"discrete actions must have shape [n_envs, n_agents] = "
+                             f"[{b}, {n}], got {list(actions.shape)}")
+        if actions.is_floating_point():
+            if not bool(torch.isfinite(actions).all()) or not bool(
+                    (actions == actions.round()).all()):
+                raise ValueError("discrete actions must be integers, got non-integral values")
+            actions = actions.long()
+        outside = (actions < 0) | (actions >= self.n_discrete_actions)
+        if bool(outside.any()):
+            env, agent = outside.nonzero()[0].tolist()
+            raise ValueError(f"discrete action of agent {self.agent_names[agent]!r} (index "
+                             f"{agent}) in env {env} is {int(actions[env, agent])}; allowed: "
+                             f"0..{self.n_discrete_actions - 1}")
+        n_price = self._price_levels.shape[0]
+        return self._battery_levels[actions // n_price], self._price_levels[actions % n_price]
+
+    def step(self, actions: Tensor
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Advance every environment one 15-minute step.
+
+        Returns ``(observations, rewards, terminated, truncated, info)``; ``info`` holds
+        tensors (per agent ``[B, N]`` or per env ``[B]``), listed in the README.
+        """
+        battery_fraction, price_fraction = self.decode_actions(actions)
+        cfg = self.config
+        index = self._time_index()
+        load_kwh = self.load_kw[index] * self.dt_h
+        pv_kwh = self.pv_kw[index] * self.dt_h
+        retail, feed_in = self._tariffs_now()
+
+        battery_power = battery_fraction * self.battery_kw
+        battery = physics.battery_step(
+            self.soc_kwh, battery_power * self.dt_h, self.capacity_kwh, self.battery_kw,
+            cfg.battery.charge_efficiency, cfg.battery.discharge_efficiency,
+            cfg.battery.soc_min, cfg.battery.soc_max, self.dt_h)
+        net_kwh = load_kwh - pv_kwh + battery.energy_kwh
+        price = feed_in[:, None] + price_fraction * (retail - feed_in)[:, None]
+        cleared = market.clear(cfg.market.mechanism, price, net_kwh, retail, feed_in,
+                               k=cfg.market.k)
+        degradation = cfg.battery.degradation_cost * battery.throughput_kwh
+
+        p_kw = net_kwh / self.dt_h
+        q_kvar = self.load_kvar[index]
+        grid = self.network.step(p_kw, q_kvar)
+        penalty = grid.penalty
+
+        cost = cleared.payment + degradation + penalty
+        reward = -cost * cfg.reward_scale
+
+        traded = ~torch.isnan(cleared.clearing_price)
+        self.last_price = torch.where(traded, cleared.clearing_price, self.last_price)
+        self.soc_kwh = battery.soc_kwh
+        if grid.agent_voltage is not None:
+            self.last_voltage = grid.agent_voltage
+        self.step_of_day = self.step_of_day + 1
+
+        info: dict[str, Tensor] = {
+            "payment": cleared.payment,
+            "p2p_energy_kwh": cleared.p2p_energy,
+            "grid_energy_kwh": cleared.grid_energy,
+            "p2p_payment": cleared.p2p_payment,
+            "grid_payment": cleared.grid_payment,
+            "net_energy_kwh": net_kwh,
+            "load_kwh": load_kwh,
+            "pv_kwh": pv_kwh,
+            "battery_energy_kwh": battery.energy_kwh,
+            "battery_cut_kwh": battery.cut_kwh,
+            "soc_kwh": battery.soc_kwh,
+            "degradation_cost": degradation,
+            "network_penalty": penalty,
+            "cost": cost,
+            "price": price,
+            "clearing_price": cleared.clearing_price,
+            "operator_surplus": cleared.operator_surplus,
+            "community_cost": cost.sum(dim=1),
+            "p2p_volume_kwh": cleared.p2p_energy.clamp_min(0.0).sum(dim=1),
+            "grid_import_kwh": cleared.grid_energy.clamp_min(0.0).sum(dim=1),
+            "grid_export_kwh": (-cleared.grid_energy).clamp_min(0.0).sum(dim=1),
+            "retail_price": retail,
+            "feed_in_price": feed_in,
+            "day": self.day.clone(),
+            "step_of_day": self.step_of_day - 1,
+            **grid.info,
+        }
+
+        done = self.step_of_day >= STEPS_PER_DAY
+        terminated = done
+        truncated = torch.zeros_like(done)
+        if bool(done.any()):
+            info["final_observation"] = self.observe()
+            info["final_state"] = self.state()
+            info["done"] = done
+            self._reset_where(done)
+        return self.observe(), reward, terminated, truncated, info

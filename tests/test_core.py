@@ -1,0 +1,215 @@
+"""The batched core (envs/core.py): batching, balances, bounds, episodes and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from envs.config import ConfigError
+from envs.data import STEPS_PER_DAY, day_split
+
+
+def random_actions(env, generator: torch.Generator) -> torch.Tensor:
+    b, n = env.n_envs, env.n_agents
+    battery = torch.rand(b, n, generator=generator) * 2 - 1
+    price = torch.rand(b, n, generator=generator)
+    return torch.stack([battery, price], dim=-1)
+
+
+def rollout(env, actions: list[torch.Tensor], seed: int):
+    obs, _ = env.reset(seed=seed)
+    trace = {"obs": [obs], "reward": [], "cost": [], "soc": [], "price": []}
+    for action in actions:
+        obs, reward, terminated, _, info = env.step(action)
+        trace["obs"].append(obs)
+        trace["reward"].append(reward)
+        trace["cost"].append(info["community_cost"])
+        trace["soc"].append(info["soc_kwh"])
+        trace["price"].append(info["clearing_price"])
+    return {key: torch.stack(value) for key, value in trace.items()}
+
+
+@pytest.mark.parametrize("network", ["none", "zbus"])
+def test_batched_equals_single(network):
+    """B environments together give the trajectories of B single environments (seed + b)."""
+    b = 3
+    config = {"community": {"feeder": "synthetic", "n_agents": 5, "pv_share": 0.6,
+                            "battery_share": 0.6},
+              "network": {"model": network}, "observation": {"forecast_noise": 0.05}}
+    batched = envs.make_batched_env(config, n_envs=b, dtype="float64")
+    generator = torch.Generator().manual_seed(0)
+    steps = STEPS_PER_DAY + 10  # crosses an automatic reset
+    actions = [random_actions(batched, generator) for _ in range(steps)]
+    together = rollout(batched, actions, seed=7)
+    for i in range(b):
+        single = envs.make_batched_env(config, n_envs=1, dtype="float64")
+        alone = rollout(single, [a[i:i + 1] for a in actions], seed=7 + i)
+        for key in together:
+            torch.testing.assert_close(together[key][:, i:i + 1], alone[key], equal_nan=True,
+                                       rtol=1e-10, atol=1e-10)
+
+
+def test_energy_and_money_balances(synthetic_config):
+    env = envs.make_batched_env({**synthetic_config, "market": {"mechanism": "uniform"}},
+                                n_envs=8, dtype="float64")
+    env.reset(seed=1)
+    generator = torch.Generator().manual_seed(1)
+    dt = env.dt_h
+    for _ in range(40):
+        soc_before = env.soc_kwh.clone()
+        _, reward, _, _, info = env.step(random_actions(env, generator))
+        net = info["load_kwh"] - info["pv_kwh"] + info["battery_energy_kwh"]
+        torch.testing.assert_close(info["net_energy_kwh"], net)
+        torch.testing.assert_close(info["p2p_energy_kwh"] + info["grid_energy_kwh"], net)
+        torch.testing.assert_close(info["p2p_energy_kwh"].sum(1), torch.zeros(8, dtype=net.dtype),
+                                   atol=1e-9, rtol=0)
+        # Payments: P2P money nets to the operator's surplus; grid money at the tariffs.
+        torch.testing.assert_close(info["p2p_payment"].sum(1), info["operator_surplus"])
+        grid = info["grid_energy_kwh"]
+        expected_grid = (info["retail_price"][:, None] * grid.clamp_min(0)
+                         + info["feed_in_price"][:, None] * grid.clamp_max(0))
+        torch.testing.assert_close(info["grid_payment"], expected_grid)
+        cost = info["payment"] + info["degradation_cost"] + info["network_penalty"]
+        torch.testing.assert_close(reward, -cost)
+        torch.testing.assert_close(info["community_cost"], cost.sum(1))
+        # Battery: within bounds, degradation on throughput, SoC dynamics.
+        cap = env.capacity_kwh
+        assert bool((env.soc_kwh >= 0.1 * cap - 1e-9).all())
+        assert bool((env.soc_kwh <= 0.9 * cap + 1e-9).all())
+        energy = info["battery_energy_kwh"]
+        assert bool((energy.abs() <= env.battery_kw * dt + 1e-9).all())
+        expected_soc = soc_before + torch.where(energy > 0, 0.95 * energy, energy / 0.95)
+        torch.testing.assert_close(info["soc_kwh"], expected_soc)
+        torch.testing.assert_close(info["degradation_cost"], 0.02 * energy.abs())
+
+
+def test_no_battery_requests_are_cut_and_reported(synthetic_config):
+    env = envs.make_batched_env(synthetic_config, n_envs=2)
+    env.reset(seed=0)
+    actions = torch.zeros(2, env.n_agents, 2)
+    actions[..., 0] = 1.0
+    _, _, _, _, info = env.step(actions)
+    no_battery = env.capacity_kwh == 0
+    assert bool(no_battery.any()) and bool((~no_battery).any())
+    assert bool((info["battery_energy_kwh"][:, no_battery] == 0).all())
+    assert bool((info["battery_cut_kwh"][:, no_battery] == 0).all())  # power limit is 0 too
+    assert bool((info["battery_energy_kwh"][:, ~no_battery] > 0).all())
+
+
+def test_no_p2p_costs_match_hand_computed_grid_bill(synthetic_config):
+    """With mechanism none and idle batteries each agent pays its own grid bill."""
+    env = envs.make_batched_env({**synthetic_config, "market": {"mechanism": "none"},
+                                 "tariff": {"retail": 0.3, "feed_in": 0.1}}, dtype="float64")
+    env.reset(seed=3)
+    day = int(env.day[0])
+    actions = torch.zeros(1, env.n_agents, 2)
+    total = 0.0
+    for _ in range(STEPS_PER_DAY):
+        _, reward, terminated, _, _ = env.step(actions)
+        total += float(reward.sum())
+    assert bool(terminated[0])
+    sl = slice(day * 96, day * 96 + 96)
+    net = (env.load_kw[sl] - env.pv_kw[sl]).numpy() * 0.25
+    expected = (0.3 * np.clip(net, 0, None) + 0.1 * np.clip(net, None, 0)).sum()
+    assert abs(-total - expected) < 1e-9
+
+
+def test_episode_length_autoreset_and_day_split(synthetic_config):
+    env = envs.make_batched_env(synthetic_config, n_envs=16)
+    obs, info = env.reset(seed=0)
+    train, test = day_split(7)
+    assert set(info["day"].tolist()) <= set(train.tolist())
+    actions = torch.zeros(16, env.n_agents, 2)
+    for t in range(STEPS_PER_DAY):
+        obs, _, terminated, truncated, info = env.step(actions)
+        assert bool(terminated.all()) == (t == STEPS_PER_DAY - 1)
+        assert not bool(truncated.any())
+    assert "final_observation" in info and info["final_observation"].shape == obs.shape
+    assert bool((env.step_of_day == 0).all())
+    tests = envs.make_batched_env({**synthetic_config, "episode": {"days": "test"}}, n_envs=32)
+    _, info = tests.reset(seed=0)
+    assert set(info["day"].tolist()) <= set(test.tolist())
+
+
+def test_reset_env_index_resets_only_those(synthetic_config):
+    env = envs.make_batched_env(synthetic_config, n_envs=3)
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(torch.zeros(3, env.n_agents, 2))
+    env.reset(env_index=[1])
+    assert env.step_of_day.tolist() == [5, 0, 5]
+
+
+def test_observation_layout_and_forecasts(synthetic_config):
+    config = {**synthetic_config, "observation": {"forecast_steps": 2, "include_voltage": True}}
+    env = envs.make_batched_env(config, n_envs=2)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2, env.n_agents, env.obs_dim) == (2, 6, 17)
+    assert env.feature_names[:6] == ["load", "pv", "load_t+1", "pv_t+1", "load_t+2", "pv_t+2"]
+    index = env.day * 96
+    expected_next_load = env.load_kw[index + 1] / env.peak_load_kw
+    torch.testing.assert_close(obs[..., 2], expected_next_load)
+    assert env.state().shape == (2, env.state_dim) == (2, 3 * 6 + 7)
+
+
+def test_forecast_noise_is_seeded(synthetic_config):
+    config = {**synthetic_config, "observation": {"forecast_noise": 0.2}}
+    exact = envs.make_batched_env(synthetic_config).reset(seed=4)[0]
+    first = envs.make_batched_env(config).reset(seed=4)[0]
+    second = envs.make_batched_env(config).reset(seed=4)[0]
+    torch.testing.assert_close(first, second)
+    assert not torch.allclose(first[..., 0], exact[..., 0])
+
+
+def test_discrete_actions_decode_to_grid(synthetic_config):
+    config = {**synthetic_config, "action": {"type": "discrete", "battery_levels": 3,
+                                             "price_levels": 4}}
+    env = envs.make_batched_env(config)
+    env.reset(seed=0)
+    actions = torch.tensor([[0, 3, 4, 7, 8, 11]])
+    battery, price = env.decode_actions(actions)
+    assert battery.tolist() == [[-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]]
+    torch.testing.assert_close(price, torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"index 1\) in env 0 is 12; allowed: 0..11"):
+        env.step(torch.tensor([[0, 12, 0, 0, 0, 0]]))
+
+
+def test_bad_actions_name_the_agent(synthetic_config):
+    env = envs.make_batched_env(synthetic_config, n_envs=2)
+    env.reset(seed=0)
+    actions = torch.zeros(2, env.n_agents, 2)
+    actions[1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"'house_3' \(index 3\) in env 1"):
+        env.step(actions)
+    with pytest.raises(ValueError, match=r"shape \[n_envs, n_agents, 2\] = \[2, 6, 2\]"):
+        env.step(torch.zeros(2, env.n_agents))
+    actions = torch.zeros(2, env.n_agents, 2)
+    actions[0, 0, 1] = -0.5
+    with pytest.raises(ValueError, match="price in \\[0, 1\\]"):
+        env.step(actions)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"market": {"mechanism": "vickrey"}}, "market.mechanism"),
+    ({"market": {"speed": 1}}, "unknown config key 'market.speed'"),
+    ({"battery": {"charge_efficiency": 1.5}}, "battery.charge_efficiency"),
+    ({"n_envs": "many"}, "config key 'n_envs'"),
+    ({"tariff": {"retail": 0.05, "feed_in": 0.1}}, "tariff.retail"),
+    ({"community": {"n_agents": 4}}, "community.n_agents"),
+])
+def test_bad_config_fails_at_construction(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        envs.make_batched_env(None, **overrides)
+
+
+def test_time_of_use_tariff_reaches_observation_and_prices(synthetic_config):
+    retail = [0.2] * 17 + [0.5] * 4 + [0.2] * 3
+    env = envs.make_batched_env({**synthetic_config, "tariff": {"retail_tou": retail}})
+    env.reset(seed=0)
+    assert env.retail_price[17 * 4].item() == pytest.approx(0.5)
+    assert env.retail_price[0].item() == pytest.approx(0.2)
+    obs = env.observe()
+    retail_feature = env.feature_names.index("retail")
+    assert obs[0, 0, retail_feature].item() == pytest.approx(0.2 / 0.5)
