@@ -139,12 +139,14 @@ class BatchedP2PEnv:
         self.episode_count.zero_()
         self._seeded = True
 
-    def reset(self, seed: int | None = None, env_index: int | Tensor | None = None
-              ) -> tuple[Tensor, dict[str, Tensor]]:
+    def reset(self, seed: int | None = None, env_index: int | Tensor | None = None,
+              days: Tensor | list[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Start new episodes in all environments, or only those in ``env_index``.
 
         With ``seed``, all environments are reseeded first (see :meth:`seed`); without one an
-        unseeded core uses ``config.seed``. Returns ``(observations, info)``.
+        unseeded core uses ``config.seed``. ``days`` ([B], or one per reset env) fixes the
+        start days (0..365) instead of drawing them from the split, e.g. for evaluation.
+        Returns ``(observations, info)``.
         """
         if seed is not None:
             self.seed(seed)
@@ -155,6 +157,13 @@ class BatchedP2PEnv:
             mask = torch.zeros_like(mask)
             mask[torch.as_tensor(env_index, device=self.device)] = True
         self._reset_where(mask)
+        if days is not None:
+            days = torch.as_tensor(days, dtype=torch.int64, device=self.device)
+            selected = int(mask.sum())
+            if days.shape != (selected,) or bool(((days < 0) | (days >= DAYS_PER_YEAR)).any()):
+                raise ValueError(f"days must be {selected} day indices in [0, "
+                                 f"{DAYS_PER_YEAR - 1}], got {days.tolist()}")
+            self.day = self.day.masked_scatter(mask, days)
         return self.observe(), {"day": self.day.clone()}
 
     def _reset_where(self, mask: Tensor) -> None:

@@ -22,9 +22,18 @@ Observations
 Actions
     See the table. Actions outside the space or NaN raise ValueError naming the agent.
 
+Infos
+    Per agent: payment, P2P and grid energy, net energy, battery energy, cut and SoC,
+    degradation cost, network penalty and posted price; per community: clearing price (None
+    when nothing traded), P2P volume, grid import and export, community cost, tariffs, and the
+    network's voltage and loading figures.
+
 Rewards
     Minus the agent's money of the step: market and grid payment, battery degradation and its
     share of network penalties, times ``reward_scale``.
+
+Reset options
+    ``{"day": d}`` starts the episode on day d of the year (0..365) instead of a drawn one.
 
 Arguments
     ``make_env(config=None, render_mode=None, **overrides)``: ``config`` is a YAML path, a
@@ -37,6 +46,7 @@ Version history
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -98,9 +108,12 @@ class P2PParallelEnv(ParallelEnv):
 
     def reset(self, seed: int | None = None, options: dict | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        options = dict(options or {})
+        day = options.pop("day", None)
         if options:
-            raise ValueError(f"reset options are not supported, got {options!r}")
-        obs, info = self.core.reset(seed=seed)
+            warnings.warn(f"reset options {sorted(options)} are not used by peergrid (it reads "
+                          f"only 'day'); they were ignored", stacklevel=2)
+        obs, info = self.core.reset(seed=seed, days=None if day is None else [int(day)])
         self.agents = list(self.possible_agents)
         self._last_info = None
         day = int(info["day"][0])
@@ -123,8 +136,11 @@ class P2PParallelEnv(ParallelEnv):
         observations = self._to_dict(obs)
         rewards_array = reward[0].detach().cpu().numpy()
         per_agent = {key: info[key][0].detach().cpu().numpy() for key in _PER_AGENT_INFO}
-        shared = {key: float(value[0]) for key, value in info.items()
-                  if value.dim() == 1 and key not in ("done",)}
+        shared: dict[str, float | None] = {
+            key: float(value[0]) for key, value in info.items()
+            if value.dim() == 1 and key not in ("done",)}
+        if np.isnan(shared["clearing_price"]):
+            shared["clearing_price"] = None  # no P2P trade this step
         rewards, terminations, truncations, infos = {}, {}, {}, {}
         for i, agent in enumerate(self.possible_agents):
             rewards[agent] = float(rewards_array[i])

@@ -32,7 +32,10 @@ class SB3VecEnv(VecEnv):
             action_space: spaces.Space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         else:
             action_space = spaces.Discrete(core.n_discrete_actions)
+        self.render_mode = None
         super().__init__(b * n, observation_space, action_space)
+        self.last_info: dict[str, torch.Tensor] = {}
+        """The core's info tensors of the last step (per agent [B, N], per env [B])."""
         self._actions: np.ndarray | None = None
         self._seed: int | None = None
 
@@ -56,6 +59,7 @@ class SB3VecEnv(VecEnv):
         else:
             actions = actions.reshape(b, n).long()
         obs, reward, terminated, truncated, info = self.core.step(actions)
+        self.last_info = info
         done = (terminated | truncated)[:, None].expand(b, n).reshape(-1).cpu().numpy()
         rewards = reward.reshape(-1).detach().cpu().numpy().astype(np.float32)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]

@@ -1,0 +1,81 @@
+"""Environment throughput: agent-steps per second of the batched core and of the PettingZoo
+wrapper, on the default community (or any feeder), printed as a markdown table.
+
+    python benchmarks/env_throughput.py [--feeder 1-LV-rural1--0-sw] [--network zbus]
+        [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import envs
+
+
+def core_rate(feeder: str, network: str, mechanism: str, n_envs: int, steps: int,
+              device: str) -> tuple[float, int]:
+    env = envs.make_batched_env({"community": {"feeder": feeder}, "network": {"model": network},
+                                 "market": {"mechanism": mechanism}}, n_envs=n_envs,
+                                device=device)
+    env.reset(seed=0)
+    generator = torch.Generator(device=device).manual_seed(0)
+    actions = torch.rand(8, n_envs, env.n_agents, 2, generator=generator, device=device)
+    actions[..., 0] = actions[..., 0] * 2 - 1
+    for i in range(10):  # warm-up
+        env.step(actions[i % 8])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(steps):
+        env.step(actions[i % 8])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return steps * n_envs * env.n_agents / elapsed, env.n_agents
+
+
+def pettingzoo_rate(feeder: str, network: str, mechanism: str, steps: int) -> float:
+    env = envs.make_env({"community": {"feeder": feeder}, "network": {"model": network},
+                         "market": {"mechanism": mechanism}})
+    env.reset(seed=0)
+    actions = [{agent: env.action_space(agent).sample() for agent in env.possible_agents}
+               for _ in range(8)]
+    done_steps = 0
+    start = time.perf_counter()
+    while done_steps < steps:
+        if not env.agents:
+            env.reset()
+        env.step(actions[done_steps % 8])
+        done_steps += 1
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--feeder", default="1-LV-rural1--0-sw")
+    parser.add_argument("--network", default="zbus", choices=["zbus", "none"])
+    parser.add_argument("--mechanism", default="uniform")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024, 4096])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
+          f"feeder {args.feeder}, network {args.network}, mechanism {args.mechanism}\n")
+    print("| what | B | agents | agent-steps/s | env-steps/s |")
+    print("|---|---:|---:|---:|---:|")
+    for n_envs in args.batch_sizes:
+        steps = max(20, args.steps if n_envs >= 64 else args.steps * 5)
+        rate, n_agents = core_rate(args.feeder, args.network, args.mechanism, n_envs, steps,
+                                   args.device)
+        print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} |",
+              flush=True)
+    rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, args.steps * 5)
+    print(f"| PettingZoo wrapper | 1 | {n_agents} | {rate * n_agents:,.0f} | {rate:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
