@@ -1,0 +1,641 @@
+"""Market clearing for peer-to-peer (P2P) energy trading: pure, batched torch functions.
+
+Every 15-minute step each agent ``i`` of each environment ``b`` submits a net position
+``quantity[b, i]`` in kWh (> 0 buys, < 0 sells, 0 inactive) and a ``price[b, i]`` in
+currency/kWh (a bid for a buyer, an ask for a seller). :func:`clear` matches them inside the
+community; whatever is not matched is settled with the grid, imports at the retail price ``r``
+and exports at the feed-in price ``f`` (currency/kWh, ``f <= r``).
+
+=================  ===============================================  ==========  ================
+mechanism          P2P price                                        uses bids   operator surplus
+=================  ===============================================  ==========  ================
+``none``           no P2P trade, everything with the grid           no          0
+``uniform``        one k-weighted price of the marginal bid/ask     yes         0
+``pay_as_bid``     discriminatory k-double auction, per segment     yes         0
+``mcafee``         McAfee (1992) trade reduction                    yes         >= 0
+``mmr``            mid-market rate (r + f) / 2                      no          0
+``sdr``            supply-demand ratio price (Liu et al. 2017)      no          0
+``bill_sharing``   community grid bill shared pro rata (price 0)    no          0
+=================  ===============================================  ==========  ================
+
+Conventions
+-----------
+* Shapes: ``B`` environments, ``N`` agents; every per-agent tensor is ``[B, N]``, every
+  per-environment tensor is ``[B]``. Everything runs in the dtype and on the device of
+  ``price`` with batched sort / cumsum / searchsorted / gather, ``O(N log N)`` per environment
+  and no Python loop over environments or agents.
+* Prices are clamped into ``[feed_in, retail]`` before clearing: no buyer needs to pay more
+  than the grid asks and no seller needs to accept less than the grid pays.
+* Demand ``D`` of an environment is the sum of positive quantities, supply ``S`` the sum of
+  the magnitudes of negative ones (both kWh).
+* The auctions (``uniform``, ``pay_as_bid``, ``mcafee``) trade where bid >= ask. When several
+  agents on one side sit at the marginal price they are rationed pro rata to their quantity,
+  so the outcome does not depend on the order of the agents.
+
+Invariants (checked in ``tests/test_market.py``)
+------------------------------------------------
+For every mechanism: ``p2p_energy + grid_energy == quantity``; ``p2p_energy`` has the sign of
+``quantity`` and ``|p2p_energy| <= |quantity|``; P2P energy sums to zero per environment;
+``sum(p2p_payment) == operator_surplus``; zero-quantity agents get zero everything; no buyer
+pays more than ``r`` per kWh on average. Every mechanism except ``bill_sharing`` also
+guarantees that no seller earns less than ``f`` per kWh on average (bill sharing pays sellers
+between 0 and ``f``, nothing when the community is a net importer; see :func:`clear`). The three
+auctions are individually rational: a buyer pays at most its (clamped) bid per P2P kWh, a
+seller receives at least its (clamped) ask.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["MECHANISMS", "ClearingResult", "clear"]
+
+MECHANISMS: tuple[str, ...] = (
+    "none",
+    "uniform",
+    "pay_as_bid",
+    "mcafee",
+    "mmr",
+    "sdr",
+    "bill_sharing",
+)
+"""Names accepted by :func:`clear`."""
+
+
+@dataclass(frozen=True)
+class ClearingResult:
+    """Outcome of one market step for ``B`` environments of ``N`` agents.
+
+    Energies are signed kWh with the convention of ``quantity`` (> 0 bought, < 0 sold);
+    payments are currency, > 0 when the agent pays and < 0 when it earns.
+    """
+
+    p2p_energy: Tensor
+    """``[B, N]`` kWh traded with peers."""
+    grid_energy: Tensor
+    """``[B, N]`` kWh settled with the grid; ``p2p_energy + grid_energy == quantity``."""
+    payment: Tensor
+    """``[B, N]`` total money paid, ``p2p_payment + grid_payment``."""
+    p2p_payment: Tensor
+    """``[B, N]`` money paid for P2P energy (negative for sellers)."""
+    grid_payment: Tensor
+    """``[B, N]`` ``retail * max(grid_energy, 0) + feed_in * min(grid_energy, 0)``."""
+    clearing_price: Tensor
+    """``[B]`` currency/kWh: P2P money paid by buyers per P2P kWh bought (the single price of
+    the uniform mechanisms, the volume-weighted mean of discriminatory ones); NaN where nothing
+    traded."""
+    operator_surplus: Tensor
+    """``[B]`` currency kept by the market operator, ``p2p_payment.sum(-1)``; zero except for
+    McAfee's trade reduction, where it is >= 0."""
+
+
+class _P2POutcome(NamedTuple):
+    """What a mechanism decides; :func:`clear` adds the grid settlement."""
+
+    bought: Tensor  # [B, N] kWh >= 0 bought from peers
+    sold: Tensor  # [B, N] kWh >= 0 sold to peers
+    buyer_cost: Tensor  # [B, N] currency paid for ``bought``
+    seller_revenue: Tensor  # [B, N] currency received for ``sold``
+    clearing_price: Tensor  # [B] currency/kWh, NaN where nothing traded
+    operator_surplus: Tensor  # [B] currency
+
+
+class _Allocation(NamedTuple):
+    """Welfare-maximising double-auction allocation, from :func:`_efficient_allocation`."""
+
+    bought: Tensor  # [B, N] kWh
+    sold: Tensor  # [B, N] kWh
+    volume: Tensor  # [B] kWh traded
+    marginal_bid: Tensor  # [B] lowest accepted bid (currency/kWh)
+    marginal_ask: Tensor  # [B] highest accepted ask (currency/kWh)
+    buyer_order: Tensor  # [B, N] agent indices, bids descending (non-buyers last)
+    seller_order: Tensor  # [B, N] agent indices, asks ascending (non-sellers last)
+    sorted_bid: Tensor  # [B, N] bids in ``buyer_order``, -inf for non-buyers
+    sorted_ask: Tensor  # [B, N] asks in ``seller_order``, +inf for non-sellers
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def clear(
+    mechanism: str,
+    price: Tensor,
+    quantity: Tensor,
+    retail_price: float | Tensor,
+    feed_in_price: float | Tensor,
+    k: float = 0.5,
+) -> ClearingResult:
+    """Clear one P2P market step for ``B`` environments at once.
+
+    Args:
+        mechanism: one of :data:`MECHANISMS`.
+        price: ``[B, N]`` bid (buyers) or ask (sellers) in currency/kWh; clamped into
+            ``[feed_in_price, retail_price]``. Ignored by ``none``, ``mmr``, ``sdr`` and
+            ``bill_sharing``.
+        quantity: ``[B, N]`` net position in kWh, > 0 buys, < 0 sells, 0 inactive.
+        retail_price: grid import price ``r`` in currency/kWh, a number or a ``[B]`` tensor.
+        feed_in_price: grid export price ``f`` in currency/kWh, a number or a ``[B]`` tensor,
+            ``f <= r``; ``sdr`` also needs ``f >= 0``.
+        k: weight of the bid in the k-double auction price ``ask + k * (bid - ask)``,
+            in ``[0, 1]``; used by ``uniform`` and ``pay_as_bid``.
+
+    Returns:
+        A :class:`ClearingResult`.
+
+    Mechanisms (``S`` supply and ``D`` demand in kWh, ``M = min(S, D)``):
+
+    * ``none``: no P2P; everything with the grid.
+    * ``uniform``: uniform-price k-double auction. Bids sorted descending and asks ascending
+      form step demand and supply curves; the traded volume is the largest ``Q`` with
+      inverse demand >= inverse supply on ``[0, Q]`` (maximal gains from trade). With
+      ``b_m`` the lowest accepted bid and ``a_m`` the highest accepted ask, everyone trades at
+      ``a_m + k * (b_m - a_m)``; agents strictly inside the margin are filled, agents at
+      ``b_m`` (or ``a_m``) share the rest of ``Q`` pro rata.
+    * ``pay_as_bid``: discriminatory k-double auction, the rule of the "discriminatory
+      k-double auction" compared with the uniform one by Lin, Pipattanasomporn & Rahman
+      (2019), "Comparative analysis of auction mechanisms and bidding strategies for P2P
+      solar transactive energy markets", Applied Energy 255, generalised to divisible
+      quantities. Same allocation as ``uniform``. The accepted bids (descending) and asks
+      (ascending) are laid out on the volume axis ``[0, Q]``; every overlap of a buyer
+      segment with bid ``b`` and a seller segment with ask ``a`` trades at
+      ``a + k * (b - a)``. Hence a buyer pays ``k * b + (1 - k) * (mean ask over its
+      segment)`` per kWh and a seller receives ``(1 - k) * a + k * (mean bid over its
+      segment)``. Agents tied at one price are merged into one segment and pay (receive) its
+      mean price, so the outcome does not depend on agent order. Strictly budget-balanced.
+    * ``mcafee``: McAfee (1992), "A dominant strategy double auction", J. Econ. Theory 56,
+      generalised to divisible quantities at the agent level. From the ``uniform``
+      allocation take ``b_K = b_m`` and ``s_K = a_m``; ``b_{K+1}`` is the highest bid of a
+      buyer that gets nothing, or ``f`` when there is none (the grid buys at ``f``), and
+      ``s_{K+1}`` the lowest ask of a seller that gets nothing, or ``r`` (the grid sells at
+      ``r``). If ``p0 = (b_{K+1} + s_{K+1}) / 2`` lies in ``[s_K, b_K]`` the efficient
+      allocation trades at ``p0``. Otherwise all buyers bidding ``b_K`` and all sellers
+      asking ``s_K`` are excluded, the others trade ``min(D', S')`` (the longer side rationed
+      pro rata), buyers pay ``b_K`` and sellers receive ``s_K``; the difference is
+      ``operator_surplus >= 0``. Individually rational and weakly budget-balanced; McAfee's
+      dominant-strategy truthfulness is proven for unit demand only and is not claimed for
+      divisible quantities.
+    * ``mmr``: mid-market rate, Long et al. (2017), "Peer-to-peer energy trading in a
+      community microgrid", IEEE PES General Meeting: matched energy ``M`` is priced at
+      ``(r + f) / 2``; buyers get ``M / D`` of their demand P2P, sellers ``M / S`` of their
+      supply; the rest goes to the grid.
+    * ``sdr``: supply-demand ratio, Liu et al. (2017), "Energy sharing model for an energy
+      hub of prosumers ... ", IEEE Trans. Power Systems 32(5). ``SDR = S / D``. If
+      ``SDR < 1`` the selling price is ``r f / ((r - f) SDR + f)``; all supply is sold P2P at
+      it and buyers get ``SDR`` of their demand P2P at it and the rest from the grid at
+      ``r``, so a buyer's mean price is the paper's buying price ``p_sell SDR + r (1 - SDR)``.
+      If ``SDR >= 1`` both prices are ``f``: buyers get all demand P2P at ``f``, sellers sell
+      ``D / S`` of their supply P2P and the rest to the grid, all at ``f``.
+    * ``bill_sharing``: bill sharing, Long et al. (2017), in the per-step form of Zhou et al.
+      (2018), "Evaluation of peer-to-peer energy sharing mechanisms based on a multiagent
+      simulation framework", Applied Energy 222: the community settles its net position with
+      the grid; a net import cost ``r (D - S)`` is shared by buyers in proportion to their
+      demand (buying price ``r max(D - S, 0) / D``) and a net export revenue ``f (S - D)``
+      by sellers in proportion to their supply (selling price ``f max(S - D, 0) / S``);
+      energy shared inside the community is free. This is implemented, exactly, as P2P
+      trade of ``M`` at price 0 with the ``mmr`` pro-rata split, plus the usual grid
+      settlement of each agent's remainder, so ``grid_payment`` keeps its definition. Sellers
+      in a net-importing step earn nothing (below ``f``): the "no seller earns below
+      feed-in" bound does not hold for this mechanism. ``clearing_price`` is 0 where P2P
+      energy was shared.
+
+    Raises:
+        ValueError: unknown mechanism; ``price`` or ``quantity`` not a 2-D floating tensor,
+            their shapes differ, or they hold NaN/inf; a tariff tensor not of shape ``[B]``
+            (or a scalar), or non-finite; ``retail_price < feed_in_price``; ``k`` outside
+            ``[0, 1]``; ``sdr`` with ``feed_in_price < 0``.
+    """
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"unknown market mechanism {mechanism!r}; expected one of {MECHANISMS}")
+    _check_agent_tensors(price, quantity)
+    retail = _tariff_tensor("retail_price", retail_price, price)
+    feed_in = _tariff_tensor("feed_in_price", feed_in_price, price)
+    if bool((retail < feed_in).any()):
+        raise ValueError("retail_price must be >= feed_in_price in every environment")
+    if mechanism == "sdr" and bool((feed_in < 0).any()):
+        raise ValueError("mechanism 'sdr' needs feed_in_price >= 0 (Liu et al. 2017 pricing)")
+    if isinstance(k, bool) or not isinstance(k, numbers.Real) or not 0.0 <= k <= 1.0:
+        raise ValueError(f"k must be a number in [0, 1], got {k!r}")
+
+    price = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None])
+    demand = quantity.clamp(min=0.0)
+    supply = (-quantity).clamp(min=0.0)
+
+    if mechanism == "none":
+        outcome = _no_trade(demand)
+    elif mechanism == "uniform":
+        outcome = _uniform(price, demand, supply, float(k))
+    elif mechanism == "pay_as_bid":
+        outcome = _pay_as_bid(price, demand, supply, float(k))
+    elif mechanism == "mcafee":
+        outcome = _mcafee(price, demand, supply, retail, feed_in)
+    elif mechanism == "mmr":
+        outcome = _mid_market_rate(demand, supply, retail, feed_in)
+    elif mechanism == "sdr":
+        outcome = _supply_demand_ratio(demand, supply, retail, feed_in)
+    else:
+        outcome = _bill_sharing(demand, supply)
+
+    p2p_energy = outcome.bought - outcome.sold
+    grid_energy = quantity - p2p_energy
+    p2p_payment = outcome.buyer_cost - outcome.seller_revenue
+    grid_import_kwh = grid_energy.clamp(min=0.0)
+    grid_export_kwh = (-grid_energy).clamp(min=0.0)
+    grid_payment = retail[:, None] * grid_import_kwh - feed_in[:, None] * grid_export_kwh
+    return ClearingResult(
+        p2p_energy=p2p_energy,
+        grid_energy=grid_energy,
+        payment=p2p_payment + grid_payment,
+        p2p_payment=p2p_payment,
+        grid_payment=grid_payment,
+        clearing_price=outcome.clearing_price,
+        operator_surplus=outcome.operator_surplus,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _check_agent_tensors(price: Tensor, quantity: Tensor) -> None:
+    """Raise ValueError unless ``price`` and ``quantity`` are finite floating ``[B, N]`` tensors."""
+    for name, value in (("price", price), ("quantity", quantity)):
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape [B, N], got {type(value)}")
+        if value.ndim != 2:
+            raise ValueError(f"{name} must be 2-D [B, N], got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise ValueError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+    if price.shape != quantity.shape:
+        raise ValueError(
+            f"price and quantity must have the same shape [B, N], got "
+            f"{tuple(price.shape)} and {tuple(quantity.shape)}"
+        )
+    if price.shape[1] == 0:
+        raise ValueError("need at least one agent (N >= 1)")
+    if not bool(torch.isfinite(price).all() & torch.isfinite(quantity).all()):
+        raise ValueError("price and quantity must be finite (no NaN or inf)")
+
+
+def _tariff_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
+    """Return tariff ``value`` (currency/kWh) as a finite ``[B]`` tensor on ``like``'s device."""
+    n_envs = like.shape[0]
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            value = value.expand(n_envs)
+        elif tuple(value.shape) != (n_envs,):
+            raise ValueError(
+                f"{name} must be a number or a tensor of shape [B]=({n_envs},), "
+                f"got shape {tuple(value.shape)}"
+            )
+        tariff = value.to(dtype=like.dtype, device=like.device)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        tariff = torch.full((n_envs,), float(value), dtype=like.dtype, device=like.device)
+    else:
+        raise ValueError(f"{name} must be a number or a tensor of shape [B], got {type(value)}")
+    if not bool(torch.isfinite(tariff).all()):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return tariff
+
+
+# --------------------------------------------------------------------------------------------
+# Small batched helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` where ``denominator > 0``, else 0 (no NaN in gradients)."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1.0), 0.0)
+
+
+def _nan_where_no_trade(unit_price: Tensor, volume: Tensor) -> Tensor:
+    """``[B]`` price, NaN where ``volume`` (kWh) is not positive."""
+    return torch.where(volume > 0, unit_price, math.nan)
+
+
+def _pro_rata(demand: Tensor, supply: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split matched energy ``M = min(S, D)`` pro rata to demand and supply.
+
+    Returns ``(bought [B, N], sold [B, N], matched [B])`` in kWh: each buyer gets ``M / D``
+    of its demand, each seller sells ``M / S`` of its supply (Long et al. 2017).
+    """
+    total_demand = demand.sum(1)
+    total_supply = supply.sum(1)
+    matched = torch.minimum(total_demand, total_supply)
+    buyer_share = _safe_divide(matched, total_demand).clamp(0.0, 1.0)
+    seller_share = _safe_divide(matched, total_supply).clamp(0.0, 1.0)
+    return demand * buyer_share[:, None], supply * seller_share[:, None], matched
+
+
+def _fill_with_marginal_rationing(
+    offered: Tensor, inside: Tensor, at_margin: Tensor, target_volume: Tensor
+) -> Tensor:
+    """Fill ``inside`` agents completely and share the rest pro rata among ``at_margin`` ones.
+
+    Args:
+        offered: ``[B, N]`` kWh each agent wants to trade.
+        inside: ``[B, N]`` bool, agents strictly better than the marginal price.
+        at_margin: ``[B, N]`` bool, agents at the marginal price.
+        target_volume: ``[B]`` kWh the side must trade in total.
+
+    Returns:
+        ``[B, N]`` kWh accepted, ``<= offered``.
+    """
+    inside_volume = torch.where(inside, offered, 0.0).sum(1)
+    margin_volume = torch.where(at_margin, offered, 0.0).sum(1)
+    share = _safe_divide(target_volume - inside_volume, margin_volume).clamp(0.0, 1.0)
+    return torch.where(inside, offered, torch.where(at_margin, offered * share[:, None], 0.0))
+
+
+def _tie_group_bounds(sorted_values: Tensor) -> tuple[Tensor, Tensor]:
+    """First and last position of each element's run of equal values in a sorted ``[B, N]``.
+
+    Returns two ``[B, N]`` int64 tensors of positions along dim 1.
+    """
+    n_agents = sorted_values.shape[1]
+    positions = torch.arange(n_agents, device=sorted_values.device).expand_as(sorted_values)
+    changes = sorted_values[:, 1:] != sorted_values[:, :-1]
+    edge = torch.ones_like(sorted_values[:, :1], dtype=torch.bool)
+    starts_run = torch.cat([edge, changes], dim=1)
+    ends_run = torch.cat([changes, edge], dim=1)
+    start = torch.where(starts_run, positions, 0).cummax(dim=1).values
+    end = torch.where(ends_run, positions, n_agents - 1).flip(1).cummin(dim=1).values.flip(1)
+    return start, end
+
+
+def _step_curve_integral(unit_price: Tensor, volume: Tensor, points: Tensor) -> Tensor:
+    """Integral ``int_0^q P(x) dx`` of a step price curve, evaluated at each ``q`` in ``points``.
+
+    Args:
+        unit_price: ``[B, N]`` currency/kWh of consecutive segments (finite).
+        volume: ``[B, N]`` kWh >= 0, segment lengths in the same order.
+        points: ``[B, M]`` kWh where the integral is evaluated.
+
+    Returns:
+        ``[B, M]`` currency. Points beyond the end extrapolate the last segment's price.
+    """
+    n_segments = unit_price.shape[1]
+    cumulative_volume = volume.cumsum(1)
+    cumulative_value = (unit_price * volume).cumsum(1)
+    segment = torch.searchsorted(cumulative_volume, points.contiguous()).clamp(max=n_segments - 1)
+    volume_before = F.pad(cumulative_volume, (1, 0)).gather(1, segment)
+    value_before = F.pad(cumulative_value, (1, 0)).gather(1, segment)
+    return value_before + unit_price.gather(1, segment) * (points - volume_before)
+
+
+def _unsort(sorted_values: Tensor, order: Tensor) -> Tensor:
+    """Undo ``values.gather(1, order)``: put ``sorted_values [B, N]`` back in agent order."""
+    return torch.empty_like(sorted_values).scatter_(1, order, sorted_values)
+
+
+# --------------------------------------------------------------------------------------------
+# Double auctions
+# --------------------------------------------------------------------------------------------
+
+
+def _efficient_allocation(price: Tensor, demand: Tensor, supply: Tensor) -> _Allocation:
+    """Welfare-maximising allocation of a double auction with divisible quantities.
+
+    Bids sorted descending give the inverse demand curve ``P_d(q)``, asks sorted ascending the
+    inverse supply curve ``P_s(q)``. The traded volume is ``Q = max_j min(D_j, S(b_j))`` with
+    ``D_j`` the cumulative demand down to buyer ``j`` and ``S(b_j)`` the total supply asking
+    at most ``b_j``: the largest ``Q`` with ``P_d >= P_s`` on ``[0, Q]``. Agents strictly
+    inside the marginal price are filled; those at it are rationed pro rata.
+
+    Args:
+        price: ``[B, N]`` clamped bids/asks in currency/kWh.
+        demand: ``[B, N]`` kWh >= 0 (0 for non-buyers).
+        supply: ``[B, N]`` kWh >= 0 (0 for non-sellers).
+    """
+    n_agents = price.shape[1]
+    bid_key = torch.where(demand > 0, price, -math.inf)
+    sorted_bid, buyer_order = torch.sort(bid_key, dim=1, descending=True, stable=True)
+    ask_key = torch.where(supply > 0, price, math.inf)
+    sorted_ask, seller_order = torch.sort(ask_key, dim=1, stable=True)
+
+    cumulative_demand = demand.gather(1, buyer_order).cumsum(1)
+    cumulative_supply = supply.gather(1, seller_order).cumsum(1)
+    n_asks_below_bid = torch.searchsorted(sorted_ask, sorted_bid, right=True)
+    supply_below_bid = F.pad(cumulative_supply, (1, 0)).gather(1, n_asks_below_bid)
+    volume = torch.minimum(cumulative_demand, supply_below_bid).amax(1)
+    traded = volume > 0
+
+    marginal_buyer = torch.searchsorted(cumulative_demand, volume[:, None]).clamp(max=n_agents - 1)
+    marginal_seller = torch.searchsorted(cumulative_supply, volume[:, None]).clamp(max=n_agents - 1)
+    marginal_bid = sorted_bid.gather(1, marginal_buyer).squeeze(1)
+    marginal_ask = sorted_ask.gather(1, marginal_seller).squeeze(1)
+
+    is_buyer = (demand > 0) & traded[:, None]
+    is_seller = (supply > 0) & traded[:, None]
+    bought = _fill_with_marginal_rationing(
+        demand,
+        is_buyer & (price > marginal_bid[:, None]),
+        is_buyer & (price == marginal_bid[:, None]),
+        volume,
+    )
+    sold = _fill_with_marginal_rationing(
+        supply,
+        is_seller & (price < marginal_ask[:, None]),
+        is_seller & (price == marginal_ask[:, None]),
+        volume,
+    )
+    return _Allocation(
+        bought=bought,
+        sold=sold,
+        volume=volume,
+        marginal_bid=marginal_bid,
+        marginal_ask=marginal_ask,
+        buyer_order=buyer_order,
+        seller_order=seller_order,
+        sorted_bid=sorted_bid,
+        sorted_ask=sorted_ask,
+    )
+
+
+def _uniform(price: Tensor, demand: Tensor, supply: Tensor, k: float) -> _P2POutcome:
+    """Uniform-price k-double auction: everyone trades at ``a_m + k (b_m - a_m)``."""
+    allocation = _efficient_allocation(price, demand, supply)
+    traded = allocation.volume > 0
+    bid, ask = allocation.marginal_bid, allocation.marginal_ask
+    unit_price = torch.where(traded, ask + k * (bid - ask), 0.0)
+    return _P2POutcome(
+        bought=allocation.bought,
+        sold=allocation.sold,
+        buyer_cost=allocation.bought * unit_price[:, None],
+        seller_revenue=allocation.sold * unit_price[:, None],
+        clearing_price=_nan_where_no_trade(unit_price, allocation.volume),
+        operator_surplus=torch.zeros_like(allocation.volume),
+    )
+
+
+def _pay_as_bid(price: Tensor, demand: Tensor, supply: Tensor, k: float) -> _P2POutcome:
+    """Discriminatory k-double auction (Lin et al. 2019): each matched segment at its own price.
+
+    See :func:`clear` for the rule. The buyer of a tie group spanning ``[lo, hi]`` on the
+    volume axis pays ``k b + (1 - k) (F_s(hi) - F_s(lo)) / (hi - lo)`` per kWh with ``F_s``
+    the integral of the accepted inverse supply curve; sellers symmetrically.
+    """
+    allocation = _efficient_allocation(price, demand, supply)
+    bought_sorted = allocation.bought.gather(1, allocation.buyer_order)
+    sold_sorted = allocation.sold.gather(1, allocation.seller_order)
+    accepted_bid = torch.where(bought_sorted > 0, allocation.sorted_bid, 0.0)
+    accepted_ask = torch.where(sold_sorted > 0, allocation.sorted_ask, 0.0)
+
+    def mean_counterpart_price(
+        own_sorted_price: Tensor,
+        own_volume: Tensor,
+        other_unit_price: Tensor,
+        other_volume: Tensor,
+    ) -> Tensor:
+        """``[B, N]`` mean price of the other side over each tie group's volume interval."""
+        cumulative = own_volume.cumsum(1)
+        first, last = _tie_group_bounds(own_sorted_price)
+        group_low = (cumulative - own_volume).gather(1, first)
+        group_high = cumulative.gather(1, last)
+        value = _step_curve_integral(other_unit_price, other_volume, group_high)
+        value = value - _step_curve_integral(other_unit_price, other_volume, group_low)
+        return _safe_divide(value, group_high - group_low)
+
+    mean_ask = mean_counterpart_price(
+        allocation.sorted_bid, bought_sorted, accepted_ask, sold_sorted
+    )
+    mean_bid = mean_counterpart_price(
+        allocation.sorted_ask, sold_sorted, accepted_bid, bought_sorted
+    )
+    buyer_cost = bought_sorted * (k * accepted_bid + (1.0 - k) * mean_ask)
+    seller_revenue = sold_sorted * ((1.0 - k) * accepted_ask + k * mean_bid)
+    buyer_cost = _unsort(buyer_cost, allocation.buyer_order)
+    seller_revenue = _unsort(seller_revenue, allocation.seller_order)
+    volume = allocation.volume
+    return _P2POutcome(
+        bought=allocation.bought,
+        sold=allocation.sold,
+        buyer_cost=buyer_cost,
+        seller_revenue=seller_revenue,
+        clearing_price=_nan_where_no_trade(
+            _safe_divide(buyer_cost.sum(1), allocation.bought.sum(1)), volume
+        ),
+        operator_surplus=torch.zeros_like(volume),
+    )
+
+
+def _mcafee(
+    price: Tensor, demand: Tensor, supply: Tensor, retail: Tensor, feed_in: Tensor
+) -> _P2POutcome:
+    """McAfee (1992) trade-reduction double auction at the agent level; rule in :func:`clear`."""
+    allocation = _efficient_allocation(price, demand, supply)
+    lowest_bid, highest_ask = allocation.marginal_bid, allocation.marginal_ask
+    is_buyer, is_seller = demand > 0, supply > 0
+
+    # Agents priced strictly outside the marginal levels are the ones that get nothing.
+    excluded_bid = torch.where(is_buyer & (price < lowest_bid[:, None]), price, -math.inf).amax(1)
+    excluded_ask = torch.where(is_seller & (price > highest_ask[:, None]), price, math.inf).amin(1)
+    # The grid is the outside option: it always buys at f and sells at r.
+    first_excluded_bid = torch.maximum(excluded_bid, feed_in)
+    first_excluded_ask = torch.minimum(excluded_ask, retail)
+    candidate_price = 0.5 * (first_excluded_bid + first_excluded_ask)
+    efficient = (
+        (allocation.volume > 0) & (highest_ask <= candidate_price) & (candidate_price <= lowest_bid)
+    )
+
+    # Trade reduction: drop the marginal price levels on both sides.
+    kept_buyer = is_buyer & (price > lowest_bid[:, None])
+    kept_seller = is_seller & (price < highest_ask[:, None])
+    reduced_bought, reduced_sold, reduced_volume = _pro_rata(
+        torch.where(kept_buyer, demand, 0.0), torch.where(kept_seller, supply, 0.0)
+    )
+    reduced = (~efficient) & (allocation.volume > 0) & (reduced_volume > 0)
+
+    bought = torch.where(
+        efficient[:, None], allocation.bought, torch.where(reduced[:, None], reduced_bought, 0.0)
+    )
+    sold = torch.where(
+        efficient[:, None], allocation.sold, torch.where(reduced[:, None], reduced_sold, 0.0)
+    )
+    buyer_price = torch.where(efficient, candidate_price, torch.where(reduced, lowest_bid, 0.0))
+    seller_price = torch.where(efficient, candidate_price, torch.where(reduced, highest_ask, 0.0))
+    surplus = torch.where(reduced, (lowest_bid - highest_ask) * reduced_volume, 0.0)
+    return _P2POutcome(
+        bought=bought,
+        sold=sold,
+        buyer_cost=bought * buyer_price[:, None],
+        seller_revenue=sold * seller_price[:, None],
+        clearing_price=_nan_where_no_trade(buyer_price, bought.sum(1)),
+        operator_surplus=surplus,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Price-free sharing mechanisms
+# --------------------------------------------------------------------------------------------
+
+
+def _no_trade(demand: Tensor) -> _P2POutcome:
+    """No P2P market: every agent settles with the grid."""
+    zeros = torch.zeros_like(demand)
+    return _P2POutcome(
+        bought=zeros,
+        sold=zeros,
+        buyer_cost=zeros,
+        seller_revenue=zeros,
+        clearing_price=torch.full_like(demand[:, 0], math.nan),
+        operator_surplus=torch.zeros_like(demand[:, 0]),
+    )
+
+
+def _shared_at_price(demand: Tensor, supply: Tensor, unit_price: Tensor) -> _P2POutcome:
+    """Pro-rata split of ``min(S, D)`` traded at one ``[B]`` price in currency/kWh."""
+    bought, sold, matched = _pro_rata(demand, supply)
+    return _P2POutcome(
+        bought=bought,
+        sold=sold,
+        buyer_cost=bought * unit_price[:, None],
+        seller_revenue=sold * unit_price[:, None],
+        clearing_price=_nan_where_no_trade(unit_price, matched),
+        operator_surplus=torch.zeros_like(matched),
+    )
+
+
+def _mid_market_rate(
+    demand: Tensor, supply: Tensor, retail: Tensor, feed_in: Tensor
+) -> _P2POutcome:
+    """Mid-market rate (Long et al. 2017): matched energy at ``(r + f) / 2``."""
+    return _shared_at_price(demand, supply, 0.5 * (retail + feed_in))
+
+
+def _supply_demand_ratio(
+    demand: Tensor, supply: Tensor, retail: Tensor, feed_in: Tensor
+) -> _P2POutcome:
+    """Supply-demand ratio pricing (Liu et al. 2017, IEEE Trans. Power Systems 32(5)).
+
+    ``SDR = S / D``; for ``SDR < 1`` the P2P (selling) price is ``r f / ((r - f) SDR + f)``,
+    otherwise ``f``. The pro-rata split makes a buyer's mean price equal to the paper's
+    buying price ``p_sell SDR + r (1 - SDR)``.
+    """
+    ratio = _safe_divide(supply.sum(1), demand.sum(1))
+    denominator = (retail - feed_in) * ratio + feed_in
+    shortage_price = torch.where(
+        denominator > 0, retail * feed_in / torch.where(denominator > 0, denominator, 1.0), feed_in
+    )
+    selling_price = torch.where(ratio < 1, shortage_price, feed_in)
+    return _shared_at_price(demand, supply, selling_price)
+
+
+def _bill_sharing(demand: Tensor, supply: Tensor) -> _P2POutcome:
+    """Bill sharing (Long et al. 2017; Zhou et al. 2018): shared energy is free; see :func:`clear`.
+
+    Each buyer's grid remainder ``q (D - S) / D`` at ``r`` is its demand share of the
+    community import bill, each seller's remainder at ``f`` its supply share of the export
+    revenue.
+    """
+    return _shared_at_price(demand, supply, torch.zeros_like(demand[:, 0]))
