@@ -45,8 +45,7 @@ from envs.data import (
 
 # Random streams (see envs.rng): one per use, so draws never collide.
 _STREAM_START_DAY = 1
-_STREAM_LOAD_NOISE = 2
-_STREAM_PV_NOISE = 3
+_STREAM_FORECAST_NOISE = 2
 
 
 class BatchedP2PEnv:
@@ -98,6 +97,23 @@ class BatchedP2PEnv:
         self.feed_in_price = tensor(np.asarray(feed_in)[hour_of_step])
         self.price_scale = float(max(retail))
 
+        # Precomputed observation tables (see envs.observations for the layout).
+        self._profile = torch.stack([self.load_kw / self.peak_load_kw,
+                                     self.pv_kw / self.peak_load_kw], dim=-1)  # [T, N, 2]
+        self._sizes = torch.stack([self.pv_kwp, self.capacity_kwh], dim=1) / self.peak_load_kw[
+            :, None]
+        self._inverse_capacity = torch.where(
+            self.capacity_kwh > 0, 1.0 / self.capacity_kwh.clamp_min(1e-9),
+            torch.zeros_like(self.capacity_kwh))
+        tod = 2 * math.pi * torch.arange(STEPS_PER_DAY, dtype=torch.float64) / STEPS_PER_DAY
+        self._step_table = torch.stack([
+            tod.sin(), tod.cos(), torch.as_tensor(np.asarray(retail)[hour_of_step]) / max(retail),
+            torch.as_tensor(np.asarray(feed_in)[hour_of_step]) / max(retail)],
+            dim=1).to(self.dtype).to(self.device)  # [96, 4]: tod sin/cos, retail, feed-in
+        dow = 2 * math.pi * torch.arange(7, dtype=torch.float64) / 7
+        self._weekday_table = torch.stack([dow.sin(), dow.cos()], dim=1).to(
+            self.dtype).to(self.device)
+
         train_days, test_days = day_split(config.episode.test_every)
         split = {"train": train_days, "test": test_days,
                  "all": np.arange(DAYS_PER_YEAR)}[config.episode.days]
@@ -122,6 +138,8 @@ class BatchedP2PEnv:
         self._price_levels = torch.linspace(0.0, 1.0, levels.price_levels, dtype=self.dtype,
                                             device=self.device)
         self.n_discrete_actions = levels.battery_levels * levels.price_levels
+        self._action_low = torch.tensor([-1.0, 0.0], dtype=self.dtype, device=self.device)
+        self._action_high = torch.tensor([1.0, 1.0], dtype=self.dtype, device=self.device)
 
         from envs.grid import make_network
 
@@ -192,46 +210,41 @@ class BatchedP2PEnv:
         """Index into the year of step ``step_of_day + offset`` of each env's day, [B]."""
         return (self.day * STEPS_PER_DAY + self.step_of_day + offset) % STEPS_PER_YEAR
 
-    def _time_features(self) -> Tensor:
-        """[B, 4]: sin/cos of the time of day and of the weekday."""
-        step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1).to(self.dtype)
-        weekday = ((self.day + START_WEEKDAY) % 7).to(self.dtype)
-        tod = 2 * math.pi * step / STEPS_PER_DAY
-        dow = 2 * math.pi * weekday / 7
-        return torch.stack([tod.sin(), tod.cos(), dow.sin(), dow.cos()], dim=1)
+    def _shared_features(self) -> Tensor:
+        """[B, 7]: time of day (sin, cos), weekday (sin, cos), retail, feed-in, last price,
+        prices divided by the day's highest retail price."""
+        step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1)
+        weekday = (self.day + START_WEEKDAY) % 7
+        by_step = self._step_table[step]
+        return torch.cat([by_step[:, :2], self._weekday_table[weekday], by_step[:, 2:],
+                          (self.last_price / self.price_scale)[:, None]], dim=1)
 
     def _tariffs_now(self) -> tuple[Tensor, Tensor]:
         step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1)
         return self.retail_price[step], self.feed_in_price[step]
+
+    def _soc_fraction(self) -> Tensor:
+        return self.soc_kwh * self._inverse_capacity
 
     def observe(self) -> Tensor:
         """Local observations ``[B, N, obs_dim]`` (layout in ``envs.observations``)."""
         cfg = self.config.observation
         b, n = self.n_envs, self.n_agents
         steps = cfg.forecast_steps + 1
-        offsets = torch.arange(steps, device=self.device)
-        index = (self._time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR  # [B, S]
-        load = self.load_kw[index] / self.peak_load_kw  # [B, S, N]
-        pv = self.pv_kw[index] / self.peak_load_kw
+        if steps == 1:
+            profile = self._profile[self._time_index()][:, None]  # [B, 1, N, 2]
+        else:
+            offsets = torch.arange(steps, device=self.device)
+            index = (self._time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR
+            profile = self._profile[index]  # [B, S, N, 2]
         if cfg.forecast_noise > 0.0:
             counter = self.episode_count * 1000 + self.step_of_day
-            shape = (steps, n)
-            load = physics.noisy(load, cfg.forecast_noise,
-                                 rng.normal(self.env_seed, counter, _STREAM_LOAD_NOISE, shape,
-                                            self.dtype))
-            pv = physics.noisy(pv, cfg.forecast_noise,
-                               rng.normal(self.env_seed, counter, _STREAM_PV_NOISE, shape,
-                                          self.dtype))
-        profile = torch.stack([load, pv], dim=-1).permute(0, 2, 1, 3).reshape(b, n, 2 * steps)
-        soc = torch.where(self.capacity_kwh > 0, self.soc_kwh / self.capacity_kwh.clamp_min(
-            1e-9), torch.zeros_like(self.soc_kwh))
-        sizes = torch.stack([self.pv_kwp, self.capacity_kwh], dim=1) / self.peak_load_kw[:, None]
-        retail, feed_in = self._tariffs_now()
-        shared = torch.cat([
-            self._time_features(),
-            torch.stack([retail, feed_in, self.last_price], dim=1) / self.price_scale,
-        ], dim=1)  # [B, 7]
-        parts = [profile, soc[..., None], sizes.expand(b, n, 2),
+            noise = rng.normal(self.env_seed, counter, _STREAM_FORECAST_NOISE, (steps, n, 2),
+                               self.dtype)
+            profile = physics.noisy(profile, cfg.forecast_noise, noise)
+        profile = profile.permute(0, 2, 1, 3).reshape(b, n, 2 * steps)
+        shared = self._shared_features()
+        parts = [profile, self._soc_fraction()[..., None], self._sizes.expand(b, n, 2),
                  shared[:, None, :].expand(b, n, shared.shape[1])]
         if cfg.include_voltage:
             parts.append(((self.last_voltage - 1.0) * 10.0)[..., None])
@@ -240,16 +253,9 @@ class BatchedP2PEnv:
     def state(self) -> Tensor:
         """Global state ``[B, 3 N + 7]`` for centralised critics (true load, PV, SoC of every
         agent, then time features, tariffs and last price)."""
-        index = self._time_index()
-        load = self.load_kw[index] / self.peak_load_kw
-        pv = self.pv_kw[index] / self.peak_load_kw
-        soc = torch.where(self.capacity_kwh > 0, self.soc_kwh / self.capacity_kwh.clamp_min(
-            1e-9), torch.zeros_like(self.soc_kwh))
-        retail, feed_in = self._tariffs_now()
-        return torch.cat([
-            load, pv, soc, self._time_features(),
-            torch.stack([retail, feed_in, self.last_price], dim=1) / self.price_scale,
-        ], dim=1)
+        profile = self._profile[self._time_index()]  # [B, N, 2]
+        return torch.cat([profile[..., 0], profile[..., 1], self._soc_fraction(),
+                          self._shared_features()], dim=1)
 
     # ----------------------------------------------------------------------------------------
     # Step
@@ -265,12 +271,11 @@ class BatchedP2PEnv:
                 raise ValueError(f"continuous actions must have shape [n_envs, n_agents, 2] = "
                                  f"[{b}, {n}, 2], got {list(actions.shape)}")
             actions = actions.to(self.dtype)
-            bad = ~torch.isfinite(actions).all(dim=-1)
-            low = torch.tensor([-1.0, 0.0], dtype=self.dtype, device=self.device)
-            high = torch.tensor([1.0, 1.0], dtype=self.dtype, device=self.device)
-            outside = ((actions < low - 1e-6) | (actions > high + 1e-6)).any(dim=-1)
-            if bool((bad | outside).any()):
-                env, agent = (bad | outside).nonzero()[0].tolist()
+            low, high = self._action_low, self._action_high
+            # NaN fails both comparisons, so one check covers NaN, inf and out-of-range.
+            valid = (actions >= low - 1e-6) & (actions <= high + 1e-6)
+            if not bool(valid.all()):
+                env, agent = (~valid.all(dim=-1)).nonzero()[0].tolist()
                 raise ValueError(
                     f"action of agent {self.agent_names[agent]!r} (index {agent}) in env {env} "
                     f"is {actions[env, agent].tolist()}; allowed: finite [battery in [-1, 1], "
