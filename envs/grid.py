@@ -2,11 +2,18 @@
 
 :func:`make_network` builds, from ``config.network.model``:
 
-- ``none``: no network; zero penalties, no voltage.
+- ``none``: no network; zero penalties, no voltages.
 - ``zbus``: the batched torch power flow of ``envs.network`` (default).
 - ``ac``: pandapower ``runpp`` for every environment and step (exact, slow; for validation
-  and evaluation). A run that does not converge is reported in ``info["converged"]`` and
-  penalised as a full-band voltage violation at every bus, never raised.
+  and evaluation). A run that does not converge is reported in ``info["network_converged"]``
+  and penalised (``envs.network.network_penalty``'s divergence penalty), never raised.
+
+Both network models report per step, each ``[B]``: ``v_min`` and ``v_max`` (p.u.),
+``max_line_loading`` and ``max_trafo_loading`` (%), ``voltage_violations`` (buses outside
+[v_min, v_max]), ``line_violations`` (lines and transformers above 100 %), ``losses_kw`` and
+``network_converged`` (1.0 or 0.0); penalties are shared among agents by
+``envs.network.network_penalty``'s rule (by contribution: an agent that does not inject pays
+nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +25,17 @@ from torch import Tensor
 
 from envs.config import NetworkConfig
 from envs.data import FeederData
+
+_INFO_NAMES = {
+    "vm_min_pu": "v_min",
+    "vm_max_pu": "v_max",
+    "max_line_loading_percent": "max_line_loading",
+    "max_trafo_loading_percent": "max_trafo_loading",
+    "n_voltage_violations": "voltage_violations",
+    "n_line_violations": "line_violations",
+    "losses_kw": "losses_kw",
+    "converged": "network_converged",
+}
 
 
 @dataclass
@@ -33,16 +51,58 @@ class NetworkStep:
 class NoNetwork:
     """``network.model: none``: nothing is constrained."""
 
+    model = None
+
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
         return NetworkStep(torch.zeros_like(p_kw), None, {})
 
 
+class PowerFlowNetwork:
+    """``zbus`` or ``ac``: power flow, penalties shared by contribution, info statistics."""
+
+    def __init__(self, config: NetworkConfig, data: FeederData, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        from envs.network import BatchedPowerFlow
+
+        self.config = config
+        self.net = data.net()
+        self.model = BatchedPowerFlow.from_pandapower(
+            self.net, device=device, dtype=dtype, max_iterations=config.max_iterations)
+        self.sensitivity = self.model.sensitivity()
+        self.exact = config.model == "ac"
+
+    def solve(self, p_kw: Tensor, q_kvar: Tensor):
+        if self.exact:
+            from envs.network import run_ac
+
+            result = run_ac(self.net, p_kw, q_kvar)
+            return type(result)(**{
+                name: value.to(device=p_kw.device, dtype=p_kw.dtype)
+                if isinstance(value, Tensor) and value.is_floating_point()
+                else (value.to(p_kw.device) if isinstance(value, Tensor) else value)
+                for name, value in vars(result).items()})
+        return self.model.solve(p_kw, q_kvar)
+
+    def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
+        from envs.network import network_penalty, network_summary
+
+        cfg = self.config
+        result = self.solve(p_kw, q_kvar)
+        penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
+                                     v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
+                                     line_penalty=cfg.line_penalty)
+        summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
+        info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
+        voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
+        return NetworkStep(penalty, voltage, info)
+
+
 def make_network(config: NetworkConfig, data: FeederData, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype) -> NoNetwork | PowerFlowNetwork:
     """The network model named by ``config.model`` for feeder ``data``."""
     if config.model == "none":
         return NoNetwork()
     if data.net_json is None:
         raise ValueError(f"network.model={config.model!r} needs a pandapower net, but feeder "
                          f"{data.name!r} has none; use network.model=none")
-    raise NotImplementedError(f"network.model={config.model!r} is not wired yet")
+    return PowerFlowNetwork(config, data, device, dtype)
