@@ -187,6 +187,17 @@ class NetworkConfig:
     """Most fixed-point iterations of the ``zbus`` solver per step; it stops as soon as every
     environment has converged (about 3-5 on LV feeders). Not converged: penalised, reported."""
 
+    p2p_fee: float = 0.0
+    """Flat network-use fee on every P2P kWh, paid by the buyer, currency/kWh."""
+    p2p_distance_fee: float = 0.0
+    """Network-use fee growing with the electrical distance between buyer and seller:
+    currency/kWh at the feeder's largest distance (needs model zbus or ac)."""
+    p2p_loss_factor: float = 0.0
+    """Share of each P2P kWh charged to the buyer at the retail price as network losses."""
+    matching_temperature: float = 0.1
+    """Locality of the buyer-seller matching used for distance fees (``envs.fees``): small
+    prefers electrically close partners, large matches in proportion (a pool)."""
+
     def __post_init__(self) -> None:
         check(self.model in NETWORK_MODELS, "model", f"one of {NETWORK_MODELS}",
               self.model)
@@ -195,6 +206,15 @@ class NetworkConfig:
         check(self.voltage_penalty >= 0.0, "voltage_penalty", ">= 0",
               self.voltage_penalty)
         check(self.line_penalty >= 0.0, "line_penalty", ">= 0", self.line_penalty)
+        for name in ("p2p_fee", "p2p_distance_fee"):
+            check(getattr(self, name) >= 0.0, name, ">= 0 currency/kWh", getattr(self, name))
+        check(0.0 <= self.p2p_loss_factor < 1.0, "p2p_loss_factor", "a fraction in [0, 1)",
+              self.p2p_loss_factor)
+        check(self.matching_temperature > 0.0, "matching_temperature", "> 0",
+              self.matching_temperature)
+        check(self.p2p_distance_fee == 0.0 or self.model != "none", "p2p_distance_fee",
+              "0 when model is none (distances come from the network model)",
+              self.p2p_distance_fee)
         check(1 <= self.max_iterations <= 100, "max_iterations", "an integer in [1, 100]",
               self.max_iterations)
 

@@ -10,7 +10,9 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
    P2P market (``envs.market``), the rest settles with the grid;
 4. the network model (``envs.network``) computes voltages, loadings and losses, and shares
    the penalties of limit violations among the agents that caused them;
-5. reward = -(payment + battery degradation + network penalty) * reward_scale.
+5. optional network-use fees and loss charges on P2P trades (``envs.fees``) are charged to
+   buyers;
+6. reward = -(payment + degradation + network penalty + network fee) * reward_scale.
 
 Episodes are one day (96 steps) starting at a day drawn from the configured split; finished
 environments are reset automatically (the last observation is in ``info["final_observation"]``).
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs import market, observations, physics, rng
+from envs import fees, market, observations, physics, rng
 from envs.config import EnvConfig
 from envs.data import (
     DAYS_PER_YEAR,
@@ -144,6 +146,14 @@ class BatchedP2PEnv:
         from envs.grid import make_network
 
         self.network = make_network(config.network, data, self.device, self.dtype)
+        net_cfg = config.network
+        self._charges_p2p = (net_cfg.p2p_fee, net_cfg.p2p_distance_fee,
+                             net_cfg.p2p_loss_factor) != (0.0, 0.0, 0.0)
+        self.electrical_distance = None
+        if net_cfg.p2p_distance_fee > 0.0:
+            from envs.network import electrical_distance
+
+            self.electrical_distance = electrical_distance(self.network.model)
         self._seeded = False
 
     # ----------------------------------------------------------------------------------------
@@ -323,13 +333,22 @@ class BatchedP2PEnv:
         cleared = market.clear(cfg.market.mechanism, price, net_kwh, retail, feed_in,
                                k=cfg.market.k)
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
+        if self._charges_p2p:
+            fee, loss_charge, _ = fees.p2p_charges(
+                cleared.p2p_energy.clamp_min(0.0), (-cleared.p2p_energy).clamp_min(0.0),
+                self.electrical_distance, retail, cfg.network.p2p_fee,
+                cfg.network.p2p_distance_fee, cfg.network.p2p_loss_factor,
+                cfg.network.matching_temperature)
+            network_fee = fee + loss_charge
+        else:
+            network_fee = torch.zeros_like(degradation)
 
         p_kw = net_kwh / self.dt_h
         q_kvar = self.load_kvar[index]
         grid = self.network.step(p_kw, q_kvar)
         penalty = grid.penalty
 
-        cost = cleared.payment + degradation + penalty
+        cost = cleared.payment + degradation + penalty + network_fee
         reward = -cost * cfg.reward_scale
 
         traded = ~torch.isnan(cleared.clearing_price)
@@ -353,6 +372,8 @@ class BatchedP2PEnv:
             "soc_kwh": battery.soc_kwh,
             "degradation_cost": degradation,
             "network_penalty": penalty,
+            "network_fee": network_fee,
+            "network_fee_revenue": network_fee.sum(dim=1),
             "cost": cost,
             "price": price,
             "clearing_price": cleared.clearing_price,

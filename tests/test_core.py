@@ -71,7 +71,8 @@ def test_energy_and_money_balances(synthetic_config):
         expected_grid = (info["retail_price"][:, None] * grid.clamp_min(0)
                          + info["feed_in_price"][:, None] * grid.clamp_max(0))
         torch.testing.assert_close(info["grid_payment"], expected_grid)
-        cost = info["payment"] + info["degradation_cost"] + info["network_penalty"]
+        cost = (info["payment"] + info["degradation_cost"] + info["network_penalty"]
+                + info["network_fee"])
         torch.testing.assert_close(reward, -cost)
         torch.testing.assert_close(info["community_cost"], cost.sum(1))
         # Battery: within bounds, degradation on throughput, SoC dynamics.
