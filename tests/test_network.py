@@ -517,3 +517,65 @@ def test_network_summary(nets):
     assert float(summary["n_voltage_violations"][1]) > 0  # heavy export: overvoltage
     assert summary["converged"].tolist() == [1.0, 1.0, 0.0]
     assert bool(summary["vm_min_pu"][2].isnan())
+
+
+# --------------------------------------------------------------------------------------------
+# The network inside the core (envs/grid.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_core_zbus_matches_core_ac_mode():
+    """The same day stepped with network.model zbus and ac reports the same voltages."""
+    import envs
+
+    config = {"community": {"feeder": "synthetic", "n_agents": 6, "pv_share": 1.0,
+                            "pv_kwp_per_mwh": 3.0}}
+    results = {}
+    for model in ("zbus", "ac"):
+        env = envs.make_batched_env({**config, "network": {"model": model}}, n_envs=2,
+                                    dtype="float64")
+        env.reset(seed=0, days=[172, 173])
+        env.step_of_day[:] = 44  # late morning: PV export
+        actions = torch.zeros(2, env.n_agents, 2, dtype=torch.float64)
+        infos = [env.step(actions)[4] for _ in range(4)]
+        results[model] = {key: torch.stack([info[key] for info in infos])
+                          for key in ("v_min", "v_max", "losses_kw", "network_penalty")}
+    for key in ("v_min", "v_max"):
+        torch.testing.assert_close(results["zbus"][key], results["ac"][key], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results["zbus"]["losses_kw"], results["ac"]["losses_kw"],
+                               rtol=1e-3, atol=1e-6)
+    assert float(results["zbus"]["v_max"].max()) > float(results["zbus"]["v_min"].min())
+
+
+def test_core_reports_and_penalises_overvoltage():
+    import envs
+
+    config = {"community": {"feeder": "synthetic", "n_agents": 6, "pv_share": 0.5,
+                            "pv_kwp_per_mwh": 40.0},
+              "network": {"v_max": 1.03, "voltage_penalty": 100.0},
+              "observation": {"include_voltage": True}}
+    env = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    env.reset(seed=0, days=[172])
+    env.step_of_day[:] = 48  # noon in June
+    obs, _, _, _, info = env.step(torch.zeros(1, env.n_agents, 2, dtype=torch.float64))
+    assert float(info["v_max"][0]) > 1.03 and float(info["voltage_violations"][0]) > 0
+    penalty = info["network_penalty"][0]
+    exporting = info["net_energy_kwh"][0] < 0
+    assert float(penalty.sum()) > 0
+    assert bool((penalty[~exporting] == 0).all()) and bool((penalty[exporting] > 0).all())
+    # The own-voltage feature is (V - 1) * 10 of the step just taken.
+    voltage = obs[0, :, env.feature_names.index("voltage")] / 10 + 1
+    assert bool((voltage > 1.0).all())
+
+
+def test_voltage_profile_plot_script(tmp_path):
+    from envs import network_plots
+
+    out = tmp_path / "profile.png"
+    network_plots.main(["--day", "172", "--out", str(out), "community.feeder=synthetic",
+                        "community.n_agents=4", "community.pv_kwp_per_mwh=5"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    voltages, distance, _ = network_plots.voltage_day(
+        {"community": {"feeder": "synthetic", "n_agents": 4}}, 172)
+    assert voltages.shape == (96, 4 + 2) and distance.shape == (6,)
+    assert distance.max() == pytest.approx(0.06)  # two cables of 2 x 30 m
