@@ -88,10 +88,14 @@ class PowerFlowNetwork:
 
         cfg = self.config
         result = self.solve(p_kw, q_kvar)
-        penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
-                                     v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
-                                     line_penalty=cfg.line_penalty)
         summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
+        violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
+        if bool((violated | ~result.converged).any()):
+            penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
+                                         v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
+                                         line_penalty=cfg.line_penalty)
+        else:  # the common case: nothing to penalise, skip the sharing arithmetic
+            penalty = torch.zeros_like(p_kw)
         info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
         voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
         return NetworkStep(penalty, voltage, info)

@@ -1,8 +1,37 @@
 """Episode metrics of P2P energy communities, each defined once, batched over environments.
 
 :class:`EpisodeAccumulator` sums the core's per-step ``info`` tensors over each environment's
-episode and hands back the finished episodes' totals; the functions below turn totals into
-the metrics the P2P literature reports. Money in currency, energy in kWh.
+episode and hands back the finished episodes' totals; :func:`schedule_totals` builds the same
+totals from a centrally optimised schedule (the perfect-foresight oracle of
+``agents/oracle.py``). The functions below turn totals into the metrics the P2P literature
+reports; :func:`evaluation_summary` is the full set ``evaluate.py`` tabulates. Money in
+currency, energy in kWh.
+
+Metric definitions (per episode = one day, ``E`` episodes, ``N`` agents, ``t`` steps):
+
+==========================  ===================================================================
+metric                      formula
+==========================  ===================================================================
+community_cost              sum_i (payment_i + degradation_i + network_penalty_i + fee_i)
+no_p2p_cost                 sum_i sum_t [r_t (load - pv)^+ - f_t (pv - load)^+]  (idle battery)
+savings_vs_no_p2p           no_p2p_cost - community_cost
+savings_percent             100 * savings_vs_no_p2p / |no_p2p_cost|
+captured_savings_share      sum_days savings / sum_days oracle savings (aggregate over days)
+self_sufficiency            1 - grid import / load
+self_consumption            1 - grid export / PV
+p2p_volume_kwh              sum_t P2P energy bought
+clearing_price              sum_t price_t * volume_t / sum_t volume_t
+agent savings               no_p2p_cost_i - cost_i                                 [E, N]
+savings_gini                mean_ij |s_i - s_j| / (2 mean_i |s_i|)
+allocative_efficiency       sum_t volume_t / sum_t min(D_t, S_t)
+voltage/line_violations     bus-steps outside [v_min, v_max]; branch-steps above 100 % loading
+losses_kwh                  sum_t losses_kw * 0.25 h
+battery_throughput_kwh      sum_i sum_t |battery AC energy|
+degradation_cost            sum_i degradation_cost * throughput_i
+==========================  ===================================================================
+
+with ``D_t`` and ``S_t`` the community's total demand and supply (sums of positive and of
+negative net positions) at step ``t``.
 """
 
 from __future__ import annotations
@@ -17,7 +46,35 @@ _AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "load_k
                "battery_throughput_kwh", "no_p2p_cost", "reward")
 _ENV_KEYS = ("grid_import_kwh", "grid_export_kwh", "p2p_volume_kwh", "price_volume",
              "matchable_kwh", "voltage_violations", "line_violations", "losses_kwh",
-             "operator_surplus")
+             "operator_surplus", "community_cost", "network_steps", "network_fee")
+# Per-env extremes over an episode: key -> (reduction, value at episode start).
+_ENV_EXTREMES = {"v_min_pu": (torch.fmin, float("inf")), "v_max_pu": (torch.fmax, float("-inf")),
+                 "max_line_loading_percent": (torch.fmax, float("-inf")),
+                 "max_trafo_loading_percent": (torch.fmax, float("-inf"))}
+
+STEP_HOURS = 0.25
+"""Length of one environment step, hours (losses in kW become kWh with it)."""
+
+NETWORK_INFO_KEYS: dict[str, tuple[str, ...]] = {
+    "voltage_violations": ("voltage_violations", "n_voltage_violations"),
+    "line_violations": ("line_violations", "n_line_violations"),
+    "losses_kw": ("losses_kw",),
+    "v_min": ("v_min", "vm_min_pu"),
+    "v_max": ("v_max", "vm_max_pu"),
+    "max_line_loading": ("max_line_loading", "max_line_loading_percent"),
+    "max_trafo_loading": ("max_trafo_loading", "max_trafo_loading_percent"),
+}
+"""Per-env network statistics of a step's ``info`` ([B] each) and the names they may carry:
+the core's names first, then those of ``envs.network.network_summary``."""
+
+
+def network_info(info: dict[str, Tensor], name: str) -> Tensor | None:
+    """The network statistic ``name`` (a key of :data:`NETWORK_INFO_KEYS`) of a step's
+    ``info``, ``[B]``, or None when the environment has no network model."""
+    for key in NETWORK_INFO_KEYS[name]:
+        if key in info:
+            return info[key]
+    return None
 
 
 @dataclass(frozen=True)
@@ -41,6 +98,24 @@ def no_p2p_step_cost(load_kwh: Tensor, pv_kwh: Tensor, retail: Tensor, feed_in: 
     return retail[:, None] * net.clamp_min(0.0) + feed_in[:, None] * net.clamp_max(0.0)
 
 
+def matchable_kwh(net_kwh: Tensor) -> Tensor:
+    """The most energy a market step could match inside the community, ``[...]`` from
+    ``net_kwh [..., N]`` (> 0 buys): min(total demand, total supply), kWh."""
+    demand = net_kwh.clamp_min(0.0).sum(-1)
+    supply = (-net_kwh).clamp_min(0.0).sum(-1)
+    return torch.minimum(demand, supply)
+
+
+def step_allocative_efficiency(p2p_volume_kwh: Tensor, net_kwh: Tensor) -> Tensor:
+    """Allocative efficiency of one market step, ``[B]``: realised P2P volume over
+    min(total supply, total demand) (:func:`matchable_kwh`); NaN where nothing could be
+    matched. Volume-based, as in the P2P-market comparisons of Zhou et al. (2018), Applied
+    Energy 222; 1 means every kWh that could be traded inside the community was."""
+    matchable = matchable_kwh(net_kwh)
+    return torch.where(matchable > 0, p2p_volume_kwh / matchable.clamp_min(1e-12),
+                       torch.full_like(matchable, float("nan")))
+
+
 class EpisodeAccumulator:
     """Sums a batch's step infos per episode; :meth:`update` returns finished episodes."""
 
@@ -49,6 +124,8 @@ class EpisodeAccumulator:
         self.agent = {key: torch.zeros(n_envs, n_agents, dtype=dtype, device=device)
                       for key in _AGENT_KEYS}
         self.env = {key: torch.zeros(n_envs, dtype=dtype, device=device) for key in _ENV_KEYS}
+        self.extreme = {key: torch.full((n_envs,), start, dtype=dtype, device=device)
+                        for key, (_, start) in _ENV_EXTREMES.items()}
 
     def update(self, info: dict[str, Tensor], reward: Tensor) -> EpisodeTotals | None:
         """Add one step's ``info`` and ``reward [B, N]``; return the totals of the episodes
@@ -73,19 +150,39 @@ class EpisodeAccumulator:
         price = torch.nan_to_num(info["clearing_price"].to(dtype), nan=0.0)
         e["price_volume"] += price * volume
         net = info["net_energy_kwh"].to(dtype)
-        e["matchable_kwh"] += torch.minimum(net.clamp_min(0).sum(1), (-net).clamp_min(0).sum(1))
+        e["matchable_kwh"] += matchable_kwh(net)
         e["operator_surplus"] += info["operator_surplus"].to(dtype)
-        if "voltage_violations" in info:
-            e["voltage_violations"] += info["voltage_violations"].to(dtype)
-            e["line_violations"] += info["line_violations"].to(dtype)
-            e["losses_kwh"] += info["losses_kw"].to(dtype) * 0.25
+        e["community_cost"] += info["community_cost"].to(dtype)
+        if "network_fee" in info:
+            e["network_fee"] += info["network_fee"].sum(1).to(dtype)
+        violations = network_info(info, "voltage_violations")
+        if violations is not None:
+            e["network_steps"] += 1.0
+            e["voltage_violations"] += violations.to(dtype)
+            for name, key in (("line_violations", "line_violations"), ("losses_kw", "losses_kwh")):
+                value = network_info(info, name)
+                if value is not None:
+                    scale = STEP_HOURS if name == "losses_kw" else 1.0
+                    e[key] += value.to(dtype) * scale
+            for name, key in (("v_min", "v_min_pu"), ("v_max", "v_max_pu"),
+                              ("max_line_loading", "max_line_loading_percent"),
+                              ("max_trafo_loading", "max_trafo_loading_percent")):
+                value = network_info(info, name)
+                if value is not None:
+                    reduce, _ = _ENV_EXTREMES[key]
+                    self.extreme[key] = reduce(self.extreme[key], value.to(dtype))
         done = info.get("done")
         if done is None or not bool(done.any()):
             return None
+        extremes = {k: torch.where(torch.isinf(v[done]), float("nan"), v[done])
+                    for k, v in self.extreme.items()}
         totals = EpisodeTotals({k: v[done].clone() for k, v in a.items()},
-                               {k: v[done].clone() for k, v in e.items()}, info["day"][done])
+                               {**{k: v[done].clone() for k, v in e.items()}, **extremes},
+                               info["day"][done])
         for value in (*a.values(), *e.values()):
             value[done] = 0.0
+        for key, (_, start) in _ENV_EXTREMES.items():
+            self.extreme[key][done] = start
         return totals
 
 
@@ -95,7 +192,11 @@ class EpisodeAccumulator:
 
 
 def community_cost(totals: EpisodeTotals) -> Tensor:
-    """Sum over agents of payment + degradation + network penalty, currency."""
+    """Sum over agents of payment + degradation + network penalty (+ P2P network fees),
+    currency (the env total ``community_cost`` when the totals carry it:
+    :func:`schedule_totals` has no per-agent costs)."""
+    if "community_cost" in totals.env:
+        return totals.env["community_cost"]
     return totals.agent["cost"].sum(1)
 
 
@@ -174,3 +275,107 @@ def summary(totals: EpisodeTotals) -> dict[str, Tensor]:
         "network_penalty": totals.agent["network_penalty"].sum(1),
         "operator_surplus": totals.env["operator_surplus"],
     }
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation: the oracle's totals, the full metric set, aggregation over days
+# ------------------------------------------------------------------------------------------
+
+
+def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_kwh: Tensor,
+                    retail_price: Tensor, feed_in_price: Tensor, community_cost: Tensor,
+                    degradation_cost: Tensor, day: Tensor, *, p2p: bool,
+                    network: dict[str, Tensor] | None = None) -> EpisodeTotals:
+    """Totals of ``E`` centrally scheduled days (the oracle), comparable with those of
+    :class:`EpisodeAccumulator`.
+
+    Args (``T`` steps, ``N`` agents, float tensors):
+        load_kwh, pv_kwh, net_kwh: ``[E, T, N]`` kWh per step; ``net = load - pv + battery
+            (+ curtailment)``, > 0 consumes; ``pv`` before curtailment (curtailed PV counts as
+            not self-consumed).
+        battery_kwh: ``[E, T, N]`` AC-side battery throughput (charge + discharge), kWh.
+        retail_price, feed_in_price: ``[E, T]`` currency/kWh.
+        community_cost: ``[E]`` the schedule's total cost, currency.
+        degradation_cost: ``[E, N]`` each agent's battery wear cost, currency.
+        day: ``[E]`` day indices.
+        p2p: whether energy moves freely inside the community (only the community's net
+            position meets the grid) or every agent settles its own net position.
+        network: optional per-env network totals ``[E]`` (keys of the accumulator's env dict,
+            e.g. ``voltage_violations``, ``network_steps``).
+
+    A central schedule has no market and no payments between agents, so per-agent costs,
+    rewards and hence agent savings and their Gini are NaN; with ``p2p`` every matchable kWh
+    is shared (P2P volume = :func:`matchable_kwh`, allocative efficiency 1) at no price
+    (clearing price NaN).
+    """
+    e, _, n = net_kwh.shape
+    nan_agents = torch.full((e, n), float("nan"), dtype=net_kwh.dtype, device=net_kwh.device)
+    zeros_env = torch.zeros(e, dtype=net_kwh.dtype, device=net_kwh.device)
+    no_p2p = no_p2p_step_cost(load_kwh.reshape(-1, n), pv_kwh.reshape(-1, n),
+                              retail_price.reshape(-1), feed_in_price.reshape(-1)).reshape(e, -1, n)
+    matchable = matchable_kwh(net_kwh).sum(1)
+    if p2p:
+        community_net = net_kwh.sum(-1)
+        grid_import = community_net.clamp_min(0.0).sum(1)
+        grid_export = (-community_net).clamp_min(0.0).sum(1)
+        volume, price_volume = matchable, torch.full_like(matchable, float("nan"))
+    else:
+        grid_import = net_kwh.clamp_min(0.0).sum((1, 2))
+        grid_export = (-net_kwh).clamp_min(0.0).sum((1, 2))
+        volume, price_volume = zeros_env, zeros_env
+    agent = {"cost": nan_agents, "payment": nan_agents, "reward": nan_agents,
+             "degradation_cost": degradation_cost, "network_penalty": torch.zeros_like(nan_agents),
+             "load_kwh": load_kwh.sum(1), "pv_kwh": pv_kwh.sum(1),
+             "battery_throughput_kwh": battery_kwh.sum(1), "no_p2p_cost": no_p2p.sum(1)}
+    env = {key: zeros_env for key in _ENV_KEYS}
+    env.update({key: torch.full_like(zeros_env, float("nan")) for key in _ENV_EXTREMES})
+    env.update({"grid_import_kwh": grid_import, "grid_export_kwh": grid_export,
+                "p2p_volume_kwh": volume, "price_volume": price_volume,
+                "matchable_kwh": matchable, "community_cost": community_cost})
+    env.update(network or {})
+    return EpisodeTotals(agent, env, day)
+
+
+def captured_savings_share(savings: Tensor, oracle_savings: Tensor) -> Tensor:
+    """Share of the oracle's savings a policy captures over a set of days (a scalar):
+    sum_d savings_d / sum_d oracle_savings_d, both against the no-P2P, idle-battery bill
+    (:func:`savings_vs_no_p2p`). A ratio of sums, not a mean of daily ratios, which explode on
+    days where the oracle saves almost nothing. NaN if the oracle saves nothing."""
+    total = oracle_savings.sum()
+    return torch.where(total > 0, savings.sum() / total.clamp_min(1e-12),
+                       torch.full_like(total, float("nan")))
+
+
+def evaluation_summary(totals: EpisodeTotals) -> dict[str, Tensor]:
+    """:func:`summary` plus the no-P2P cost, grid import and export (kWh), P2P network fees
+    (currency) and the episode's extreme voltages (p.u.) and line and transformer loadings
+    (%), each ``[E]``. Network metrics are NaN for
+    episodes run without a network model (rather than a misleading 0)."""
+    metrics = summary(totals)
+    metrics["no_p2p_cost"] = totals.agent["no_p2p_cost"].sum(1)
+    metrics["grid_import_kwh"] = totals.env["grid_import_kwh"]
+    metrics["grid_export_kwh"] = totals.env["grid_export_kwh"]
+    metrics["network_fee"] = totals.env["network_fee"]
+    nan = torch.full_like(metrics["community_cost"], float("nan"))
+    for key in _ENV_EXTREMES:
+        metrics[key] = totals.env.get(key, nan)
+    has_network = totals.env["network_steps"] > 0
+    for key in ("voltage_violations", "line_violations", "losses_kwh", *_ENV_EXTREMES):
+        metrics[key] = torch.where(has_network, metrics[key], nan)
+    return metrics
+
+
+def concat_totals(parts: list[EpisodeTotals]) -> EpisodeTotals:
+    """The episodes of several :class:`EpisodeTotals` in one, in order."""
+    return EpisodeTotals({k: torch.cat([p.agent[k] for p in parts]) for k in parts[0].agent},
+                         {k: torch.cat([p.env[k] for p in parts]) for k in parts[0].env},
+                         torch.cat([p.day for p in parts]))
+
+
+def mean_std(values: Tensor) -> tuple[float, float]:
+    """Mean and (population, ddof 0) standard deviation of per-episode values ``[E]``,
+    ignoring NaN; (NaN, NaN) if every value is NaN."""
+    finite = values[~torch.isnan(values)].double()
+    if finite.numel() == 0:
+        return float("nan"), float("nan")
+    return float(finite.mean()), float(finite.std(unbiased=False))

@@ -1,0 +1,422 @@
+"""Reference traders of the benchmark and the perfect-foresight optimum, by name.
+
+Rule-based policies (each a :class:`agents.policy.Policy`, built by :func:`make_policy` from a
+spec ``name[:key=value[:key=value...]]``, e.g. ``fixed_price:price_fraction=0.7``):
+
+====================  =============================================================================
+name                  behaviour
+====================  =============================================================================
+``no_p2p``            battery idle, no market: evaluated under mechanism ``none`` whatever the
+                      config says. It is the no-market reference every saving is measured
+                      against (its cost is each agent's own grid bill).
+``self_consumption``  battery charges from the agent's own PV surplus and discharges to cover
+                      its own deficit of the current step (true load and PV of the step, as
+                      a home energy-management system measures them); bids and asks truthfully
+                      at the tariff midpoint (price fraction 0.5).
+``zi``                zero-intelligence constrained traders (Gode & Sunder 1993, "Allocative
+                      efficiency of markets with zero-intelligence traders", J. Political
+                      Economy 101(1)): each step every agent draws its price uniformly in
+                      [feed-in, retail] (its reservation band: no buyer bids above the grid's
+                      price, no seller asks below the grid's), from the policy's own seeded
+                      ``torch.Generator``. Battery idle by default, so that ``zi`` measures
+                      the market alone; ``battery=self_consumption`` switches it on.
+``fixed_price``       everyone posts the same price fraction (``price_fraction``, default 0.5)
+                      with the self-consumption battery rule.
+``random``            battery fraction uniform in [-1, 1] and price fraction uniform in [0, 1]
+                      (seeded); a sanity reference, and a stress test for the oracle bound.
+====================  =============================================================================
+
+The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linear program of
+``agents/oracle.py`` for each evaluated day with the env's own profiles, tariffs and battery
+parameters: ``oracle`` (free P2P inside the community, batteries controlled centrally) and
+``oracle_network`` (the same within the feeder's voltage and loading limits, linearised around
+the no-load point by :func:`network_linearisation`). Its cost is a lower bound on any policy's
+community cost under any mechanism on the same day, without network penalties.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
+from agents.policy import Policy, env_actions
+from envs import metrics
+from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
+
+__all__ = ["BASELINES", "FixedPrice", "NoP2P", "ORACLES", "PerfectForesightOracle",
+           "RandomPolicy", "SelfConsumption", "ZeroIntelligence", "battery_fleet",
+           "current_load_pv_kw", "make_oracle", "make_policy", "network_linearisation",
+           "self_consumption_fraction"]
+
+MIDPOINT = 0.5
+"""Price fraction of the tariff midpoint (r + f) / 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rule-based traders
+# --------------------------------------------------------------------------------------------
+
+
+def current_load_pv_kw(env: Any) -> tuple[Tensor, Tensor]:
+    """True load and PV of the step each environment is about to trade, kW, each ``[B, N]``
+    (``env.load_kw`` / ``env.pv_kw`` at the current time index)."""
+    index = (env.day * STEPS_PER_DAY + env.step_of_day) % STEPS_PER_YEAR
+    return env.load_kw[index], env.pv_kw[index]
+
+
+def self_consumption_fraction(env: Any) -> Tensor:
+    """Battery fraction ``[B, N]`` that charges the own PV surplus and covers the own
+    deficit: ``clamp((pv - load) / battery_kw, -1, 1)`` (0 without a battery). The core still
+    cuts it at the SoC limits."""
+    load_kw, pv_kw = current_load_pv_kw(env)
+    has_battery = env.battery_kw > 0
+    fraction = (pv_kw - load_kw) / torch.where(has_battery, env.battery_kw, 1.0)
+    return torch.where(has_battery, fraction, 0.0).clamp(-1.0, 1.0)
+
+
+def _batch_zeros(env: Any) -> Tensor:
+    return torch.zeros(env.n_envs, env.n_agents, dtype=env.dtype, device=env.device)
+
+
+class NoP2P:
+    """Battery idle, no market (mechanism ``none``): the no-market reference."""
+
+    mechanism = "none"
+
+    def __init__(self, name: str = "no_p2p") -> None:
+        self.name = name
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        zeros = _batch_zeros(env)
+        return env_actions(zeros, zeros + MIDPOINT, env)
+
+
+class SelfConsumption:
+    """Self-consumption battery rule; truthful bids and asks at the tariff midpoint."""
+
+    mechanism = None
+
+    def __init__(self, name: str = "self_consumption") -> None:
+        self.name = name
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        battery = self_consumption_fraction(env)
+        return env_actions(battery, torch.full_like(battery, MIDPOINT), env)
+
+
+class FixedPrice:
+    """Everyone posts ``price_fraction`` of [feed-in, retail]; self-consumption battery."""
+
+    mechanism = None
+
+    def __init__(self, name: str = "fixed_price", price_fraction: float = 0.5) -> None:
+        if not 0.0 <= price_fraction <= 1.0:
+            raise ValueError(f"fixed_price: price_fraction must lie in [0, 1], got "
+                             f"{price_fraction}")
+        self.name = name
+        self.price_fraction = float(price_fraction)
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        battery = self_consumption_fraction(env)
+        return env_actions(battery, torch.full_like(battery, self.price_fraction), env)
+
+
+class ZeroIntelligence:
+    """Zero-intelligence constrained traders (Gode & Sunder 1993): price uniform in
+    [feed-in, retail] each step; battery ``idle`` (default) or ``self_consumption``."""
+
+    mechanism = None
+
+    def __init__(self, name: str = "zi", battery: str = "idle", seed: int = 0) -> None:
+        if battery not in ("idle", "self_consumption"):
+            raise ValueError(f"zi: battery must be idle or self_consumption, got {battery!r}")
+        self.name = name
+        self.battery = battery
+        self.seed = int(seed)
+        self.generator = torch.Generator()
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.generator = torch.Generator(device=env.device)
+        self.generator.manual_seed(self.seed if seed is None else int(seed))
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        price = torch.rand(env.n_envs, env.n_agents, generator=self.generator,
+                           device=env.device, dtype=env.dtype)
+        battery = (self_consumption_fraction(env) if self.battery == "self_consumption"
+                   else torch.zeros_like(price))
+        return env_actions(battery, price, env)
+
+
+class RandomPolicy:
+    """Battery fraction uniform in [-1, 1], price fraction uniform in [0, 1] (seeded)."""
+
+    mechanism = None
+
+    def __init__(self, name: str = "random", seed: int = 0) -> None:
+        self.name = name
+        self.seed = int(seed)
+        self.generator = torch.Generator()
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.generator = torch.Generator(device=env.device)
+        self.generator.manual_seed(self.seed if seed is None else int(seed))
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        shape = (env.n_envs, env.n_agents)
+        battery = torch.rand(shape, generator=self.generator, device=env.device,
+                             dtype=env.dtype) * 2.0 - 1.0
+        price = torch.rand(shape, generator=self.generator, device=env.device, dtype=env.dtype)
+        return env_actions(battery, price, env)
+
+
+BASELINES: dict[str, type] = {
+    "no_p2p": NoP2P,
+    "self_consumption": SelfConsumption,
+    "zi": ZeroIntelligence,
+    "fixed_price": FixedPrice,
+    "random": RandomPolicy,
+}
+"""Rule-based policies by name."""
+
+
+def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value:...`` -> (name, {key: value}); values parsed as YAML scalars."""
+    import yaml
+
+    name, *options = spec.split(":")
+    kwargs: dict[str, Any] = {}
+    for option in options:
+        if "=" not in option:
+            raise ValueError(f"policy '{spec}': option '{option}' is not key=value")
+        key, value = option.split("=", 1)
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return name.strip(), kwargs
+
+
+def make_policy(spec: str) -> Policy:
+    """The rule-based policy named by ``spec`` (``name[:key=value...]``, see the module
+    docstring); its ``name`` is the full spec, so variants get their own table rows."""
+    name, kwargs = _parse_spec(spec)
+    if name not in BASELINES:
+        raise ValueError(f"unknown policy {name!r}; rule-based policies: "
+                         f"{', '.join(BASELINES)}; oracles: {', '.join(ORACLES)}")
+    try:
+        return BASELINES[name](name=spec, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"policy '{spec}': {error}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Perfect-foresight optimum
+# --------------------------------------------------------------------------------------------
+
+
+def battery_fleet(env: Any) -> BatteryFleet:
+    """The env's batteries for the oracle LP: capacities and power limits per agent
+    (``env.capacity_kwh``, ``env.battery_kw``), efficiencies, SoC band, initial SoC and
+    degradation cost from ``env.config.battery``."""
+    cfg = env.config.battery
+    capacity = env.capacity_kwh.detach().double().cpu().numpy()
+    power = env.battery_kw.detach().double().cpu().numpy()
+    return BatteryFleet(capacity_kwh=capacity, max_charge_kw=power, max_discharge_kw=power,
+                        charge_efficiency=cfg.charge_efficiency,
+                        discharge_efficiency=cfg.discharge_efficiency, soc_min=cfg.soc_min,
+                        soc_max=cfg.soc_max, initial_soc_kwh=cfg.initial_soc * capacity,
+                        degradation_cost=cfg.degradation_cost)
+
+
+def day_profiles(env: Any, day: int) -> dict[str, np.ndarray]:
+    """Day ``day``'s ``load_kwh``, ``pv_kwh``, ``load_kvar`` ``[T, N]`` and ``retail_price``,
+    ``feed_in_price`` ``[T]`` (float64 numpy), exactly what the env steps through."""
+    index = torch.arange(STEPS_PER_DAY, device=env.device) + int(day) * STEPS_PER_DAY
+
+    def numpy(tensor: Tensor) -> np.ndarray:
+        return tensor.detach().double().cpu().numpy()
+
+    return {"load_kwh": numpy(env.load_kw[index]) * env.dt_h,
+            "pv_kwh": numpy(env.pv_kw[index]) * env.dt_h,
+            "load_kvar": numpy(env.load_kvar[index]),
+            "retail_price": numpy(env.retail_price), "feed_in_price": numpy(env.feed_in_price)}
+
+
+class _FeederSensitivity:
+    """No-load voltage and sensitivities of the env's feeder (built once per oracle)."""
+
+    def __init__(self, env: Any) -> None:
+        from envs.network import BatchedPowerFlow
+
+        net = env.data.net()
+        if net is None:
+            raise ValueError(f"oracle_network needs a pandapower net; feeder {env.data.name!r} "
+                             "has none")
+        model = BatchedPowerFlow.from_pandapower(net, dtype=torch.float64)
+        sensitivity = model.sensitivity()
+        v_no_load = model.no_load_voltage().numpy()
+        valid = np.isfinite(v_no_load)
+        self.v_no_load = v_no_load[valid]  # [n_bus]
+        # Consumption is minus injection: flip the injection sensitivities.
+        self.dv_dp = -sensitivity.voltage_pu_per_kw.numpy()[valid]  # [n_bus, N] p.u./kW
+        self.dv_dq = -sensitivity.voltage_pu_per_kvar.numpy()[valid]  # [n_bus, N] p.u./kvar
+        sqrt3 = math.sqrt(3.0)
+        line_kw = []
+        for line in net.line.itertuples():
+            vn_kv = float(net.bus.at[line.from_bus, "vn_kv"])
+            line_kw.append(sqrt3 * vn_kv * line.max_i_ka * line.df * line.parallel * 1000.0)
+        trafo_kw = [t.sn_mva * t.parallel * t.df * 1000.0 for t in net.trafo.itertuples()]
+        rating_kw = np.asarray(line_kw + trafo_kw, dtype=np.float64)
+        ptdf = sensitivity.branch_ptdf.numpy()  # [n_branch, N] kW flow per kW injected
+        self.dloading_dp = -100.0 * ptdf / rating_kw[:, None]  # [n_branch, N] %/kW consumed
+
+
+def network_linearisation(env: Any, day: int,
+                          sensitivity: _FeederSensitivity | None = None) -> NetworkLinearisation:
+    """The feeder's voltage and loading limits of day ``day``, linearised for the oracle.
+
+    From ``envs.network.BatchedPowerFlow`` (the env's own Z-bus model of ``env.data.net()``)
+    at the no-load point: bus voltages ``v[t] = v_no_load + dv_dq @ q_kvar[t] + dv_dp @
+    p_kw[t]`` with the day's fixed reactive loads in ``v0``; signed branch loading (%) ``=
+    -100 * PTDF @ p_kw / rating_kw``, the active-power share of the current loading (rating
+    ``sqrt(3) V_n I_max`` for lines, ``S_n`` for transformers; reactive flows neglected).
+    Limits: ``config.network.v_min``/``v_max`` and 100 % loading. Isolated buses are left out.
+    """
+    sensitivity = sensitivity or _FeederSensitivity(env)
+    profile = day_profiles(env, day)
+    v0 = sensitivity.v_no_load[None, :] + profile["load_kvar"] @ sensitivity.dv_dq.T
+    cfg = env.config.network
+    return NetworkLinearisation(v0_pu=v0, dv_dp=sensitivity.dv_dp, v_min=cfg.v_min,
+                                v_max=cfg.v_max, dline_dp=sensitivity.dloading_dp,
+                                line_max_percent=100.0)
+
+
+class PerfectForesightOracle:
+    """The perfect-foresight LP of ``agents/oracle.py`` as an evaluated "policy".
+
+    Args:
+        name: table name.
+        p2p: free energy sharing inside the community (False: every agent settles its own
+            net position with the grid).
+        use_battery: let the oracle drive the batteries (False: idle).
+        network: respect the feeder's linearised voltage and loading limits
+            (:func:`network_linearisation`); PV curtailment is then allowed.
+    """
+
+    mechanism = None
+
+    def __init__(self, name: str = "oracle", p2p: bool = True, use_battery: bool = True,
+                 network: bool = False) -> None:
+        self.name = name
+        self.p2p = p2p
+        self.use_battery = use_battery
+        self.network = network
+        self._sensitivity: _FeederSensitivity | None = None
+
+    def solve_day(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
+        """The optimal schedule of day ``day`` and the day's profiles."""
+        profile = day_profiles(env, day)
+        linearisation = None
+        if self.network:
+            if self._sensitivity is None:
+                self._sensitivity = _FeederSensitivity(env)
+            linearisation = network_linearisation(env, day, self._sensitivity)
+        result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
+                              profile["feed_in_price"], battery_fleet(env), p2p=self.p2p,
+                              use_battery=self.use_battery, dt_h=env.dt_h,
+                              network=linearisation)
+        return result, profile
+
+    def trajectory(self, result: OracleResult, profile: dict[str, np.ndarray], dt_h: float
+                   ) -> dict[str, np.ndarray]:
+        """The schedule in the layout of ``agents.policy.evaluate_policy``'s trajectories
+        (no clearing price: energy is shared at no price; P2P volume = matched energy)."""
+        shared = metrics.matchable_kwh(torch.as_tensor(result.net_kwh)).numpy()
+        nan = np.full(len(result.grid_import_kwh), np.nan)
+        voltage = result.voltage_pu
+        return {
+            "load_kw": profile["load_kwh"].sum(1) / dt_h,
+            "pv_kw": profile["pv_kwh"].sum(1) / dt_h,
+            "soc_kwh": result.soc_kwh[1:],
+            "clearing_price": nan,
+            "retail_price": profile["retail_price"],
+            "feed_in_price": profile["feed_in_price"],
+            "p2p_volume_kwh": shared if self.p2p else np.zeros_like(nan),
+            "grid_import_kwh": result.grid_import_kwh,
+            "grid_export_kwh": result.grid_export_kwh,
+            "v_min": nan if voltage is None else voltage.min(1),
+            "v_max": nan if voltage is None else voltage.max(1),
+        }
+
+    def evaluate(self, env: Any, days: list[int], progress: Any = None
+                 ) -> tuple[metrics.EpisodeTotals, list[OracleResult]]:
+        """Totals (:func:`envs.metrics.schedule_totals`) and schedules of ``days``."""
+        results, profiles = [], []
+        for day in days:
+            result, profile = self.solve_day(env, int(day))
+            results.append(result)
+            profiles.append(profile)
+            if progress is not None:
+                progress.update(1)
+
+        def stack(values: list[np.ndarray]) -> Tensor:
+            return torch.as_tensor(np.stack(values), dtype=torch.float64)
+
+        network = None
+        if self.network:
+            cfg = env.config.network
+            voltage = stack([r.voltage_pu for r in results])  # [E, T, n_bus]
+            loading = stack([r.line_loading_percent for r in results]).abs()  # [E, T, n_line]
+            tolerance = 1e-6
+            network = {
+                "network_steps": torch.full((len(days),), float(STEPS_PER_DAY),
+                                            dtype=torch.float64),
+                "voltage_violations": ((voltage < cfg.v_min - tolerance)
+                                       | (voltage > cfg.v_max + tolerance)).sum((1, 2)).double(),
+                "line_violations": (loading > 100.0 + 1e-4).sum((1, 2)).double(),
+                "losses_kwh": torch.full((len(days),), float("nan"), dtype=torch.float64),
+                "v_min_pu": voltage.amin((1, 2)), "v_max_pu": voltage.amax((1, 2)),
+                "max_line_loading_percent": loading.amax((1, 2)),
+            }
+        throughput = stack([r.charge_kwh + r.discharge_kwh for r in results])
+        degradation = stack([env.config.battery.degradation_cost
+                             * (r.charge_kwh + r.discharge_kwh).sum(0) for r in results])
+        totals = metrics.schedule_totals(
+            load_kwh=stack([p["load_kwh"] for p in profiles]),
+            pv_kwh=stack([p["pv_kwh"] for p in profiles]),
+            net_kwh=stack([r.net_kwh for r in results]),
+            battery_kwh=throughput,
+            retail_price=stack([p["retail_price"] for p in profiles]),
+            feed_in_price=stack([p["feed_in_price"] for p in profiles]),
+            community_cost=torch.tensor([r.cost for r in results], dtype=torch.float64),
+            degradation_cost=degradation,
+            day=torch.as_tensor(np.asarray(days, dtype=np.int64)),
+            p2p=self.p2p, network=network)
+        return totals, results
+
+
+ORACLES: dict[str, dict[str, bool]] = {
+    "oracle": {"p2p": True, "use_battery": True, "network": False},
+    "oracle_network": {"p2p": True, "use_battery": True, "network": True},
+    "oracle_no_p2p_idle": {"p2p": False, "use_battery": False, "network": False},
+}
+"""Oracle variants by name (``oracle_no_p2p_idle`` reproduces ``no_p2p``: a consistency
+check of the LP against the env)."""
+
+
+def make_oracle(name: str) -> PerfectForesightOracle:
+    """The oracle variant ``name`` (a key of :data:`ORACLES`)."""
+    if name not in ORACLES:
+        raise ValueError(f"unknown oracle {name!r}; allowed: {', '.join(ORACLES)}")
+    return PerfectForesightOracle(name=name, **ORACLES[name])

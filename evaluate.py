@@ -1,0 +1,494 @@
+"""Benchmark policies against rule-based traders and the perfect-foresight optimum.
+
+    python evaluate.py --config configs/env/default.yaml \\
+        --policies no_p2p,self_consumption,zi,fixed_price,oracle,oracle_network,runs/<run>/ \\
+        --days test --episodes 8 --out results/<name>/ [--mechanisms all] [key=value ...]
+
+Every policy runs one episode (one day) on each evaluated day; ``--batch-size`` days at once
+in one batched env (``env.reset(days=...)``). Days: ``--days test|train|all`` (the config's
+split, ``episode.test_every``) or a comma list of day indices; ``--episodes N`` takes N days
+evenly spaced over the split (0: all of them), so that every season is represented.
+
+Policies (comma separated): rule-based ones by spec (``agents/baselines.py``:
+``no_p2p``, ``self_consumption``, ``zi``, ``fixed_price[:price_fraction=0.7]``, ``random``),
+the oracles (``oracle``, ``oracle_network``, ``oracle_no_p2p_idle``), or a run folder /
+checkpoint (``agents.policy.load_policy``). ``no_p2p`` always runs under mechanism ``none``.
+
+``--config``: an env YAML or a run folder (its ``config.yaml``; the ``env`` section if it has
+one); without it, a run folder among the policies supplies it, else ``configs/env/default.yaml``.
+Trailing ``key=value`` overrides apply to the env config (``network.model=none``).
+
+Writes into ``--out``: ``results.csv`` (one row per policy and mechanism: mean and std over
+days of every metric of ``envs.metrics.evaluation_summary``, plus the share of the oracle's
+savings captured), ``results.json`` (the same, per-day values, per-agent savings, the config
+and the days), both atomically, and PNG plots. Prints markdown tables. Deterministic for a
+given ``--seed`` (and ``--batch-size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from agents.baselines import ORACLES, make_oracle, make_policy
+from agents.policy import PolicyLoadError, evaluate_policy, load_policy
+from envs import metrics
+from envs.config import (
+    MECHANISM_NAMES,
+    ConfigError,
+    EnvConfig,
+    build_config,
+    env_config,
+    to_dict,
+)
+from envs.core import BatchedP2PEnv
+from envs.data import DAYS_PER_YEAR, day_split, load_feeder
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
+
+TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("community_cost", "cost"),
+    ("savings_vs_no_p2p", "savings"),
+    ("savings_percent", "savings %"),
+    ("captured_savings_share", "oracle share"),
+    ("self_sufficiency", "self-suff."),
+    ("self_consumption", "PV self-cons."),
+    ("p2p_volume_kwh", "P2P kWh"),
+    ("clearing_price", "price"),
+    ("allocative_efficiency", "alloc. eff."),
+    ("savings_gini", "Gini"),
+    ("battery_throughput_kwh", "battery kWh"),
+    ("degradation_cost", "degradation"),
+    ("voltage_violations", "V viol."),
+    ("line_violations", "line viol."),
+    ("losses_kwh", "losses kWh"),
+)
+"""Columns of the printed table: (metric key, header). Money in currency per day."""
+
+MECHANISM_METRICS: tuple[tuple[str, str], ...] = (
+    ("community_cost", "cost"),
+    ("savings_percent", "savings %"),
+    ("captured_savings_share", "oracle share"),
+    ("p2p_volume_kwh", "P2P kWh"),
+    ("clearing_price", "price"),
+    ("allocative_efficiency", "alloc. eff."),
+    ("savings_gini", "Gini"),
+    ("operator_surplus", "operator surplus"),
+)
+
+PLOT_METRICS: tuple[tuple[str, str], ...] = (
+    ("community_cost", "community cost / day"),
+    ("savings_percent", "savings vs no P2P, %"),
+    ("self_sufficiency", "self-sufficiency"),
+    ("self_consumption", "PV self-consumption"),
+    ("p2p_volume_kwh", "P2P volume, kWh / day"),
+    ("allocative_efficiency", "allocative efficiency"),
+    ("savings_gini", "Gini of agent savings"),
+    ("battery_throughput_kwh", "battery throughput, kWh"),
+    ("voltage_violations", "voltage violations (bus-steps)"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+
+
+def config_source(path: str | Path) -> dict[str, Any]:
+    """The env config mapping of an env YAML or of a run folder (``config.yaml``, its ``env``
+    section when it has one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config '{path}' does not exist")
+    with path.open() as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must hold a mapping")
+    if path.name == "config.yaml" and isinstance(data.get("env"), dict):
+        data = data["env"]
+    return data
+
+
+def is_run_spec(spec: str) -> bool:
+    """Whether a policy spec names a run folder or checkpoint rather than a built-in."""
+    return "/" in spec or spec.endswith(".pt") or Path(spec).exists()
+
+
+def select_days(config: EnvConfig, days: str, episodes: int) -> list[int]:
+    """Evaluated days: ``days`` is ``train``, ``test``, ``all`` or a comma list of day
+    indices; ``episodes > 0`` keeps that many, evenly spaced over the selection."""
+    if days in ("train", "test", "all"):
+        train, test = day_split(config.episode.test_every)
+        selection = {"train": train, "test": test, "all": np.arange(DAYS_PER_YEAR)}[days]
+    else:
+        try:
+            selection = np.asarray([int(d) for d in days.split(",") if d.strip()])
+        except ValueError:
+            raise ConfigError(f"--days: expected train, test, all or day indices, got "
+                              f"{days!r}") from None
+        if len(selection) == 0 or selection.min() < 0 or selection.max() >= DAYS_PER_YEAR:
+            raise ConfigError(f"--days: day indices must lie in [0, {DAYS_PER_YEAR - 1}]")
+    if len(selection) == 0:
+        raise ConfigError(f"--days {days}: no day selected (episode.test_every="
+                          f"{config.episode.test_every})")
+    if episodes < 0:
+        raise ConfigError(f"--episodes must be >= 0, got {episodes}")
+    if 0 < episodes < len(selection):
+        picks = np.round(np.linspace(0, len(selection) - 1, episodes)).astype(int)
+        selection = selection[picks]
+    return [int(d) for d in selection]
+
+
+@dataclass
+class PolicyResult:
+    """One policy under one mechanism over the evaluated days."""
+
+    name: str
+    mechanism: str
+    """Mechanism it ran under; ``-`` for the oracles (no market)."""
+    totals: metrics.EpisodeTotals
+    per_day: dict[str, np.ndarray]
+    """``envs.metrics.evaluation_summary`` values, each ``[days]``."""
+    trajectory: dict[str, np.ndarray] | None = None
+
+
+class Evaluator:
+    """Runs policies on fixed days of one community (one data load, one env per mechanism)."""
+
+    def __init__(self, config: EnvConfig, days: list[int], seed: int = 0,
+                 batch_size: int = 64, record_day: int = 0, progress: Any = None) -> None:
+        self.config = config
+        self.days = days
+        self.seed = seed
+        self.batch_size = max(1, min(batch_size, len(days)))
+        self.record_day = record_day
+        self.progress = progress
+        community = config.community
+        self.data = load_feeder(community.feeder, n_agents=community.n_agents,
+                                seed=community.seed)
+        self._envs: dict[tuple[str, int], BatchedP2PEnv] = {}
+
+    def env(self, mechanism: str | None = None, n_envs: int | None = None) -> BatchedP2PEnv:
+        """The batched env under ``mechanism`` (None: the config's), cached."""
+        mechanism = mechanism or self.config.market.mechanism
+        n_envs = n_envs or self.batch_size
+        key = (mechanism, n_envs)
+        if key not in self._envs:
+            config = env_config(self.config, n_envs=n_envs, **{"market.mechanism": mechanism})
+            self._envs[key] = BatchedP2PEnv(config, self.data)
+        return self._envs[key]
+
+    def _describe(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.set_description(text)
+
+    def run(self, spec: str, mechanism: str | None = None) -> PolicyResult:
+        """Evaluate the policy ``spec`` (see the module docstring) under ``mechanism``."""
+        if spec in ORACLES:
+            self._describe(spec)
+            oracle = make_oracle(spec)
+            env = self.env(n_envs=1)
+            totals, schedules = oracle.evaluate(env, self.days, progress=self.progress)
+            profile = _oracle_profile(env, self.days[self.record_day])
+            trajectory = oracle.trajectory(schedules[self.record_day], profile, env.dt_h)
+            trajectory["day"] = np.asarray(self.days[self.record_day])
+            return PolicyResult(spec, "-", totals, _per_day(totals), trajectory)
+        policy = load_policy(spec) if is_run_spec(spec) else make_policy(spec)
+        mechanism = policy.mechanism or mechanism or self.config.market.mechanism
+        self._describe(f"{policy.name} ({mechanism})")
+        totals, trajectory = evaluate_policy(self.env(mechanism), policy, self.days,
+                                             seed=self.seed, record_day=self.record_day,
+                                             progress=self.progress)
+        return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory)
+
+
+def _oracle_profile(env: BatchedP2PEnv, day: int) -> dict[str, np.ndarray]:
+    from agents.baselines import day_profiles
+
+    return day_profiles(env, day)
+
+
+def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
+    return {key: value.double().cpu().numpy()
+            for key, value in metrics.evaluation_summary(totals).items()}
+
+
+def summarise(result: PolicyResult, oracle: PolicyResult | None) -> dict[str, Any]:
+    """One table row: mean and std over days of every metric, the oracle share, and each
+    agent's mean daily saving."""
+    row: dict[str, Any] = {"policy": result.name, "mechanism": result.mechanism,
+                           "days": len(result.totals)}
+    for key, values in result.per_day.items():
+        row[f"{key}_mean"], row[f"{key}_std"] = metrics.mean_std(torch.as_tensor(values))
+    share = float("nan")
+    if oracle is not None:
+        share = float(metrics.captured_savings_share(
+            torch.as_tensor(result.per_day["savings_vs_no_p2p"]),
+            torch.as_tensor(oracle.per_day["savings_vs_no_p2p"])))
+    row["captured_savings_share_mean"], row["captured_savings_share_std"] = share, float("nan")
+    savings = metrics.agent_savings(result.totals).double()
+    row["agent_savings"] = savings.nanmean(0).tolist() if savings.numel() else []
+    return row
+
+
+def _cell(mean: float, std: float) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    digits = 3 if abs(mean) < 100 else 1
+    mean = round(mean, digits) + 0.0  # no "-0.000"
+    if std is None or not math.isfinite(std) or round(std, digits) == 0.0:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...],
+                   keys: tuple[str, ...] = ("policy", "mechanism")) -> str:
+    """Rows as a markdown table of ``mean ± std`` cells (– where undefined)."""
+    header = [*keys, *(label for _, label in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[k]) for k in keys]
+        cells += [_cell(row.get(f"{key}_mean"), row.get(f"{key}_std")) for key, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON: NaN and inf become null, numpy and torch values become lists and floats."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return _jsonable(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
+                                     prefix=f".{path.name}.") as handle:
+        handle.write(text)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV (list-valued fields left out)."""
+    fields = [k for k in rows[0] if not isinstance(rows[0][k], list)]
+    for row in rows[1:]:
+        fields += [k for k in row if k not in fields and not isinstance(row[k], list)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else v)
+                         for k, v in row.items() if k in fields})
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark P2P trading policies against rule-based traders and the "
+                    "perfect-foresight optimum.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="env YAML or run folder (default: a run among --policies, else "
+                             "configs/env/default.yaml)")
+    parser.add_argument("--policies", default="no_p2p,self_consumption,zi,fixed_price,oracle",
+                        help="comma-separated policy specs, oracles and run folders")
+    parser.add_argument("--days", default="test",
+                        help="train, test, all, or comma-separated day indices")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="number of days, evenly spaced over --days (0: all)")
+    parser.add_argument("--out", default="results/eval", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of envs and policies")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="days evaluated in parallel in one batched env")
+    parser.add_argument("--mechanisms", default="",
+                        help="'all' or a comma list: also run every policy under each of "
+                             "these market mechanisms (zi always included)")
+    parser.add_argument("--plot-day", type=int, default=0,
+                        help="position among the evaluated days of the day whose trajectory "
+                             "is plotted")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="env config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def _policy_specs(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise ConfigError("--policies: no policy given")
+    if len(set(specs)) != len(specs):
+        raise ConfigError(f"--policies: duplicate entries in {specs}")
+    return specs
+
+
+def _mechanisms(text: str) -> list[str]:
+    if not text:
+        return []
+    if text == "all":
+        return list(MECHANISM_NAMES)
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MECHANISM_NAMES]
+    if unknown:
+        raise ConfigError(f"--mechanisms: unknown {unknown}; allowed: all or "
+                          f"{', '.join(MECHANISM_NAMES)}")
+    return names
+
+
+def _plots(out: Path, config: EnvConfig, evaluator: Evaluator, results: list[PolicyResult],
+           rows: list[dict[str, Any]], mechanism_rows: list[dict[str, Any]],
+           oracle_rows: list[dict[str, Any]]) -> list[str]:
+    from envs import plots
+
+    env = evaluator.env(n_envs=1)
+    names = list(env.agent_names)
+    capacity = env.capacity_kwh.cpu().numpy()
+    limits = (config.network.v_min, config.network.v_max)
+    paths = []
+    for result in results:
+        if result.trajectory is None:
+            continue
+        day = int(result.trajectory["day"])
+        paths.append(plots.plot_day(
+            result.trajectory, out / f"day_{_file_name(result.name)}.png",
+            title=f"{result.name} ({mechanism_label(result.mechanism)}), day {day}",
+            v_limits=limits,
+            agent_names=names, capacity_kwh=capacity))
+    paths.append(plots.plot_policy_metrics(rows, PLOT_METRICS, out / "metrics.png",
+                                           title=f"{len(evaluator.days)} days, mean ± std"))
+    savings = {row["policy"]: np.asarray(row["agent_savings"], dtype=float) for row in rows
+               if row["agent_savings"]}
+    if savings:
+        paths.append(plots.plot_agent_savings(savings, out / "agent_savings.png", names,
+                                              title="mean daily saving per agent vs no P2P"))
+    if mechanism_rows:
+        references = {key: {row["policy"]: row.get(f"{key}_mean", float("nan"))
+                            for row in oracle_rows}
+                      for key in ("savings_percent", "community_cost")}
+        paths.append(plots.plot_mechanisms(
+            mechanism_rows, [("savings_percent", "savings vs no P2P, %"),
+                             ("allocative_efficiency", "allocative efficiency"),
+                             ("clearing_price", "mean clearing price"),
+                             ("savings_gini", "Gini of savings")],
+            out / "mechanisms.png", title="policies under every mechanism",
+            references=references))
+    return [str(p) for p in paths]
+
+
+def mechanism_label(mechanism: str) -> str:
+    """How a result's mechanism reads in titles (``-``: an oracle's central schedule)."""
+    return "central schedule, no market" if mechanism == "-" else f"mechanism {mechanism}"
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = _policy_specs(args.policies)
+        mechanisms = _mechanisms(args.mechanisms)
+        source: Any = args.config
+        if source is None:
+            runs = [s for s in specs if is_run_spec(s)]
+            source = runs[0] if runs else DEFAULT_CONFIG
+        config = build_config(EnvConfig, config_source(source), args.overrides)
+        days = select_days(config, args.days, args.episodes)
+        if not 0 <= args.plot_day < len(days):
+            raise ConfigError(f"--plot-day must lie in [0, {len(days) - 1}]")
+    except (ConfigError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    out = Path(args.out)
+    step_specs = [s for s in specs if s not in ORACLES]
+    compared = [s for s in step_specs if s != "no_p2p"]
+    if mechanisms and "zi" not in compared:
+        compared.append("zi")
+    total = len(days) * (len(specs) + len(mechanisms) * len(compared))
+    progress = tqdm(total=total, unit="day", disable=args.no_progress, file=sys.stderr)
+    evaluator = Evaluator(config, days, seed=args.seed, batch_size=args.batch_size,
+                          record_day=args.plot_day, progress=progress)
+    try:
+        results = [evaluator.run(spec) for spec in specs]
+        comparison = [evaluator.run(spec, mechanism) for mechanism in mechanisms
+                      for spec in compared]
+    except (PolicyLoadError, ValueError, NotImplementedError) as error:
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    progress.close()
+
+    oracle = next((r for r in results if r.name == "oracle"), None)
+    rows = [summarise(result, oracle) for result in results]
+    mechanism_rows = [summarise(result, oracle) for result in comparison]
+    oracle_rows = [row for row in rows if row["policy"] in ORACLES]
+
+    network = config.network.model
+    print(f"\n## {config.community.feeder}: {len(days)} {args.days} days, mechanism "
+          f"{config.market.mechanism}, network model {network}, seed {args.seed}\n")
+    print(markdown_table(rows, TABLE_METRICS))
+    if mechanism_rows:
+        print("\n## Market mechanisms (same policies under every mechanism)\n")
+        print(markdown_table(mechanism_rows + oracle_rows, MECHANISM_METRICS))
+        print("\n## Allocative efficiency of zero-intelligence traders (Gode & Sunder 1993), "
+              "realised P2P volume / min(supply, demand)\n")
+        zi_rows = [r for r in mechanism_rows if r["policy"].split(":")[0] == "zi"]
+        print(markdown_table(zi_rows, (("allocative_efficiency", "alloc. eff."),),
+                             keys=("mechanism",)))
+
+    plot_paths = [] if args.no_plots else _plots(out, config, evaluator, results, rows,
+                                                   mechanism_rows, oracle_rows)
+    report = {
+        "config": to_dict(config), "seed": args.seed, "days": days, "split": args.days,
+        "batch_size": evaluator.batch_size, "policies": specs,
+        "agent_names": list(evaluator.data.agent_names),
+        "results": rows, "mechanisms": mechanism_rows,
+        "per_day": {f"{r.name}@{r.mechanism}": r.per_day for r in results + comparison},
+        "plots": [Path(p).name for p in plot_paths],
+    }
+    write_atomic(out / "results.csv", csv_text(rows + mechanism_rows))
+    write_atomic(out / "results.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}"
+          + (f" and {len(plot_paths)} plots: " + ", ".join(plot_paths) if plot_paths else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Rule-based traders, the policy interface and the oracle (agents/baselines.py, policy.py).
+
+The oracle bound: on random days, under every market mechanism, no policy (random-acting or
+rule-based) gets a community cost below the perfect-foresight optimum; and the oracle with
+P2P off and batteries idle reproduces the ``no_p2p`` reference to rounding.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from agents import baselines
+from agents.baselines import make_oracle, make_policy
+from agents.policy import PolicyLoadError, env_actions, evaluate_policy, load_policy
+from envs import metrics
+from envs.config import MECHANISM_NAMES
+from envs.data import day_split
+
+CONFIG = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share": 0.6},
+          "network": {"model": "none"}}
+DAYS = [int(d) for d in np.random.default_rng(42).choice(day_split(7)[1], 3, replace=False)]
+POLICIES = ("random", "no_p2p", "self_consumption", "zi", "zi:battery=self_consumption",
+            "fixed_price", "fixed_price:price_fraction=0.9")
+
+
+def make_env(n_envs: int = len(DAYS), **overrides):
+    return envs.make_batched_env(CONFIG, n_envs=n_envs, dtype="float64", **overrides)
+
+
+def run(spec: str, mechanism: str | None = None, seed: int = 0):
+    policy = make_policy(spec)
+    mechanism = policy.mechanism or mechanism or "uniform"
+    env = make_env(**{"market.mechanism": mechanism})
+    totals, _ = evaluate_policy(env, policy, DAYS, seed=seed)
+    return totals
+
+
+@pytest.fixture(scope="module")
+def oracle_cost() -> torch.Tensor:
+    totals, _ = make_oracle("oracle").evaluate(make_env(1), DAYS)
+    return metrics.community_cost(totals)
+
+
+@pytest.mark.parametrize("mechanism", MECHANISM_NAMES)
+def test_oracle_bounds_every_policy_under_every_mechanism(mechanism, oracle_cost):
+    for spec in POLICIES:
+        cost = metrics.community_cost(run(spec, mechanism))
+        slack = cost - oracle_cost
+        assert bool((slack >= -1e-7).all()), (spec, mechanism, slack.tolist())
+
+
+def test_oracle_without_p2p_and_battery_equals_no_p2p():
+    totals, _ = make_oracle("oracle_no_p2p_idle").evaluate(make_env(1), DAYS)
+    no_p2p = run("no_p2p")
+    torch.testing.assert_close(metrics.community_cost(totals), metrics.community_cost(no_p2p),
+                               rtol=1e-9, atol=1e-9)
+    # and no_p2p's cost is the analytic no-P2P bill: zero savings
+    torch.testing.assert_close(metrics.savings_vs_no_p2p(no_p2p),
+                               torch.zeros(len(DAYS), dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_oracle_network_costs_at_least_the_oracle(oracle_cost):
+    totals, schedules = make_oracle("oracle_network").evaluate(make_env(1), DAYS)
+    assert bool((metrics.community_cost(totals) >= oracle_cost - 1e-7).all())
+    summary = metrics.evaluation_summary(totals)
+    assert bool((summary["voltage_violations"] == 0).all())
+    assert schedules[0].voltage_pu is not None
+
+
+def test_network_linearisation_matches_the_power_flow():
+    """The oracle's linear voltage model agrees with the Z-bus power flow near a real day."""
+    from envs.network import BatchedPowerFlow
+
+    env = make_env(1)
+    day = DAYS[0]
+    linear = baselines.network_linearisation(env, day)
+    profile = baselines.day_profiles(env, day)
+    p_kw = (profile["load_kwh"] - profile["pv_kwh"]) / env.dt_h  # [T, N]
+    model = BatchedPowerFlow.from_pandapower(env.data.net(), dtype=torch.float64)
+    exact = model.solve(torch.as_tensor(p_kw), torch.as_tensor(profile["load_kvar"])).vm_pu
+    exact = exact[:, torch.isfinite(exact[0])].numpy()
+    approx = linear.v0_pu + p_kw @ linear.dv_dp.T
+    assert np.abs(approx - exact).max() < 2e-3
+
+
+def test_self_consumption_follows_own_surplus():
+    env = make_env(**{"market.mechanism": "none"})
+    env.reset(seed=0, days=DAYS)
+    for _ in range(48):  # to midday
+        env.step(make_policy("self_consumption").act(None, env))
+    load_kw, pv_kw = baselines.current_load_pv_kw(env)
+    _, _, _, _, info = env.step(make_policy("self_consumption").act(None, env))
+    surplus = (pv_kw - load_kw) * env.dt_h
+    battery = info["battery_energy_kwh"]
+    assert bool((battery * surplus >= -1e-12).all())  # charges on surplus, discharges on deficit
+    assert bool((battery.abs() <= surplus.abs() + 1e-12).all())
+    no_battery = env.capacity_kwh == 0
+    assert bool((battery[:, no_battery] == 0).all())
+
+
+def test_zi_is_seeded_and_stays_in_its_band():
+    env = make_env()
+    env.reset(seed=0, days=DAYS)
+    first, second = make_policy("zi"), make_policy("zi")
+    first.reset(env, seed=3)
+    second.reset(env, seed=3)
+    a, b = first.act(None, env), second.act(None, env)
+    torch.testing.assert_close(a, b)
+    assert bool((a[..., 0] == 0).all())
+    assert bool(((a[..., 1] >= 0) & (a[..., 1] <= 1)).all())
+    third = make_policy("zi")
+    third.reset(env, seed=4)
+    assert not torch.equal(third.act(None, env), a)
+
+
+def test_evaluation_is_deterministic_and_batch_padding_is_dropped():
+    first, second = run("zi", seed=5), run("zi", seed=5)
+    torch.testing.assert_close(metrics.community_cost(first), metrics.community_cost(second))
+    env = make_env(n_envs=2)  # 3 days in batches of 2: the last batch is padded
+    totals, trajectory = evaluate_policy(env, make_policy("self_consumption"), DAYS, seed=0,
+                                         record_day=2)
+    assert totals.day.tolist() == DAYS
+    assert int(trajectory["day"]) == DAYS[2] and trajectory["soc_kwh"].shape == (96, 5)
+    torch.testing.assert_close(metrics.community_cost(totals),
+                               metrics.community_cost(run("self_consumption")))
+
+
+class _ExtremeTruthful:
+    """Battery idle; net buyers bid retail, net sellers ask feed-in."""
+
+    name, mechanism = "extreme_truthful", None
+
+    def reset(self, env, seed=None):
+        pass
+
+    def act(self, obs, env):
+        load_kw, pv_kw = baselines.current_load_pv_kw(env)
+        price = (load_kw > pv_kw).to(env.dtype)
+        return env_actions(torch.zeros_like(price), price, env)
+
+
+def test_extreme_truthful_traders_reach_full_efficiency_under_uniform():
+    env = make_env(**{"market.mechanism": "uniform"})
+    totals, _ = evaluate_policy(env, _ExtremeTruthful(), DAYS)
+    efficiency = metrics.allocative_efficiency(totals)
+    torch.testing.assert_close(efficiency, torch.ones_like(efficiency))
+
+
+def test_discrete_actions_map_to_nearest_levels():
+    env = make_env(**{"action.type": "discrete"})
+    env.reset(seed=0, days=DAYS)
+    battery = torch.tensor([[-1.0, -0.4, 0.0, 0.6, 1.0]] * len(DAYS), dtype=torch.float64)
+    price = torch.tensor([[0.0, 0.3, 0.5, 0.8, 1.0]] * len(DAYS), dtype=torch.float64)
+    decoded_battery, decoded_price = env.decode_actions(env_actions(battery, price, env))
+    torch.testing.assert_close(decoded_battery[0], torch.tensor(
+        [-1.0, -0.5, 0.0, 0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(decoded_price[0], torch.tensor(
+        [0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    totals, _ = evaluate_policy(env, make_policy("self_consumption"), DAYS)
+    assert len(totals) == len(DAYS)
+
+
+def test_policy_specs():
+    assert make_policy("fixed_price:price_fraction=0.7").price_fraction == 0.7
+    assert make_policy("zi:battery=self_consumption:seed=3").battery == "self_consumption"
+    assert make_policy("no_p2p").mechanism == "none"
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("greedy")
+    with pytest.raises(ValueError, match="price_fraction"):
+        make_policy("fixed_price:price_fraction=1.5")
+    with pytest.raises(ValueError, match="fixed_price:colour=red"):
+        make_policy("fixed_price:colour=red")
+    with pytest.raises(ValueError, match="unknown oracle"):
+        make_oracle("oracle_magic")
+
+
+def test_load_policy_without_registry(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint_best.pt").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "agents.registry", None)
+    with pytest.raises(PolicyLoadError, match="does not exist yet"):
+        load_policy(run_dir / "checkpoint_best.pt")
+    with pytest.raises(PolicyLoadError, match="no run folder"):
+        load_policy(tmp_path / "missing")
+
+
+def test_load_policy_delegates_to_registry(tmp_path, monkeypatch):
+    registry = types.ModuleType("agents.registry")
+    calls = []
+
+    def load_policy_from_run(run_dir, checkpoint="checkpoint_best.pt"):
+        calls.append((run_dir, checkpoint))
+        return make_policy("zi")
+
+    registry.load_policy_from_run = load_policy_from_run
+    monkeypatch.setitem(sys.modules, "agents.registry", registry)
+    policy = load_policy(tmp_path)
+    assert policy.name == "zi" and policy.mechanism is None
+    (tmp_path / "checkpoint_latest.pt").write_bytes(b"")
+    load_policy(tmp_path / "checkpoint_latest.pt")
+    assert calls == [(tmp_path, "checkpoint_best.pt"), (tmp_path, "checkpoint_latest.pt")]
+    registry.load_policy_from_run = lambda run_dir: object()
+    with pytest.raises(PolicyLoadError, match="without act"):
+        load_policy(tmp_path)
