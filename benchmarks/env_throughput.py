@@ -1,8 +1,9 @@
-"""Environment throughput: agent-steps per second of the batched core and of the PettingZoo
-wrapper, on the default community (or any feeder), printed as a markdown table.
+"""Environment throughput: agent-steps per second of the batched core (market and network
+together) and of the PettingZoo wrapper, against a per-scenario pandapower ``runpp`` loop
+measured in the same run, printed as a markdown table.
 
     python benchmarks/env_throughput.py [--feeder 1-LV-rural1--0-sw] [--network zbus]
-        [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu]
+        [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu] [--threads 2]
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def pettingzoo_rate(feeder: str, network: str, mechanism: str, steps: int) -> fl
     return steps / (time.perf_counter() - start)
 
 
+def runpp_rate(feeder: str, repeats: int = 20) -> float:
+    """Agent-steps/s of one pandapower ``runpp`` per scenario (the network step alone)."""
+    from envs.network import run_ac
+
+    env = envs.make_batched_env({"community": {"feeder": feeder}, "network": {"model": "none"}})
+    net = env.data.net()
+    p_kw = env.load_kw[12 * 96 + 48][None].double()
+    q_kvar = env.load_kvar[12 * 96 + 48][None].double()
+    run_ac(net, p_kw, q_kvar)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run_ac(net, p_kw, q_kvar)
+    return repeats * env.n_agents / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feeder", default="1-LV-rural1--0-sw")
@@ -61,20 +77,27 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024, 4096])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"feeder {args.feeder}, network {args.network}, mechanism {args.mechanism}\n")
-    print("| what | B | agents | agent-steps/s | env-steps/s |")
-    print("|---|---:|---:|---:|---:|")
+    reference = runpp_rate(args.feeder)
+    print("| what | B | agents | agent-steps/s | env-steps/s | x runpp loop |")
+    print("|---|---:|---:|---:|---:|---:|")
     for n_envs in args.batch_sizes:
         steps = max(20, args.steps if n_envs >= 64 else args.steps * 5)
         rate, n_agents = core_rate(args.feeder, args.network, args.mechanism, n_envs, steps,
                                    args.device)
-        print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} |",
-              flush=True)
+        print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} | "
+              f"{rate / reference:,.0f} |", flush=True)
     rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, args.steps * 5)
-    print(f"| PettingZoo wrapper | 1 | {n_agents} | {rate * n_agents:,.0f} | {rate:,.0f} |")
+    print(f"| PettingZoo wrapper | 1 | {n_agents} | {rate * n_agents:,.0f} | {rate:,.0f} | "
+          f"{rate * n_agents / reference:,.0f} |")
+    print(f"| pandapower runpp per scenario | 1 | {n_agents} | {reference:,.0f} | "
+          f"{reference / n_agents:,.0f} | 1 |")
 
 
 if __name__ == "__main__":
