@@ -68,7 +68,7 @@ def test_synthetic_is_seeded_and_sized():
     assert not np.array_equal(a.load_kw, c.load_kw)
     assert 1500 < a.annual_kwh.mean() < 7000
     summer, winter = 172 * 96, 355 * 96
-    assert a.pv_kw_per_kwp[summer:summer + 96].sum() > 0
+    assert a.pv_kw_per_kwp[summer:summer + 96].sum() > 2 * a.pv_kw_per_kwp[winter:winter + 96].sum()
     assert a.net().load.shape[0] == 4
 
 

@@ -16,7 +16,8 @@ from envs import fees
        temperature=st.sampled_from([0.05, 0.3, 10.0]))
 def test_sinkhorn_plan_has_the_cleared_marginals(seed, n, temperature):
     g = torch.Generator().manual_seed(seed)
-    bought = torch.rand(3, n, generator=g, dtype=torch.float64) * (torch.rand(3, n, generator=g) > 0.5)
+    buyer = torch.rand(3, n, generator=g) > 0.5
+    bought = torch.rand(3, n, generator=g, dtype=torch.float64) * buyer
     sold = torch.rand(3, n, generator=g, dtype=torch.float64) * (bought == 0)
     sold = sold * bought.sum(1, keepdim=True) / sold.sum(1, keepdim=True).clamp_min(1e-12)
     sold = torch.where(bought.sum(1, keepdim=True) > 0, sold, torch.zeros_like(sold))

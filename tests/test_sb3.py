@@ -18,7 +18,7 @@ def test_vec_env_shapes_and_terminal_observation():
     obs = vec.reset()
     assert obs.shape == (12, vec.core.obs_dim) and obs.dtype == np.float32
     actions = np.zeros((12, 2), np.float32)
-    for t in range(96):
+    for _ in range(96):
         obs, rewards, dones, infos = vec.step(actions)
         assert rewards.shape == (12,) and dones.shape == (12,)
     assert dones.all()

@@ -1,0 +1,198 @@
+"""train.py and agents/common.py: config loading and errors, run folder, TensorBoard tags,
+determinism, and resume == uninterrupted (short MAPPO runs on a 4-agent synthetic community)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents import registry
+from agents.common import build_run_config, load_checkpoint
+from envs.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+train = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train)
+
+ITERATION = 8 * 16
+"""Env-steps per MAPPO iteration of the small config: n_envs * rollout_steps."""
+
+
+def small_config() -> dict:
+    """Two episodes per environment (2 * 96 steps), evaluated and checkpointed every 4
+    iterations."""
+    return {
+        "algo": "mappo", "seed": 3, "name": "test",
+        "env": {"community": {"feeder": "synthetic", "n_agents": 4},
+                "network": {"model": "none"}},
+        "train": {"total_steps": 8 * 96 * 2, "n_envs": 8, "eval_every": 4 * ITERATION,
+                  "eval_episodes": 4, "checkpoint_every": 4 * ITERATION, "torch_threads": 1},
+        "mappo": {"rollout_steps": 16, "hidden_sizes": [32, 32], "update_epochs": 2,
+                  "n_minibatches": 2},
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def only_run(logdir: Path) -> Path:
+    (run_dir,) = [p for p in logdir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def without_timing(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != train.TIMING_KEY}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """One uninterrupted run through the command line."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = write_config(tmp / "small.yaml", small_config())
+    assert train.main(["--config", str(config), "--logdir", str(tmp / "runs"),
+                       "--no-progress"]) == 0
+    return only_run(tmp / "runs")
+
+
+# ------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------
+
+
+def test_default_config_builds():
+    config = build_run_config(ROOT / "configs" / "mappo.yaml")
+    assert config.algo == "mappo" and config.env.community.feeder == "1-LV-rural1--0-sw"
+    assert config.env.n_envs == config.train.n_envs and config.env.seed == config.seed
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("train.total_stepz=3", "train.total_stepz"),
+    ("mappo.learning_rate=0.1", "mappo.learning_rate"),
+    ("env.market.mechanizm=mmr", "env.market.mechanizm"),
+    ("train.n_envs=many", "train.n_envs"),
+    ("mappo.gamma=1.5", "mappo.gamma"),
+    ("algo=ppo2", "algo"),
+    ("dqn.lr=1", "dqn"),
+])
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        build_run_config(ROOT / "configs" / "mappo.yaml", [override])
+
+
+def test_bad_override_on_the_command_line(tmp_path, capsys):
+    code = train.main(["--logdir", str(tmp_path), "train.eval_evry=5"])
+    assert code == 2
+    assert "train.eval_evry" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # failed before creating a run folder
+
+
+def test_env_base_file_merged_with_inline_keys():
+    data = small_config()
+    data["env"] = {"base": "configs/env/synthetic.yaml", "community": {"n_agents": 3},
+                   "market": {"mechanism": "mmr"}}
+    config = build_run_config(data, ["env.market.k=0.3"])
+    assert config.env.community.feeder == "synthetic" and config.env.community.n_agents == 3
+    assert config.env.market.mechanism == "mmr" and config.env.market.k == 0.3
+    data["env"] = "configs/env/synthetic.yaml"  # a path alone
+    assert build_run_config(data).env.community.n_agents == 10
+
+
+def test_env_keys_owned_by_the_run_are_rejected_inline():
+    data = small_config()
+    data["env"]["n_envs"] = 3
+    with pytest.raises(ConfigError, match=r"env\.n_envs.*train\.n_envs"):
+        build_run_config(data)
+
+
+def test_registry_lists_mappo():
+    assert "mappo" in registry.available()
+    assert registry.get("mappo").name == "mappo"
+
+
+# ------------------------------------------------------------------------------------------
+# A run
+# ------------------------------------------------------------------------------------------
+
+
+def test_run_folder_contents(reference_run):
+    assert reference_run.name.startswith("test__mappo__3__")
+    for name in ("config.yaml", "checkpoint_latest.pt", "checkpoint_best.pt", "metrics.json"):
+        assert (reference_run / name).is_file(), name
+    assert not list(reference_run.glob("*.tmp"))
+    logged = build_run_config(reference_run / "config.yaml")
+    assert logged == build_run_config(small_config())  # the logged config is what ran
+    metrics = json.loads((reference_run / "metrics.json").read_text())
+    assert metrics["global_step"] == small_config()["train"]["total_steps"]
+    assert math.isfinite(metrics["final_eval"]["episodic_return"])
+    assert load_checkpoint(reference_run)["global_step"] == metrics["global_step"]
+
+
+def test_event_file_tags(reference_run):
+    tags = set(scalars(reference_run))
+    shared = {f"charts/{name}" for name in (
+        "episodic_return", "community_cost", "savings_vs_no_p2p", "clearing_price",
+        "p2p_volume", "self_sufficiency", "voltage_violations", "SPS")}
+    evaluation = {f"eval/{name}" for name in ("episodic_return", "community_cost",
+                                              "savings_vs_no_p2p")}
+    losses = {f"losses/{name}" for name in ("policy_loss", "value_loss", "entropy",
+                                            "approx_kl")}
+    assert shared | evaluation | losses <= tags, sorted(shared | evaluation | losses - tags)
+    events = EventAccumulator(str(reference_run))
+    events.Reload()
+    assert "hyperparameters/text_summary" in events.Tags()["tensors"]  # add_text
+
+
+def test_same_seed_same_curves(reference_run, tmp_path):
+    config = write_config(tmp_path / "small.yaml", small_config())
+    assert train.main(["--config", str(config), "--logdir", str(tmp_path / "runs"),
+                       "--no-progress"]) == 0
+    again = only_run(tmp_path / "runs")
+    first, second = scalars(reference_run), scalars(again)
+    first.pop("charts/SPS"), second.pop("charts/SPS")
+    assert first == second
+    assert without_timing(json.loads((reference_run / "metrics.json").read_text())) == \
+        without_timing(json.loads((again / "metrics.json").read_text()))
+
+
+def test_resume_equals_uninterrupted(reference_run, tmp_path):
+    config = build_run_config(small_config())
+    run_dir = train.new_run_dir(tmp_path, config)
+    # interrupted one iteration after its checkpoint at 4 iterations
+    assert train.Trainer(config, run_dir, progress=False).run(
+        stop_after_steps=5 * ITERATION) is None
+    assert load_checkpoint(run_dir)["global_step"] == 4 * ITERATION
+    assert not (run_dir / "metrics.json").exists()
+    assert train.main(["--resume", str(run_dir), "--no-progress"]) == 0
+
+    assert without_timing(json.loads((reference_run / "metrics.json").read_text())) == \
+        without_timing(json.loads((run_dir / "metrics.json").read_text()))
+    expected = load_checkpoint(reference_run)["algorithm"]
+    resumed = load_checkpoint(run_dir)["algorithm"]
+    for name in ("actor", "critic", "log_std"):
+        for key, value in expected[name].items():
+            torch.testing.assert_close(resumed[name][key], value, rtol=0, atol=0)
+    first, second = scalars(reference_run), scalars(run_dir)
+    first.pop("charts/SPS"), second.pop("charts/SPS")
+    assert first == second  # events after the checkpoint were purged and logged again
+
+
+def test_resume_rejects_overrides(reference_run, capsys):
+    assert train.main(["--resume", str(reference_run), "seed=4"]) == 2
+    assert "--resume" in capsys.readouterr().err
