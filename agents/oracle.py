@@ -1,0 +1,699 @@
+"""Perfect-foresight centralised optimum of a prosumer community (the "oracle").
+
+One linear program over every agent and every step of the horizon, solved with HiGHS
+through :func:`scipy.optimize.linprog` on sparse constraint matrices. It knows the whole
+day in advance and controls every battery, so its cost is a lower bound on the community
+cost that any market mechanism or policy can reach on the same day in the environment.
+
+Environment semantics the LP reproduces (all energies in kWh per step of ``dt_h`` hours):
+
+- net position of agent ``i`` at step ``t``:
+  ``net[t, i] = load[t, i] - pv[t, i] + curtailment[t, i] + charge[t, i] - discharge[t, i]``
+  (positive = consumption from the grid / community);
+- state of charge: ``soc[t + 1] = soc[t] + charge_efficiency * charge[t]
+  - discharge[t] / discharge_efficiency``, with ``soc_min * capacity <= soc[t + 1] <=
+  soc_max * capacity``, ``charge <= max_charge_kw * dt_h``, ``discharge <= max_discharge_kw
+  * dt_h``; the initial SoC is given and the terminal SoC is free (left-over energy has no
+  value);
+- settlement with the grid: imports pay ``retail_price``, exports earn ``feed_in_price``.
+  With ``p2p=True`` energy moves freely inside the community (internal payments cancel
+  out) and only the community's net position is settled; with ``p2p=False`` each agent
+  settles its own net position;
+- community cost = ``sum_t (retail * import - feed_in * export) + degradation_cost *
+  (charge + discharge)``.
+
+Charging and discharging in the same step is not forbidden, which makes the LP a
+relaxation of any environment that takes one net battery action per step: the bound stays
+valid. With ``retail >= feed_in`` and ``degradation_cost >= 0`` the optimum never does it
+except to burn surplus under negative feed-in prices.
+
+LP formulation (every block is ``[T, N]`` unless stated):
+
+=============  =========================================================================
+variables      ``charge``, ``discharge`` in ``[0, max_*_kw * dt_h]`` (0 without a
+               battery or with ``use_battery=False``); ``soc`` after each step in
+               ``[soc_min, soc_max] * capacity``; ``curtailment`` in ``[0, pv]`` (or
+               fixed to 0); free ``net``; ``grid_import``, ``grid_export >= 0``
+               (``[T]`` with p2p, ``[T, N]`` without). With a network also free
+               ``group_power [T, G]`` (kW injected by each group of agents sharing a
+               sensitivity column, i.e. a bus) and one slack ``>= 0`` per network row.
+equalities     SoC dynamics; ``net - charge + discharge - curtailment = load - pv``;
+               balance ``import - export = sum_i net`` (p2p) or ``= net`` (per agent);
+               ``group_power[t, g] = sum_(i in g) net[t, i] / dt_h``.
+inequalities   network only: ``v0[t, b] + dv_dp[b] @ p_kw[t] <= v_max`` and ``>= v_min``,
+               ``-max <= line_loading0[t, l] + dline_dp[l] @ p_kw[t] <= max``, each
+               ``- slack``; rows that the variable bounds already guarantee are dropped.
+objective      ``retail . import - feed_in . export + degradation . (charge +
+               discharge)`` (+ ``violation_penalty * slack`` when the limits cannot be
+               met).
+=============  =========================================================================
+
+The network constraints are a first-order (sensitivity) model of the feeder around zero
+agent injection, as given by the linearised DistFlow equations of Baran and Wu, "Network
+reconfiguration in distribution systems for loss reduction and load balancing", IEEE
+Trans. Power Delivery 4(2), 1989, or by the power-flow Jacobian. With a network the LP is
+first solved with hard limits. When they cannot be met even with curtailment and batteries
+(for instance undervoltage caused by load alone), it is solved again with the slacks
+opened at ``NetworkLinearisation.violation_penalty`` per unit of violation, and the total
+violation is reported in :attr:`OracleResult.network_slack` instead of failing. The
+reported ``cost`` never includes the penalty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+__all__ = ["BatteryFleet", "NetworkLinearisation", "OracleResult", "solve_oracle"]
+
+_SOC_BOUND_TOLERANCE_KWH = 1e-9
+"""Tolerance on the initial SoC lying inside [soc_min, soc_max] * capacity (kWh)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class BatteryFleet:
+    """Battery parameters of all ``N`` agents.
+
+    Every field accepts a scalar or an array of shape ``[N]``; ``__post_init__`` stores
+    them as float64 arrays of shape ``[N]`` (``N = len(capacity_kwh)``) and rejects
+    invalid values with a ``ValueError``.
+    """
+
+    capacity_kwh: np.ndarray
+    """Usable energy capacity (kWh), shape ``[N]``; 0 means the agent has no battery."""
+    max_charge_kw: np.ndarray | float
+    """Maximum charging power at the AC side (kW)."""
+    max_discharge_kw: np.ndarray | float
+    """Maximum discharging power at the AC side (kW)."""
+    charge_efficiency: np.ndarray | float = 0.95
+    """Fraction of AC charging energy stored, in (0, 1]."""
+    discharge_efficiency: np.ndarray | float = 0.95
+    """Fraction of stored energy delivered at the AC side when discharging, in (0, 1]."""
+    soc_min: np.ndarray | float = 0.0
+    """Lowest allowed SoC as a fraction of capacity, in [0, 1]."""
+    soc_max: np.ndarray | float = 1.0
+    """Highest allowed SoC as a fraction of capacity, in [0, 1]."""
+    initial_soc_kwh: np.ndarray | float = 0.0
+    """SoC at the start of the horizon (kWh); must lie within the SoC bounds."""
+    degradation_cost: np.ndarray | float = 0.0
+    """Wear cost per kWh of AC throughput, throughput = charge + discharge (currency/kWh)."""
+
+    def __post_init__(self) -> None:
+        capacity = np.asarray(self.capacity_kwh, dtype=np.float64)
+        if capacity.ndim != 1:
+            raise ValueError(f"BatteryFleet.capacity_kwh must have shape [N], got {capacity.shape}")
+        n_agents = capacity.shape[0]
+        for field in dataclasses.fields(self):
+            value = np.asarray(getattr(self, field.name), dtype=np.float64)
+            if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != n_agents):
+                raise ValueError(
+                    f"BatteryFleet.{field.name} must be a scalar or have shape [{n_agents}], "
+                    f"got {value.shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"BatteryFleet.{field.name} contains NaN or inf")
+            # Frozen dataclass: normalise fields in place once, at construction.
+            object.__setattr__(self, field.name, np.broadcast_to(value, (n_agents,)).copy())
+
+        for name in ("capacity_kwh", "max_charge_kw", "max_discharge_kw", "degradation_cost"):
+            if np.any(getattr(self, name) < 0):
+                raise ValueError(f"BatteryFleet.{name} must be >= 0")
+        for name in ("charge_efficiency", "discharge_efficiency"):
+            value = getattr(self, name)
+            if np.any(value <= 0) or np.any(value > 1):
+                raise ValueError(f"BatteryFleet.{name} must lie in (0, 1], got {value}")
+        for name in ("soc_min", "soc_max"):
+            value = getattr(self, name)
+            if np.any(value < 0) or np.any(value > 1):
+                raise ValueError(f"BatteryFleet.{name} must lie in [0, 1], got {value}")
+        if np.any(self.soc_min > self.soc_max):
+            raise ValueError("BatteryFleet.soc_min must be <= soc_max for every agent")
+        low, high = self.soc_bounds_kwh()
+        outside = (self.initial_soc_kwh < low - _SOC_BOUND_TOLERANCE_KWH) | (
+            self.initial_soc_kwh > high + _SOC_BOUND_TOLERANCE_KWH
+        )
+        if np.any(outside):
+            agents = np.flatnonzero(outside).tolist()
+            raise ValueError(
+                f"BatteryFleet.initial_soc_kwh outside [soc_min, soc_max] * capacity "
+                f"for agents {agents}"
+            )
+
+    @property
+    def n_agents(self) -> int:
+        """Number of agents ``N``."""
+        return int(self.capacity_kwh.shape[0])
+
+    def soc_bounds_kwh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest allowed SoC (kWh), each of shape ``[N]``."""
+        return self.soc_min * self.capacity_kwh, self.soc_max * self.capacity_kwh
+
+    def idle(self) -> BatteryFleet:
+        """The same fleet with zero power limits: batteries hold their initial SoC."""
+        return dataclasses.replace(self, max_charge_kw=0.0, max_discharge_kw=0.0)
+
+    @classmethod
+    def none(cls, n_agents: int) -> BatteryFleet:
+        """A community of ``n_agents`` agents without any battery."""
+        return cls(capacity_kwh=np.zeros(n_agents), max_charge_kw=0.0, max_discharge_kw=0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkLinearisation:
+    """Linear sensitivity model of the feeder around zero agent injection.
+
+    Agent net consumption in kW is ``p_kw[t] = net_kwh[t] / dt_h`` (shape ``[N]``). Then
+
+    - bus voltages (p.u.): ``v[t] = v0_pu[t] + dv_dp @ p_kw[t]``, kept within
+      ``[v_min, v_max]``;
+    - line loadings (percent of rating, signed: positive in the reference direction of
+      ``dline_dp``): ``loading[t] = line_loading0 + dline_dp @ p_kw[t]``, kept within
+      ``[-line_max_percent, line_max_percent]``, i.e. the magnitude of the flow is limited
+      by two linear inequalities.
+    """
+
+    v0_pu: np.ndarray
+    """Bus voltages at zero agent injection (p.u.), shape ``[T, n_bus]`` or ``[n_bus]``."""
+    dv_dp: np.ndarray
+    """Voltage change per kW of agent net consumption (p.u./kW), shape ``[n_bus, N]``;
+    typically negative (consumption lowers the voltage)."""
+    v_min: np.ndarray | float = 0.95
+    """Lowest allowed voltage (p.u.), scalar or ``[n_bus]``."""
+    v_max: np.ndarray | float = 1.05
+    """Highest allowed voltage (p.u.), scalar or ``[n_bus]``."""
+    line_loading0: np.ndarray | None = None
+    """Signed line loading at zero agent injection (percent), shape ``[T, n_line]`` or
+    ``[n_line]``; zeros when omitted."""
+    dline_dp: np.ndarray | None = None
+    """Line loading change per kW of agent net consumption (percent/kW), shape
+    ``[n_line, N]``; no line constraints when omitted."""
+    line_max_percent: np.ndarray | float = 100.0
+    """Largest allowed loading magnitude (percent), scalar or ``[n_line]``."""
+    violation_penalty: float = 1e4
+    """Cost of violating the limits when they cannot all be met (currency per p.u. of
+    voltage violation per step, and per 100 percent of line overloading per step)."""
+
+
+@dataclass(frozen=True, eq=False)
+class OracleResult:
+    """Optimal community schedule over the horizon (``T`` steps, ``N`` agents)."""
+
+    cost: float
+    """Total community cost: grid bill plus battery degradation (currency)."""
+    grid_import_kwh: np.ndarray
+    """Energy bought from the grid by the community, summed over agents (kWh), ``[T]``."""
+    grid_export_kwh: np.ndarray
+    """Energy sold to the grid by the community, summed over agents (kWh), ``[T]``."""
+    charge_kwh: np.ndarray
+    """Battery charging energy at the AC side (kWh), ``[T, N]``."""
+    discharge_kwh: np.ndarray
+    """Battery discharging energy at the AC side (kWh), ``[T, N]``."""
+    soc_kwh: np.ndarray
+    """State of charge (kWh), ``[T + 1, N]``; row 0 is the initial SoC."""
+    net_kwh: np.ndarray
+    """Agent net position ``load - pv + curtailment + charge - discharge`` (kWh),
+    ``[T, N]``."""
+    curtailment_kwh: np.ndarray
+    """PV energy curtailed (kWh), ``[T, N]``; zero unless curtailment is allowed."""
+    degradation_cost: float
+    """Battery degradation part of ``cost`` (currency)."""
+    status: str
+    """HiGHS's message for the final solve."""
+    network_slack: float = 0.0
+    """Total network violation when the limits cannot all be met: voltage violation summed
+    over buses and steps (p.u.) plus line overloading summed over lines and steps (percent
+    / 100); 0 when the limits are met or no network is given."""
+    voltage_pu: np.ndarray | None = None
+    """Linearised bus voltages (p.u.), ``[T, n_bus]``; None without a network."""
+    line_loading_percent: np.ndarray | None = None
+    """Linearised signed line loadings (percent), ``[T, n_line]``; None without lines."""
+
+
+# ---------------------------------------------------------------------------------------
+# LP assembly
+# ---------------------------------------------------------------------------------------
+
+
+class _VariableLayout:
+    """Column indices of the LP variables, one contiguous block per variable kind."""
+
+    def __init__(self) -> None:
+        self.n_columns = 0
+
+    def add(self, *shape: int) -> np.ndarray:
+        """Reserve a block of columns and return their indices with the given shape."""
+        size = int(np.prod(shape))
+        indices = np.arange(self.n_columns, self.n_columns + size).reshape(shape)
+        self.n_columns += size
+        return indices
+
+
+class _SparseRows:
+    """Accumulates rows of a sparse constraint matrix ``A x (<=|=) b`` in COO form."""
+
+    def __init__(self) -> None:
+        self.n_rows = 0
+        self._rows: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+        self._vals: list[np.ndarray] = []
+        self._rhs: list[np.ndarray] = []
+
+    def add_rows(self, rhs: np.ndarray) -> np.ndarray:
+        """Append rows with right-hand side ``rhs``; returns their indices, shaped as rhs."""
+        rhs = np.asarray(rhs, dtype=np.float64)
+        indices = np.arange(self.n_rows, self.n_rows + rhs.size).reshape(rhs.shape)
+        self.n_rows += rhs.size
+        self._rhs.append(rhs.ravel())
+        return indices
+
+    def add_terms(self, rows: np.ndarray, cols: np.ndarray, values: np.ndarray | float) -> None:
+        """Add ``values`` at ``(rows, cols)`` (broadcast together)."""
+        rows, cols, values = np.broadcast_arrays(rows, cols, np.asarray(values, np.float64))
+        keep = values != 0.0
+        self._rows.append(rows[keep])
+        self._cols.append(cols[keep])
+        self._vals.append(values[keep])
+
+    def build(self, n_columns: int) -> tuple[sp.csr_array | None, np.ndarray | None]:
+        """The matrix ``[n_rows, n_columns]`` and right-hand side ``[n_rows]``."""
+        if self.n_rows == 0:
+            return None, None
+        matrix = sp.coo_array(
+            (np.concatenate(self._vals), (np.concatenate(self._rows), np.concatenate(self._cols))),
+            shape=(self.n_rows, n_columns),
+        ).tocsr()
+        return matrix, np.concatenate(self._rhs)
+
+
+def _as_float_array(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Float64 copy of ``value`` with exactly ``shape``, finite, else ``ValueError``."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(array.shape)}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def _broadcast_float_array(
+    name: str, value: np.ndarray | float, shapes: tuple[tuple[int, ...], ...]
+) -> np.ndarray:
+    """``value`` as float64, accepted in any of ``shapes`` (or as a scalar), broadcast to the
+    first (the full) shape."""
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim > 0 and array.shape not in shapes:
+        accepted = " or ".join(str(list(shape)) for shape in shapes)
+        raise ValueError(f"{name} must be a scalar or have shape {accepted}, got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return np.broadcast_to(array, shapes[0]).copy()
+
+
+@dataclass(frozen=True)
+class _NetworkArrays:
+    """Validated network arrays, broadcast to full shapes."""
+
+    v0_pu: np.ndarray  # [T, n_bus]
+    dv_dp: np.ndarray  # [n_bus, N]
+    v_min: np.ndarray  # [n_bus]
+    v_max: np.ndarray  # [n_bus]
+    line_loading0: np.ndarray  # [T, n_line]
+    dline_dp: np.ndarray  # [n_line, N]
+    line_max_percent: np.ndarray  # [n_line]
+
+
+def _validate_network(network: NetworkLinearisation, n_steps: int, n_agents: int) -> _NetworkArrays:
+    """Check ``network`` against ``T = n_steps`` and ``N = n_agents``; broadcast its arrays."""
+    dv_dp = np.asarray(network.dv_dp, dtype=np.float64)
+    if dv_dp.ndim != 2 or dv_dp.shape[1] != n_agents:
+        raise ValueError(f"network.dv_dp must have shape [n_bus, {n_agents}], got {dv_dp.shape}")
+    dv_dp = _as_float_array("network.dv_dp", dv_dp, dv_dp.shape)
+    n_bus = dv_dp.shape[0]
+    v0 = _broadcast_float_array("network.v0_pu", network.v0_pu, ((n_steps, n_bus), (n_bus,)))
+    v_min = _broadcast_float_array("network.v_min", network.v_min, ((n_bus,),))
+    v_max = _broadcast_float_array("network.v_max", network.v_max, ((n_bus,),))
+    if np.any(v_min > v_max):
+        raise ValueError("network.v_min must be <= network.v_max")
+
+    if network.dline_dp is None:
+        if network.line_loading0 is not None:
+            raise ValueError("network.line_loading0 given without network.dline_dp")
+        dline_dp = np.zeros((0, n_agents))
+    else:
+        dline_dp = np.asarray(network.dline_dp, dtype=np.float64)
+        if dline_dp.ndim != 2 or dline_dp.shape[1] != n_agents:
+            raise ValueError(
+                f"network.dline_dp must have shape [n_line, {n_agents}], got {dline_dp.shape}"
+            )
+        dline_dp = _as_float_array("network.dline_dp", dline_dp, dline_dp.shape)
+    n_line = dline_dp.shape[0]
+    loading0 = 0.0 if network.line_loading0 is None else network.line_loading0
+    line_loading0 = _broadcast_float_array(
+        "network.line_loading0", loading0, ((n_steps, n_line), (n_line,))
+    )
+    line_max = _broadcast_float_array(
+        "network.line_max_percent", network.line_max_percent, ((n_line,),)
+    )
+    if np.any(line_max < 0):
+        raise ValueError("network.line_max_percent must be >= 0")
+    if not (np.isfinite(network.violation_penalty) and network.violation_penalty > 0):
+        raise ValueError(
+            f"network.violation_penalty must be a positive number, got {network.violation_penalty}"
+        )
+    return _NetworkArrays(v0, dv_dp, v_min, v_max, line_loading0, dline_dp, line_max)
+
+
+_VOLTAGE_SLACK_WEIGHT = 1.0
+"""Weight of one p.u. of voltage violation in the total network violation."""
+
+_LINE_SLACK_WEIGHT = 0.01
+"""Weight of one percent of line overloading in the total network violation (so that
+the total counts line violations as fractions of the rating)."""
+
+
+@dataclass(frozen=True)
+class _LimitRows:
+    """Network rows ``sign * sensitivity[component] @ p_kw[step] <= rhs``, ``[R]`` each.
+
+    They stand for ``lower <= base + sensitivity @ p_kw <= upper`` (``sign = +1`` for the
+    upper limit, ``-1`` for the lower one), restricted to the rows that can bind.
+    """
+
+    step: np.ndarray
+    """Time step of each row, ``[R]``."""
+    component: np.ndarray
+    """Bus or line of each row, ``[R]``."""
+    sign: np.ndarray
+    """+1 for an upper limit, -1 for a lower limit, ``[R]``."""
+    rhs: np.ndarray
+    """Right-hand side, ``upper - base`` or ``base - lower``, ``[R]``."""
+    sensitivity: np.ndarray
+    """The full sensitivity matrix ``[n_component, N]`` (per kW)."""
+    slack_weight: float
+    """Weight of this row's slack in the total network violation."""
+    unavoidable: bool
+    """Whether some row is violated at every point of the box: the limits cannot be met."""
+
+
+def _limit_rows_that_can_bind(
+    base: np.ndarray,
+    sensitivity: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    power_low_kw: np.ndarray,
+    power_high_kw: np.ndarray,
+    *,
+    slack_weight: float,
+) -> _LimitRows:
+    """Rows of ``lower <= base[t] + sensitivity @ p_kw[t] <= upper`` that the variable bounds
+    alone do not already guarantee.
+
+    Interval arithmetic over the box ``power_low_kw <= p_kw <= power_high_kw`` (both
+    ``[T, N]``) gives the extreme values of each row; a limit that holds at the extreme is
+    implied by the bounds and is left out of the LP. This is exact (the feasible set does
+    not change) and typically drops most night-time rows, which keeps the dense sensitivity
+    rows from dominating the solve time. A limit violated even at the favourable extreme
+    can never be met, which flags the problem as infeasible without a solve.
+
+    Args:
+        base: Value at zero agent injection, ``[T, n_component]``.
+        sensitivity: Change per kW of agent net consumption, ``[n_component, N]``.
+        lower: Lowest allowed value, ``[n_component]``.
+        upper: Highest allowed value, ``[n_component]``.
+        power_low_kw: Lowest possible agent net consumption (kW), ``[T, N]``.
+        power_high_kw: Highest possible agent net consumption (kW), ``[T, N]``.
+        slack_weight: Weight of the rows' slacks in the total network violation.
+    """
+    positive, negative = np.maximum(sensitivity, 0.0), np.minimum(sensitivity, 0.0)
+    highest = base + power_high_kw @ positive.T + power_low_kw @ negative.T
+    lowest = base + power_low_kw @ positive.T + power_high_kw @ negative.T
+    upper_steps, upper_components = np.nonzero(highest > upper)
+    lower_steps, lower_components = np.nonzero(lowest < lower)
+    return _LimitRows(
+        step=np.concatenate([upper_steps, lower_steps]),
+        component=np.concatenate([upper_components, lower_components]),
+        sign=np.concatenate([np.ones(len(upper_steps)), -np.ones(len(lower_steps))]),
+        rhs=np.concatenate(
+            [
+                upper[upper_components] - base[upper_steps, upper_components],
+                base[lower_steps, lower_components] - lower[lower_components],
+            ]
+        ),
+        sensitivity=sensitivity,
+        slack_weight=slack_weight,
+        unavoidable=bool(np.any(lowest > upper) or np.any(highest < lower)),
+    )
+
+
+def solve_oracle(
+    load_kwh: np.ndarray,
+    pv_kwh: np.ndarray,
+    retail_price: np.ndarray,
+    feed_in_price: np.ndarray,
+    battery: BatteryFleet,
+    *,
+    p2p: bool = True,
+    use_battery: bool = True,
+    dt_h: float = 0.25,
+    network: NetworkLinearisation | None = None,
+    allow_curtailment: bool | None = None,
+) -> OracleResult:
+    """Cost-minimal schedule of the whole community with perfect foresight.
+
+    Args:
+        load_kwh: Consumption per step (kWh), shape ``[T, N]``, >= 0.
+        pv_kwh: PV generation per step (kWh), shape ``[T, N]``, >= 0.
+        retail_price: Grid import price (currency/kWh), shape ``[T]``.
+        feed_in_price: Grid export price (currency/kWh), shape ``[T]``; may be negative but
+            never above ``retail_price`` (the LP would be unbounded).
+        battery: Battery parameters of the ``N`` agents.
+        p2p: True settles only the community's net position with the grid (free internal
+            exchange); False settles each agent's net position separately.
+        use_battery: False keeps every battery idle at its initial SoC.
+        dt_h: Step length (hours).
+        network: Optional linearised voltage/line model; adds network constraints.
+        allow_curtailment: Allow PV curtailment ``0 <= curtailment <= pv``. Defaults to
+            True with a network and False without one.
+
+    Returns:
+        The optimal schedule; see :class:`OracleResult`.
+
+    Raises:
+        ValueError: Invalid shapes or values, or ``retail_price < feed_in_price``.
+        RuntimeError: HiGHS did not reach an optimal solution (message included).
+    """
+    load_kwh = np.asarray(load_kwh, dtype=np.float64)
+    if load_kwh.ndim != 2:
+        raise ValueError(f"load_kwh must have shape [T, N], got {list(load_kwh.shape)}")
+    n_steps, n_agents = load_kwh.shape
+    if n_steps == 0 or n_agents == 0:
+        raise ValueError(f"load_kwh must have T >= 1 and N >= 1, got {list(load_kwh.shape)}")
+    load_kwh = _as_float_array("load_kwh", load_kwh, (n_steps, n_agents))
+    pv_kwh = _as_float_array("pv_kwh", pv_kwh, (n_steps, n_agents))
+    retail_price = _as_float_array("retail_price", retail_price, (n_steps,))
+    feed_in_price = _as_float_array("feed_in_price", feed_in_price, (n_steps,))
+    if np.any(load_kwh < 0):
+        raise ValueError("load_kwh must be >= 0")
+    if np.any(pv_kwh < 0):
+        raise ValueError("pv_kwh must be >= 0")
+    if np.any(retail_price < feed_in_price):
+        steps = np.flatnonzero(retail_price < feed_in_price).tolist()
+        raise ValueError(
+            f"retail_price < feed_in_price at steps {steps}: importing and exporting at "
+            "once would earn unbounded money"
+        )
+    if not isinstance(battery, BatteryFleet):
+        raise ValueError(f"battery must be a BatteryFleet, got {type(battery).__name__}")
+    if battery.n_agents != n_agents:
+        raise ValueError(f"battery has {battery.n_agents} agents, load_kwh has {n_agents}")
+    if not (np.isfinite(dt_h) and dt_h > 0):
+        raise ValueError(f"dt_h must be a positive number of hours, got {dt_h}")
+    net_arrays = None if network is None else _validate_network(network, n_steps, n_agents)
+    if allow_curtailment is None:
+        allow_curtailment = network is not None
+
+    # --- bounds of the per-agent blocks (kWh), [T, N] -----------------------------------
+    battery_on = (battery.capacity_kwh > 0) & use_battery
+    charge_max = np.broadcast_to(
+        np.where(battery_on, battery.max_charge_kw * dt_h, 0.0), (n_steps, n_agents)
+    )
+    discharge_max = np.broadcast_to(
+        np.where(battery_on, battery.max_discharge_kw * dt_h, 0.0), (n_steps, n_agents)
+    )
+    curtailment_max = pv_kwh if allow_curtailment else np.zeros_like(pv_kwh)
+    limit_rows: list[_LimitRows] = []
+    if net_arrays is not None:
+        # Range of the agents' net consumption (kW) allowed by the variable bounds.
+        power_low_kw = (load_kwh - pv_kwh - discharge_max) / dt_h
+        power_high_kw = (load_kwh - pv_kwh + curtailment_max + charge_max) / dt_h
+        limit_rows = [
+            _limit_rows_that_can_bind(
+                net_arrays.v0_pu,
+                net_arrays.dv_dp,
+                net_arrays.v_min,
+                net_arrays.v_max,
+                power_low_kw,
+                power_high_kw,
+                slack_weight=_VOLTAGE_SLACK_WEIGHT,
+            ),
+            _limit_rows_that_can_bind(
+                net_arrays.line_loading0,
+                net_arrays.dline_dp,
+                -net_arrays.line_max_percent,
+                net_arrays.line_max_percent,
+                power_low_kw,
+                power_high_kw,
+                slack_weight=_LINE_SLACK_WEIGHT,
+            ),
+        ]
+
+    # --- variables -----------------------------------------------------------------------
+    layout = _VariableLayout()
+    charge = layout.add(n_steps, n_agents)
+    discharge = layout.add(n_steps, n_agents)
+    soc = layout.add(n_steps, n_agents)  # soc[t] is the SoC after step t, i.e. soc_kwh[t + 1]
+    curtailment = layout.add(n_steps, n_agents)
+    net = layout.add(n_steps, n_agents)
+    settlement_shape = (n_steps,) if p2p else (n_steps, n_agents)
+    grid_import = layout.add(*settlement_shape)
+    grid_export = layout.add(*settlement_shape)
+    slacks = [layout.add(len(rows.rhs)) for rows in limit_rows]  # one per network row
+    if net_arrays is not None:
+        # Agents with identical sensitivity columns (same bus) share one injection
+        # variable, which makes the dense network rows shorter.
+        all_sensitivities = np.vstack([net_arrays.dv_dp, net_arrays.dline_dp])
+        _, group_first_agent, group_of_agent = np.unique(
+            all_sensitivities.T, axis=0, return_index=True, return_inverse=True
+        )
+        group_of_agent = group_of_agent.ravel()
+        group_power = layout.add(n_steps, len(group_first_agent))
+
+    lower = np.zeros(layout.n_columns)
+    upper = np.full(layout.n_columns, np.inf)
+    upper[charge] = charge_max
+    upper[discharge] = discharge_max
+    lower[soc], upper[soc] = battery.soc_bounds_kwh()
+    upper[curtailment] = curtailment_max
+    lower[net] = -np.inf
+    if net_arrays is not None:
+        lower[group_power] = -np.inf
+
+    # --- equality constraints ----------------------------------------------------------
+    eq = _SparseRows()
+    # SoC dynamics: soc[t] - soc[t-1] - eta_c * charge[t] + discharge[t] / eta_d = 0,
+    # with soc[-1] the (constant) initial SoC moved to the right-hand side.
+    soc_rhs = np.zeros((n_steps, n_agents))
+    soc_rhs[0] = battery.initial_soc_kwh
+    rows = eq.add_rows(soc_rhs)
+    eq.add_terms(rows, soc, 1.0)
+    eq.add_terms(rows[1:], soc[:-1], -1.0)
+    eq.add_terms(rows, charge, -battery.charge_efficiency)
+    eq.add_terms(rows, discharge, 1.0 / battery.discharge_efficiency)
+    # Net position: net - charge + discharge - curtailment = load - pv.
+    rows = eq.add_rows(load_kwh - pv_kwh)
+    eq.add_terms(rows, net, 1.0)
+    eq.add_terms(rows, charge, -1.0)
+    eq.add_terms(rows, discharge, 1.0)
+    eq.add_terms(rows, curtailment, -1.0)
+    # Grid balance: import - export = sum_i net (p2p) or net (per agent).
+    rows = eq.add_rows(np.zeros(settlement_shape))
+    eq.add_terms(rows, grid_import, 1.0)
+    eq.add_terms(rows, grid_export, -1.0)
+    eq.add_terms(rows[:, None] if p2p else rows, net, -1.0)
+    if net_arrays is not None:
+        # Group injection (kW): group_power[t, g] - sum_(i in g) net[t, i] / dt_h = 0.
+        rows = eq.add_rows(np.zeros((n_steps, len(group_first_agent))))
+        eq.add_terms(rows, group_power, 1.0)
+        eq.add_terms(rows[:, group_of_agent], net, -1.0 / dt_h)
+    a_eq, b_eq = eq.build(layout.n_columns)
+
+    # --- network inequalities: sign * sensitivity[k] @ p_kw[t] - slack <= rhs -----------
+    ub = _SparseRows()
+    for limits, slack in zip(limit_rows, slacks, strict=True):
+        rows = ub.add_rows(limits.rhs)
+        group_sensitivity = limits.sensitivity[limits.component][:, group_first_agent]
+        ub.add_terms(
+            rows[:, None], group_power[limits.step], limits.sign[:, None] * group_sensitivity
+        )
+        ub.add_terms(rows, slack, -1.0)
+    a_ub, b_ub = ub.build(layout.n_columns)
+
+    # --- objective: grid bill plus degradation --------------------------------------------
+    cost_vector = np.zeros(layout.n_columns)
+    price_shape = (n_steps,) if p2p else (n_steps, 1)
+    cost_vector[grid_import] = retail_price.reshape(price_shape)
+    cost_vector[grid_export] = -feed_in_price.reshape(price_shape)
+    cost_vector[charge] = battery.degradation_cost
+    cost_vector[discharge] = battery.degradation_cost
+    slack_weights = np.zeros(layout.n_columns)
+    for limits, slack in zip(limit_rows, slacks, strict=True):
+        slack_weights[slack] = limits.slack_weight
+
+    def solve(objective: np.ndarray, slack_upper: float, method: str):
+        for slack in slacks:
+            upper[slack] = slack_upper
+        return linprog(
+            objective,
+            A_ub=a_ub,
+            b_ub=b_ub,
+            A_eq=a_eq,
+            b_eq=b_eq,
+            bounds=np.column_stack([lower, upper]),
+            method=method,
+        )
+
+    # Hard network limits first; open the slacks only when the limits cannot be met. The
+    # penalised LP has many active slacks on dense rows, where the interior-point method
+    # (with crossover to a vertex) is several times faster than simplex.
+    limits_unavoidably_violated = any(limits.unavoidable for limits in limit_rows)
+    solution = None
+    if not limits_unavoidably_violated:
+        solution = solve(cost_vector, slack_upper=0.0, method="highs")
+    if a_ub is not None and (solution is None or solution.status != 0):
+        hard_message = "skipped" if solution is None else solution.message
+        penalised_cost = cost_vector + network.violation_penalty * slack_weights
+        solution = solve(penalised_cost, slack_upper=np.inf, method="highs-ipm")
+        if solution.status != 0:
+            raise RuntimeError(
+                f"HiGHS did not find an optimal schedule with network slack: "
+                f"{solution.message} (hard limits: {hard_message})"
+            )
+    if solution.status != 0:
+        raise RuntimeError(f"HiGHS did not find an optimal schedule: {solution.message}")
+
+    x = solution.x
+    charge_kwh, discharge_kwh = x[charge], x[discharge]
+    import_kwh, export_kwh = x[grid_import], x[grid_export]
+    if not p2p:
+        import_kwh, export_kwh = import_kwh.sum(axis=1), export_kwh.sum(axis=1)
+    net_kwh = x[net]
+    voltage_pu = loading_percent = None
+    if net_arrays is not None:
+        power_kw = net_kwh / dt_h
+        voltage_pu = net_arrays.v0_pu + power_kw @ net_arrays.dv_dp.T
+        if net_arrays.dline_dp.shape[0] > 0:
+            loading_percent = net_arrays.line_loading0 + power_kw @ net_arrays.dline_dp.T
+    return OracleResult(
+        cost=float(cost_vector @ x),
+        grid_import_kwh=import_kwh,
+        grid_export_kwh=export_kwh,
+        charge_kwh=charge_kwh,
+        discharge_kwh=discharge_kwh,
+        soc_kwh=np.vstack([battery.initial_soc_kwh[None, :], x[soc]]),
+        net_kwh=net_kwh,
+        curtailment_kwh=x[curtailment],
+        degradation_cost=float(np.sum(battery.degradation_cost * (charge_kwh + discharge_kwh))),
+        status=str(solution.message),
+        network_slack=float(slack_weights @ x),
+        voltage_pu=voltage_pu,
+        line_loading_percent=loading_percent,
+    )

@@ -1,0 +1,565 @@
+"""Tests for ``agents/oracle.py``: the perfect-foresight community LP."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
+
+DT_H = 0.25
+LP_TOLERANCE = 1e-7
+"""Absolute slack allowed when comparing LP optima (HiGHS tolerances are 1e-7)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers: independent re-implementation of the environment's settlement and battery
+# ---------------------------------------------------------------------------------------
+
+
+def grid_bill(net_kwh: np.ndarray, retail: np.ndarray, feed_in: np.ndarray) -> float:
+    """Grid bill of net positions ``[T]`` or ``[T, N]`` (kWh): imports at retail, exports
+    at feed-in, each position settled on its own."""
+    net_kwh = net_kwh.reshape(len(retail), -1)
+    imports, exports = np.maximum(net_kwh, 0.0), np.maximum(-net_kwh, 0.0)
+    return float(np.sum(retail[:, None] * imports - feed_in[:, None] * exports))
+
+
+def simulate_battery_policy(
+    load_kwh: np.ndarray,
+    pv_kwh: np.ndarray,
+    retail: np.ndarray,
+    feed_in: np.ndarray,
+    fleet: BatteryFleet,
+    charge_kwh: np.ndarray,
+    discharge_kwh: np.ndarray,
+    *,
+    p2p: bool,
+    dt_h: float = DT_H,
+    tolerance: float = 1e-6,
+) -> float:
+    """Step the battery actions ``[T, N]`` (kWh, AC side) through the environment rules,
+    asserting that they are feasible, and return the community cost (currency)."""
+    soc = fleet.initial_soc_kwh.copy()
+    soc_low, soc_high = fleet.soc_bounds_kwh()
+    cost = 0.0
+    for t in range(load_kwh.shape[0]):
+        charge, discharge = charge_kwh[t], discharge_kwh[t]
+        assert np.all(charge >= -tolerance) and np.all(discharge >= -tolerance)
+        assert np.all(charge <= fleet.max_charge_kw * dt_h + tolerance)
+        assert np.all(discharge <= fleet.max_discharge_kw * dt_h + tolerance)
+        soc = soc + fleet.charge_efficiency * charge - discharge / fleet.discharge_efficiency
+        assert np.all(soc >= soc_low - tolerance) and np.all(soc <= soc_high + tolerance)
+        net = load_kwh[t] - pv_kwh[t] + charge - discharge
+        settled = np.array([net.sum()]) if p2p else net
+        cost += grid_bill(settled[None, :], retail[t : t + 1], feed_in[t : t + 1])
+        cost += float(np.sum(fleet.degradation_cost * (charge + discharge)))
+    return cost
+
+
+def random_feasible_actions(
+    fleet: BatteryFleet, n_steps: int, rng: np.random.Generator, dt_h: float = DT_H
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random battery actions ``[T, N]`` (kWh) clipped to the power and SoC limits."""
+    n_agents = fleet.n_agents
+    charge = np.zeros((n_steps, n_agents))
+    discharge = np.zeros((n_steps, n_agents))
+    soc = fleet.initial_soc_kwh.copy()
+    soc_low, soc_high = fleet.soc_bounds_kwh()
+    for t in range(n_steps):
+        power_kw = rng.uniform(-fleet.max_discharge_kw, fleet.max_charge_kw)
+        charge_room = np.maximum(soc_high - soc, 0.0) / fleet.charge_efficiency
+        discharge_room = np.maximum(soc - soc_low, 0.0) * fleet.discharge_efficiency
+        charge[t] = np.minimum(np.maximum(power_kw, 0.0) * dt_h, charge_room)
+        discharge[t] = np.minimum(np.maximum(-power_kw, 0.0) * dt_h, discharge_room)
+        soc = soc + fleet.charge_efficiency * charge[t] - discharge[t] / fleet.discharge_efficiency
+        soc = np.clip(soc, soc_low, soc_high)  # only rounding can push it out
+    return charge, discharge
+
+
+def random_day(rng: np.random.Generator, n_steps: int, n_agents: int) -> dict:
+    """A random community day: loads, PV, prices with retail >= feed-in, and batteries."""
+    load = rng.uniform(0.0, 1.0, (n_steps, n_agents))
+    pv = rng.uniform(0.0, 1.5, (n_steps, n_agents)) * (rng.random((n_steps, n_agents)) < 0.6)
+    retail = rng.uniform(0.1, 0.5, n_steps)
+    feed_in = retail * rng.uniform(-0.1, 0.9, n_steps)  # sometimes negative
+    capacity = np.where(rng.random(n_agents) < 0.6, rng.uniform(1.0, 8.0, n_agents), 0.0)
+    soc_min = rng.uniform(0.0, 0.2, n_agents)
+    soc_max = rng.uniform(0.8, 1.0, n_agents)
+    fleet = BatteryFleet(
+        capacity_kwh=capacity,
+        max_charge_kw=rng.uniform(0.5, 5.0, n_agents),
+        max_discharge_kw=rng.uniform(0.5, 5.0, n_agents),
+        charge_efficiency=rng.uniform(0.85, 1.0, n_agents),
+        discharge_efficiency=rng.uniform(0.85, 1.0, n_agents),
+        soc_min=soc_min,
+        soc_max=soc_max,
+        initial_soc_kwh=capacity * rng.uniform(soc_min, soc_max),
+        degradation_cost=rng.uniform(0.0, 0.03, n_agents),
+    )
+    return {"load_kwh": load, "pv_kwh": pv, "retail_price": retail, "feed_in_price": feed_in,
+            "battery": fleet}  # fmt: skip
+
+
+def at_most(smaller: float, larger: float) -> bool:
+    """``smaller <= larger`` up to the LP tolerance."""
+    return smaller <= larger + LP_TOLERANCE * (1.0 + abs(larger))
+
+
+# ---------------------------------------------------------------------------------------
+# Hand-computed cases
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p2p", [True, False])
+def test_single_agent_without_battery_pays_its_grid_bill(p2p: bool) -> None:
+    load = np.array([[1.0], [2.0], [0.5], [0.0]])
+    pv = np.array([[0.0], [3.0], [0.5], [1.0]])
+    retail = np.array([0.30, 0.30, 0.25, 0.20])
+    feed_in = np.array([0.08, 0.08, 0.05, 0.00])
+    result = solve_oracle(load, pv, retail, feed_in, BatteryFleet.none(1), p2p=p2p)
+    # net = [1, -1, 0, -1] kWh: 0.30 * 1 - 0.08 * 1 + 0 - 0.00 * 1 = 0.22
+    assert result.cost == pytest.approx(0.22, abs=1e-9)
+    assert result.cost == pytest.approx(
+        np.sum(retail * np.maximum(load - pv, 0)[:, 0] - feed_in * np.maximum(pv - load, 0)[:, 0])
+    )
+    np.testing.assert_allclose(result.grid_import_kwh, [1.0, 0.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(result.grid_export_kwh, [0.0, 1.0, 0.0, 1.0], atol=1e-9)
+    assert result.degradation_cost == 0.0
+    assert "Optimal" in result.status
+
+
+def test_p2p_saves_the_price_spread_on_matched_energy() -> None:
+    load = np.array([[1.0, 3.0]])  # agent A, agent B
+    pv = np.array([[3.0, 0.5]])  # A: surplus 2 kWh, B: deficit 2.5 kWh
+    retail, feed_in = np.array([0.30]), np.array([0.08])
+    fleet = BatteryFleet.none(2)
+    individual = solve_oracle(load, pv, retail, feed_in, fleet, p2p=False)
+    community = solve_oracle(load, pv, retail, feed_in, fleet, p2p=True)
+    # Individual: B imports 2.5 * 0.30 = 0.75, A exports 2 * 0.08 = 0.16 -> 0.59.
+    assert individual.cost == pytest.approx(0.59, abs=1e-9)
+    # Community: net deficit 0.5 kWh * 0.30 = 0.15.
+    assert community.cost == pytest.approx(0.15, abs=1e-9)
+    # Saving: the 2 kWh matched inside the community, each worth 0.30 - 0.08 = 0.22.
+    assert individual.cost - community.cost == pytest.approx(2 * 0.22, abs=1e-9)
+    np.testing.assert_allclose(individual.grid_import_kwh, [2.5], atol=1e-9)
+    np.testing.assert_allclose(individual.grid_export_kwh, [2.0], atol=1e-9)
+    np.testing.assert_allclose(community.grid_import_kwh, [0.5], atol=1e-9)
+    np.testing.assert_allclose(community.grid_export_kwh, [0.0], atol=1e-9)
+
+
+def test_battery_charges_off_peak_and_discharges_at_the_peak() -> None:
+    # 1 agent, load 2 kWh per 15-min step, no PV; 2 cheap then 2 expensive steps.
+    load = np.full((4, 1), 2.0)
+    pv = np.zeros((4, 1))
+    retail = np.array([0.10, 0.10, 0.50, 0.50])
+    feed_in = np.zeros(4)
+    fleet = BatteryFleet(
+        capacity_kwh=np.array([10.0]),
+        max_charge_kw=4.0,  # 1 kWh per step
+        max_discharge_kw=4.0,
+        charge_efficiency=0.9,
+        discharge_efficiency=0.9,
+        soc_min=0.1,  # 1 kWh
+        soc_max=0.9,  # 9 kWh
+        initial_soc_kwh=1.0,  # empty (at soc_min)
+        degradation_cost=0.01,
+    )
+    result = solve_oracle(load, pv, retail, feed_in, fleet)
+    # Charging 1 kWh (AC) costs 0.10 + 0.01 and returns 0.9 * 0.9 = 0.81 kWh at the peak,
+    # worth 0.81 * (0.50 - 0.01) = 0.397 > 0.11: charge at full power in both cheap steps.
+    np.testing.assert_allclose(result.charge_kwh[:, 0], [1.0, 1.0, 0.0, 0.0], atol=1e-9)
+    # Stored 2 * 0.9 = 1.8 kWh above soc_min -> 1.8 * 0.9 = 1.62 kWh AC at the peak
+    # (at most 1 kWh per step; how it splits across the two peak steps is immaterial).
+    np.testing.assert_allclose(result.discharge_kwh[:2, 0], 0.0, atol=1e-9)
+    assert result.discharge_kwh[2:, 0].sum() == pytest.approx(1.62, abs=1e-9)
+    np.testing.assert_allclose(result.soc_kwh[:, 0][[0, 1, 2, 4]], [1.0, 1.9, 2.8, 1.0], atol=1e-9)
+    # Grid: 3 * 0.10 + 3 * 0.10 + (4 - 1.62) * 0.50 = 1.79; degradation (2 + 1.62) * 0.01.
+    assert result.degradation_cost == pytest.approx(0.0362, abs=1e-9)
+    assert result.cost == pytest.approx(1.79 + 0.0362, abs=1e-9)
+    # Without the battery: 2 * (0.10 + 0.10 + 0.50 + 0.50) = 2.40.
+    idle = solve_oracle(load, pv, retail, feed_in, fleet, use_battery=False)
+    assert idle.cost == pytest.approx(2.40, abs=1e-9)
+    np.testing.assert_allclose(idle.soc_kwh, 1.0, atol=1e-12)
+    assert solve_oracle(load, pv, retail, feed_in, fleet.idle()).cost == pytest.approx(2.40)
+
+
+def test_negative_feed_in_price_is_paid_or_avoided_by_curtailment() -> None:
+    load, pv = np.array([[0.0]]), np.array([[1.0]])
+    retail, feed_in = np.array([0.30]), np.array([-0.05])
+    fleet = BatteryFleet.none(1)
+    # Exporting 1 kWh at -0.05 costs 0.05; curtailing it costs nothing.
+    assert solve_oracle(load, pv, retail, feed_in, fleet).cost == pytest.approx(0.05)
+    curtailed = solve_oracle(load, pv, retail, feed_in, fleet, allow_curtailment=True)
+    assert curtailed.cost == pytest.approx(0.0, abs=1e-9)
+    assert curtailed.curtailment_kwh[0, 0] == pytest.approx(1.0)
+
+
+def test_result_shapes_and_bookkeeping() -> None:
+    day = random_day(np.random.default_rng(3), n_steps=7, n_agents=3)
+    result = solve_oracle(**day)
+    assert isinstance(result, OracleResult)
+    for name in ("charge_kwh", "discharge_kwh", "net_kwh", "curtailment_kwh"):
+        assert getattr(result, name).shape == (7, 3)
+    assert result.soc_kwh.shape == (8, 3)
+    assert result.grid_import_kwh.shape == result.grid_export_kwh.shape == (7,)
+    np.testing.assert_array_equal(result.soc_kwh[0], day["battery"].initial_soc_kwh)
+    expected_net = day["load_kwh"] - day["pv_kwh"] + result.charge_kwh - result.discharge_kwh
+    np.testing.assert_allclose(result.net_kwh, expected_net, atol=1e-9)
+    np.testing.assert_allclose(
+        result.grid_import_kwh - result.grid_export_kwh, result.net_kwh.sum(axis=1), atol=1e-9
+    )
+    assert np.all(result.curtailment_kwh == 0.0)
+    assert result.network_slack == 0.0 and result.voltage_pu is None
+
+
+# ---------------------------------------------------------------------------------------
+# Properties on random days
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_individual_settlement_without_battery_is_the_sum_of_bills(seed: int) -> None:
+    day = random_day(np.random.default_rng(seed), n_steps=24, n_agents=5)
+    result = solve_oracle(**day, p2p=False, use_battery=False)
+    net = day["load_kwh"] - day["pv_kwh"]
+    bills = sum(grid_bill(net[:, i], day["retail_price"], day["feed_in_price"]) for i in range(5))
+    assert result.cost == pytest.approx(bills, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_agents=st.integers(1, 6),
+    n_steps=st.integers(1, 24),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cost_ordering_of_p2p_and_battery(n_agents: int, n_steps: int, seed: int) -> None:
+    day = random_day(np.random.default_rng(seed), n_steps, n_agents)
+    cost = {
+        (p2p, use_battery): solve_oracle(**day, p2p=p2p, use_battery=use_battery).cost
+        for p2p in (True, False)
+        for use_battery in (True, False)
+    }
+    assert at_most(cost[True, True], cost[True, False])
+    assert at_most(cost[True, False], cost[False, False])
+    assert at_most(cost[True, True], cost[False, True])
+    assert at_most(cost[False, True], cost[False, False])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_agents=st.integers(1, 6),
+    n_steps=st.integers(1, 24),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_oracle_is_a_lower_bound_on_simulated_feasible_policies(
+    n_agents: int, n_steps: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    day = random_day(rng, n_steps, n_agents)
+    fleet = day["battery"]
+    bound = solve_oracle(**day, p2p=True).cost
+    prices = (day["retail_price"], day["feed_in_price"])
+    for _ in range(10):
+        charge, discharge = random_feasible_actions(fleet, n_steps, rng)
+        for p2p in (False, True):
+            simulated = simulate_battery_policy(
+                day["load_kwh"], day["pv_kwh"], *prices, fleet, charge, discharge, p2p=p2p
+            )
+            assert at_most(bound, simulated)
+
+
+@pytest.mark.parametrize("p2p", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_oracle_schedule_replays_to_its_cost_in_the_simulator(p2p: bool, seed: int) -> None:
+    day = random_day(np.random.default_rng(100 + seed), n_steps=24, n_agents=4)
+    result = solve_oracle(**day, p2p=p2p)
+    replayed = simulate_battery_policy(
+        day["load_kwh"],
+        day["pv_kwh"],
+        day["retail_price"],
+        day["feed_in_price"],
+        day["battery"],
+        result.charge_kwh,
+        result.discharge_kwh,
+        p2p=p2p,
+    )
+    assert replayed == pytest.approx(result.cost, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# Network-constrained variant
+# ---------------------------------------------------------------------------------------
+
+
+def assert_network_limits_hold(
+    result: OracleResult, network: NetworkLinearisation, dt_h: float = DT_H
+) -> None:
+    """The reported voltages/loadings follow the linear model and respect the limits."""
+    power_kw = result.net_kwh / dt_h
+    np.testing.assert_allclose(result.voltage_pu, network.v0_pu + power_kw @ network.dv_dp.T)
+    assert np.all(result.voltage_pu <= network.v_max + 1e-7)
+    assert np.all(result.voltage_pu >= network.v_min - 1e-7)
+    if network.dline_dp is not None:
+        loading0 = 0.0 if network.line_loading0 is None else network.line_loading0
+        expected = loading0 + power_kw @ network.dline_dp.T
+        np.testing.assert_allclose(result.line_loading_percent, expected)
+        assert np.all(np.abs(result.line_loading_percent) <= network.line_max_percent + 1e-6)
+
+
+def test_overvoltage_forces_pv_curtailment() -> None:
+    # 1 agent exporting 1 kWh in 15 min = 4 kW; each kW of export raises the voltage by
+    # 0.01 p.u. -> 1.04 > v_max = 1.03, so at most 3 kW (0.75 kWh) may be exported.
+    load, pv = np.array([[0.0]]), np.array([[1.0]])
+    retail, feed_in = np.array([0.30]), np.array([0.08])
+    network = NetworkLinearisation(
+        v0_pu=np.array([1.0]), dv_dp=np.array([[-0.01]]), v_min=0.95, v_max=1.03
+    )
+    fleet = BatteryFleet.none(1)
+    free = solve_oracle(load, pv, retail, feed_in, fleet)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, network=network)
+    assert free.cost == pytest.approx(-0.08)
+    assert result.curtailment_kwh[0, 0] == pytest.approx(0.25, abs=1e-9)
+    assert result.cost == pytest.approx(-0.08 * 0.75, abs=1e-9)
+    assert result.voltage_pu[0, 0] == pytest.approx(1.03, abs=1e-9)
+    assert result.network_slack == 0.0
+    assert_network_limits_hold(result, network)
+
+
+def test_overvoltage_is_absorbed_by_the_battery_instead() -> None:
+    # Step 0: 4 kW PV export (limit 3 kW as above); step 1: 0.5 kWh load. Retail equals
+    # feed-in (0.08), so storing is worth nothing except avoiding curtailment.
+    load = np.array([[0.0], [0.5]])
+    pv = np.array([[1.0], [0.0]])
+    retail = feed_in = np.array([0.08, 0.08])
+    fleet = BatteryFleet(
+        capacity_kwh=np.array([2.0]),
+        max_charge_kw=4.0,
+        max_discharge_kw=4.0,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+        degradation_cost=0.001,
+    )
+    network = NetworkLinearisation(v0_pu=np.array([1.0]), dv_dp=np.array([[-0.01]]), v_max=1.03)
+    free = solve_oracle(load, pv, retail, feed_in, fleet)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, network=network)
+    # Unconstrained: degradation makes the battery not worth using: -0.08 + 0.04 = -0.04.
+    assert free.cost == pytest.approx(-0.04, abs=1e-9)
+    np.testing.assert_allclose(free.charge_kwh, 0.0, atol=1e-9)
+    # Constrained: store the 0.25 kWh that may not be exported and use it at step 1:
+    # -0.08 * 0.75 + 0.08 * 0.25 + 0.001 * (0.25 + 0.25) = -0.0395 (curtailing: -0.02).
+    assert result.charge_kwh[0, 0] == pytest.approx(0.25, abs=1e-9)
+    assert result.discharge_kwh[1, 0] == pytest.approx(0.25, abs=1e-9)
+    np.testing.assert_allclose(result.curtailment_kwh, 0.0, atol=1e-9)
+    assert result.cost == pytest.approx(-0.0395, abs=1e-9)
+    assert_network_limits_hold(result, network)
+
+
+def test_line_limit_caps_community_export() -> None:
+    # Two agents behind one line rated 4 kW (25 % per kW of consumption); each exports
+    # 3 kW, so -150 %: 2 kW (0.5 kWh) must be curtailed between them.
+    load = np.zeros((1, 2))
+    pv = np.full((1, 2), 0.75)
+    retail, feed_in = np.array([0.30]), np.array([0.08])
+    network = NetworkLinearisation(
+        v0_pu=np.ones(1), dv_dp=np.zeros((1, 2)), dline_dp=np.array([[25.0, 25.0]])
+    )
+    result = solve_oracle(load, pv, retail, feed_in, BatteryFleet.none(2), network=network)
+    assert result.curtailment_kwh.sum() == pytest.approx(0.5, abs=1e-9)
+    assert result.line_loading_percent[0, 0] == pytest.approx(-100.0, abs=1e-6)
+    assert result.cost == pytest.approx(-0.08 * 1.0, abs=1e-9)
+    assert_network_limits_hold(result, network)
+
+
+def _random_network(
+    rng: np.random.Generator, n_agents: int, v_max: float, line_max: float
+) -> NetworkLinearisation:
+    """Two buses and one line over ``n_agents`` agents, no undervoltage limit."""
+    return NetworkLinearisation(
+        v0_pu=np.full(2, 1.0),
+        dv_dp=-rng.uniform(0.002, 0.01, (2, n_agents)),
+        v_min=0.0,
+        v_max=v_max,
+        dline_dp=rng.uniform(5.0, 12.0, (1, n_agents)),
+        line_max_percent=line_max,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_loose_network_limits_reproduce_the_unconstrained_optimum(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    day = random_day(rng, n_steps=24, n_agents=4)
+    day["feed_in_price"] = np.abs(day["feed_in_price"])  # curtailment then never pays
+    network = _random_network(rng, 4, v_max=10.0, line_max=1e6)
+    free = solve_oracle(**day)
+    constrained = solve_oracle(**day, network=network)
+    assert constrained.cost == pytest.approx(free.cost, rel=1e-9, abs=1e-9)
+    assert constrained.network_slack == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_binding_network_limits_are_met_at_a_higher_cost(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    day = random_day(rng, n_steps=24, n_agents=4)
+    # Loads alone reach at most 4 agents * 4 kW * 12 %/kW = 192 % < 200 %: curtailment can
+    # always meet the limits, while PV exports (up to 6 kW each) can break both.
+    network = _random_network(rng, 4, v_max=1.03, line_max=200.0)
+    free = solve_oracle(**day, allow_curtailment=True)  # curtailment pays at feed-in < 0
+    free_voltage = network.v0_pu + (free.net_kwh / DT_H) @ network.dv_dp.T
+    free_loading = (free.net_kwh / DT_H) @ network.dline_dp.T
+    assert np.any(free_voltage > 1.03) or np.any(np.abs(free_loading) > 200.0)
+    result = solve_oracle(**day, network=network)
+    assert result.network_slack == 0.0
+    assert_network_limits_hold(result, network)
+    assert at_most(free.cost, result.cost)
+
+
+def test_undervoltage_from_load_alone_is_reported_as_slack() -> None:
+    # 1 kWh per step = 4 kW of load at -0.02 p.u./kW: 0.92 p.u., 0.03 below v_min.
+    load, pv = np.ones((2, 1)), np.zeros((2, 1))
+    retail, feed_in = np.array([0.30, 0.30]), np.array([0.08, 0.08])
+    network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.array([[-0.02]]), v_min=0.95)
+    result = solve_oracle(load, pv, retail, feed_in, BatteryFleet.none(1), network=network)
+    assert result.network_slack == pytest.approx(2 * 0.03, abs=1e-7)
+    assert result.cost == pytest.approx(0.60, abs=1e-9)  # the penalty is not in the cost
+    np.testing.assert_allclose(result.voltage_pu, 0.92, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("initial_soc_kwh", "expected_slack"),
+    [
+        # Each step needs net <= 2.5 kW (0.625 kWh), i.e. 0.375 kWh of discharge: 0.75 in
+        # all, which a full 1 kWh battery covers.
+        (1.0, 0.0),
+        # With 0.5 kWh, 0.25 kWh (1 kW over one step) is missing: 0.02 p.u. of violation.
+        (0.5, 0.02),
+    ],
+)
+def test_undervoltage_forces_battery_discharge(
+    initial_soc_kwh: float, expected_slack: float
+) -> None:
+    load, pv = np.ones((2, 1)), np.zeros((2, 1))
+    retail, feed_in = np.array([0.30, 0.30]), np.array([0.08, 0.08])
+    fleet = BatteryFleet(
+        capacity_kwh=np.array([1.0]),
+        max_charge_kw=4.0,
+        max_discharge_kw=4.0,
+        charge_efficiency=1.0,
+        discharge_efficiency=1.0,
+        initial_soc_kwh=initial_soc_kwh,
+        degradation_cost=0.001,  # makes simultaneous charge and discharge unattractive
+    )
+    network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.array([[-0.02]]), v_min=0.95)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, network=network)
+    assert result.network_slack == pytest.approx(expected_slack, abs=1e-7)
+    # All stored energy is worth using (terminal SoC has no value).
+    assert result.discharge_kwh.sum() == pytest.approx(initial_soc_kwh, abs=1e-7)
+    np.testing.assert_allclose(result.charge_kwh, 0.0, atol=1e-9)
+    if expected_slack == 0.0:
+        assert_network_limits_hold(result, network)
+        assert np.all(result.discharge_kwh >= 0.375 - 1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------
+
+
+def _valid_inputs() -> dict:
+    return {
+        "load_kwh": np.ones((3, 2)),
+        "pv_kwh": np.zeros((3, 2)),
+        "retail_price": np.full(3, 0.3),
+        "feed_in_price": np.full(3, 0.1),
+        "battery": BatteryFleet.none(2),
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("battery", BatteryFleet.none(3), "battery has 3 agents"),
+        ("load_kwh", np.ones(3), "shape"),
+        ("pv_kwh", np.zeros((2, 2)), "pv_kwh must have shape"),
+        ("retail_price", np.full(4, 0.3), "retail_price must have shape"),
+        ("load_kwh", np.array([[1.0, np.nan]] * 3), "NaN"),
+        ("feed_in_price", np.array([0.1, np.inf, 0.1]), "NaN"),
+        ("load_kwh", -np.ones((3, 2)), "load_kwh must be >= 0"),
+        ("pv_kwh", -np.ones((3, 2)), "pv_kwh must be >= 0"),
+        ("feed_in_price", np.array([0.1, 0.4, 0.1]), "retail_price < feed_in_price"),
+    ],
+)
+def test_invalid_inputs_raise_value_error(field: str, value: np.ndarray, message: str) -> None:
+    inputs = _valid_inputs() | {field: value}
+    with pytest.raises(ValueError, match=message):
+        solve_oracle(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"capacity_kwh": np.array([-1.0, 1.0])}, "capacity_kwh must be >= 0"),
+        ({"capacity_kwh": np.ones((2, 1))}, "shape"),
+        ({"max_charge_kw": np.ones(3)}, "max_charge_kw must be a scalar or have shape"),
+        ({"charge_efficiency": 0.0}, r"charge_efficiency must lie in \(0, 1\]"),
+        ({"discharge_efficiency": 1.1}, r"discharge_efficiency must lie in \(0, 1\]"),
+        ({"soc_min": 0.8, "soc_max": 0.2}, "soc_min must be <= soc_max"),
+        ({"initial_soc_kwh": 9.5, "soc_max": 0.9}, "initial_soc_kwh outside"),
+        ({"initial_soc_kwh": 0.5, "soc_min": 0.1}, "initial_soc_kwh outside"),
+        ({"degradation_cost": np.nan}, "NaN"),
+    ],
+)
+def test_invalid_battery_fleet_raises_value_error(overrides: dict, message: str) -> None:
+    params = {"capacity_kwh": np.array([10.0, 10.0]), "max_charge_kw": 3.0,
+              "max_discharge_kw": 3.0, "initial_soc_kwh": 5.0} | overrides  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        BatteryFleet(**params)
+
+
+def test_invalid_network_and_step_raise_value_error() -> None:
+    inputs = _valid_inputs()
+    with pytest.raises(ValueError, match="dt_h"):
+        solve_oracle(**inputs, dt_h=0.0)
+    with pytest.raises(ValueError, match="dv_dp must have shape"):
+        bad = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.ones((1, 3)))
+        solve_oracle(**inputs, network=bad)
+    with pytest.raises(ValueError, match="v0_pu must be a scalar or have shape"):
+        bad = NetworkLinearisation(v0_pu=np.ones((2, 1)), dv_dp=np.ones((1, 2)))
+        solve_oracle(**inputs, network=bad)
+    with pytest.raises(ValueError, match="v_min must be <="):
+        bad = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.ones((1, 2)), v_min=1.1)
+        solve_oracle(**inputs, network=bad)
+
+
+# ---------------------------------------------------------------------------------------
+# Scale (timing is reported, not asserted)
+# ---------------------------------------------------------------------------------------
+
+
+def test_full_community_day_solves(capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    n_steps, n_agents = 96, 111
+    hours = np.arange(n_steps) * DT_H
+    sun = np.clip(np.sin((hours - 6.0) / 12.0 * np.pi), 0.0, None)
+    load = rng.uniform(0.2, 1.5, (n_steps, n_agents)) * DT_H
+    pv = sun[:, None] * rng.uniform(0.0, 6.0, n_agents) * DT_H
+    retail = np.where((hours >= 17) & (hours < 21), 0.40, 0.25)
+    feed_in = np.full(n_steps, 0.08)
+    capacity = np.where(rng.random(n_agents) < 0.5, 10.0, 0.0)
+    fleet = BatteryFleet(capacity, 5.0, 5.0, 0.95, 0.95, 0.1, 0.9, 0.5 * capacity, 0.01)
+    timings = {}
+    costs = {}
+    for p2p in (True, False):
+        start = time.perf_counter()
+        costs[p2p] = solve_oracle(load, pv, retail, feed_in, fleet, p2p=p2p).cost
+        timings[p2p] = time.perf_counter() - start
+    with capsys.disabled():
+        print(
+            f"\n[oracle] N={n_agents} T={n_steps}: p2p solve {timings[True]:.2f} s, "
+            f"individual solve {timings[False]:.2f} s"
+        )
+    assert at_most(costs[True], costs[False])
