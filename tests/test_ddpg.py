@@ -1,0 +1,169 @@
+"""agents/ddpg.py: short training with finite losses, bounded actions, warm-up, Polyak
+targets, independent (unshared) networks, checkpoint loading, resume == uninterrupted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import envs
+from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
+from agents.ddpg import DDPG, PerAgentMLP
+from agents.registry import load_policy_from_run
+from envs.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
+             "network": {"model": "none"}}
+ITERATION = 4 * 4
+"""Env-steps per iteration of the small config: n_envs * rollout_steps."""
+
+
+def _load_train():
+    """train.py is a script at the repository root: load it by path (once)."""
+    if "train" in sys.modules:
+        return sys.modules["train"]
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_train()
+
+
+def run_config(env: dict | None = None, **ddpg: Any) -> dict:
+    """Two episodes per environment, a checkpoint every 20 iterations."""
+    return {"algo": "ddpg", "seed": 2, "name": "test", "env": env or SYNTHETIC,
+            "train": {"total_steps": 4 * 96 * 2, "n_envs": 4, "eval_every": 0,
+                      "eval_episodes": 2, "checkpoint_every": 20 * ITERATION,
+                      "torch_threads": 1},
+            "ddpg": {"buffer_size": 2048, "learning_starts": 8 * ITERATION, "batch_size": 64,
+                     "rollout_steps": 4, "gradient_steps": 2, "hidden_sizes": [32, 32],
+                     **ddpg}}
+
+
+def build(config: dict) -> tuple[DDPG, Collector]:
+    config = build_run_config(config)
+    env = envs.make_batched_env(config.env)
+    algorithm = DDPG(config.hyperparameters, EnvSpec.from_env(env), config.train,
+                     make_generator(config.seed))
+    return algorithm, Collector(env, seed=config.seed)
+
+
+def assert_same(first: Any, second: Any, where: str = "state") -> None:
+    """Nested dicts/lists of tensors and numbers are exactly equal."""
+    if isinstance(first, dict):
+        assert first.keys() == second.keys(), where
+        for key in first:
+            assert_same(first[key], second[key], f"{where}.{key}")
+    elif isinstance(first, list | tuple):
+        assert len(first) == len(second), where
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
+            assert_same(a, b, f"{where}[{index}]")
+    elif isinstance(first, torch.Tensor):
+        assert torch.equal(first, second), where
+    else:
+        assert first == second, where
+
+
+def without_timing(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != train.TIMING_KEY}
+
+
+def test_default_config_builds():
+    config = build_run_config(ROOT / "configs" / "ddpg.yaml")
+    assert config.algo == "ddpg" and config.hyperparameters.gradient_steps >= 1
+    with pytest.raises(ConfigError, match="ddpg.noise_type"):
+        build_run_config(ROOT / "configs" / "ddpg.yaml", ["ddpg.noise_type=pink"])
+
+
+def test_warm_up_then_finite_losses_and_bounded_actions():
+    algorithm, collector = build(run_config())
+    for _ in range(7):  # uniformly random actions, no update yet
+        assert algorithm.iterate(collector) == {}
+    assert len(algorithm.buffer) == 7 * ITERATION
+    actor_before = [p.clone() for p in algorithm.actor.parameters()]
+    target_before = [p.clone() for p in algorithm.target_critic.parameters()]
+    for _ in range(4):
+        scalars = algorithm.iterate(collector)
+        assert all(math.isfinite(value) for value in scalars.values()), scalars
+    assert {"losses/critic_loss", "losses/actor_loss", "losses/q_values"} <= set(scalars)
+    assert algorithm.n_updates == 4 * 2
+    assert any(not torch.equal(a, b) for a, b in zip(
+        actor_before, algorithm.actor.parameters(), strict=True))
+    # targets move by Polyak averaging: a little, not all the way
+    for before, target, online in zip(target_before, algorithm.target_critic.parameters(),
+                                      algorithm.critic.parameters(), strict=True):
+        if not torch.equal(before, online):
+            assert not torch.equal(target, before) and not torch.equal(target, online)
+    for deterministic in (False, True):
+        actions = algorithm.act(collector.obs, collector.state, deterministic)
+        assert actions.shape == (4, 4, 2)
+        assert bool((actions[..., 0].abs() <= 1).all())
+        assert bool(((actions[..., 1] >= 0) & (actions[..., 1] <= 1)).all())
+    # the buffer holds the symmetric actions the critic trains on, in [-1, 1]^2
+    stored = algorithm.buffer.actions[: len(algorithm.buffer)]
+    assert bool((stored.abs() <= 1).all()) and bool((stored[..., 1] < 0).any())
+
+
+def test_ou_noise_and_independent_networks():
+    algorithm, collector = build(run_config(noise_type="ou", parameter_sharing=False,
+                                            learning_starts=0))
+    assert isinstance(algorithm.actor, PerAgentMLP)
+    for _ in range(2):
+        scalars = algorithm.iterate(collector)
+        assert all(math.isfinite(value) for value in scalars.values())
+    assert bool(algorithm.ou_state.abs().sum() > 0)
+    # agent i's independent actor ignores agent j's observation
+    obs = collector.obs.clone()
+    base = algorithm.act(obs, collector.state, deterministic=True)
+    obs[:, 1] += 1.0
+    moved = algorithm.act(obs, collector.state, deterministic=True)
+    assert torch.equal(base[:, [0, 2, 3]], moved[:, [0, 2, 3]])
+    assert not torch.equal(base[:, 1], moved[:, 1])
+
+
+def test_discrete_env_is_rejected():
+    env = {**SYNTHETIC, "action": {"type": "discrete"}}
+    with pytest.raises(ConfigError, match="continuous"):
+        build(run_config(env))
+
+
+def test_checkpoint_loads_back_and_acts(tmp_path):
+    config = build_run_config(run_config())
+    run_dir = train.new_run_dir(tmp_path, config)
+    metrics = train.Trainer(config, run_dir, progress=False).run()
+    assert math.isfinite(metrics["final_eval"]["episodic_return"])
+    policy = load_policy_from_run(run_dir)
+    env = envs.make_batched_env(config.env, n_envs=3)
+    obs, _ = env.reset(seed=1)
+    actions = policy.act(obs, env)
+    assert actions.shape == (3, 4, 2) and bool(torch.isfinite(actions).all())
+    env.step(actions)  # the core accepts them
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    """OU noise, replay, targets, optimisers and counters all survive the checkpoint."""
+    data = run_config(noise_type="ou", target_policy_noise=0.1, max_grad_norm=1.0)
+    config = build_run_config(data)
+    reference = train.new_run_dir(tmp_path / "reference", config)
+    train.Trainer(config, reference, progress=False).run()
+
+    run_dir = train.new_run_dir(tmp_path / "interrupted", config)
+    assert train.Trainer(config, run_dir, progress=False).run(
+        stop_after_steps=21 * ITERATION) is None
+    assert load_checkpoint(run_dir)["global_step"] == 20 * ITERATION
+    assert train.Trainer(config, run_dir, resume=True, progress=False).run() is not None
+
+    assert without_timing(json.loads((reference / "metrics.json").read_text())) == \
+        without_timing(json.loads((run_dir / "metrics.json").read_text()))
+    assert_same(load_checkpoint(reference)["algorithm"], load_checkpoint(run_dir)["algorithm"])
