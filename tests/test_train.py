@@ -196,3 +196,31 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
 def test_resume_rejects_overrides(reference_run, capsys):
     assert train.main(["--resume", str(reference_run), "seed=4"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_replay_buffer_wraps_samples_and_restores():
+    from agents.buffers import ReplayBuffer
+    from agents.common import Transition
+
+    buffer = ReplayBuffer(5, n_agents=2, obs_dim=3, state_dim=4, action_shape=(2,),
+                          action_dtype=torch.float32)
+
+    def transition(value: float) -> Transition:
+        b = 3
+        return Transition(torch.full((b, 2, 3), value), torch.full((b, 4), value),
+                          torch.full((b, 2, 2), value), torch.full((b, 2), value),
+                          torch.full((b, 2, 3), value + 1), torch.full((b, 4), value + 1),
+                          torch.zeros(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool),
+                          {})
+
+    buffer.add(transition(1.0))
+    buffer.add(transition(2.0))  # 6 env-steps into 5 slots: the oldest is overwritten
+    assert len(buffer) == 5 and buffer.position == 1
+    assert buffer.rewards[:, 0].tolist() == [2.0, 1.0, 1.0, 2.0, 2.0]
+    copy = ReplayBuffer(5, 2, 3, 4, (2,), torch.float32)
+    copy.load_state_dict(buffer.state_dict())
+    first = buffer.sample(4, torch.Generator().manual_seed(0))
+    second = copy.sample(4, torch.Generator().manual_seed(0))
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+    assert torch.equal(first["next_obs"][:, 0, 0], first["obs"][:, 0, 0] + 1)

@@ -1,0 +1,119 @@
+"""Small torch building blocks shared by the algorithms: MLPs initialised from the run's own
+generator, and running mean/std normalisers.
+
+Nothing here touches torch's global random state: layers are built with
+:func:`torch.nn.utils.skip_init` and initialised with an explicit ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def linear(in_features: int, out_features: int, gain: float, generator: torch.Generator,
+           device: torch.device | str = "cpu") -> nn.Linear:
+    """A linear layer with orthogonal weights of ``gain`` and zero bias (Saxe et al. 2014,
+    "Exact solutions to the nonlinear dynamics of learning in deep linear neural networks"),
+    drawn from ``generator``."""
+    layer = torch.nn.utils.skip_init(nn.Linear, in_features, out_features, device=device)
+    with torch.no_grad():
+        nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
+        layer.bias.zero_()
+    return layer
+
+
+def mlp(in_features: int, hidden_sizes: list[int] | tuple[int, ...], out_features: int,
+        activation: str, generator: torch.Generator, output_gain: float = 1.0,
+        device: torch.device | str = "cpu") -> nn.Sequential:
+    """``in -> hidden... -> out`` with ``activation`` between layers; hidden layers get gain
+    sqrt(2), the output layer ``output_gain`` (CleanRL's PPO initialisation)."""
+    layers: list[nn.Module] = []
+    size = in_features
+    for hidden in hidden_sizes:
+        layers += [linear(size, hidden, math.sqrt(2.0), generator, device),
+                   ACTIVATIONS[activation]()]
+        size = hidden
+    layers.append(linear(size, out_features, output_gain, generator, device))
+    return nn.Sequential(*layers)
+
+
+class AgentMLP(nn.Module):
+    """An MLP on ``(features, agent id)`` shared by all agents: exactly an :func:`mlp` on
+    ``[features, one_hot(agent)]``, with the one-hot part of the first layer kept as a table
+    ``[N, hidden]`` so no one-hot tensor is built.
+
+    ``forward(x [..., N, in], agent=None)`` applies agent i to ``x[..., i, :]``;
+    ``forward(x [M, in], agent [M])`` applies the agents given per row.
+    """
+
+    def __init__(self, in_features: int, n_agents: int, hidden_sizes: list[int] | tuple[int, ...],
+                 out_features: int, activation: str, generator: torch.Generator,
+                 output_gain: float = 1.0, use_agent_id: bool = True,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        n_ids = n_agents if use_agent_id else 0
+        full = mlp(in_features + n_ids, hidden_sizes, out_features, activation, generator,
+                   output_gain, device)
+        first = full[0]
+        self.input = torch.nn.utils.skip_init(nn.Linear, in_features, first.out_features,
+                                              device=device)
+        with torch.no_grad():
+            self.input.weight.copy_(first.weight[:, :in_features])
+            self.input.bias.copy_(first.bias)
+        self.agent_table = nn.Parameter(first.weight[:, in_features:].T.detach().clone(),
+                                        requires_grad=use_agent_id)
+        self.body = full[1:]
+
+    def forward(self, x: Tensor, agent: Tensor | None = None) -> Tensor:
+        hidden = self.input(x)
+        if self.agent_table.shape[0]:
+            hidden = hidden + (self.agent_table if agent is None else self.agent_table[agent])
+        return self.body(hidden)
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (Chan et al. 1979 parallel update), in
+    float64 buffers so they are saved with ``state_dict``.
+
+    Used as value normalisation ("PopArt-lite", Yu et al. 2022, "The Surprising Effectiveness
+    of PPO in Cooperative Multi-Agent Games", Sec. 4.1): the critic predicts normalised
+    returns, ``normalize`` maps targets in, ``denormalize`` maps predictions out.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64, device=device))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64, device=device))
+        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64,
+                                                   device=device))
+
+    @torch.no_grad()
+    def update(self, batch: Tensor) -> None:
+        """Fold ``batch [M, *shape]`` into the running statistics."""
+        batch = batch.detach().to(torch.float64).reshape(-1, *self.mean.shape)
+        batch_mean = batch.mean(dim=0)
+        batch_var = batch.var(dim=0, unbiased=False)
+        batch_count = batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean += delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta.square() * (
+            self.count * batch_count / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, value: Tensor) -> Tensor:
+        """``(value - mean) / std`` in ``value``'s dtype."""
+        std = self.var.clamp_min(1e-8).sqrt()
+        return ((value - self.mean.to(value.dtype)) / std.to(value.dtype))
+
+    def denormalize(self, value: Tensor) -> Tensor:
+        """``value * std + mean`` in ``value``'s dtype."""
+        std = self.var.clamp_min(1e-8).sqrt()
+        return value * std.to(value.dtype) + self.mean.to(value.dtype)

@@ -1,0 +1,271 @@
+"""Train a peergrid algorithm on the batched P2P energy-trading core.
+
+    python train.py                                   # configs/mappo.yaml, the Quickstart run
+    python train.py --config configs/mappo.yaml train.total_steps=20000 train.n_envs=64 seed=3
+    python train.py --resume runs/default__mappo__1__1700000000
+
+Overrides are dotted ``key=value`` pairs (values parsed as YAML) over any key of the run
+config (``agents.common``: ``algo``, ``seed``, ``name``, ``env.*``, ``train.*``,
+``<algo>.*``); an unknown key or a bad value stops the run at once with a message naming it.
+
+A run writes ``<logdir>/{name}__{algo}__{seed}__{unix time}/``: TensorBoard events
+(``charts/*`` episode metrics of training, ``losses/*``, ``eval/*`` on held-out test days
+with deterministic actions, all against ``global_step`` in env-steps), ``config.yaml`` (the
+resolved config that ran), ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (best
+``eval/episodic_return``) and, at the end, ``metrics.json``; all files are written atomically.
+``--resume`` continues from ``checkpoint_latest.pt`` and gives the results of an uninterrupted
+run. No algorithm math lives here: algorithms implement ``agents.common.Algorithm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import envs
+from agents import registry
+from agents.common import (
+    CHECKPOINT_FORMAT,
+    Collector,
+    EnvSpec,
+    RunConfig,
+    atomic_save,
+    atomic_write_text,
+    build_run_config,
+    dump_run_config,
+    eval_env_config,
+    evaluate_policy,
+    evaluation_days,
+    load_checkpoint,
+    make_generator,
+    metric_scalars,
+)
+from envs.config import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mappo.yaml"
+TIMING_KEY = "timing"
+"""Key of metrics.json's wall-clock entries, the only ones that differ between equal runs."""
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def new_run_dir(logdir: str | Path, config: RunConfig, header: str = "") -> Path:
+    """A fresh ``{logdir}/{name}__{algo}__{seed}__{time}`` folder holding ``config.yaml``
+    (``header`` as a comment on top)."""
+    stem = f"{config.name}__{config.algo}__{config.seed}__{int(time.time())}"
+    run_dir = Path(logdir) / stem
+    suffix = 0
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(logdir) / f"{stem}-{suffix}"
+    run_dir.mkdir(parents=True)
+    atomic_write_text(dump_run_config(config, header), run_dir / "config.yaml")
+    return run_dir
+
+
+class Trainer:
+    """Builds the environments and the algorithm of ``config`` and runs the training loop:
+    iterate, log, evaluate, checkpoint."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        train = config.train
+        self._previous_threads = torch.get_num_threads()
+        if train.torch_threads:
+            torch.set_num_threads(train.torch_threads)
+        self.env = envs.make_batched_env(config.env)
+        eval_config = eval_env_config(config)
+        self.eval_env = envs.make_batched_env(eval_config)
+        self.eval_days = evaluation_days(eval_config, train.eval_episodes)
+        self.generator = make_generator(config.seed, train.device)
+        self.algorithm = registry.get(config.algo)(
+            config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
+        self.collector = Collector(self.env, seed=config.seed)
+        self.n_agents = self.env.n_agents
+        self.state: dict[str, Any] = {
+            "next_eval": train.eval_every, "next_checkpoint": train.checkpoint_every,
+            "best_return": -math.inf, "best_eval": {}, "last_eval": {}, "last_eval_step": -1,
+            "last_train": {}, "train_time_s": 0.0}
+        if resume:
+            checkpoint = load_checkpoint(self.run_dir / "checkpoint_latest.pt")  # on the CPU
+            self.algorithm.load_state_dict(checkpoint["algorithm"])
+            self.collector.load_state_dict(checkpoint["collector"])
+            self.generator.set_state(checkpoint["generator"])
+            self.state = checkpoint["trainer"]
+        # the checkpoint was written after logging its step: drop the later events of the
+        # interrupted process (TensorBoard purges steps >= purge_step)
+        self.writer = SummaryWriter(
+            str(self.run_dir), purge_step=self.collector.global_step + 1 if resume else None)
+        if not resume:
+            rows = "\n".join(f"|{key}|{value}|"
+                             for key, value in _flatten(config.to_dict()).items())
+            self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+
+    # ----------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                "global_step": self.collector.global_step,
+                "algorithm": self.algorithm.state_dict(),
+                "collector": self.collector.state_dict(),
+                "generator": self.generator.get_state(), "trainer": dict(self.state)}
+
+    def evaluate(self) -> dict[str, float]:
+        """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
+        ``checkpoint_best.pt`` when ``eval/episodic_return`` improves."""
+        step = self.collector.global_step
+        totals = evaluate_policy(self.algorithm, self.eval_env, self.eval_days,
+                                 seed=self.config.seed)
+        scalars = metric_scalars(totals)
+        for key, value in scalars.items():
+            self.writer.add_scalar(f"eval/{key}", value, step)
+        self.state["last_eval"] = {"global_step": step, **scalars}
+        self.state["last_eval_step"] = step
+        if scalars["episodic_return"] > self.state["best_return"]:
+            self.state["best_return"] = scalars["episodic_return"]
+            self.state["best_eval"] = {"global_step": step, **scalars}
+            atomic_save(self.checkpoint(), self.run_dir / "checkpoint_best.pt")
+        return scalars
+
+    def run(self, stop_after_steps: int | None = None) -> dict[str, Any] | None:
+        """Train to ``train.total_steps`` and return the final metrics (also written to
+        ``metrics.json``). ``stop_after_steps`` stops early without finishing the run, as an
+        interruption would (for tests; resume with ``--resume``)."""
+        train, collector, state = self.config.train, self.collector, self.state
+        bar = tqdm(total=train.total_steps, initial=collector.global_step, unit="env-step",
+                   unit_scale=True, dynamic_ncols=True, disable=not self.progress)
+        try:
+            if state["last_eval_step"] < 0:
+                self.evaluate()  # the untrained policy: the curve's starting point
+            while collector.global_step < train.total_steps:
+                if stop_after_steps is not None and collector.global_step >= stop_after_steps:
+                    return None
+                start_step, start_time = collector.global_step, time.perf_counter()
+                scalars = self.algorithm.iterate(collector)
+                elapsed = time.perf_counter() - start_time
+                state["train_time_s"] += elapsed  # iterations only, without evaluations
+                step = collector.global_step
+                sps = (step - start_step) * self.n_agents / max(elapsed, 1e-9)
+                self.writer.add_scalar("charts/SPS", sps, step)
+                for tag, value in scalars.items():
+                    self.writer.add_scalar(tag, value, step)
+                episodes = collector.pop_episodes()
+                if episodes is not None:
+                    state["last_train"] = {"global_step": step, **metric_scalars(episodes)}
+                    for key, value in state["last_train"].items():
+                        if key != "global_step":
+                            self.writer.add_scalar(f"charts/{key}", value, step)
+                bar.update(min(step, train.total_steps) - bar.n)  # a last iteration may overshoot
+                bar.set_postfix_str(f"agent-steps/s={sps:,.0f} return="
+                                    f"{state['last_train'].get('episodic_return', math.nan):.4f}")
+                if train.eval_every and step >= state["next_eval"]:
+                    self.evaluate()
+                    while state["next_eval"] <= step:
+                        state["next_eval"] += train.eval_every
+                if train.checkpoint_every and step >= state["next_checkpoint"]:
+                    while state["next_checkpoint"] <= step:
+                        state["next_checkpoint"] += train.checkpoint_every
+                    atomic_save(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+            if state["last_eval_step"] != collector.global_step:
+                self.evaluate()
+            atomic_save(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+        finally:
+            bar.close()
+            self.writer.close()
+            torch.set_num_threads(self._previous_threads)
+        metrics = {
+            "algo": self.config.algo, "seed": self.config.seed,
+            "global_step": collector.global_step,
+            "agent_steps": collector.global_step * self.n_agents,
+            "final_eval": state["last_eval"], "best_eval": state["best_eval"],
+            "train": state["last_train"],
+            TIMING_KEY: {"train_time_s": state["train_time_s"],
+                         "agent_steps_per_s": collector.global_step * self.n_agents
+                         / max(state["train_time_s"], 1e-9)},
+        }
+        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.run_dir / "metrics.json")
+        return metrics
+
+
+def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
+    final = metrics["final_eval"]
+    lines = [f"run folder: {run_dir}",
+             f"trained {metrics['global_step']:,} env-steps ({metrics['agent_steps']:,} "
+             f"agent-steps) at {metrics[TIMING_KEY]['agent_steps_per_s']:,.0f} agent-steps/s"]
+    lines.append("final evaluation on held-out test days: " + ", ".join(
+        f"{key} {final[key]:.4g}" for key in ("episodic_return", "community_cost",
+                                              "savings_vs_no_p2p", "self_sufficiency")
+        if key in final))
+    lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a peergrid algorithm (see the module docstring).")
+    parser.add_argument("--config", default=None,
+                        help="run config YAML (default: configs/mappo.yaml)")
+    parser.add_argument("--logdir", default="runs", help="root folder of runs (default: runs)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its checkpoint_latest.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.total_steps=20000 seed=3")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.resume:
+            if args.config or args.overrides:
+                raise ConfigError("--resume continues a run with the config it logged; "
+                                  "--config and overrides are not allowed with it")
+            run_dir = Path(args.resume)
+            config = build_run_config(run_dir / "config.yaml")
+            if not (run_dir / "checkpoint_latest.pt").is_file():
+                raise ConfigError(f"--resume {run_dir}: no checkpoint_latest.pt there")
+        else:
+            config = build_run_config(args.config or DEFAULT_CONFIG, args.overrides)
+            run_dir = None
+    except ConfigError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    if run_dir is None:
+        header = f"peergrid run config, resolved from {args.config or DEFAULT_CONFIG}" + (
+            f" with {' '.join(args.overrides)}" if args.overrides else "")
+        run_dir = new_run_dir(args.logdir, config, header)
+    print(f"training {config.algo} on {config.env.community.feeder} "
+          f"({config.train.n_envs} envs, seed {config.seed}) -> {run_dir}", flush=True)
+    try:
+        metrics = Trainer(config, run_dir, resume=bool(args.resume),
+                          progress=not args.no_progress).run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python train.py --resume {run_dir}",
+              file=sys.stderr)
+        return 130
+    assert metrics is not None
+    print(summary_text(run_dir, metrics, run_dir.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
