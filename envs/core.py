@@ -290,7 +290,7 @@ class BatchedP2PEnv:
                     f"action of agent {self.agent_names[agent]!r} (index {agent}) in env {env} "
                     f"is {actions[env, agent].tolist()}; allowed: finite [battery in [-1, 1], "
                     f"price in [0, 1]]")
-            actions = torch.minimum(torch.maximum(actions, low), high)
+            actions = actions.clamp(low, high)
             return actions[..., 0], actions[..., 1]
         if actions.shape != (b, n):
             raise ValueError(f"discrete actions must have shape [n_envs, n_agents] = "

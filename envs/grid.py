@@ -81,7 +81,7 @@ class PowerFlowNetwork:
                 if isinstance(value, Tensor) and value.is_floating_point()
                 else (value.to(p_kw.device) if isinstance(value, Tensor) else value)
                 for name, value in vars(result).items()})
-        return self.model.solve(p_kw, q_kvar)
+        return self.model.solve(p_kw, q_kvar, angles=False)
 
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
         from envs.network import network_penalty, network_summary

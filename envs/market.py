@@ -419,9 +419,9 @@ def _efficient_allocation(price: Tensor, demand: Tensor, supply: Tensor) -> _All
     """
     n_agents = price.shape[1]
     bid_key = torch.where(demand > 0, price, -math.inf)
-    sorted_bid, buyer_order = torch.sort(bid_key, dim=1, descending=True, stable=True)
+    sorted_bid, buyer_order = torch.sort(bid_key, dim=1, descending=True)
     ask_key = torch.where(supply > 0, price, math.inf)
-    sorted_ask, seller_order = torch.sort(ask_key, dim=1, stable=True)
+    sorted_ask, seller_order = torch.sort(ask_key, dim=1)
 
     cumulative_demand = demand.gather(1, buyer_order).cumsum(1)
     cumulative_supply = supply.gather(1, seller_order).cumsum(1)

@@ -130,7 +130,7 @@ class PowerFlowResult:
 
     ``vm_pu [B, n_bus]``, ``va_degree [B, n_bus]``: bus voltage magnitude (p.u.) and angle
         (degrees), in the order of ``net.bus.index``; NaN for out-of-service or isolated buses and
-        for non-converged environments.
+        for non-converged environments. ``va_degree`` is None from ``solve(angles=False)``.
     ``line_loading_percent [B, n_line]``: pandapower's ``res_line.loading_percent``, %.
     ``trafo_loading_percent [B, n_trafo]``: pandapower's ``res_trafo.loading_percent``, %.
     ``losses_kw [B]``: active losses of all lines and transformers (iron losses included), kW.
@@ -142,7 +142,7 @@ class PowerFlowResult:
     """
 
     vm_pu: Tensor
-    va_degree: Tensor
+    va_degree: Tensor | None
     line_loading_percent: Tensor
     trafo_loading_percent: Tensor
     losses_kw: Tensor
@@ -572,7 +572,8 @@ class BatchedPowerFlow:
         voltage, current_from, current_to = torch.split(outputs, self._output_split, dim=1)
         return voltage, current_from, current_to
 
-    def _results(self, current: Tensor, converged: Tensor, iterations: int) -> PowerFlowResult:
+    def _results(self, current: Tensor, converged: Tensor, iterations: int,
+                 angles: bool = True) -> PowerFlowResult:
         """Bus, branch and loss results from the fixed point's load-bus currents."""
         batch = current.shape[0]
         voltage_non_slack, current_from, current_to = self._affine_outputs(current)
@@ -593,15 +594,14 @@ class BatchedPowerFlow:
         loading = torch.cat([loading, zero], dim=1)
         p_from_kw = torch.cat([p_from_kw, zero], dim=1)
         vm_pu = _magnitude(bus_voltage)
-        va_degree = torch.rad2deg(bus_voltage.angle())
+        va_degree = torch.rad2deg(bus_voltage.angle()) if angles else None
         if not bool(converged.all()):
             diverged = ~converged.unsqueeze(1)
             vm_pu = vm_pu.masked_fill(diverged, math.nan)
             loading = loading.masked_fill(diverged, math.nan)
             p_from_kw = p_from_kw.masked_fill(diverged, math.nan)
             losses_kw = losses_kw.masked_fill(~converged, math.nan)
-            va_degree = va_degree.masked_fill(torch.isnan(vm_pu), math.nan)
-        elif self._has_missing_bus:
+        if va_degree is not None and (self._has_missing_bus or not bool(converged.all())):
             va_degree = va_degree.masked_fill(torch.isnan(vm_pu), math.nan)
         return PowerFlowResult(
             vm_pu=vm_pu,
@@ -615,16 +615,17 @@ class BatchedPowerFlow:
             iterations=iterations,
         )
 
-    def solve(self, p_kw: Tensor, q_kvar: Tensor) -> PowerFlowResult:
+    def solve(self, p_kw: Tensor, q_kvar: Tensor, angles: bool = True) -> PowerFlowResult:
         """AC power flow for ``B`` environments.
 
         ``p_kw [B, N]`` (or ``[N]``): agents' net active consumption, kW (negative = export).
         ``q_kvar [B, N]`` (or ``[N]``): agents' reactive consumption, kvar.
+        ``angles``: compute ``va_degree`` (the environment's step skips it: None).
         Returns a :class:`PowerFlowResult` in the model's dtype; environments that did not
         converge within ``max_iterations`` have ``converged = False`` and NaN results.
         """
         current, converged, iterations = self._iterate(self._injection_pu(p_kw, q_kvar))
-        return self._results(current, converged, iterations)
+        return self._results(current, converged, iterations, angles)
 
     # ----------------------------------------------------------------------------------------
     def sensitivity(
