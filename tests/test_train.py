@@ -224,3 +224,15 @@ def test_replay_buffer_wraps_samples_and_restores():
     for key, value in first.items():
         assert torch.equal(value, second[key]), key
     assert torch.equal(first["next_obs"][:, 0, 0], first["obs"][:, 0, 0] + 1)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_algorithm_config_builds(path):
+    """Each configs/<algo>.yaml names a registered algorithm and validates as shipped."""
+    from agents import registry
+    from agents.common import build_run_config
+
+    config = build_run_config(path)
+    assert config.algo == path.stem
+    assert config.algo in registry.available()
