@@ -72,7 +72,21 @@ class TrainedPolicy:
         self.mechanism: str | None = None
 
     def reset(self, env, seed: int | None = None) -> None:
-        """Deterministic actions need no per-episode state."""
+        """Check that ``env`` matches what the policy was trained on (deterministic actions
+        need no per-episode state)."""
+        trained = self.config.env
+        if trained.action.type != env.config.action.type or (
+                trained.action.type == "discrete" and (
+                    trained.action.battery_levels, trained.action.price_levels) != (
+                    env.config.action.battery_levels, env.config.action.price_levels)):
+            raise ConfigError(
+                f"policy {self.name!r} was trained with {trained.action.type} actions "
+                f"({trained.action}), the evaluation env has {env.config.action}; evaluate it "
+                f"in its own env config (evaluate.py --config <run folder>)")
+        if trained.community.feeder != env.config.community.feeder:
+            raise ConfigError(f"policy {self.name!r} was trained on feeder "
+                              f"{trained.community.feeder!r}, the evaluation env is "
+                              f"{env.config.community.feeder!r}")
 
     def act(self, obs, env):
         return self.algorithm.act(obs, env.state(), deterministic=True)

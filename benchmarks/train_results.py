@@ -46,13 +46,22 @@ def main() -> None:
         run, wall, metrics = train(algo, logdir)
         runs[algo] = (run, wall, metrics["agent_steps"] / wall)
         print(f"{algo}: {run} in {wall:.0f} s", flush=True)
-    policies = BASELINES + [str(run) for run, _, _ in runs.values()]
-    subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--config",
-                    str(ROOT / "configs" / "env" / "default.yaml"), "--policies",
-                    ",".join(policies), "--days", "test", "--episodes", str(args.episodes),
-                    "--out", args.out, "--no-progress", "--no-plots"], check=True, cwd=ROOT)
-    rows = json.loads((Path(args.out) / "results.json").read_text())["results"]
-    by_policy = {row["policy"]: row for row in rows}
+
+    def evaluate(config: Path, policies: list[str], out: Path) -> dict[str, dict]:
+        subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--config", str(config),
+                        "--policies", ",".join(policies), "--days", "test", "--episodes",
+                        str(args.episodes), "--out", str(out), "--no-progress", "--no-plots"],
+                       check=True, cwd=ROOT)
+        rows = json.loads((out / "results.json").read_text())["results"]
+        return {row["policy"]: row for row in rows}
+
+    # Baselines once; each run in an env of its own config (discrete-action runs need theirs),
+    # on the same days with the same seed.
+    out = Path(args.out)
+    by_policy = evaluate(ROOT / "configs" / "env" / "default.yaml", BASELINES, out / "baselines")
+    rows = list(by_policy.values())
+    for algo, (run, _, _) in runs.items():
+        by_policy.update(evaluate(run, [str(run)], out / algo))
     best_rule = min((by_policy[name]["community_cost_mean"], name) for name in
                     ("self_consumption", "zi", "fixed_price"))
     no_p2p = by_policy["no_p2p"]["community_cost_mean"]
