@@ -146,3 +146,18 @@ def test_run_folder_policy_supplies_config_and_policy(tmp_path, monkeypatch):
     assert report["config"]["community"]["n_agents"] == 5
     assert [row["policy"] for row in report["results"]] == [
         "self_consumption", "fixed_price:price_fraction=0.3"]
+
+
+def test_trained_policy_refuses_an_env_with_other_actions():
+    """A run trained on the discrete grid cannot silently act in a continuous env."""
+    from types import SimpleNamespace
+
+    import envs
+    from agents.registry import TrainedPolicy
+    from envs.config import ConfigError, env_config
+
+    trained_env = env_config(None, action={"type": "discrete"})
+    policy = TrainedPolicy(None, SimpleNamespace(env=trained_env), "run_x")
+    env = envs.make_batched_env(None, network={"model": "none"})
+    with pytest.raises(ConfigError, match="trained with discrete actions"):
+        policy.reset(env)
