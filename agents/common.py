@@ -302,6 +302,22 @@ class EnvSpec:
                    tuple(env.agent_names), env.device)
 
 
+def linear_schedule(start: float, end: float, duration: float, step: float) -> float:
+    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``."""
+    return start + (end - start) * min(step / max(duration, 1e-9), 1.0)
+
+
+def epsilon_greedy(greedy: Tensor, n_actions: int, epsilon: float,
+                   generator: torch.Generator) -> Tensor:
+    """``greedy`` actions (any shape, int64), each replaced with probability ``epsilon`` by
+    a uniform random one of ``n_actions``; all draws from ``generator``."""
+    device = generator.device
+    explore = torch.rand(greedy.shape, generator=generator, device=device)
+    random_action = torch.randint(n_actions, greedy.shape, generator=generator, device=device)
+    return torch.where(explore.to(greedy.device) < epsilon, random_action.to(greedy.device),
+                       greedy)
+
+
 def symmetric_to_env(action: Tensor) -> Tensor:
     """Map symmetric actions in [-1, 1]^2 ``[..., 2]`` to the core's [battery in [-1, 1],
     price in [0, 1]] (price = (a + 1) / 2), clamping to the bounds."""

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.buffers import ReplayBuffer
-from agents.common import Algorithm, Collector, EnvSpec, TrainConfig
+from agents.common import (
+    Algorithm,
+    Collector,
+    EnvSpec,
+    TrainConfig,
+    epsilon_greedy,
+    linear_schedule,
+)
 from agents.networks import ACTIVATIONS, AgentMLP, mlp
 from envs.config import ConfigError, check
 
@@ -189,12 +196,8 @@ class DQN(Algorithm):
         greedy = self.q_values(obs).argmax(dim=-1)
         if deterministic:
             return greedy
-        device = self.generator.device
-        explore = torch.rand(greedy.shape, generator=self.generator, device=device)
-        random_action = torch.randint(self.spec.n_discrete_actions, greedy.shape,
-                                      generator=self.generator, device=device)
-        return torch.where(explore.to(greedy.device) < self.epsilon,
-                           random_action.to(greedy.device), greedy)
+        return epsilon_greedy(greedy, self.spec.n_discrete_actions, self.epsilon,
+                              self.generator)
 
     # ----------------------------------------------------------------------------------------
     # Training
@@ -203,9 +206,9 @@ class DQN(Algorithm):
     def epsilon_at(self, global_step: int) -> float:
         """Exploration probability after ``global_step`` env-steps (linear decay)."""
         config = self.config
-        duration = config.exploration_fraction * self.train_config.total_steps
-        progress = min(global_step / max(duration, 1e-9), 1.0)
-        return config.epsilon_start + (config.epsilon_end - config.epsilon_start) * progress
+        return linear_schedule(config.epsilon_start, config.epsilon_end,
+                               config.exploration_fraction * self.train_config.total_steps,
+                               global_step)
 
     def iterate(self, collector: Collector) -> dict[str, float]:
         config = self.config

@@ -76,7 +76,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.common import Algorithm, Collector, EnvSpec, TrainConfig
+from agents.common import (
+    Algorithm,
+    Collector,
+    EnvSpec,
+    TrainConfig,
+    epsilon_greedy,
+    linear_schedule,
+)
 from envs.config import ConfigError, ObservationConfig, check
 from envs.data import STEPS_PER_DAY
 from envs.observations import feature_names, obs_dim
@@ -147,11 +154,6 @@ class QLearningConfig:
         """Number of discretised states: the product of every feature's bin count."""
         return (self.time_bins * (len(self.soc_edges) + 1) * (len(self.net_load_edges) + 1)
                 * (len(self.tariff_edges) + 1))
-
-
-def linear_schedule(start: float, end: float, duration: float, step: float) -> float:
-    """``start`` moving linearly to ``end`` over ``duration`` steps, then ``end``."""
-    return start + (end - start) * min(step / max(duration, 1e-9), 1.0)
 
 
 def observation_layout(n_features: int) -> dict[str, int]:
@@ -323,13 +325,8 @@ class QLearning(Algorithm):
             greedy = values.masked_fill(~known, -math.inf).argmax(dim=-1)
             return torch.where(known.any(dim=-1), greedy,
                                torch.full_like(greedy, self.idle_action))
-        greedy = values.argmax(dim=-1)
-        device = self.generator.device
-        explore = torch.rand(greedy.shape, generator=self.generator, device=device)
-        random_action = torch.randint(self.spec.n_discrete_actions, greedy.shape,
-                                      generator=self.generator, device=device)
-        return torch.where(explore.to(greedy.device) < self.epsilon,
-                           random_action.to(greedy.device), greedy)
+        return epsilon_greedy(values.argmax(dim=-1), self.spec.n_discrete_actions,
+                              self.epsilon, self.generator)
 
     # ----------------------------------------------------------------------------------------
     # Training
