@@ -3,10 +3,8 @@ targets, independent (unshared) networks, checkpoint loading, resume == uninterr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 import torch
 
 import envs
+import train
 from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
 from agents.ddpg import DDPG, PerAgentMLP
 from agents.registry import load_policy_from_run
@@ -26,18 +25,6 @@ ITERATION = 4 * 4
 """Env-steps per iteration of the small config: n_envs * rollout_steps."""
 
 
-def _load_train():
-    """train.py is a script at the repository root: load it by path (once)."""
-    if "train" in sys.modules:
-        return sys.modules["train"]
-    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train()
 
 
 def run_config(env: dict | None = None, **ddpg: Any) -> dict:

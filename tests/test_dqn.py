@@ -4,7 +4,6 @@ shared network and the per-agent ensemble, and training through train.py's entry
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -16,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import envs
+import train
 from agents import registry
 from agents.common import (
     Collector,
@@ -31,21 +31,12 @@ from agents.networks import mlp
 from envs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train)
 
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"},
              "action": {"type": "discrete"}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: extra threads only add synchronisation (as train.torch_threads=1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_dqn(n_agents: int = 2, n_actions: int = 3, **overrides) -> DQN:

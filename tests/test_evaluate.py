@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,25 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+import evaluate
 from envs.config import ConfigError, env_config
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share": 0.6},
           "network": {"model": "none"}}
-
-
-def _load_evaluate():
-    """evaluate.py is a script at the repository root, not in a package: load it by path."""
-    if "evaluate" in sys.modules:
-        return sys.modules["evaluate"]
-    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = _load_evaluate()
 
 
 @pytest.fixture

@@ -4,16 +4,15 @@ resume == uninterrupted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import envs
+import train
 from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
 from agents.maddpg import MADDPG, CentralisedCritic
 from agents.networks import mlp
@@ -27,18 +26,6 @@ ITERATION = 4 * 4
 OBS, ACTION, HIDDEN = 12, 2, 32
 
 
-def _load_train():
-    """train.py is a script at the repository root: load it by path (once)."""
-    if "train" in sys.modules:
-        return sys.modules["train"]
-    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train()
 
 
 def run_config(env: dict | None = None, n_envs: int = 4, **maddpg: Any) -> dict:

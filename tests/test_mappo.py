@@ -3,14 +3,13 @@ in bounds, discrete actions, and learning a battery arbitrage with a known bette
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 import envs
+import train as train_module
 from agents.buffers import generalized_advantages
 from agents.common import (
     Collector,
@@ -26,11 +25,6 @@ from agents.common import (
 from agents.mappo import MAPPO
 from agents.registry import load_policy_from_run
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-train_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_module)
-
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
              "network": {"model": "none"}}
 
@@ -42,13 +36,7 @@ def run_config(env: dict | None = None, **mappo) -> dict:
             "mappo": {"rollout_steps": 16, "hidden_sizes": [32, 32], **mappo}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: extra threads only add synchronisation (as train.torch_threads=1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(config: dict) -> tuple[MAPPO, Collector]:

@@ -4,7 +4,6 @@ vs independent tables, the discretisation, training through train.py's entry poi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs
+import train
 from agents import registry
 from agents.common import (
     EnvSpec,
@@ -36,22 +36,11 @@ from agents.qlearning import (
 )
 from envs.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train)
-
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"},
              "action": {"type": "discrete"}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small tensors: extra threads only add synchronisation (as train.torch_threads=1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_agent(n_agents: int = 2, n_actions: int = 4, **overrides) -> QLearning:

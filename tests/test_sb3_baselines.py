@@ -9,7 +9,6 @@ import importlib.util
 import io
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 import envs
+import train
 from agents import registry
 from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
 from agents.registry import load_policy_from_run
@@ -32,18 +32,6 @@ ENTRIES = {"sb3_ppo": "agents.sb3_baselines:SB3PPO", "sb3_td3": "agents.sb3_base
 """The registry lines these baselines need (``module:Class``: one module, three classes)."""
 
 
-def _load_train():
-    """train.py is a script at the repository root: load it by path (once)."""
-    if "train" in sys.modules:
-        return sys.modules["train"]
-    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train()
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ determinism, and resume == uninterrupted (short MAPPO runs on a 4-agent syntheti
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,14 +12,12 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import train
 from agents import registry
 from agents.common import build_run_config, load_checkpoint
 from envs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train)
 
 ITERATION = 8 * 16
 """Env-steps per MAPPO iteration of the small config: n_envs * rollout_steps."""
