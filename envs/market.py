@@ -170,7 +170,8 @@ def clear(
       ``a + k * (b - a)``. Hence a buyer pays ``k * b + (1 - k) * (mean ask over its
       segment)`` per kWh and a seller receives ``(1 - k) * a + k * (mean bid over its
       segment)``. Agents tied at one price are merged into one segment and pay (receive) its
-      mean price, so the outcome does not depend on agent order. Strictly budget-balanced.
+      mean price, so the outcome does not depend on agent order (up to float rounding in the
+      cumulative sums). Strictly budget-balanced.
     * ``mcafee``: McAfee (1992), "A dominant strategy double auction", J. Econ. Theory 56,
       generalised to divisible quantities at the agent level. From the ``uniform``
       allocation take ``b_K = b_m`` and ``s_K = a_m``; ``b_{K+1}`` is the highest bid of a
@@ -419,9 +420,9 @@ def _efficient_allocation(price: Tensor, demand: Tensor, supply: Tensor) -> _All
     """
     n_agents = price.shape[1]
     bid_key = torch.where(demand > 0, price, -math.inf)
-    sorted_bid, buyer_order = torch.sort(bid_key, dim=1, descending=True)
+    sorted_bid, buyer_order = torch.sort(bid_key, dim=1, descending=True, stable=True)
     ask_key = torch.where(supply > 0, price, math.inf)
-    sorted_ask, seller_order = torch.sort(ask_key, dim=1)
+    sorted_ask, seller_order = torch.sort(ask_key, dim=1, stable=True)
 
     cumulative_demand = demand.gather(1, buyer_order).cumsum(1)
     cumulative_supply = supply.gather(1, seller_order).cumsum(1)
