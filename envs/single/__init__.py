@@ -1,0 +1,1 @@
+"""Numba kernels of the single-environment engine (see envs.single.engine)."""
