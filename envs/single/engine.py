@@ -1,0 +1,613 @@
+"""One community stepped by numba kernels: the PettingZoo wrapper's fast engine.
+
+The batched torch core (``envs.core.BatchedP2PEnv``) steps thousands of communities at once,
+but at ``B = 1`` its ~500 small torch operations cost ~0.7 ms a step. This engine runs the same
+dynamics for one community in one compiled call (a few microseconds), so that the PettingZoo
+wrapper is limited by its dict bookkeeping, not by the physics.
+
+It is the core at ``B = 1`` in float64, not a second model:
+
+* everything precomputed (profiles, assets, tariffs, observation tables, the Z-bus matrices,
+  sensitivities, electrical distances) is taken from a float64 ``BatchedP2PEnv`` built from
+  the same config, which the engine keeps as ``reference``;
+* the per-step kernels mirror the core's functions one to one (``envs.physics.battery_step``,
+  ``envs.market.clear``, ``envs.network`` Z-bus solve and summary, ``envs.rng``,
+  ``BatchedP2PEnv.observe``/``state``/``_reset_where``); each names what it mirrors;
+* the rare or optional parts call the core's own torch functions: the sharing of network
+  penalties (``envs.network.network_penalty``, only on steps with a violation or a
+  non-converged power flow) and P2P network fees (``envs.fees.p2p_charges``, only when fees
+  are configured);
+* ``tests/test_single_engine.py`` steps both side by side over whole episodes for every
+  mechanism, action type, network model and observation option and asserts equal
+  observations, rewards and infos (to 1e-9), so the two cannot drift apart.
+
+Supported: ``device: cpu`` with ``network.model`` ``none`` or ``zbus`` (``ac`` runs pandapower
+per step, which the engine cannot speed up: use the torch engine). The engine always computes
+in float64 whatever ``dtype`` says (``dtype`` is the torch core's); observations are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from numba import njit, typeof
+
+from envs import fees
+from envs.config import EnvConfig
+from envs.core import BatchedP2PEnv
+from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
+from envs.network import PowerFlowResult, network_penalty
+from envs.single.market import MECHANISM_CODE, clear_into
+from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_into
+from envs.single.rng import normal_at, stream_key, uniform_at
+
+
+def _drop_stale_engine_cache() -> None:
+    """Delete this module's cached kernels if a kernel file they call changed since.
+
+    Numba invalidates a cached function when its own source file changes, not when a kernel
+    it calls from another file does (``envs.single.market``, ``network``, ``rng``); without
+    this, an edit there would not reach the engine until its cache was cleared by hand.
+    """
+    folder = Path(__file__).parent
+    try:
+        newest = max((folder / name).stat().st_mtime
+                     for name in ("market.py", "network.py", "rng.py"))
+        for cached in (folder / "__pycache__").glob("engine.*.nb[ci]"):
+            if cached.stat().st_mtime < newest:
+                cached.unlink(missing_ok=True)
+    except OSError:  # a read-only install: its files do not change either
+        pass
+
+
+_drop_stale_engine_cache()
+
+# Random streams of envs.core.
+_STREAM_START_DAY = 1
+_STREAM_FORECAST_NOISE = 2
+
+AGENT_INFO: tuple[str, ...] = (
+    "p2p_energy_kwh", "grid_energy_kwh", "payment", "p2p_payment", "grid_payment",
+    "net_energy_kwh", "load_kwh", "pv_kwh", "battery_energy_kwh", "battery_cut_kwh",
+    "soc_kwh", "degradation_cost", "network_penalty", "network_fee", "cost", "price")
+"""Per-agent info keys of a step (rows of the engine's agent buffer), as in the core."""
+# rows of the agent buffer (numba reads module-level ints as constants)
+_A_P2P_ENERGY_KWH = 0  # rows 0-4 are envs.single.market.clear_into's rows
+_A_GRID_ENERGY_KWH = 1
+_A_PAYMENT = 2
+_A_P2P_PAYMENT = 3
+_A_GRID_PAYMENT = 4
+_A_NET_ENERGY_KWH = 5
+_A_LOAD_KWH = 6
+_A_PV_KWH = 7
+_A_BATTERY_ENERGY_KWH = 8
+_A_BATTERY_CUT_KWH = 9
+_A_SOC_KWH = 10
+_A_DEGRADATION_COST = 11
+_A_NETWORK_PENALTY = 12
+_A_NETWORK_FEE = 13
+_A_COST = 14
+_A_PRICE = 15
+
+ENV_INFO: tuple[str, ...] = (
+    "network_fee_revenue", "clearing_price", "operator_surplus", "community_cost",
+    "p2p_volume_kwh", "grid_import_kwh", "grid_export_kwh", "retail_price", "feed_in_price",
+    "day", "step_of_day")
+NETWORK_INFO: tuple[str, ...] = (
+    "v_min", "v_max", "max_line_loading", "max_trafo_loading", "voltage_violations",
+    "line_violations", "losses_kw", "network_converged")
+"""Per-community info keys (floats), as in the core; the network ones only with a network."""
+# entries of the env buffer
+_E_NETWORK_FEE_REVENUE = 0
+_E_CLEARING_PRICE = 1
+_E_OPERATOR_SURPLUS = 2
+_E_COMMUNITY_COST = 3
+_E_P2P_VOLUME_KWH = 4
+_E_GRID_IMPORT_KWH = 5
+_E_GRID_EXPORT_KWH = 6
+_E_RETAIL_PRICE = 7
+_E_FEED_IN_PRICE = 8
+_E_DAY = 9
+_E_STEP_OF_DAY = 10
+_E_V_MIN = 11
+_E_V_MAX = 12
+_E_MAX_LINE_LOADING = 13
+_E_MAX_TRAFO_LOADING = 14
+_E_VOLTAGE_VIOLATIONS = 15
+_E_LINE_VIOLATIONS = 16
+_E_LOSSES_KW = 17
+_E_NETWORK_CONVERGED = 18
+_N_ENV_INFO = len(ENV_INFO)
+_N_NETWORK_INFO = len(NETWORK_INFO)
+
+
+class Tables(NamedTuple):
+    """Static per-feeder arrays, taken from the reference core (float64)."""
+
+    load_kw: np.ndarray  # [T, N]
+    load_kvar: np.ndarray  # [T, N]
+    pv_kw: np.ndarray  # [T, N]
+    profile: np.ndarray  # [T, N, 2] load, PV / own peak load
+    sizes: np.ndarray  # [N, 2] kWp, kWh / own peak load
+    capacity_kwh: np.ndarray  # [N]
+    inverse_capacity: np.ndarray  # [N] (0 without a battery)
+    battery_kw: np.ndarray  # [N]
+    step_table: np.ndarray  # [96, 4] tod sin, cos, retail, feed-in (normalised)
+    weekday_table: np.ndarray  # [7, 2]
+    retail_price: np.ndarray  # [96] currency/kWh
+    feed_in_price: np.ndarray  # [96]
+    start_days: np.ndarray  # [D] int64
+    battery_levels: np.ndarray  # [Lb] discrete battery fractions
+    price_levels: np.ndarray  # [Lp] discrete price fractions
+
+
+class Params(NamedTuple):
+    """Scalar settings of the config."""
+
+    charge_efficiency: float
+    discharge_efficiency: float
+    soc_min: float
+    soc_max: float
+    initial_soc: float
+    degradation_cost: float
+    mechanism: int
+    k: float
+    reward_scale: float
+    price_scale: float
+    dt_h: float
+    forecast_steps: int
+    forecast_noise: float
+    include_voltage: bool
+    discrete: bool
+    network: bool
+    v_min: float
+    v_max: float
+
+
+class Buffers(NamedTuple):
+    """Arrays the kernels write (reused every step)."""
+
+    obs: np.ndarray  # [N, obs_dim] float32
+    final_obs: np.ndarray  # [N, obs_dim] float32
+    final_state: np.ndarray  # [3 N + 7] float32
+    agent: np.ndarray  # [len(AGENT_INFO), N] float64
+    env: np.ndarray  # [len(ENV_INFO) + len(NETWORK_INFO)] float64
+    market: np.ndarray  # [5, N] float64 (envs.single.market.clear_into rows)
+    reward: np.ndarray  # [N] float64
+    vm_pu: np.ndarray  # [n_bus]
+    line_loading: np.ndarray  # [n_line] %
+    trafo_loading: np.ndarray  # [n_trafo] %
+    line_p_from_kw: np.ndarray  # [n_line]
+    trafo_p_hv_kw: np.ndarray  # [n_trafo]
+
+
+# State layout: ints [env_seed, episode_count, day, step_of_day]; floats soc [N],
+# last_voltage [N], last_price [1].
+_SEED, _EPISODE, _DAY, _STEP = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def _shared_features(tables, params, ints, last_price, out, row, column):
+    """Mirrors ``BatchedP2PEnv._shared_features`` into ``out[row, column:column + 7]``."""
+    step = min(ints[_STEP], STEPS_PER_DAY - 1)
+    weekday = (ints[_DAY] + START_WEEKDAY) % 7
+    out[row, column] = tables.step_table[step, 0]
+    out[row, column + 1] = tables.step_table[step, 1]
+    out[row, column + 2] = tables.weekday_table[weekday, 0]
+    out[row, column + 3] = tables.weekday_table[weekday, 1]
+    out[row, column + 4] = tables.step_table[step, 2]
+    out[row, column + 5] = tables.step_table[step, 3]
+    out[row, column + 6] = last_price[0] / params.price_scale
+
+
+@njit(cache=True)
+def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
+    """Mirrors ``BatchedP2PEnv.observe``: local observations ``out [N, obs_dim]``."""
+    n = soc.shape[0]
+    steps = params.forecast_steps + 1
+    now = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+    noisy = params.forecast_noise > 0.0
+    key = np.uint64(0)
+    count = 2 * steps * n * 2
+    if noisy:
+        key = stream_key(ints[_SEED], ints[_EPISODE] * 1000 + ints[_STEP],
+                         _STREAM_FORECAST_NOISE)
+    for i in range(n):
+        for s in range(steps):
+            t = (now + s) % STEPS_PER_YEAR
+            for c in range(2):
+                value = tables.profile[t, i, c]
+                if noisy:
+                    z = normal_at(key, (s * n + i) * 2 + c, count // 2)
+                    value = value * max(1.0 + params.forecast_noise * z, 0.0)
+                out[i, 2 * s + c] = value
+        column = 2 * steps
+        out[i, column] = soc[i] * tables.inverse_capacity[i]
+        out[i, column + 1] = tables.sizes[i, 0]
+        out[i, column + 2] = tables.sizes[i, 1]
+        _shared_features(tables, params, ints, last_price, out, i, column + 3)
+        if params.include_voltage:
+            out[i, column + 10] = (last_voltage[i] - 1.0) * 10.0
+
+
+@njit(cache=True)
+def state_into(tables, params, ints, soc, last_price, out):
+    """Mirrors ``BatchedP2PEnv.state``: the global state ``out [3 N + 7]``."""
+    n = soc.shape[0]
+    now = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+    for i in range(n):
+        out[i] = tables.profile[now, i, 0]
+        out[n + i] = tables.profile[now, i, 1]
+        out[2 * n + i] = soc[i] * tables.inverse_capacity[i]
+    _shared_features(tables, params, ints, last_price, out.reshape((1, out.shape[0])), 0,
+                     3 * n)
+
+
+@njit(cache=True)
+def reset_into(tables, params, ints, soc, last_voltage, last_price):
+    """Mirrors ``BatchedP2PEnv._reset_where`` for one environment: draw the start day from
+    the episode's stream, zero the step, initial SoC, midpoint price, flat voltage."""
+    u = uniform_at(stream_key(ints[_SEED], ints[_EPISODE], _STREAM_START_DAY), 0)
+    n_days = tables.start_days.shape[0]
+    ints[_DAY] = tables.start_days[min(int(u * n_days), n_days - 1)]
+    ints[_STEP] = 0
+    for i in range(soc.shape[0]):
+        soc[i] = params.initial_soc * tables.capacity_kwh[i]
+        last_voltage[i] = 1.0
+    last_price[0] = 0.5 * (tables.retail_price[0] + tables.feed_in_price[0])
+    ints[_EPISODE] += 1
+
+
+@njit(cache=True)
+def _decode(tables, params, actions, battery_fraction, price_fraction) -> int:
+    """Mirrors ``BatchedP2PEnv.decode_actions``; returns the first invalid agent, or -1."""
+    n = battery_fraction.shape[0]
+    if params.discrete:
+        n_price = tables.price_levels.shape[0]
+        n_actions = tables.battery_levels.shape[0] * n_price
+        for i in range(n):
+            a = actions.ravel()[i]
+            if a < 0 or a >= n_actions:
+                return i
+        for i in range(n):
+            a = int(actions.ravel()[i])
+            battery_fraction[i] = tables.battery_levels[a // n_price]
+            price_fraction[i] = tables.price_levels[a % n_price]
+        return -1
+    flat = actions.ravel()
+    for i in range(n):
+        b, p = float(flat[2 * i]), float(flat[2 * i + 1])
+        # NaN fails both comparisons, as in the core.
+        if not (b >= -1.0 - 1e-6 and b <= 1.0 + 1e-6 and p >= -1e-6 and p <= 1.0 + 1e-6):
+            return i
+    for i in range(n):
+        battery_fraction[i] = min(max(float(flat[2 * i]), -1.0), 1.0)
+        price_fraction[i] = min(max(float(flat[2 * i + 1]), 0.0), 1.0)
+    return -1
+
+
+@njit(cache=True)
+def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, actions, buffers):
+    """One 15-minute step; mirrors ``BatchedP2PEnv.step`` at ``B = 1`` without the network
+    penalty and fees (the caller adds those when the returned flag asks for them).
+
+    Returns ``(bad_agent, done, needs_penalty)``: ``bad_agent >= 0`` when that agent's action
+    is invalid (nothing changed), ``done`` when the day ended (``buffers.final_obs`` and
+    ``final_state`` hold the last observation and the env was reset), ``needs_penalty`` when
+    the power flow found a violation or did not converge.
+    """
+    n = soc.shape[0]
+    battery_fraction = np.empty(n)
+    price_fraction = np.empty(n)
+    bad = _decode(tables, params, actions, battery_fraction, price_fraction)
+    if bad >= 0:
+        return bad, False, False
+    agent, env = buffers.agent, buffers.env
+    t = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+    now = min(ints[_STEP], STEPS_PER_DAY - 1)
+    retail, feed_in = tables.retail_price[now], tables.feed_in_price[now]
+    dt = params.dt_h
+    ce, de = params.charge_efficiency, params.discharge_efficiency
+    net = np.empty(n)
+    price = np.empty(n)
+    for i in range(n):
+        # envs.physics.battery_step
+        capacity = tables.capacity_kwh[i]
+        request = battery_fraction[i] * tables.battery_kw[i] * dt
+        headroom = max(params.soc_max * capacity - soc[i], 0.0) / ce
+        available = max(soc[i] - params.soc_min * capacity, 0.0) * de
+        max_step = tables.battery_kw[i] * dt
+        energy = max(min(request, min(headroom, max_step)), -min(available, max_step))
+        new_soc = soc[i] + ce * max(energy, 0.0) - max(-energy, 0.0) / de
+        new_soc = min(max(new_soc, params.soc_min * capacity), params.soc_max * capacity)
+        load_kwh = tables.load_kw[t, i] * dt
+        pv_kwh = tables.pv_kw[t, i] * dt
+        net[i] = load_kwh - pv_kwh + energy
+        price[i] = feed_in + price_fraction[i] * (retail - feed_in)
+        agent[_A_NET_ENERGY_KWH, i] = net[i]
+        agent[_A_LOAD_KWH, i] = load_kwh
+        agent[_A_PV_KWH, i] = pv_kwh
+        agent[_A_BATTERY_ENERGY_KWH, i] = energy
+        agent[_A_BATTERY_CUT_KWH, i] = abs(request - energy)
+        agent[_A_SOC_KWH, i] = new_soc
+        agent[_A_DEGRADATION_COST, i] = params.degradation_cost * abs(energy)
+        agent[_A_PRICE, i] = price[i]
+        soc[i] = new_soc
+
+    market = buffers.market
+    clearing_price, operator_surplus = clear_into(params.mechanism, price, net, retail,
+                                                  feed_in, params.k, market)
+    needs_penalty = False
+    if params.network:
+        p_kw = net / dt
+        losses, converged, _ = solve_into(grid, p_kw, tables.load_kvar[t], buffers.vm_pu,
+                                          buffers.line_loading, buffers.trafo_loading,
+                                          buffers.line_p_from_kw, buffers.trafo_p_hv_kw)
+        needs_penalty = summarise_into(buffers.vm_pu, buffers.line_loading,
+                                       buffers.trafo_loading, losses, converged, params.v_min,
+                                       params.v_max,
+                                       env[_N_ENV_INFO:_N_ENV_INFO + _N_NETWORK_INFO])
+        for i in range(n):
+            v = buffers.vm_pu[grid.agent_bus[i]]
+            last_voltage[i] = 1.0 if math.isnan(v) else v
+
+    volume, imports, exports, community_cost = 0.0, 0.0, 0.0, 0.0
+    for i in range(n):
+        for row in range(5):  # p2p_energy, grid_energy, payment, p2p_payment, grid_payment
+            agent[row, i] = market[row, i]
+        agent[_A_NETWORK_PENALTY, i] = 0.0
+        agent[_A_NETWORK_FEE, i] = 0.0
+        cost = market[2, i] + agent[_A_DEGRADATION_COST, i]
+        agent[_A_COST, i] = cost
+        buffers.reward[i] = -cost * params.reward_scale
+        community_cost += cost
+        volume += max(market[0, i], 0.0)
+        imports += max(market[1, i], 0.0)
+        exports += max(-market[1, i], 0.0)
+
+    if not math.isnan(clearing_price):
+        last_price[0] = clearing_price
+    env[_E_NETWORK_FEE_REVENUE] = 0.0
+    env[_E_CLEARING_PRICE] = clearing_price
+    env[_E_OPERATOR_SURPLUS] = operator_surplus
+    env[_E_COMMUNITY_COST] = community_cost
+    env[_E_P2P_VOLUME_KWH] = volume
+    env[_E_GRID_IMPORT_KWH] = imports
+    env[_E_GRID_EXPORT_KWH] = exports
+    env[_E_RETAIL_PRICE] = retail
+    env[_E_FEED_IN_PRICE] = feed_in
+    env[_E_DAY] = ints[_DAY]
+    env[_E_STEP_OF_DAY] = ints[_STEP]
+    ints[_STEP] += 1
+
+    done = ints[_STEP] >= STEPS_PER_DAY
+    if done:
+        observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.final_obs)
+        state_into(tables, params, ints, soc, last_price, buffers.final_state)
+        reset_into(tables, params, ints, soc, last_voltage, last_price)
+    observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.obs)
+    return -1, done, needs_penalty
+
+
+def _numpy(tensor: torch.Tensor, dtype: Any = np.float64) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
+
+
+def supports(config: EnvConfig) -> str | None:
+    """None if the engine can run ``config``, else why not."""
+    if config.device != "cpu":
+        return f"device {config.device!r} (the engine runs on the CPU)"
+    if config.network.model == "ac":
+        return "network.model 'ac' (pandapower per step)"
+    return None
+
+
+class SingleEnvEngine:
+    """One community of ``config`` stepped by the numba kernels of this module.
+
+    Arrays have no batch dimension: observations ``[N, obs_dim]`` float32, rewards ``[N]``,
+    continuous actions ``[N, 2]``, discrete ``[N]``. ``info`` maps each of :data:`AGENT_INFO`
+    to an ``[N]`` array and each per-community key to a float, plus ``final_observation``
+    and ``final_state`` on the step that ends a day (the engine has then reset itself, as the
+    core does).
+    """
+
+    def __init__(self, config: EnvConfig) -> None:
+        reason = supports(config)
+        if reason is not None:
+            raise ValueError(f"the single-environment engine does not support {reason}; "
+                             f"use engine='torch'")
+        self.config = config
+        core = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, dtype="float64"))
+        self.reference = core
+        self.n_agents = core.n_agents
+        self.agent_names = core.agent_names
+        self.obs_dim, self.state_dim = core.obs_dim, core.state_dim
+        self.n_discrete_actions = core.n_discrete_actions
+        self.discrete = config.action.type == "discrete"
+        n = self.n_agents
+        self.tables = Tables(
+            load_kw=_numpy(core.load_kw), load_kvar=_numpy(core.load_kvar),
+            pv_kw=_numpy(core.pv_kw), profile=_numpy(core._profile),
+            sizes=_numpy(core._sizes), capacity_kwh=_numpy(core.capacity_kwh),
+            inverse_capacity=_numpy(core._inverse_capacity), battery_kw=_numpy(core.battery_kw),
+            step_table=_numpy(core._step_table), weekday_table=_numpy(core._weekday_table),
+            retail_price=_numpy(core.retail_price), feed_in_price=_numpy(core.feed_in_price),
+            start_days=_numpy(core.start_days, np.int64),
+            battery_levels=_numpy(core._battery_levels),
+            price_levels=_numpy(core._price_levels))
+        battery, network = config.battery, config.network
+        self.params = Params(
+            charge_efficiency=battery.charge_efficiency,
+            discharge_efficiency=battery.discharge_efficiency, soc_min=battery.soc_min,
+            soc_max=battery.soc_max, initial_soc=battery.initial_soc,
+            degradation_cost=battery.degradation_cost,
+            mechanism=MECHANISM_CODE[config.market.mechanism], k=float(config.market.k),
+            reward_scale=config.reward_scale, price_scale=core.price_scale, dt_h=core.dt_h,
+            forecast_steps=config.observation.forecast_steps,
+            forecast_noise=config.observation.forecast_noise,
+            include_voltage=config.observation.include_voltage, discrete=self.discrete,
+            network=network.model != "none", v_min=network.v_min, v_max=network.v_max)
+        model = core.network.model
+        self.grid = grid_arrays(model) if model is not None else _no_grid()
+        n_bus, n_line, n_trafo = ((model.n_bus, model.n_line, model.n_trafo)
+                                  if model is not None else (0, 0, 0))
+        self.buffers = Buffers(
+            obs=np.zeros((n, self.obs_dim), np.float32),
+            final_obs=np.zeros((n, self.obs_dim), np.float32),
+            final_state=np.zeros(self.state_dim, np.float32),
+            agent=np.zeros((len(AGENT_INFO), n)), env=np.zeros(len(ENV_INFO + NETWORK_INFO)),
+            market=np.zeros((5, n)), reward=np.zeros(n), vm_pu=np.zeros(n_bus),
+            line_loading=np.zeros(n_line), trafo_loading=np.zeros(n_trafo),
+            line_p_from_kw=np.zeros(n_line), trafo_p_hv_kw=np.zeros(n_trafo))
+        self.env_keys = ENV_INFO + (NETWORK_INFO if self.params.network else ())
+        self._ints = np.zeros(4, np.int64)
+        self._soc = np.zeros(n)
+        self._last_voltage = np.ones(n)
+        self._last_price = np.zeros(1)
+        self._state = (self._ints, self._soc, self._last_voltage, self._last_price)
+        self._seeded = False
+        self._charges_p2p = core._charges_p2p
+        # Actions are always copied to one dtype and layout, so the kernel is compiled (or
+        # loaded from numba's cache) once here and called through its entry point, skipping
+        # numba's per-call type dispatch (about 5 us of a ~15 us step).
+        self._actions_dtype = np.int64 if self.discrete else np.float64
+        example = np.zeros((n,) if self.discrete else (n, 2), self._actions_dtype)
+        self._step_kernel = step_kernel.compile(tuple(
+            typeof(value) for value in (self.tables, self.params, self.grid, *self._state,
+                                        example, self.buffers)))
+
+    # ----------------------------------------------------------------------------------------
+    def seed(self, seed: int) -> None:
+        """Seed the environment's random streams (as ``BatchedP2PEnv.seed`` for env 0)."""
+        self._ints[_SEED] = int(seed)
+        self._ints[_EPISODE] = 0
+        self._seeded = True
+
+    def reset(self, seed: int | None = None, day: int | None = None) -> tuple[np.ndarray, int]:
+        """Start an episode (on ``day`` if given, else a drawn one); returns (obs, day)."""
+        if seed is not None:
+            self.seed(seed)
+        elif not self._seeded:
+            self.seed(self.config.seed)
+        reset_into(self.tables, self.params, *self._state)
+        if day is not None:
+            if not 0 <= int(day) < STEPS_PER_YEAR // STEPS_PER_DAY:
+                raise ValueError(f"days must be 1 day indices in [0, "
+                                 f"{STEPS_PER_YEAR // STEPS_PER_DAY - 1}], got [{day}]")
+            self._ints[_DAY] = int(day)
+        observe_into(self.tables, self.params, self._ints, self._soc, self._last_voltage,
+                     self._last_price, self.buffers.obs)
+        return self.buffers.obs.copy(), int(self._ints[_DAY])
+
+    def state(self) -> np.ndarray:
+        """The global state ``[3 N + 7]`` float32."""
+        out = np.empty(self.state_dim, np.float32)
+        state_into(self.tables, self.params, self._ints, self._soc, self._last_price, out)
+        return out
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
+        """Advance one step: ``(obs, reward, done, info)``. Raises ValueError for actions of
+        the wrong shape or an invalid agent action (the environment is left unchanged)."""
+        actions = self._check_shape(actions)
+        bad, done, needs_penalty = self._step_kernel(self.tables, self.params, self.grid,
+                                                     *self._state, actions, self.buffers)
+        if bad >= 0:
+            raise ValueError(self._bad_action_message(actions, bad))
+        buffers = self.buffers
+        if needs_penalty or self._charges_p2p:
+            self._add_network_charges(needs_penalty)
+        agent = buffers.agent.copy()
+        info: dict[str, Any] = dict(zip(AGENT_INFO, agent, strict=True))
+        info.update(zip(self.env_keys, buffers.env.tolist(), strict=False))
+        if done:
+            info["final_observation"] = buffers.final_obs.copy()
+            info["final_state"] = buffers.final_state.copy()
+        return buffers.obs.copy(), buffers.reward.copy(), bool(done), info
+
+    # ----------------------------------------------------------------------------------------
+    def _check_shape(self, actions: Any) -> np.ndarray:
+        """``actions`` as a new C-contiguous array of the kernel's dtype, or ValueError."""
+        actions = np.asarray(actions)
+        n = self.n_agents
+        if self.discrete:
+            if actions.shape != (n,):
+                raise ValueError(f"discrete actions must have shape [n_envs, n_agents] = "
+                                 f"[1, {n}], got {[1, *actions.shape]}")
+            if actions.dtype.kind == "f":
+                if not (np.isfinite(actions).all() and (actions == np.round(actions)).all()):
+                    raise ValueError("discrete actions must be integers, got non-integral "
+                                     "values")
+            elif actions.dtype.kind not in "iu":
+                raise ValueError(f"discrete actions must be integers, got dtype "
+                                 f"{actions.dtype}")
+            return np.array(actions, dtype=np.int64, order="C")
+        if actions.shape != (n, 2):
+            raise ValueError(f"continuous actions must have shape [n_envs, n_agents, 2] = "
+                             f"[1, {n}, 2], got {[1, *actions.shape]}")
+        return np.array(actions, dtype=np.float64, order="C")
+
+    def _bad_action_message(self, actions: np.ndarray, agent: int) -> str:
+        name = self.agent_names[agent]
+        if self.discrete:
+            return (f"discrete action of agent {name!r} (index {agent}) in env 0 is "
+                    f"{int(actions[agent])}; allowed: 0..{self.n_discrete_actions - 1}")
+        return (f"action of agent {name!r} (index {agent}) in env 0 is "
+                f"{actions[agent].astype(float).tolist()}; allowed: finite [battery in "
+                f"[-1, 1], price in [0, 1]]")
+
+    def _add_network_charges(self, needs_penalty: bool) -> None:
+        """Network penalty shares and P2P fees through the core's torch functions."""
+        buffers, core, cfg = self.buffers, self.reference, self.config.network
+        agent, env = buffers.agent, buffers.env
+        extra = np.zeros(self.n_agents)
+        if needs_penalty:
+            result = PowerFlowResult(
+                vm_pu=torch.from_numpy(buffers.vm_pu)[None],
+                va_degree=None,
+                line_loading_percent=torch.from_numpy(buffers.line_loading)[None],
+                trafo_loading_percent=torch.from_numpy(buffers.trafo_loading)[None],
+                losses_kw=torch.tensor([env[_E_LOSSES_KW]], dtype=torch.float64),
+                converged=torch.tensor([env[_E_NETWORK_CONVERGED] == 1.0]),
+                line_p_from_kw=torch.from_numpy(buffers.line_p_from_kw)[None],
+                trafo_p_hv_kw=torch.from_numpy(buffers.trafo_p_hv_kw)[None])
+            p_kw = torch.from_numpy(agent[_A_NET_ENERGY_KWH] / self.params.dt_h)[None]
+            penalty, _ = network_penalty(result, p_kw, core.network.sensitivity,
+                                         v_min=cfg.v_min, v_max=cfg.v_max,
+                                         voltage_penalty=cfg.voltage_penalty,
+                                         line_penalty=cfg.line_penalty)
+            agent[_A_NETWORK_PENALTY] = penalty[0].numpy()
+            extra += agent[_A_NETWORK_PENALTY]
+        if self._charges_p2p:
+            p2p = torch.from_numpy(agent[_A_P2P_ENERGY_KWH])[None]
+            fee, loss_charge, _ = fees.p2p_charges(
+                p2p.clamp_min(0.0), (-p2p).clamp_min(0.0), core.electrical_distance,
+                torch.tensor([env[_E_RETAIL_PRICE]], dtype=torch.float64), cfg.p2p_fee,
+                cfg.p2p_distance_fee, cfg.p2p_loss_factor, cfg.matching_temperature)
+            agent[_A_NETWORK_FEE] = (fee + loss_charge)[0].numpy()
+            env[_E_NETWORK_FEE_REVENUE] = agent[_A_NETWORK_FEE].sum()
+            extra += agent[_A_NETWORK_FEE]
+        # Same order of additions as the core: payment + degradation + penalty + fee.
+        cost = (agent[_A_PAYMENT] + agent[_A_DEGRADATION_COST]
+                + agent[_A_NETWORK_PENALTY] + agent[_A_NETWORK_FEE])
+        agent[_A_COST] = cost
+        buffers.reward[:] = -cost * self.params.reward_scale
+        env[_E_COMMUNITY_COST] = cost.sum()
+
+
+def _no_grid() -> GridArrays:
+    """Typed empty arrays standing in for the network when ``network.model`` is none."""
+    empty_int = np.zeros(0, np.int64)
+    empty_complex = np.zeros(0, np.complex128)
+    return GridArrays(
+        grid_agents=empty_int, agent_load_column=empty_int, w_load=empty_complex,
+        z_load_t=np.zeros((0, 0), np.complex128), output_offset=empty_complex,
+        output_factor_t=np.zeros((0, 0), np.complex128), bus_layout=empty_int,
+        branch_from=empty_int, branch_to=empty_int, scale_from=np.zeros(0),
+        scale_to=np.zeros(0), line_slot=empty_int, trafo_slot=empty_int, agent_bus=empty_int,
+        v_slack=complex(1.0, 0.0), base_mva=1.0, tolerance_pu=1e-10, max_iterations=1)
