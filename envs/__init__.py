@@ -30,11 +30,14 @@ def make_batched_env(config: ConfigSource = None, n_envs: int | None = None,
     return BatchedP2PEnv(env_config(config, **overrides))
 
 
-def make_env(config: ConfigSource = None, render_mode: str | None = None, **overrides: Any):
-    """One community as a PettingZoo ``ParallelEnv`` (``envs.pettingzoo_env``)."""
+def make_env(config: ConfigSource = None, render_mode: str | None = None,
+             engine: str = "auto", **overrides: Any):
+    """One community as a PettingZoo ``ParallelEnv`` (``envs.pettingzoo_env``); ``engine`` is
+    ``auto``, ``numba`` (the compiled single-environment engine) or ``torch`` (the core)."""
     from envs.pettingzoo_env import P2PParallelEnv
 
-    return P2PParallelEnv(env_config(config, **overrides), render_mode=render_mode)
+    return P2PParallelEnv(env_config(config, **overrides), render_mode=render_mode,
+                          engine=engine)
 
 
 def make_vec_env(config: ConfigSource = None, n_envs: int | None = None,

@@ -11,9 +11,11 @@ import envs
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
 
 
+@pytest.mark.parametrize("engine", ["numba", "torch"])
 @pytest.mark.parametrize("action_type", ["continuous", "discrete"])
-def test_parallel_api(action_type):
-    env = envs.make_env({**SMALL, "action": {"type": action_type}})
+def test_parallel_api(action_type, engine):
+    env = envs.make_env({**SMALL, "action": {"type": action_type}}, engine=engine)
+    assert env.engine_name == engine
     parallel_api_test(env, num_cycles=200)
 
 
@@ -21,8 +23,53 @@ def test_parallel_api_default_feeder_with_network():
     parallel_api_test(envs.make_env(), num_cycles=100)
 
 
-def test_parallel_seed():
-    parallel_seed_test(lambda: envs.make_env(SMALL))
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_parallel_seed(engine):
+    parallel_seed_test(lambda: envs.make_env(SMALL, engine=engine))
+
+
+@pytest.mark.parametrize("action_type", ["continuous", "discrete"])
+def test_numba_and_torch_engines_play_the_same_episodes(action_type):
+    """Two days and a bit, unseeded resets in between: same days, observations, rewards and
+    infos from the compiled engine and from the float64 torch core."""
+    config = {"action": {"type": action_type}, "observation": {"forecast_noise": 0.05}}
+    fast = envs.make_env(config, engine="numba")
+    slow = envs.make_env(config, engine="torch", dtype="float64")
+    assert (fast.engine_name, slow.engine_name) == ("numba", "torch")
+    obs_fast, info_fast = fast.reset(seed=3)
+    obs_slow, info_slow = slow.reset(seed=3)
+    assert info_fast == info_slow  # the start day
+    for _ in range(2 * 96 + 20):
+        if not fast.agents:
+            obs_fast, info_fast = fast.reset()
+            obs_slow, info_slow = slow.reset()
+            assert info_fast == info_slow
+        for agent in fast.possible_agents:
+            np.testing.assert_allclose(obs_fast[agent], obs_slow[agent], rtol=1e-6)
+        actions = {agent: fast.action_space(agent).sample() for agent in fast.agents}
+        obs_fast, reward_fast, term_fast, trunc_fast, info_fast = fast.step(actions)
+        obs_slow, reward_slow, term_slow, trunc_slow, info_slow = slow.step(actions)
+        assert (term_fast, trunc_fast) == (term_slow, trunc_slow)
+        np.testing.assert_allclose(list(reward_fast.values()), list(reward_slow.values()),
+                                   rtol=1e-9, atol=1e-12)
+        for agent in fast.possible_agents:
+            assert info_fast[agent].keys() == info_slow[agent].keys()
+            for key, value in info_fast[agent].items():
+                if value is None:
+                    assert info_slow[agent][key] is None, key
+                else:
+                    np.testing.assert_allclose(value, info_slow[agent][key], rtol=1e-9,
+                                               atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(fast.state(), slow.state(), rtol=1e-6)
+
+
+def test_engine_choice():
+    assert envs.make_env(SMALL).engine_name == "numba"
+    assert envs.make_env({"network": {"model": "ac"}}).engine_name == "torch"
+    with pytest.raises(ValueError, match="engine 'numba' does not support network.model"):
+        envs.make_env({"network": {"model": "ac"}}, engine="numba")
+    with pytest.raises(ValueError, match="allowed: \\('auto', 'numba', 'torch'\\)"):
+        envs.make_env(SMALL, engine="jax")
 
 
 def test_spaces_are_cached_and_state_matches():
@@ -57,6 +104,13 @@ def test_missing_agent_action_is_an_error():
     actions = {agent: env.action_space(agent).sample() for agent in env.agents[1:]}
     with pytest.raises(ValueError, match="missing \\['prosumer_0'\\]"):
         env.step(actions)
+    with pytest.raises(ValueError, match="unknown \\['prosumer_9'\\]"):
+        env.step({**actions, "prosumer_0": actions["prosumer_1"], "prosumer_9": [0, 0]})
+    with pytest.raises(ValueError, match="shape of its action space \\(2,\\)"):
+        env.step({**actions, "prosumer_0": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="agent 'house_2' \\(index 2\\)"):
+        env.step({**actions, "prosumer_0": actions["prosumer_1"],
+                  "prosumer_2": np.array([2.0, 0.5], np.float32)})
 
 
 def test_ansi_render_summarises_the_step():
