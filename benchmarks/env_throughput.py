@@ -1,6 +1,7 @@
 """Environment throughput: agent-steps per second of the batched core (market and network
-together) and of the PettingZoo wrapper, against a per-scenario pandapower ``runpp`` loop
-measured in the same run, printed as a markdown table.
+together) and of the PettingZoo wrapper on both of its engines (the compiled numba engine and
+the torch core at B=1), against a per-scenario pandapower ``runpp`` loop measured in the same
+run, printed as a markdown table.
 
     python benchmarks/env_throughput.py [--feeder 1-LV-rural1--0-sw] [--network zbus]
         [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu] [--threads 2]
@@ -38,12 +39,18 @@ def core_rate(feeder: str, network: str, mechanism: str, n_envs: int, steps: int
     return steps * n_envs * env.n_agents / elapsed, env.n_agents
 
 
-def pettingzoo_rate(feeder: str, network: str, mechanism: str, steps: int) -> float:
+def pettingzoo_rate(feeder: str, network: str, mechanism: str, steps: int,
+                    engine: str) -> float:
+    """Env-steps/s of the PettingZoo wrapper on ``engine``, resets included, actions sampled
+    from its spaces beforehand."""
     env = envs.make_env({"community": {"feeder": feeder}, "network": {"model": network},
-                         "market": {"mechanism": mechanism}})
+                         "market": {"mechanism": mechanism}}, engine=engine)
     env.reset(seed=0)
     actions = [{agent: env.action_space(agent).sample() for agent in env.possible_agents}
                for _ in range(8)]
+    for i in range(20):  # warm-up
+        env.step(actions[i % 8])
+    env.reset()
     done_steps = 0
     start = time.perf_counter()
     while done_steps < steps:
@@ -93,9 +100,10 @@ def main() -> None:
                                    args.device)
         print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} | "
               f"{rate / reference:,.0f} |", flush=True)
-    rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, args.steps * 5)
-    print(f"| PettingZoo wrapper | 1 | {n_agents} | {rate * n_agents:,.0f} | {rate:,.0f} | "
-          f"{rate * n_agents / reference:,.0f} |")
+    for engine, steps in (("numba", args.steps * 50), ("torch", args.steps * 5)):
+        rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, steps, engine)
+        print(f"| PettingZoo wrapper, {engine} engine | 1 | {n_agents} | {rate * n_agents:,.0f} "
+              f"| {rate:,.0f} | {rate * n_agents / reference:,.0f} |", flush=True)
     print(f"| pandapower runpp per scenario | 1 | {n_agents} | {reference:,.0f} | "
           f"{reference / n_agents:,.0f} | 1 |")
 
