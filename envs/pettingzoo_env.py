@@ -62,7 +62,7 @@ from pettingzoo import ParallelEnv
 
 from envs.config import EnvConfig
 from envs.core import BatchedP2PEnv
-from envs.single.engine import AGENT_INFO, SingleEnvEngine, supports
+from envs.single.engine import AGENT_INFO, ENV_INFO, NETWORK_INFO, SingleEnvEngine, supports
 
 ENGINES = ("auto", "numba", "torch")
 
@@ -206,7 +206,7 @@ class TorchEngine:
         self.n_agents, self.agent_names = self.core.n_agents, self.core.agent_names
         self.obs_dim, self.state_dim = self.core.obs_dim, self.core.state_dim
         self.n_discrete_actions = self.core.n_discrete_actions
-        self.env_keys: tuple[str, ...] = ()
+        self.env_keys = ENV_INFO + (NETWORK_INFO if config.network.model != "none" else ())
 
     @staticmethod
     def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -229,8 +229,6 @@ class TorchEngine:
                 out[key] = self._numpy(value).astype(np.float32)
             elif key != "done":
                 out[key] = float(value[0])
-        self.env_keys = tuple(key for key in out if key not in AGENT_INFO
-                              and not key.startswith("final_"))
         done = bool(terminated[0] or truncated[0])
         return (self._numpy(obs).astype(np.float32), self._numpy(reward).astype(np.float64),
                 done, out)

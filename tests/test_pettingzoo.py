@@ -65,7 +65,11 @@ def test_numba_and_torch_engines_play_the_same_episodes(action_type):
 
 def test_engine_choice():
     assert envs.make_env(SMALL).engine_name == "numba"
-    assert envs.make_env({"network": {"model": "ac"}}).engine_name == "torch"
+    exact = envs.make_env({"network": {"model": "ac"}})
+    assert exact.engine_name == "torch"
+    exact.reset(seed=0)
+    _, _, _, _, infos = exact.step({a: exact.action_space(a).sample() for a in exact.agents})
+    assert infos["prosumer_0"]["network_converged"] == 1.0 and 0.9 < infos["prosumer_0"]["v_min"]
     with pytest.raises(ValueError, match="engine 'numba' does not support network.model"):
         envs.make_env({"network": {"model": "ac"}}, engine="numba")
     with pytest.raises(ValueError, match="allowed: \\('auto', 'numba', 'torch'\\)"):
