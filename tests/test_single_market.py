@@ -144,19 +144,11 @@ def test_kernel_matches_torch_clear(mechanism: str, data: st.DataObject) -> None
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("mechanism", "prices", "quantities", "k", "p2p", "payment", "price", "surplus"), HAND_CASES
-)
-def test_hand_computed_cases(
-    mechanism: str,
-    prices: list[float],
-    quantities: list[float],
-    k: float,
-    p2p: list[float],
-    payment: list[float],
-    price: float,
-    surplus: float,
-) -> None:
+@pytest.mark.parametrize("case", HAND_CASES, ids=[case[0] for case in HAND_CASES])
+def test_hand_computed_cases(case: tuple) -> None:
+    """``tests/test_market.py``'s table: mechanism, prices, quantities, k, then the expected
+    P2P energy, payments, clearing price and operator surplus."""
+    mechanism, prices, quantities, k, p2p, payment, price, surplus = case
     result = clear_one(mechanism, prices, quantities, RETAIL, FEED_IN, k=k)
     np.testing.assert_allclose(result["p2p_energy"], p2p, rtol=0, atol=TOLERANCE)
     np.testing.assert_allclose(result["payment"], payment, rtol=0, atol=TOLERANCE)

@@ -247,6 +247,15 @@ def _efficient_allocation(scratch, orders, bought, sold):
 
 
 @njit(cache=True)
+def _settle(out, buyer_price, seller_price):
+    """Buyers pay ``buyer_price`` and sellers receive ``seller_price`` (currency/kWh) for the
+    P2P energy in ``out``'s bought and sold rows."""
+    for agent in range(out.shape[1]):
+        out[_BUYER_COST, agent] = out[_BOUGHT, agent] * buyer_price
+        out[_SELLER_REVENUE, agent] = out[_SOLD, agent] * seller_price
+
+
+@njit(cache=True)
 def _uniform(scratch, orders, k, out):
     """Mirrors ``envs.market._uniform``: everyone trades at ``a_m + k (b_m - a_m)``.
 
@@ -256,9 +265,7 @@ def _uniform(scratch, orders, k, out):
     sold = out[_SOLD]
     volume, bid, ask = _efficient_allocation(scratch, orders, bought, sold)
     unit_price = ask + k * (bid - ask) if volume > 0.0 else 0.0
-    for agent in range(bought.shape[0]):
-        out[_BUYER_COST, agent] = bought[agent] * unit_price
-        out[_SELLER_REVENUE, agent] = sold[agent] * unit_price
+    _settle(out, unit_price, unit_price)
     clearing_price = unit_price if volume > 0.0 else math.nan
     return clearing_price, 0.0
 
@@ -436,10 +443,9 @@ def _mcafee(scratch, orders, retail, feed_in, out):
             bought[:] = 0.0
             sold[:] = 0.0
 
+    _settle(out, buyer_price, seller_price)
     total_bought = 0.0
     for agent in range(n_agents):
-        out[_BUYER_COST, agent] = bought[agent] * buyer_price
-        out[_SELLER_REVENUE, agent] = sold[agent] * seller_price
         total_bought += bought[agent]
     clearing_price = buyer_price if total_bought > 0.0 else math.nan
     return clearing_price, surplus
@@ -473,9 +479,7 @@ def _shared_at_price(scratch, unit_price, out):
     bought = out[_BOUGHT]
     sold = out[_SOLD]
     matched = _pro_rata(scratch[_DEMAND], scratch[_SUPPLY], bought, sold)
-    for agent in range(bought.shape[0]):
-        out[_BUYER_COST, agent] = bought[agent] * unit_price
-        out[_SELLER_REVENUE, agent] = sold[agent] * unit_price
+    _settle(out, unit_price, unit_price)
     clearing_price = unit_price if matched > 0.0 else math.nan
     return clearing_price, 0.0
 
