@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from pettingzoo.test import parallel_api_test, parallel_seed_test
@@ -61,6 +63,22 @@ def test_numba_and_torch_engines_play_the_same_episodes(action_type):
                     np.testing.assert_allclose(value, info_slow[agent][key], rtol=1e-9,
                                                atol=1e-12, err_msg=key)
         np.testing.assert_allclose(fast.state(), slow.state(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_pickled_env_continues_the_same_episode(engine):
+    env = envs.make_env(SMALL, engine=engine)
+    env.reset(seed=2)
+    actions = [{agent: env.action_space(agent).sample() for agent in env.possible_agents}
+               for _ in range(3)]
+    env.step(actions[0])
+    copy = pickle.loads(pickle.dumps(env))
+    for action in actions[1:]:
+        obs, rewards, _, _, _ = env.step(action)
+        obs_copy, rewards_copy, _, _, _ = copy.step(action)
+        assert rewards == rewards_copy
+        for agent in env.possible_agents:
+            np.testing.assert_array_equal(obs[agent], obs_copy[agent])
 
 
 def test_engine_choice():
