@@ -45,7 +45,8 @@ Arguments
     applies (``device: cpu`` and ``network.model`` ``none`` or ``zbus``), else ``torch``.
 
 Version history
-    v0: initial release.
+    v0: initial release. Later in v0 the numba engine became the default on the CPU; it steps
+    the same dynamics (tested step for step against the core), in float64.
 """
 
 from __future__ import annotations
