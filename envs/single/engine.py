@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
 import torch
@@ -442,17 +442,20 @@ class SingleEnvEngine:
             battery_levels=_numpy(core._battery_levels),
             price_levels=_numpy(core._price_levels))
         battery, network = config.battery, config.network
-        self.params = Params(
+        values = dict(
             charge_efficiency=battery.charge_efficiency,
             discharge_efficiency=battery.discharge_efficiency, soc_min=battery.soc_min,
             soc_max=battery.soc_max, initial_soc=battery.initial_soc,
             degradation_cost=battery.degradation_cost,
-            mechanism=MECHANISM_CODE[config.market.mechanism], k=float(config.market.k),
+            mechanism=MECHANISM_CODE[config.market.mechanism], k=config.market.k,
             reward_scale=config.reward_scale, price_scale=core.price_scale, dt_h=core.dt_h,
             forecast_steps=config.observation.forecast_steps,
             forecast_noise=config.observation.forecast_noise,
             include_voltage=config.observation.include_voltage, discrete=self.discrete,
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max)
+        # Exact Python types, so that every config compiles to the same kernel signature.
+        types = get_type_hints(Params)
+        self.params = Params(**{name: types[name](value) for name, value in values.items()})
         model = core.network.model
         self.grid = grid_arrays(model) if model is not None else _no_grid()
         n_bus, n_line, n_trafo = ((model.n_bus, model.n_line, model.n_trafo)
