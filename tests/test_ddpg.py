@@ -3,13 +3,13 @@ targets, independent (unshared) networks, checkpoint loading, resume == uninterr
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from run_records import assert_same, run_metrics
 
 import envs
 import train
@@ -23,8 +23,6 @@ SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
              "network": {"model": "none"}}
 ITERATION = 4 * 4
 """Env-steps per iteration of the small config: n_envs * rollout_steps."""
-
-
 
 
 def run_config(env: dict | None = None, **ddpg: Any) -> dict:
@@ -44,26 +42,6 @@ def build(config: dict) -> tuple[DDPG, Collector]:
     algorithm = DDPG(config.hyperparameters, EnvSpec.from_env(env), config.train,
                      make_generator(config.seed))
     return algorithm, Collector(env, seed=config.seed)
-
-
-def assert_same(first: Any, second: Any, where: str = "state") -> None:
-    """Nested dicts/lists of tensors and numbers are exactly equal."""
-    if isinstance(first, dict):
-        assert first.keys() == second.keys(), where
-        for key in first:
-            assert_same(first[key], second[key], f"{where}.{key}")
-    elif isinstance(first, list | tuple):
-        assert len(first) == len(second), where
-        for index, (a, b) in enumerate(zip(first, second, strict=True)):
-            assert_same(a, b, f"{where}[{index}]")
-    elif isinstance(first, torch.Tensor):
-        assert torch.equal(first, second), where
-    else:
-        assert first == second, where
-
-
-def without_timing(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key != train.TIMING_KEY}
 
 
 def test_default_config_builds():
@@ -151,6 +129,5 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert load_checkpoint(run_dir)["global_step"] == 20 * ITERATION
     assert train.Trainer(config, run_dir, resume=True, progress=False).run() is not None
 
-    assert without_timing(json.loads((reference / "metrics.json").read_text())) == \
-        without_timing(json.loads((run_dir / "metrics.json").read_text()))
+    assert run_metrics(reference) == run_metrics(run_dir)
     assert_same(load_checkpoint(reference)["algorithm"], load_checkpoint(run_dir)["algorithm"])

@@ -4,14 +4,13 @@ shared network and the per-agent ensemble, and training through train.py's entry
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from run_records import run_metrics, tensorboard_scalars
 from torch import nn
 
 import envs
@@ -203,20 +202,6 @@ def run_config(**dqn) -> dict:
                     "hidden_sizes": [16, 16], **dqn}}
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags
-            if tag != "charts/SPS"}
-
-
-def metrics_of(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop(train.TIMING_KEY)
-    return metrics
-
-
 @pytest.mark.parametrize("overrides", [{}, {"shared": False, "tau": 0.1, "double_q": False}])
 def test_training_checkpoint_and_resume(tmp_path, overrides):
     data = run_config(**overrides)
@@ -225,10 +210,10 @@ def test_training_checkpoint_and_resume(tmp_path, overrides):
     assert train.main(["--config", str(path), "--logdir", str(tmp_path / "runs"),
                        "--no-progress"]) == 0
     (straight,) = (tmp_path / "runs").iterdir()
-    metrics = metrics_of(straight)
+    metrics = run_metrics(straight)
     assert metrics["global_step"] == 4 * 96 * 2
     assert all(math.isfinite(value) for value in metrics["final_eval"].values())
-    curves = scalars(straight)
+    curves = tensorboard_scalars(straight, speed=False)
     # losses from the first iteration past learning_starts (64 env-steps) on
     for tag in ("losses/td_loss", "losses/q_values"):
         assert curves[tag][0][0] == 64 and len(curves[tag]) == 96 - 7, tag
@@ -251,8 +236,8 @@ def test_training_checkpoint_and_resume(tmp_path, overrides):
     assert checkpoint["algorithm"]["replay_buffer"]["size"] == 200  # wrapped, all of it saved
     (interrupted / "config.yaml").write_text(train.dump_run_config(config))
     assert train.main(["--resume", str(interrupted), "--no-progress"]) == 0
-    assert metrics_of(interrupted) == metrics
-    assert scalars(interrupted) == curves
+    assert run_metrics(interrupted) == metrics
+    assert tensorboard_scalars(interrupted, speed=False) == curves
     expected, resumed = (load_checkpoint(run)["algorithm"] for run in (straight, interrupted))
     for name in ("q_network", "target_network"):
         for key, value in expected[name].items():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from run_records import assert_same
 
 import envs
 import train
@@ -24,8 +25,6 @@ SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
 ITERATION = 4 * 4
 """Env-steps per iteration of the small config: n_envs * rollout_steps."""
 OBS, ACTION, HIDDEN = 12, 2, 32
-
-
 
 
 def run_config(env: dict | None = None, n_envs: int = 4, **maddpg: Any) -> dict:
@@ -58,22 +57,6 @@ def inputs(n_agents: int, m: int = 5, seed: int = 1) -> tuple[torch.Tensor, ...]
     obs = torch.randn(m, n_agents, OBS, generator=generator)
     actions = 2 * torch.rand(m, n_agents, ACTION, generator=generator) - 1
     return state, obs, actions
-
-
-def assert_same(first: Any, second: Any, where: str = "state") -> None:
-    """Nested dicts/lists of tensors and numbers are exactly equal."""
-    if isinstance(first, dict):
-        assert first.keys() == second.keys(), where
-        for key in first:
-            assert_same(first[key], second[key], f"{where}.{key}")
-    elif isinstance(first, list | tuple):
-        assert len(first) == len(second), where
-        for index, (a, b) in enumerate(zip(first, second, strict=True)):
-            assert_same(a, b, f"{where}[{index}]")
-    elif isinstance(first, torch.Tensor):
-        assert torch.equal(first, second), where
-    else:
-        assert first == second, where
 
 
 def n_parameters(module: torch.nn.Module) -> int:

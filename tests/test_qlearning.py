@@ -4,14 +4,12 @@ vs independent tables, the discretisation, training through train.py's entry poi
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from run_records import run_metrics, tensorboard_scalars
 
 import envs
 import train
@@ -286,20 +284,6 @@ def run_config(**qlearning) -> dict:
             "qlearning": {"rollout_steps": 8, **qlearning}}
 
 
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags
-            if tag != "charts/SPS"}
-
-
-def metrics_of(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop(train.TIMING_KEY)
-    return metrics
-
-
 @pytest.mark.parametrize("shared", [False, True])
 def test_training_checkpoint_and_resume(tmp_path, shared):
     data = run_config(shared=shared)
@@ -308,10 +292,10 @@ def test_training_checkpoint_and_resume(tmp_path, shared):
     assert train.main(["--config", str(path), "--logdir", str(tmp_path / "runs"),
                        "--no-progress"]) == 0
     (straight,) = (tmp_path / "runs").iterdir()
-    metrics = metrics_of(straight)
+    metrics = run_metrics(straight)
     assert metrics["global_step"] == 4 * 96 * 2
     assert all(math.isfinite(value) for value in metrics["final_eval"].values())
-    curves = scalars(straight)
+    curves = tensorboard_scalars(straight, speed=False)
     for tag in ("losses/td_loss", "losses/q_values", "charts/epsilon",
                 "charts/state_coverage"):
         assert len(curves[tag]) == 24 and all(math.isfinite(v) for _, v in curves[tag]), tag
@@ -331,8 +315,8 @@ def test_training_checkpoint_and_resume(tmp_path, shared):
     assert load_checkpoint(interrupted)["global_step"] == 3 * ITERATION
     (interrupted / "config.yaml").write_text(train.dump_run_config(config))
     assert train.main(["--resume", str(interrupted), "--no-progress"]) == 0
-    assert metrics_of(interrupted) == metrics
-    assert scalars(interrupted) == curves
+    assert run_metrics(interrupted) == metrics
+    assert tensorboard_scalars(interrupted, speed=False) == curves
     expected, resumed = (load_checkpoint(run)["algorithm"] for run in (straight, interrupted))
     for key in ("q_table", "visits"):
         assert torch.equal(resumed[key], expected[key]), key

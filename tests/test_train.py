@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from run_records import run_metrics, tensorboard_scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
@@ -45,17 +46,6 @@ def write_config(path: Path, data: dict) -> Path:
 def only_run(logdir: Path) -> Path:
     (run_dir,) = [p for p in logdir.iterdir() if p.is_dir()]
     return run_dir
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"]}
-
-
-def without_timing(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key != train.TIMING_KEY}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +132,7 @@ def test_run_folder_contents(reference_run):
 
 
 def test_event_file_tags(reference_run):
-    tags = set(scalars(reference_run))
+    tags = set(tensorboard_scalars(reference_run))
     shared = {f"charts/{name}" for name in (
         "episodic_return", "community_cost", "savings_vs_no_p2p", "clearing_price",
         "p2p_volume", "self_sufficiency", "voltage_violations", "SPS")}
@@ -161,11 +151,9 @@ def test_same_seed_same_curves(reference_run, tmp_path):
     assert train.main(["--config", str(config), "--logdir", str(tmp_path / "runs"),
                        "--no-progress"]) == 0
     again = only_run(tmp_path / "runs")
-    first, second = scalars(reference_run), scalars(again)
-    first.pop("charts/SPS"), second.pop("charts/SPS")
-    assert first == second
-    assert without_timing(json.loads((reference_run / "metrics.json").read_text())) == \
-        without_timing(json.loads((again / "metrics.json").read_text()))
+    assert tensorboard_scalars(reference_run, speed=False) == tensorboard_scalars(
+        again, speed=False)
+    assert run_metrics(reference_run) == run_metrics(again)
 
 
 def test_resume_equals_uninterrupted(reference_run, tmp_path):
@@ -178,16 +166,15 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
     assert not (run_dir / "metrics.json").exists()
     assert train.main(["--resume", str(run_dir), "--no-progress"]) == 0
 
-    assert without_timing(json.loads((reference_run / "metrics.json").read_text())) == \
-        without_timing(json.loads((run_dir / "metrics.json").read_text()))
+    assert run_metrics(reference_run) == run_metrics(run_dir)
     expected = load_checkpoint(reference_run)["algorithm"]
     resumed = load_checkpoint(run_dir)["algorithm"]
     for name in ("actor", "critic", "log_std"):
         for key, value in expected[name].items():
             torch.testing.assert_close(resumed[name][key], value, rtol=0, atol=0)
-    first, second = scalars(reference_run), scalars(run_dir)
-    first.pop("charts/SPS"), second.pop("charts/SPS")
-    assert first == second  # events after the checkpoint were purged and logged again
+    # events after the checkpoint were purged and logged again
+    assert tensorboard_scalars(reference_run, speed=False) == tensorboard_scalars(
+        run_dir, speed=False)
 
 
 def test_resume_rejects_overrides(reference_run, capsys):
