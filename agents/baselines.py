@@ -135,23 +135,31 @@ class FixedPrice:
         return env_actions(battery, torch.full_like(battery, self.price_fraction), env)
 
 
-class ZeroIntelligence:
-    """Zero-intelligence constrained traders (Gode & Sunder 1993): price uniform in
-    [feed-in, retail] each step; battery ``idle`` (default) or ``self_consumption``."""
+class _Seeded:
+    """A policy that draws from its own generator, reseeded on every ``reset`` (with the
+    episode's ``seed`` if given, else its own)."""
 
     mechanism = None
 
-    def __init__(self, name: str = "zi", battery: str = "idle", seed: int = 0) -> None:
-        if battery not in ("idle", "self_consumption"):
-            raise ValueError(f"zi: battery must be idle or self_consumption, got {battery!r}")
+    def __init__(self, name: str, seed: int) -> None:
         self.name = name
-        self.battery = battery
         self.seed = int(seed)
         self.generator = torch.Generator()
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         self.generator = torch.Generator(device=env.device)
         self.generator.manual_seed(self.seed if seed is None else int(seed))
+
+
+class ZeroIntelligence(_Seeded):
+    """Zero-intelligence constrained traders (Gode & Sunder 1993): price uniform in
+    [feed-in, retail] each step; battery ``idle`` (default) or ``self_consumption``."""
+
+    def __init__(self, name: str = "zi", battery: str = "idle", seed: int = 0) -> None:
+        if battery not in ("idle", "self_consumption"):
+            raise ValueError(f"zi: battery must be idle or self_consumption, got {battery!r}")
+        super().__init__(name, seed)
+        self.battery = battery
 
     def act(self, obs: Tensor, env: Any) -> Tensor:
         price = torch.rand(env.n_envs, env.n_agents, generator=self.generator,
@@ -161,19 +169,11 @@ class ZeroIntelligence:
         return env_actions(battery, price, env)
 
 
-class RandomPolicy:
+class RandomPolicy(_Seeded):
     """Battery fraction uniform in [-1, 1], price fraction uniform in [0, 1] (seeded)."""
 
-    mechanism = None
-
     def __init__(self, name: str = "random", seed: int = 0) -> None:
-        self.name = name
-        self.seed = int(seed)
-        self.generator = torch.Generator()
-
-    def reset(self, env: Any, seed: int | None = None) -> None:
-        self.generator = torch.Generator(device=env.device)
-        self.generator.manual_seed(self.seed if seed is None else int(seed))
+        super().__init__(name, seed)
 
     def act(self, obs: Tensor, env: Any) -> Tensor:
         shape = (env.n_envs, env.n_agents)
