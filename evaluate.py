@@ -32,9 +32,7 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from agents.baselines import ORACLES, make_oracle, make_policy
-from agents.policy import PolicyLoadError, evaluate_policy, load_policy
+from agents.evaluation import evaluate_policy
+from agents.policy import PolicyLoadError, load_policy
 from envs import metrics
 from envs.config import (
     MECHANISM_NAMES,
@@ -57,6 +56,7 @@ from envs.config import (
 )
 from envs.core import BatchedP2PEnv
 from envs.data import DAYS_PER_YEAR, day_split, load_feeder
+from envs.files import atomic_write_text
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
 
@@ -112,6 +112,8 @@ def config_source(path: str | Path) -> dict[str, Any]:
     """The env config mapping of an env YAML or of a run folder (``config.yaml``, its ``env``
     section when it has one)."""
     path = Path(path)
+    if path.is_file() and path.suffix == ".pt":  # a checkpoint: its run folder's config
+        path = path.parent
     if path.is_dir():
         path = path / "config.yaml"
     if not path.is_file():
@@ -289,16 +291,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                     prefix=f".{path.name}.") as handle:
-        handle.write(text)
-        temporary = Path(handle.name)
-    os.replace(temporary, path)
-
-
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """Rows as CSV (list-valued fields left out)."""
     fields = [k for k in rows[0] if not isinstance(rows[0][k], list)]
@@ -432,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         days = select_days(config, args.days, args.episodes)
         if not 0 <= args.plot_day < len(days):
             raise ConfigError(f"--plot-day must lie in [0, {len(days) - 1}]")
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out}: exists and is not a folder")
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -483,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         "per_day": {f"{r.name}@{r.mechanism}": r.per_day for r in results + comparison},
         "plots": [Path(p).name for p in plot_paths],
     }
-    write_atomic(out / "results.csv", csv_text(rows + mechanism_rows))
-    write_atomic(out / "results.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    atomic_write_text(out / "results.csv", csv_text(rows + mechanism_rows))
+    atomic_write_text(out / "results.json", json.dumps(_jsonable(report), indent=1) + "\n")
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}"
           + (f" and {len(plot_paths)} plots: " + ", ".join(plot_paths) if plot_paths else ""))
     return 0

@@ -5,7 +5,7 @@
     python train.py --resume runs/default__mappo__1__1700000000
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML) over any key of the run
-config (``agents.common``: ``algo``, ``seed``, ``name``, ``env.*``, ``train.*``,
+config (``agents.run_config``: ``algo``, ``seed``, ``name``, ``env.*``, ``train.*``,
 ``<algo>.*``); an unknown key or a bad value stops the run at once with a message naming it.
 
 A run writes ``<logdir>/{name}__{algo}__{seed}__{unix time}/``: TensorBoard events
@@ -14,7 +14,9 @@ with deterministic actions, all against ``global_step`` in env-steps), ``config.
 resolved config that ran), ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (best
 ``eval/episodic_return``) and, at the end, ``metrics.json``; all files are written atomically.
 ``--resume`` continues from ``checkpoint_latest.pt`` and gives the results of an uninterrupted
-run. No algorithm math lives here: algorithms implement ``agents.common.Algorithm``.
+run. No algorithm math lives here: algorithms implement ``agents.algorithm.Algorithm``; the
+``eval/*`` curves come from ``agents.evaluation.evaluate_policy``, the function behind
+``evaluate.py``'s tables.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,23 +36,21 @@ from tqdm import tqdm
 
 import envs
 from agents import registry
-from agents.common import (
-    CHECKPOINT_FORMAT,
-    Collector,
-    EnvSpec,
+from agents.algorithm import EnvSpec
+from agents.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from agents.collector import Collector
+from agents.evaluation import evaluate_policy, metric_scalars
+from agents.policy import TrainedPolicy
+from agents.run_config import (
     RunConfig,
-    atomic_save,
-    atomic_write_text,
     build_run_config,
     dump_run_config,
     eval_env_config,
-    evaluate_policy,
     evaluation_days,
-    load_checkpoint,
     make_generator,
-    metric_scalars,
 )
 from envs.config import ConfigError
+from envs.files import atomic_write_text
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mappo.yaml"
 TIMING_KEY = "timing"
@@ -76,7 +77,7 @@ def new_run_dir(logdir: str | Path, config: RunConfig, header: str = "") -> Path
         suffix += 1
         run_dir = Path(logdir) / f"{stem}-{suffix}"
     run_dir.mkdir(parents=True)
-    atomic_write_text(dump_run_config(config, header), run_dir / "config.yaml")
+    atomic_write_text(run_dir / "config.yaml", dump_run_config(config, header))
     return run_dir
 
 
@@ -98,6 +99,7 @@ class Trainer:
         self.generator = make_generator(config.seed, train.device)
         self.algorithm = registry.get(config.algo)(
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
+        self.policy = TrainedPolicy(self.algorithm, config, self.run_dir.name)
         self.collector = Collector(self.env, seed=config.seed)
         self.n_agents = self.env.n_agents
         self.state: dict[str, Any] = {
@@ -132,8 +134,8 @@ class Trainer:
         """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
         ``checkpoint_best.pt`` when ``eval/episodic_return`` improves."""
         step = self.collector.global_step
-        totals = evaluate_policy(self.algorithm, self.eval_env, self.eval_days,
-                                 seed=self.config.seed)
+        totals, _ = evaluate_policy(self.eval_env, self.policy, self.eval_days,
+                                    seed=self.config.seed)
         scalars = metric_scalars(totals)
         for key, value in scalars.items():
             self.writer.add_scalar(f"eval/{key}", value, step)
@@ -142,7 +144,7 @@ class Trainer:
         if scalars["episodic_return"] > self.state["best_return"]:
             self.state["best_return"] = scalars["episodic_return"]
             self.state["best_eval"] = {"global_step": step, **scalars}
-            atomic_save(self.checkpoint(), self.run_dir / "checkpoint_best.pt")
+            save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_best.pt")
         return scalars
 
     def run(self, stop_after_steps: int | None = None) -> dict[str, Any] | None:
@@ -183,10 +185,10 @@ class Trainer:
                 if train.checkpoint_every and step >= state["next_checkpoint"]:
                     while state["next_checkpoint"] <= step:
                         state["next_checkpoint"] += train.checkpoint_every
-                    atomic_save(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+                    save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
-            atomic_save(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+            save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
         finally:
             bar.close()
             self.writer.close()
@@ -201,7 +203,7 @@ class Trainer:
                          "agent_steps_per_s": collector.global_step * self.n_agents
                          / max(state["train_time_s"], 1e-9)},
         }
-        atomic_write_text(json.dumps(metrics, indent=2) + "\n", self.run_dir / "metrics.json")
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
 
 
@@ -249,15 +251,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         return 2
-    if run_dir is None:
+    fresh = run_dir is None
+    if fresh:
         header = f"peergrid run config, resolved from {args.config or DEFAULT_CONFIG}" + (
             f" with {' '.join(args.overrides)}" if args.overrides else "")
         run_dir = new_run_dir(args.logdir, config, header)
     print(f"training {config.algo} on {config.env.community.feeder} "
           f"({config.train.n_envs} envs, seed {config.seed}) -> {run_dir}", flush=True)
     try:
-        metrics = Trainer(config, run_dir, resume=bool(args.resume),
-                          progress=not args.no_progress).run()
+        trainer = Trainer(config, run_dir, resume=bool(args.resume),
+                          progress=not args.no_progress)
+    except (ConfigError, CheckpointError) as error:
+        if fresh:  # nothing ran: leave no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        metrics = trainer.run()
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python train.py --resume {run_dir}",
               file=sys.stderr)

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor
 
 from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
-from agents.policy import Policy, env_actions
+from agents.actions import env_actions
+from agents.policy import Policy
 from envs import metrics
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from agents.common import Transition
+from agents.collector import Transition
 
 
 def generalized_advantages(rewards: Tensor, values: Tensor, terminated: Tensor,

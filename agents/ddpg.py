@@ -4,7 +4,7 @@ Lillicrap, Hunt, Pritzel, Heess, Erez, Tassa, Silver and Wierstra (2016), "Conti
 with deep reinforcement learning", ICLR, following CleanRL's ``ddpg_continuous_action.py``:
 
 - a deterministic actor mu(o_i) with tanh outputs in the symmetric box [-1, 1]^2, mapped into
-  the core's box by ``agents.common.symmetric_to_env`` (battery = a0 in [-1, 1], price =
+  the core's box by ``agents.actions.symmetric_to_env`` (battery = a0 in [-1, 1], price =
   (a1 + 1) / 2 in [0, 1]); the replay buffer and the critic see the symmetric actions;
 - a critic Q(o_i, a_i) on the agent's own observation and action (independent learners: the
   other agents are part of the environment);
@@ -21,7 +21,8 @@ with deep reinforcement learning", ICLR, following CleanRL's ``ddpg_continuous_a
 
 Parameter sharing: with ``parameter_sharing: true`` (default) one actor and one critic serve
 every agent, each fed a one-hot agent id (``agents.networks.AgentMLP``); with ``false`` every
-agent has its own actor and critic (:class:`PerAgentMLP`, still one batched call for all).
+agent has its own actor and critic (``agents.networks.PerAgentMLP``, still one batched call
+for all).
 
 Every random draw (initialisation, exploration, replay sampling, smoothing noise) comes from
 the run's generator; the checkpoint holds networks, targets, optimisers, the replay buffer,
@@ -40,9 +41,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agents.actions import symmetric_to_env
+from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import ReplayBuffer
-from agents.common import Algorithm, Collector, EnvSpec, TrainConfig, symmetric_to_env
-from agents.networks import ACTIVATIONS, AgentMLP, mlp
+from agents.collector import Collector
+from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
+from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
 _NOISE_TYPES = ("gaussian", "ou")
@@ -120,42 +124,12 @@ class DDPGConfig:
 # --------------------------------------------------------------------------------------------
 
 
-class PerAgentMLP(nn.Module):
-    """N independent MLPs (no parameter sharing) evaluated in one batched call.
-
-    Layer k holds weights ``[N, in, out]`` and biases ``[N, out]``; ``forward(x [..., N, in])
-    -> [..., N, out]`` applies agent i's MLP to ``x[..., i, :]``. Agent i's MLP is initialised
-    exactly as ``agents.networks.mlp`` (orthogonal, from the generator, agents in order).
-    """
-
-    def __init__(self, in_features: int, n_agents: int, hidden_sizes: list[int],
-                 out_features: int, activation: str, generator: torch.Generator,
-                 output_gain: float = 1.0, device: torch.device | str = "cpu") -> None:
-        super().__init__()
-        nets = [mlp(in_features, hidden_sizes, out_features, activation, generator,
-                    output_gain, device) for _ in range(n_agents)]
-        layers = [index for index, module in enumerate(nets[0]) if isinstance(module, nn.Linear)]
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([net[k].weight.detach().T for net in nets]).contiguous())
-            for k in layers)
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([net[k].bias.detach() for net in nets])) for k in layers)
-        self.activation = ACTIVATIONS[activation]()
-
-    def forward(self, x: Tensor) -> Tensor:
-        for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if k:
-                x = self.activation(x)
-            x = torch.einsum("...ni,nio->...no", x, weight) + bias
-        return x
-
-
 def agent_network(in_features: int, n_agents: int, out_features: int, config: DDPGConfig,
                   generator: torch.Generator, output_gain: float,
                   device: torch.device | str) -> nn.Module:
     """The per-agent network of ``config``: shared (:class:`~agents.networks.AgentMLP`, with
-    an agent id if ``config.agent_id``) or independent (:class:`PerAgentMLP`); either maps
-    ``[..., N, in_features]`` to ``[..., N, out_features]``."""
+    an agent id if ``config.agent_id``) or independent (``agents.networks.PerAgentMLP``);
+    either maps ``[..., N, in_features]`` to ``[..., N, out_features]``."""
     if config.parameter_sharing:
         return AgentMLP(in_features, n_agents, config.hidden_sizes, out_features,
                         config.activation, generator, output_gain=output_gain,
@@ -163,12 +137,6 @@ def agent_network(in_features: int, n_agents: int, out_features: int, config: DD
     return PerAgentMLP(in_features, n_agents, config.hidden_sizes, out_features,
                        config.activation, generator, output_gain=output_gain, device=device)
 
-
-@torch.no_grad()
-def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """``target <- (1 - tau) target + tau online``, parameter by parameter."""
-    for source, destination in zip(online.parameters(), target.parameters(), strict=True):
-        destination.lerp_(source, tau)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

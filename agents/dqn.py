@@ -12,7 +12,7 @@ by a copy (``tau = 1``) or Polyak averaging ``target += tau * (online - target)`
 Agents: each agent learns from its own local observation and reward (independent
 Q-learners, decentralised execution). ``shared: true`` (default): one network for all agents
 with a one-hot agent id on its input (``agents.networks.AgentMLP``); ``shared: false``: one
-network per agent, stored as a batched ensemble (:class:`EnsembleMLP`, weights
+network per agent, stored as a batched ensemble (:class:`~agents.networks.PerAgentMLP`, weights
 ``[N, in, out]``) so all agents still go through one batched matmul per layer.
 
 Shapes and counts: the network maps ``[..., N, obs_dim]`` to ``[..., N, A]`` with
@@ -36,16 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
 from agents.buffers import ReplayBuffer
-from agents.common import (
-    Algorithm,
-    Collector,
-    EnvSpec,
-    TrainConfig,
-    epsilon_greedy,
-    linear_schedule,
-)
-from agents.networks import ACTIVATIONS, AgentMLP, mlp
+from agents.collector import Collector
+from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
+from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
 
@@ -113,41 +108,6 @@ class DQNConfig:
               self.activation)
 
 
-class EnsembleMLP(nn.Module):
-    """N independent MLPs evaluated together: ``forward(x [..., N, in]) -> [..., N, out]``
-    applies network i to ``x[..., i, :]`` with one batched matmul per layer.
-
-    Each member is initialised exactly as ``agents.networks.mlp`` would (orthogonal, from the
-    run's generator), one after another.
-    """
-
-    def __init__(self, n_members: int, in_features: int, hidden_sizes: list[int],
-                 out_features: int, activation: str, generator: torch.Generator,
-                 device: torch.device | str = "cpu") -> None:
-        super().__init__()
-        members = [mlp(in_features, hidden_sizes, out_features, activation, generator,
-                       device=device) for _ in range(n_members)]
-        layers = [[module for module in member if isinstance(module, nn.Linear)]
-                  for member in members]
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([member[i].weight.detach().T for member in layers]))
-            for i in range(len(layers[0])))  # [N, in, out]
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([member[i].bias.detach()[None] for member in layers]))
-            for i in range(len(layers[0])))  # [N, 1, out]
-        self.activation = ACTIVATIONS[activation]()
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch_shape = x.shape[:-2]
-        hidden = x.reshape(-1, *x.shape[-2:]).transpose(0, 1)  # [N, M, in]
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            hidden = torch.baddbmm(bias, hidden, weight)
-            if i < last:
-                hidden = self.activation(hidden)
-        return hidden.transpose(0, 1).reshape(*batch_shape, x.shape[-2], hidden.shape[-1])
-
-
 class DQN(Algorithm):
     """DQN with replay, target network and double-Q targets (see module docstring)."""
 
@@ -168,7 +128,7 @@ class DQN(Algorithm):
                 spec.obs_dim, n, config.hidden_sizes, spec.n_discrete_actions,
                 config.activation, generator, use_agent_id=config.agent_id, device=device)
         else:
-            self.q_network = EnsembleMLP(n, spec.obs_dim, config.hidden_sizes,
+            self.q_network = PerAgentMLP(spec.obs_dim, n, config.hidden_sizes,
                                          spec.n_discrete_actions, config.activation,
                                          generator, device=device)
         self.target_network = copy.deepcopy(self.q_network)
@@ -260,13 +220,7 @@ class DQN(Algorithm):
     @torch.no_grad()
     def update_target(self) -> None:
         """Copy (``tau = 1``) or Polyak-average the online network into the target."""
-        tau = self.config.tau
-        for target, online in zip(self.target_network.parameters(),
-                                  self.q_network.parameters(), strict=True):
-            if tau >= 1.0:
-                target.copy_(online)
-            else:
-                target.lerp_(online, tau)
+        polyak_update(self.q_network, self.target_network, self.config.tau)
 
     # ----------------------------------------------------------------------------------------
     # Checkpoints

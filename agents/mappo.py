@@ -17,7 +17,7 @@ al. 2017, "Proximal Policy Optimization Algorithms") with GAE (Schulman et al. 2
   visits every sample once.
 
 Actions: continuous actions are a diagonal Gaussian over two unbounded outputs mapped into the
-core's box by ``agents.common.squash_actions`` (``tanh``: battery = tanh(u0), price =
+core's box by ``agents.actions.squash_actions`` (``tanh``: battery = tanh(u0), price =
 (tanh(u1) + 1) / 2; the tanh Jacobian depends on u only, so it cancels in the PPO ratio and is
 left out of the log-probability); the deterministic action is the squashed mean. Discrete
 actions are a categorical over ``battery_levels * price_levels``; deterministic = argmax.
@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from agents.actions import squash_actions
+from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
-from agents.common import Algorithm, Collector, EnvSpec, TrainConfig, squash_actions
+from agents.collector import Collector
 from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, mlp
+from agents.run_config import TrainConfig
 from envs.config import check
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)

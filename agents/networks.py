@@ -76,6 +76,53 @@ class AgentMLP(nn.Module):
         return self.body(hidden)
 
 
+class PerAgentMLP(nn.Module):
+    """N independent MLPs (no parameter sharing) evaluated together: ``forward(x [..., N, in])
+    -> [..., N, out]`` applies agent i's network to ``x[..., i, :]`` with one batched matmul
+    per layer (weights ``[N, in, out]``, biases ``[N, 1, out]``).
+
+    Agent i's network is initialised exactly as :func:`mlp` would (orthogonal, from the
+    generator), agents one after another.
+    """
+
+    def __init__(self, in_features: int, n_agents: int, hidden_sizes: list[int] | tuple[int, ...],
+                 out_features: int, activation: str, generator: torch.Generator,
+                 output_gain: float = 1.0, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        members = [mlp(in_features, hidden_sizes, out_features, activation, generator,
+                       output_gain, device) for _ in range(n_agents)]
+        layers = [[module for module in member if isinstance(module, nn.Linear)]
+                  for member in members]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([member[k].weight.detach().T for member in layers]))
+            for k in range(len(layers[0])))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([member[k].bias.detach()[None] for member in layers]))
+            for k in range(len(layers[0])))
+        self.activation = ACTIVATIONS[activation]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch_shape = x.shape[:-2]
+        hidden = x.reshape(-1, *x.shape[-2:]).transpose(0, 1)  # [N, M, in]
+        last = len(self.weights) - 1
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            hidden = torch.baddbmm(bias, hidden, weight)
+            if k < last:
+                hidden = self.activation(hidden)
+        return hidden.transpose(0, 1).reshape(*batch_shape, x.shape[-2], hidden.shape[-1])
+
+
+@torch.no_grad()
+def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau online``, parameter by parameter (``tau >= 1``
+    copies)."""
+    for source, destination in zip(online.parameters(), target.parameters(), strict=True):
+        if tau >= 1.0:
+            destination.copy_(source)
+        else:
+            destination.lerp_(source, tau)
+
+
 class RunningMeanStd(nn.Module):
     """Running mean and variance of a stream of batches (Chan et al. 1979 parallel update), in
     float64 buffers so they are saved with ``state_dict``.

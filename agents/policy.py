@@ -1,4 +1,4 @@
-"""The policy interface evaluation speaks, and loading a trained policy from a run folder.
+"""The one policy interface of peergrid, and loading a trained policy from a run folder.
 
 A policy acts for every agent of every environment of a batched core
 (``envs.core.BatchedP2PEnv``) at once:
@@ -9,34 +9,41 @@ member                 meaning
 ``name``               short name used in tables and file names
 ``mechanism``          market mechanism the policy must be evaluated under (``None``: the
                        config's); e.g. ``no_p2p`` is the no-market reference, ``"none"``
-``reset(env, seed)``   start of a batch of episodes (all environments reset together)
+``reset(env, seed)``   start of a batch of episodes (all environments reset together); a
+                       policy that cannot act in ``env`` raises ``ConfigError`` here
 ``act(obs, env)``      ``obs [B, N, obs_dim]`` -> actions in the env's action space: continuous
                        ``[B, N, 2]`` (battery fraction in [-1, 1], price fraction in [0, 1])
-                       or discrete ``[B, N]`` indices (:func:`env_actions` converts)
+                       or discrete ``[B, N]`` indices (``agents.actions.env_actions``
+                       converts)
 =====================  ========================================================================
 
-Policies may read the env (``env.load_kw``, ``env.soc_kwh``, ...) as rule-based traders with
-perfect knowledge of the current step do; a learned policy should use ``obs`` only.
+Rule-based traders (``agents.baselines``) may read the env (``env.load_kw``,
+``env.soc_kwh``, ...) as traders with perfect knowledge of the current step do; a trained
+algorithm acts on ``obs`` and the global ``env.state()`` only, behind :class:`TrainedPolicy`.
+``agents.evaluation.evaluate_policy`` rolls any of them out.
 """
 
 from __future__ import annotations
 
-import importlib
+import copy
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from envs import metrics
+from agents import registry
+from agents.algorithm import Algorithm, EnvSpec
+from agents.checkpoints import CheckpointError, load_checkpoint
+from agents.run_config import RunConfig, build_run_config, make_generator
+from envs.config import ConfigError
 
-__all__ = ["Policy", "PolicyLoadError", "env_actions", "evaluate_policy", "load_policy"]
+__all__ = ["Policy", "PolicyLoadError", "TrainedPolicy", "load_policy", "run_folder"]
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """What ``evaluate.py`` needs from a policy (see the module docstring)."""
+    """What evaluation needs from a policy (see the module docstring)."""
 
     name: str
     mechanism: str | None
@@ -53,21 +60,52 @@ class PolicyLoadError(RuntimeError):
     """A checkpoint or run folder cannot be turned into a policy."""
 
 
-def env_actions(battery_fraction: Tensor, price_fraction: Tensor, env: Any) -> Tensor:
-    """Actions in ``env``'s action space from a battery fraction in [-1, 1] (> 0 charges, of
-    ``env.battery_kw``) and a price fraction in [0, 1] (of [feed-in, retail]), each ``[B, N]``.
+class TrainedPolicy:
+    """A trained algorithm behind :class:`Policy`: ``act(obs, env)`` gives its deterministic
+    actions (``algorithm.act(obs, env.state(), deterministic=True)``).
 
-    Continuous: ``[B, N, 2]``. Discrete: the index ``battery_level * price_levels +
-    price_level`` of the nearest levels (``envs.core.BatchedP2PEnv.decode_actions``'s grid).
+    Args:
+        algorithm: the trained ``agents.algorithm.Algorithm``.
+        config: the run config it was trained with.
+        name: its name in tables (a run folder's name).
     """
-    battery_fraction = battery_fraction.clamp(-1.0, 1.0).to(env.dtype)
-    price_fraction = price_fraction.clamp(0.0, 1.0).to(env.dtype)
-    action = env.config.action
-    if action.type == "continuous":
-        return torch.stack([battery_fraction, price_fraction], dim=-1)
-    battery_level = torch.round((battery_fraction + 1.0) / 2.0 * (action.battery_levels - 1))
-    price_level = torch.round(price_fraction * (action.price_levels - 1))
-    return (battery_level.long() * action.price_levels + price_level.long())
+
+    def __init__(self, algorithm: Algorithm, config: RunConfig, name: str) -> None:
+        self.algorithm = algorithm
+        self.config = config
+        self.name = name
+        self.mechanism: str | None = None
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        """Refuse an env the policy cannot act in: another action space, feeder, number of
+        agents or observation layout (deterministic actions need no per-episode state)."""
+        trained, given = self.config.env, env.config
+        if trained.action.type != given.action.type or (
+                trained.action.type == "discrete" and (
+                    trained.action.battery_levels, trained.action.price_levels) != (
+                    given.action.battery_levels, given.action.price_levels)):
+            raise ConfigError(
+                f"policy {self.name!r} was trained with {trained.action.type} actions "
+                f"({trained.action}), the evaluation env has {given.action}; evaluate it "
+                f"in its own env config (evaluate.py --config <run folder>)")
+        if trained.community.feeder != given.community.feeder:
+            raise ConfigError(f"policy {self.name!r} was trained on feeder "
+                              f"{trained.community.feeder!r}, the evaluation env is "
+                              f"{given.community.feeder!r}")
+        spec = getattr(self.algorithm, "spec", None)
+        if spec is not None and spec.n_agents != env.n_agents:
+            raise ConfigError(f"policy {self.name!r} was trained for {spec.n_agents} agents, "
+                              f"the evaluation env has {env.n_agents}")
+        if spec is not None and (spec.obs_dim, spec.feature_names) != (
+                env.obs_dim, tuple(env.feature_names)):
+            raise ConfigError(
+                f"policy {self.name!r} was trained on observations {list(spec.feature_names)} "
+                f"({spec.obs_dim} features), the evaluation env gives "
+                f"{list(env.feature_names)} ({env.obs_dim}); use the run's observation "
+                f"config ({trained.observation})")
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        return self.algorithm.act(obs, env.state(), deterministic=True)
 
 
 def run_folder(path: str | Path) -> Path:
@@ -81,116 +119,48 @@ def run_folder(path: str | Path) -> Path:
     raise PolicyLoadError(f"no run folder or checkpoint at '{path}'")
 
 
-def load_policy(path: str | Path) -> Policy:
-    """A trained policy from a run folder (``runs/<run>/``, with ``checkpoint_best.pt`` and
-    ``config.yaml``) or from a checkpoint file inside one.
+def _checkpoint_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in ("checkpoint_best.pt", "checkpoint_latest.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise PolicyLoadError(f"run folder '{path}' holds no checkpoint_best.pt or "
+                          f"checkpoint_latest.pt")
 
-    Delegates to ``agents.registry.load_policy_from_run(run_dir[, checkpoint=file name])``
-    (the trainer's loader; a checkpoint file given as ``path`` is passed on by name); the
-    object it returns needs ``act`` and ``reset`` of :class:`Policy` (``name`` defaults to the
-    run folder's name, ``mechanism`` to None). Raises :class:`PolicyLoadError` when the
-    path is not a run, when that loader does not exist yet, or when its result is no policy.
-    """
-    folder = run_folder(path)
+
+def load_algorithm(path: str | Path, n_envs: int = 1, device: str = "cpu"
+                   ) -> tuple[RunConfig, Algorithm]:
+    """The trained algorithm of a checkpoint file, ready to ``act`` on a core of ``n_envs``
+    environments on ``device``; returns ``(run config, algorithm)``. Raises
+    :class:`PolicyLoadError` (damaged checkpoint, config this version rejects)."""
+    from envs.core import BatchedP2PEnv
+
     try:
-        registry = importlib.import_module("agents.registry")
-    except ModuleNotFoundError as error:
-        if error.name not in ("agents.registry", "agents"):
-            raise
-        raise PolicyLoadError(
-            f"cannot load the policy of '{folder}': agents/registry.py (the trainer's "
-            "load_policy_from_run) does not exist yet") from None
-    loader = getattr(registry, "load_policy_from_run", None)
-    if loader is None:
-        raise PolicyLoadError("agents.registry has no load_policy_from_run(run_dir)")
+        checkpoint = load_checkpoint(path, device)
+        data = copy.deepcopy(checkpoint["config"])
+        data["train"].update(n_envs=n_envs, device=device)
+        data["env"].update(n_envs=n_envs, device=device)
+        config = build_run_config(data)
+    except (CheckpointError, ConfigError, KeyError, TypeError, AttributeError) as error:
+        raise PolicyLoadError(f"cannot load the policy of '{path}': {error}") from None
+    spec = EnvSpec.from_env(BatchedP2PEnv(config.env))
+    algorithm = registry.get(config.algo)(config.hyperparameters, spec, config.train,
+                                          make_generator(config.seed, device))
+    try:
+        algorithm.load_state_dict(checkpoint["algorithm"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise PolicyLoadError(f"'{path}': the weights do not fit {config.algo} with its "
+                              f"config: {error}") from None
+    return config, algorithm
+
+
+@torch.no_grad()
+def load_policy(path: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The trained policy of a run folder written by ``train.py`` (its
+    ``checkpoint_best.pt``, else ``checkpoint_latest.pt``) or of a checkpoint file in one,
+    named after the run folder. Raises :class:`PolicyLoadError`."""
     path = Path(path)
-    policy = loader(folder, checkpoint=path.name) if path.is_file() else loader(folder)
-    if not (callable(getattr(policy, "act", None)) and callable(getattr(policy, "reset", None))):
-        raise PolicyLoadError(
-            f"agents.registry.load_policy_from_run('{folder}') returned a "
-            f"{type(policy).__name__} without act(obs, env) and reset(env, seed) "
-            "(agents.policy.Policy)")
-    if not isinstance(getattr(policy, "name", None), str):
-        policy.name = folder.name
-    if not hasattr(policy, "mechanism"):
-        policy.mechanism = None
-    return policy
-
-
-# --------------------------------------------------------------------------------------------
-# Rolling a policy out over fixed days
-# --------------------------------------------------------------------------------------------
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The policy seed of the ``chunk``-th batch of days of an evaluation seeded ``seed``
-    (independent streams per batch, derived with numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(seed), int(chunk)]).generate_state(1)[0])
-
-
-def _trajectory_step(env: Any, info: dict[str, Tensor], b: int) -> dict[str, Any]:
-    """What the day-trajectory plot needs from environment ``b``'s step ``info``."""
-    step = {
-        "load_kw": float(info["load_kwh"][b].sum()) / env.dt_h,
-        "pv_kw": float(info["pv_kwh"][b].sum()) / env.dt_h,
-        "soc_kwh": info["soc_kwh"][b].double().cpu().numpy(),
-        "clearing_price": float(info["clearing_price"][b]),
-        "retail_price": float(info["retail_price"][b]),
-        "feed_in_price": float(info["feed_in_price"][b]),
-        "p2p_volume_kwh": float(info["p2p_volume_kwh"][b]),
-        "grid_import_kwh": float(info["grid_import_kwh"][b]),
-        "grid_export_kwh": float(info["grid_export_kwh"][b]),
-    }
-    for name in ("v_min", "v_max"):
-        value = metrics.network_info(info, name)
-        step[name] = float("nan") if value is None else float(value[b])
-    return step
-
-
-@torch.inference_mode()
-def evaluate_policy(env: Any, policy: Policy, days: list[int] | np.ndarray, seed: int = 0,
-                    record_day: int | None = None, progress: Any = None
-                    ) -> tuple[metrics.EpisodeTotals, dict[str, np.ndarray] | None]:
-    """Run ``policy`` for one episode on each of ``days`` in ``env``, ``env.n_envs`` days at
-    a time (the last batch padded by repeating its last day; padding is dropped).
-
-    Batch ``c`` resets the env with ``seed + c * n_envs`` (environment b of it gets one more
-    per b, ``envs.core``) and the policy with :func:`chunk_seed` ``(seed, c)``; hence results
-    are deterministic for a given seed and batch size. ``record_day``: position in ``days``
-    whose per-step trajectory is returned (community load and PV kW, SoC per agent kWh, prices
-    currency/kWh, volumes kWh, extreme voltages p.u.), as numpy arrays over the 96 steps.
-    ``progress``: anything with ``update(n)`` (a tqdm bar), advanced by the days done.
-
-    Returns ``(totals of len(days) episodes in the order of days, trajectory or None)``.
-    """
-    days = [int(d) for d in days]
-    if not days:
-        raise ValueError("evaluate_policy needs at least one day")
-    batch = env.n_envs
-    parts, trajectory = [], None
-    for chunk, start in enumerate(range(0, len(days), batch)):
-        chunk_days = days[start:start + batch]
-        padded = chunk_days + [chunk_days[-1]] * (batch - len(chunk_days))
-        obs, _ = env.reset(seed=seed + start, days=padded)
-        policy.reset(env, seed=chunk_seed(seed, chunk))
-        accumulator = metrics.EpisodeAccumulator(env.n_envs, env.n_agents, device=env.device)
-        record = (record_day - start if record_day is not None
-                  and start <= record_day < start + len(chunk_days) else None)
-        steps, totals = [], None
-        for _ in range(env.episode_steps):
-            obs, reward, _, _, info = env.step(policy.act(obs, env))
-            if record is not None:
-                steps.append(_trajectory_step(env, info, record))
-            totals = accumulator.update(info, reward)
-        if totals is None or len(totals) != batch:
-            raise RuntimeError("episodes did not end together after env.episode_steps steps")
-        keep = len(chunk_days)
-        parts.append(metrics.EpisodeTotals({k: v[:keep] for k, v in totals.agent.items()},
-                                           {k: v[:keep] for k, v in totals.env.items()},
-                                           totals.day[:keep]))
-        if steps:
-            trajectory = {key: np.asarray([s[key] for s in steps]) for key in steps[0]}
-            trajectory["day"] = np.asarray(days[record_day])
-        if progress is not None:
-            progress.update(keep)
-    return metrics.concat_totals(parts), trajectory
+    folder = run_folder(path)
+    config, algorithm = load_algorithm(_checkpoint_file(path), device=device)
+    return TrainedPolicy(algorithm, config, folder.name)

@@ -76,14 +76,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agents.common import (
-    Algorithm,
-    Collector,
-    EnvSpec,
-    TrainConfig,
-    epsilon_greedy,
-    linear_schedule,
-)
+from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
+from agents.collector import Collector
+from agents.run_config import TrainConfig
 from envs.config import ConfigError, ObservationConfig, check
 from envs.data import STEPS_PER_DAY
 from envs.observations import feature_names, obs_dim

@@ -19,10 +19,10 @@ registry name  SB3 class                  one iteration (``iterate``)
                                           ``gradient_steps`` DQN updates (discrete)
 =============  =========================  ====================================================
 
-How they fit ``agents.common``'s contract:
+How they fit ``agents.algorithm``'s contract:
 
 - ``iterate(collector)`` runs ``model.learn(chunk, reset_num_timesteps=False)`` on an
-  ``SB3VecEnv`` whose core is the trainer's :class:`~agents.common.Collector` (through
+  ``SB3VecEnv`` whose core is the trainer's :class:`~agents.collector.Collector` (through
   :class:`CollectorCore`), so every step SB3 takes is a ``collector.step``: ``train.py``'s
   episode metrics, ``global_step`` and evaluation work as for any algorithm. SB3's
   ``num_timesteps`` counts agent-steps (``global_step * N``).
@@ -73,7 +73,10 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import Tensor, nn
 
-from agents.common import Algorithm, Collector, EnvSpec, TrainConfig, symmetric_to_env
+from agents.actions import symmetric_to_env
+from agents.algorithm import Algorithm, EnvSpec
+from agents.collector import Collector
+from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 from envs.sb3_vec_env import SB3VecEnv
 
@@ -246,11 +249,11 @@ class SB3DQNConfig:
 
 class CollectorCore:
     """What ``envs.sb3_vec_env.SB3VecEnv`` uses of a ``BatchedP2PEnv``, with every step
-    taken through the trainer's :class:`~agents.common.Collector`.
+    taken through the trainer's :class:`~agents.collector.Collector`.
 
     ``reset`` starts no episode: it returns the collector's current observation (the
     collector reset the core when it was built; SB3 resets at its first ``learn`` and after
-    ``load``). Sizes come from the :class:`~agents.common.EnvSpec` until :meth:`bind`.
+    ``load``). Sizes come from the :class:`~agents.algorithm.EnvSpec` until :meth:`bind`.
     """
 
     def __init__(self, spec: EnvSpec) -> None:
@@ -338,7 +341,7 @@ _SEED_HIGH = 2**31 - 1
 
 
 class SB3Algorithm(Algorithm):
-    """An SB3 model behind the :class:`~agents.common.Algorithm` contract (module
+    """An SB3 model behind the :class:`~agents.algorithm.Algorithm` contract (module
     docstring). Subclasses name the SB3 class, its constructor arguments, the action types it
     supports and the agent-steps of one ``learn`` call."""
 

@@ -19,13 +19,9 @@ import torch
 
 import envs
 from agents import registry
-from agents.common import (
-    REPO_ROOT,
-    Collector,
-    EnvSpec,
-    build_run_config,
-    make_generator,
-)
+from agents.algorithm import EnvSpec
+from agents.collector import Collector
+from agents.run_config import REPO_ROOT, build_run_config, make_generator
 from envs.config import ConfigError
 
 
@@ -71,7 +67,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    algos = args.algos or registry.available()
+    algos = args.algos or registry.names()
     overrides = [f"env.base={Path(args.env)}", f"train.n_envs={args.n_envs}",
                  f"train.torch_threads={args.threads}", *args.overrides]
     print(f"torch {torch.__version__}, {args.threads} threads, env {args.env}, "

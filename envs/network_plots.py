@@ -12,14 +12,13 @@ the allowed band, and (right) the day's lowest and highest bus voltage per step.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import envs
+from envs.files import atomic_write
 
 
 def voltage_day(config: str | dict | None, day: int, overrides: list[str] | None = None
@@ -86,13 +85,8 @@ def plot_voltage_profile(voltages: np.ndarray, distance_km: np.ndarray, v_min: f
     right.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".png", delete=False) as handle:
-        fig.savefig(handle, dpi=110, format="png")
-        tmp = handle.name
+    out = atomic_write(out, lambda file: fig.savefig(file, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 

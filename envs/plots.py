@@ -19,17 +19,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from envs.data import STEP_HOURS  # noqa: E402
+from envs.files import atomic_write  # noqa: E402
+
 __all__ = ["plot_agent_savings", "plot_day", "plot_mechanisms", "plot_policy_metrics"]
 
-_STEP_HOURS = 0.25
 _MIN_TRADE_KWH = 1e-6
 """Steps with less P2P volume than this (float round-off of balanced positions) show no price."""
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    path = atomic_write(path, lambda file: fig.savefig(file, dpi=110, bbox_inches="tight",
+                                                       format="png"))
     plt.close(fig)
     return path
 
@@ -47,7 +48,7 @@ def plot_day(trajectory: dict[str, np.ndarray], path: str | Path, title: str = "
     ``grid_import_kwh``, ``grid_export_kwh``, optional ``v_min``, ``v_max``. The clearing
     price is drawn only at steps with P2P volume above 1e-6 kWh.
     """
-    hours = np.arange(len(trajectory["load_kw"])) * _STEP_HOURS
+    hours = np.arange(len(trajectory["load_kw"])) * STEP_HOURS
     has_voltage = "v_min" in trajectory and bool(np.isfinite(trajectory["v_min"]).any())
     rows = 5 if has_voltage else 4
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.2 * rows), sharex=True)

@@ -1,4 +1,5 @@
-"""Rule-based traders, the policy interface and the oracle (agents/baselines.py, policy.py).
+"""Rule-based traders and the oracle (agents/baselines.py), evaluated through
+agents.evaluation.evaluate_policy.
 
 The oracle bound: on random days, under every market mechanism, no policy (random-acting or
 rule-based) gets a community cost below the perfect-foresight optimum; and the oracle with
@@ -7,17 +8,15 @@ P2P off and batteries idle reproduces the ``no_p2p`` reference to rounding.
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
 
 import envs
 from agents import baselines
+from agents.actions import env_actions
 from agents.baselines import make_oracle, make_policy
-from agents.policy import PolicyLoadError, env_actions, evaluate_policy, load_policy
+from agents.evaluation import evaluate_policy
 from envs import metrics
 from envs.config import MECHANISM_NAMES
 from envs.data import day_split
@@ -178,34 +177,3 @@ def test_policy_specs():
         make_policy("fixed_price:colour=red")
     with pytest.raises(ValueError, match="unknown oracle"):
         make_oracle("oracle_magic")
-
-
-def test_load_policy_without_registry(tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "checkpoint_best.pt").write_bytes(b"")
-    monkeypatch.setitem(sys.modules, "agents.registry", None)
-    with pytest.raises(PolicyLoadError, match="does not exist yet"):
-        load_policy(run_dir / "checkpoint_best.pt")
-    with pytest.raises(PolicyLoadError, match="no run folder"):
-        load_policy(tmp_path / "missing")
-
-
-def test_load_policy_delegates_to_registry(tmp_path, monkeypatch):
-    registry = types.ModuleType("agents.registry")
-    calls = []
-
-    def load_policy_from_run(run_dir, checkpoint="checkpoint_best.pt"):
-        calls.append((run_dir, checkpoint))
-        return make_policy("zi")
-
-    registry.load_policy_from_run = load_policy_from_run
-    monkeypatch.setitem(sys.modules, "agents.registry", registry)
-    policy = load_policy(tmp_path)
-    assert policy.name == "zi" and policy.mechanism is None
-    (tmp_path / "checkpoint_latest.pt").write_bytes(b"")
-    load_policy(tmp_path / "checkpoint_latest.pt")
-    assert calls == [(tmp_path, "checkpoint_best.pt"), (tmp_path, "checkpoint_latest.pt")]
-    registry.load_policy_from_run = lambda run_dir: object()
-    with pytest.raises(PolicyLoadError, match="without act"):
-        load_policy(tmp_path)

@@ -15,18 +15,13 @@ from torch import nn
 
 import envs
 import train
-from agents import registry
-from agents.common import (
-    Collector,
-    EnvSpec,
-    TrainConfig,
-    build_run_config,
-    eval_env_config,
-    load_checkpoint,
-    make_generator,
-)
-from agents.dqn import DQN, DQNConfig, EnsembleMLP
-from agents.networks import mlp
+from agents.algorithm import EnvSpec
+from agents.checkpoints import load_checkpoint
+from agents.collector import Collector
+from agents.dqn import DQN, DQNConfig
+from agents.networks import PerAgentMLP, mlp
+from agents.policy import load_policy
+from agents.run_config import TrainConfig, build_run_config, eval_env_config, make_generator
 from envs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +110,7 @@ def test_gradient_steps_update_the_target_every_frequency():
 
 
 def test_ensemble_equals_one_mlp_per_agent():
-    ensemble = EnsembleMLP(3, 5, [8, 8], 4, "relu", torch.Generator().manual_seed(0))
+    ensemble = PerAgentMLP(5, 3, [8, 8], 4, "relu", torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(0)
     members = [mlp(5, [8, 8], 4, "relu", generator) for _ in range(3)]
     x = torch.randn(7, 2, 3, 5, generator=generator)
@@ -125,7 +120,7 @@ def test_ensemble_equals_one_mlp_per_agent():
 
 def test_independent_networks_learn_only_from_their_agent():
     agent = make_dqn(shared=False)
-    assert isinstance(agent.q_network, EnsembleMLP)
+    assert isinstance(agent.q_network, PerAgentMLP)
     before = [p.detach().clone() for p in agent.q_network.parameters()]
     q = agent.q_network(torch.randn(5, 2, 12))
     q[:, 0].sum().backward()  # a loss on agent 0 only
@@ -220,7 +215,7 @@ def test_training_checkpoint_and_resume(tmp_path, overrides):
         assert all(math.isfinite(value) for _, value in curves[tag]), tag
     assert len(curves["charts/epsilon"]) == 96
 
-    policy = registry.load_policy_from_run(straight)
+    policy = load_policy(straight)
     env = envs.make_batched_env(eval_env_config(policy.config))
     obs, _ = env.reset(seed=0)
     actions = policy.act(obs, env)

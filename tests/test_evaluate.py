@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -110,27 +109,80 @@ def test_bad_input_is_a_clear_error(config_path, tmp_path, extra, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_run_folder_policy_supplies_config_and_policy(tmp_path, monkeypatch):
-    """A run folder among --policies: its config.yaml's env section is the config, and the
-    policy comes from agents.registry.load_policy_from_run (faked here)."""
-    import types
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A short MAPPO run on CONFIG's community (a real run folder with checkpoints)."""
+    import train
+    from agents.run_config import build_run_config
 
-    from agents.baselines import make_policy
+    config = build_run_config({
+        "algo": "mappo", "seed": 4, "name": "tiny", "env": CONFIG,
+        "train": {"total_steps": 2 * 8 * 16, "n_envs": 8, "eval_every": 0, "eval_episodes": 3,
+                  "checkpoint_every": 0},
+        "mappo": {"rollout_steps": 16, "hidden_sizes": [16, 16]}})
+    run_dir = train.new_run_dir(tmp_path_factory.mktemp("runs"), config)
+    train.Trainer(config, run_dir, progress=False).run()
+    return run_dir
 
-    run = tmp_path / "runs" / "demo"
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"algo": "x", "env": CONFIG}))
-    registry = types.ModuleType("agents.registry")
-    registry.load_policy_from_run = lambda run_dir, checkpoint="checkpoint_best.pt": (
-        make_policy("fixed_price:price_fraction=0.3"))
-    monkeypatch.setitem(sys.modules, "agents.registry", registry)
+
+def test_run_folder_supplies_config_and_policy(trained_run, tmp_path):
+    """A run folder among --policies: its config.yaml's env section is the config, and its
+    best checkpoint is the policy, named after the folder."""
     out = tmp_path / "out"
-    assert evaluate.main(["--policies", f"self_consumption,{run}/", "--episodes", "1",
+    assert evaluate.main(["--policies", f"self_consumption,{trained_run}/", "--episodes", "1",
                           "--no-progress", "--no-plots", "--out", str(out)]) == 0
     report = _strict_json(out / "results.json")
     assert report["config"]["community"]["n_agents"] == 5
-    assert [row["policy"] for row in report["results"]] == [
-        "self_consumption", "fixed_price:price_fraction=0.3"]
+    assert [row["policy"] for row in report["results"]] == ["self_consumption",
+                                                              trained_run.name]
+
+
+def test_training_curve_and_evaluation_table_agree(trained_run, tmp_path):
+    """train.py's final eval/* values and evaluate.py's table come from one function: the
+    final checkpoint on the run's evaluation days and seed gives the same numbers."""
+    from agents.run_config import build_run_config, eval_env_config, evaluation_days
+
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    config = build_run_config(trained_run / "config.yaml")
+    days = evaluation_days(eval_env_config(config), config.train.eval_episodes)
+    out = tmp_path / "out"
+    # a checkpoint file as the policy, as the README documents; it also supplies the config
+    assert evaluate.main(["--policies", str(trained_run / "checkpoint_latest.pt"), "--days",
+                          ",".join(map(str, days)), "--seed", str(config.seed),
+                          "--no-progress", "--no-plots", "--out", str(out)]) == 0
+    row = _strict_json(out / "results.json")["results"][0]
+    for key in ("community_cost", "savings_vs_no_p2p", "self_sufficiency"):
+        assert row[f"{key}_mean"] == pytest.approx(metrics["final_eval"][key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_damaged_checkpoint_is_a_clear_error(trained_run, tmp_path, damage, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    path = run / "checkpoint_best.pt"
+    data = path.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        middle = len(data) // 2
+        data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+    else:
+        data = b""
+    path.write_bytes(data)
+    assert evaluate.main(["--policies", str(path), "--episodes", "1", "--no-progress",
+                          "--no-plots", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_best.pt" in err and "Traceback" not in err
+
+
+def test_run_on_another_community_size_is_refused(trained_run, tmp_path, capsys):
+    """A policy trained for 5 agents refuses a 6-agent community before stepping."""
+    assert evaluate.main(["--policies", str(trained_run), "--config", str(trained_run),
+                          "--episodes", "1", "--no-progress", "--no-plots", "--out",
+                          str(tmp_path / "out"), "community.n_agents=6"]) == 2
+    assert "trained for 5 agents" in capsys.readouterr().err
 
 
 def test_trained_policy_refuses_an_env_with_other_actions():
@@ -138,7 +190,7 @@ def test_trained_policy_refuses_an_env_with_other_actions():
     from types import SimpleNamespace
 
     import envs
-    from agents.registry import TrainedPolicy
+    from agents.policy import TrainedPolicy
     from envs.config import ConfigError, env_config
 
     trained_env = env_config(None, action={"type": "discrete"})

@@ -14,10 +14,13 @@ from run_records import assert_same
 
 import envs
 import train
-from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
+from agents.algorithm import EnvSpec
+from agents.checkpoints import load_checkpoint
+from agents.collector import Collector
 from agents.maddpg import MADDPG, CentralisedCritic
 from agents.networks import mlp
-from agents.registry import load_policy_from_run
+from agents.policy import load_policy
+from agents.run_config import build_run_config, make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
@@ -159,7 +162,7 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
     run_dir = train.new_run_dir(tmp_path, config)
     metrics = train.Trainer(config, run_dir, progress=False).run()
     assert math.isfinite(metrics["final_eval"]["episodic_return"])
-    policy = load_policy_from_run(run_dir)
+    policy = load_policy(run_dir)
     env = envs.make_batched_env(config.env, n_envs=3)
     obs, _ = env.reset(seed=1)
     actions = policy.act(obs, env)

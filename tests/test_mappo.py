@@ -10,20 +10,13 @@ import torch
 
 import envs
 import train as train_module
+from agents.algorithm import EnvSpec
 from agents.buffers import generalized_advantages
-from agents.common import (
-    Collector,
-    EnvSpec,
-    build_run_config,
-    eval_env_config,
-    evaluate_policy,
-    evaluation_days,
-    load_policy,
-    make_generator,
-    metric_scalars,
-)
+from agents.collector import Collector
+from agents.evaluation import evaluate_policy, metric_scalars
 from agents.mappo import MAPPO
-from agents.registry import load_policy_from_run
+from agents.policy import load_algorithm, load_policy
+from agents.run_config import build_run_config, eval_env_config, evaluation_days, make_generator
 
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
              "network": {"model": "none"}}
@@ -113,14 +106,14 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
     config = build_run_config(run_config())
     run_dir = train_module.new_run_dir(tmp_path, config)
     train_module.Trainer(config, run_dir, progress=False).run()
-    loaded_config, algorithm = load_policy(run_dir / "checkpoint_latest.pt", n_envs=3)
+    loaded_config, algorithm = load_algorithm(run_dir / "checkpoint_latest.pt", n_envs=3)
     assert loaded_config.hyperparameters == config.hyperparameters
     env = envs.make_batched_env(config.env, n_envs=3)
     obs, _ = env.reset(seed=1)
     actions = algorithm.act(obs, env.state(), deterministic=True)
     assert actions.shape == (3, 4, 2)
     # the evaluation interface (agents.policy.Policy) over the best checkpoint
-    policy = load_policy_from_run(run_dir)
+    policy = load_policy(run_dir)
     policy.reset(env, seed=0)
     torch.testing.assert_close(policy.act(obs, env).shape, actions.shape)
     assert policy.name == run_dir.name
@@ -138,7 +131,12 @@ TOU = [NIGHT] * 6 + [DAY] * 11 + [EVENING] * 4 + [DAY] * 3
 class IdleBattery:
     """Battery action 0 (price irrelevant without a market)."""
 
-    def act(self, obs, state, deterministic=True):
+    name, mechanism = "idle", None
+
+    def reset(self, env, seed=None):
+        pass
+
+    def act(self, obs, env):
         return torch.zeros(*obs.shape[:2], 2)
 
 
@@ -166,7 +164,7 @@ def test_learns_battery_arbitrage(tmp_path):
     eval_config = eval_env_config(config)
     eval_env = envs.make_batched_env(eval_config)
     days = evaluation_days(eval_config, config.train.eval_episodes)
-    idle = metric_scalars(evaluate_policy(IdleBattery(), eval_env, days, config.seed))
+    idle = metric_scalars(evaluate_policy(eval_env, IdleBattery(), days, config.seed)[0])
     learned, idle_cost = metrics["final_eval"]["community_cost"], idle["community_cost"]
     print(f"test-day cost per day: idle {idle_cost:.3f}, trained {learned:.3f}")
     assert learned < 0.9 * idle_cost

@@ -13,24 +13,23 @@ from run_records import run_metrics, tensorboard_scalars
 
 import envs
 import train
-from agents import registry
-from agents.common import (
-    EnvSpec,
-    TrainConfig,
-    build_run_config,
-    eval_env_config,
-    evaluate_policy,
-    evaluation_days,
-    load_checkpoint,
-    make_generator,
-    metric_scalars,
-)
+from agents.algorithm import EnvSpec
+from agents.checkpoints import load_checkpoint
+from agents.evaluation import evaluate_policy, metric_scalars
+from agents.policy import load_policy
 from agents.qlearning import (
     Discretiser,
     QLearning,
     QLearningConfig,
     step_sizes,
     tabular_update,
+)
+from agents.run_config import (
+    TrainConfig,
+    build_run_config,
+    eval_env_config,
+    evaluation_days,
+    make_generator,
 )
 from envs.config import ConfigError
 
@@ -301,7 +300,7 @@ def test_training_checkpoint_and_resume(tmp_path, shared):
         assert len(curves[tag]) == 24 and all(math.isfinite(v) for _, v in curves[tag]), tag
     assert curves["charts/epsilon"][-1][1] == pytest.approx(0.05)
 
-    policy = registry.load_policy_from_run(straight)
+    policy = load_policy(straight)
     env = envs.make_batched_env(eval_env_config(policy.config))
     obs, _ = env.reset(seed=0)
     actions = policy.act(obs, env)
@@ -358,11 +357,16 @@ def test_learns_battery_arbitrage_on_time_of_use_tariff(tmp_path):
     learned = trainer.run()["final_eval"]["community_cost"]
 
     class Idle:
-        def act(self, obs, state, deterministic=True):
+        name, mechanism = "idle", None
+
+        def reset(self, env, seed=None):
+            pass
+
+        def act(self, obs, env):
             return torch.full(obs.shape[:2], trainer.algorithm.idle_action)
 
     eval_config = eval_env_config(config)
-    idle = metric_scalars(evaluate_policy(Idle(), envs.make_batched_env(eval_config),
-                                          evaluation_days(eval_config, 20), seed=1))
+    idle = metric_scalars(evaluate_policy(envs.make_batched_env(eval_config), Idle(),
+                                          evaluation_days(eval_config, 20), seed=1)[0])
     assert idle["community_cost"] == pytest.approx(2.969, abs=1e-3)
     assert learned < 0.92 * idle["community_cost"], (learned, idle["community_cost"])

@@ -19,8 +19,11 @@ import torch
 import envs
 import train
 from agents import registry
-from agents.common import Collector, EnvSpec, build_run_config, load_checkpoint, make_generator
-from agents.registry import load_policy_from_run
+from agents.algorithm import EnvSpec
+from agents.checkpoints import load_checkpoint
+from agents.collector import Collector
+from agents.policy import load_policy
+from agents.run_config import build_run_config, make_generator
 from envs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +147,7 @@ def test_checkpoint_acts_and_resume_equals_uninterrupted(tmp_path, algo):
     reference = train.new_run_dir(tmp_path / "reference", config)
     trainer = train.Trainer(config, reference, progress=False)
     assert math.isfinite(trainer.run()["final_eval"]["episodic_return"])
-    policy = load_policy_from_run(reference, checkpoint="checkpoint_latest.pt")
+    policy = load_policy(reference / "checkpoint_latest.pt")
     env = envs.make_batched_env(config.env, n_envs=3)
     obs, _ = env.reset(seed=1)
     actions = policy.act(obs, env)

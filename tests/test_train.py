@@ -1,4 +1,4 @@
-"""train.py and agents/common.py: config loading and errors, run folder, TensorBoard tags,
+"""train.py and agents/run_config.py: config loading and errors, run folder, TensorBoard tags,
 determinism, and resume == uninterrupted (short MAPPO runs on a 4-agent synthetic community)."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from agents import registry
-from agents.common import build_run_config, load_checkpoint
+from agents.checkpoints import load_checkpoint
+from agents.collector import Transition
+from agents.run_config import build_run_config
 from envs.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +111,7 @@ def test_env_keys_owned_by_the_run_are_rejected_inline():
 
 
 def test_registry_lists_mappo():
-    assert "mappo" in registry.available()
+    assert "mappo" in registry.names()
     assert registry.get("mappo").name == "mappo"
 
 
@@ -184,7 +186,6 @@ def test_resume_rejects_overrides(reference_run, capsys):
 
 def test_replay_buffer_wraps_samples_and_restores():
     from agents.buffers import ReplayBuffer
-    from agents.common import Transition
 
     buffer = ReplayBuffer(5, n_agents=2, obs_dim=3, state_dim=4, action_shape=(2,),
                           action_dtype=torch.float32)
@@ -215,8 +216,7 @@ def test_replay_buffer_wraps_samples_and_restores():
 def test_every_shipped_algorithm_config_builds(path):
     """Each configs/<algo>.yaml names a registered algorithm and validates as shipped."""
     from agents import registry
-    from agents.common import build_run_config
 
     config = build_run_config(path)
     assert config.algo == path.stem
-    assert config.algo in registry.available()
+    assert config.algo in registry.names()

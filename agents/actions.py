@@ -1,0 +1,47 @@
+"""Actions in the core's action space: mapping policy outputs (algorithms) and rule
+fractions (baselines) onto it.
+
+The core takes continuous ``[B, N, 2]`` actions (battery fraction in [-1, 1], > 0 charges;
+price fraction in [0, 1] of the band [feed-in, retail]) or discrete ``[B, N]`` indices
+``battery_level * price_levels + price_level``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["env_actions", "squash_actions", "symmetric_to_env"]
+
+
+def symmetric_to_env(action: Tensor) -> Tensor:
+    """Map symmetric actions in [-1, 1]^2 ``[..., 2]`` to the core's [battery in [-1, 1],
+    price in [0, 1]] (price = (a + 1) / 2), clamping to the bounds."""
+    action = action.clamp(-1.0, 1.0)
+    return torch.stack([action[..., 0], 0.5 * (action[..., 1] + 1.0)], dim=-1)
+
+
+def squash_actions(raw: Tensor, how: str) -> Tensor:
+    """Map unbounded policy outputs ``[..., 2]`` to the core's action box: ``tanh``
+    squashes, ``clip`` clamps to [-1, 1]; then :func:`symmetric_to_env`."""
+    return symmetric_to_env(torch.tanh(raw) if how == "tanh" else raw)
+
+
+
+def env_actions(battery_fraction: Tensor, price_fraction: Tensor, env: Any) -> Tensor:
+    """Actions in ``env``'s action space from a battery fraction in [-1, 1] (> 0 charges, of
+    ``env.battery_kw``) and a price fraction in [0, 1] (of [feed-in, retail]), each ``[B, N]``.
+
+    Continuous: ``[B, N, 2]``. Discrete: the index ``battery_level * price_levels +
+    price_level`` of the nearest levels (``envs.core.BatchedP2PEnv.decode_actions``'s grid).
+    """
+    battery_fraction = battery_fraction.clamp(-1.0, 1.0).to(env.dtype)
+    price_fraction = price_fraction.clamp(0.0, 1.0).to(env.dtype)
+    action = env.config.action
+    if action.type == "continuous":
+        return torch.stack([battery_fraction, price_fraction], dim=-1)
+    battery_level = torch.round((battery_fraction + 1.0) / 2.0 * (action.battery_levels - 1))
+    price_level = torch.round(price_fraction * (action.price_levels - 1))
+    return (battery_level.long() * action.price_levels + price_level.long())

@@ -1,0 +1,218 @@
+"""The run config: one YAML per algorithm (``configs/<algo>.yaml``), typed and validated.
+
+Layout: ``algo`` (registry name, ``agents/registry.py``), ``seed``, ``name`` (run-folder
+prefix), ``env`` (see :func:`resolve_env`), ``train`` (:class:`TrainConfig`), and the section
+named after ``algo`` (its ``Config``). :func:`build_run_config` types and validates it; the
+resolved config (``RunConfig.to_dict``) is what ``train.py`` logs as ``config.yaml`` and what
+ran.
+
+Steps: ``global_step`` and ``train.total_steps`` count env-steps: one env-step advances one
+community by 15 minutes, so a batched step of the core is ``n_envs`` env-steps and
+``n_envs * n_agents`` agent-steps. Throughput (``charts/SPS``) is in agent-steps per second.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agents import registry
+from envs.config import (
+    ConfigError,
+    EnvConfig,
+    apply_overrides,
+    check,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+from envs.data import day_split
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository root: relative env YAML paths are looked up here when not found from the
+working directory."""
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and on what to train, and how often to evaluate and checkpoint."""
+
+    total_steps: int = 500_000
+    """Env-steps to train for (one community advanced 15 min; agent-steps = env-steps * N)."""
+    n_envs: int = 128
+    """Communities stepped together by the batched core (sets the env's ``n_envs``)."""
+    eval_every: int = 50_000
+    """Env-steps between evaluations on held-out test days (0 = only before and after)."""
+    eval_episodes: int = 26
+    """Test days per evaluation, spread evenly over the test split (one episode each)."""
+    checkpoint_every: int = 100_000
+    """Env-steps between ``checkpoint_latest.pt`` writes (0 = only at the end)."""
+    device: str = "cpu"
+    """Torch device of the environments and networks (sets the env's ``device``)."""
+    torch_threads: int = 1
+    """``torch.set_num_threads`` for the run (0 = torch's default). 1 by default: the small
+    networks gain little from more, and OpenMP threads slow down badly on a busy machine."""
+
+    def __post_init__(self) -> None:
+        check(self.total_steps >= 1, "total_steps", ">= 1", self.total_steps)
+        check(self.n_envs >= 1, "n_envs", ">= 1", self.n_envs)
+        check(self.eval_every >= 0, "eval_every", ">= 0", self.eval_every)
+        check(self.eval_episodes >= 1, "eval_episodes", ">= 1", self.eval_episodes)
+        check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+        check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
+              "cpu, cuda, cuda:N or mps", self.device)
+        check(self.torch_threads >= 0, "torch_threads", ">= 0", self.torch_threads)
+
+
+@dataclass(frozen=True)
+class _RunHeader:
+    """Top-level scalar keys of a run config."""
+
+    algo: str
+    """Registry name of the algorithm (``agents/registry.py``)."""
+    seed: int = 1
+    """Seed of the run's generator and of the environments (env b uses seed + b)."""
+    name: str = "default"
+    """Prefix of the run folder ``{name}__{algo}__{seed}__{time}``."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved and validated run: algorithm, seed, environment, training and the
+    algorithm's hyperparameters (an instance of its ``Config``)."""
+
+    algo: str
+    seed: int
+    name: str
+    env: EnvConfig
+    train: TrainConfig
+    hyperparameters: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML layout: hyperparameters under the key named by ``algo``."""
+        return {"algo": self.algo, "seed": self.seed, "name": self.name,
+                "env": to_dict(self.env), "train": to_dict(self.train),
+                self.algo: to_dict(self.hyperparameters)}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def find_config_file(path: str | Path) -> Path:
+    """``path`` as given if it exists, else relative to :data:`REPO_ROOT`."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    candidate = REPO_ROOT / path
+    return candidate if candidate.is_file() else path
+
+
+_RUN_SET_ENV_KEYS = {"n_envs": "train.n_envs", "device": "train.device", "seed": "seed"}
+
+
+def resolve_env(env: str | dict[str, Any] | None, train: TrainConfig, seed: int) -> EnvConfig:
+    """The run's environment from the ``env`` section.
+
+    ``env`` is a path to an env YAML (``configs/env/default.yaml``), or a mapping of
+    ``EnvConfig`` keys, or a mapping with ``base: <env YAML>`` plus keys that override the
+    base's (merged section by section; lists are replaced). Missing keys take
+    ``EnvConfig``'s defaults. ``n_envs``, ``device`` and ``seed`` belong to the run
+    (``train.n_envs``, ``train.device``, ``seed``): they replace the base file's values, and
+    setting them inline to anything else is an error.
+    """
+    if env is None:
+        env = {}
+    if isinstance(env, str | Path):
+        env = {"base": str(env)}
+    if not isinstance(env, dict):
+        raise ConfigError(f"config key 'env': got {env!r}; allowed: a path to an env YAML or "
+                          f"a mapping of env keys (optionally with 'base: <env YAML>')")
+    inline = dict(env)
+    base = inline.pop("base", None)
+    run_values = {"n_envs": train.n_envs, "device": train.device, "seed": seed}
+    for key, owner in _RUN_SET_ENV_KEYS.items():
+        if key in inline:
+            check(inline[key] == run_values[key], f"env.{key}",
+                  f"the run's {owner} ({run_values[key]!r}); set {owner} instead", inline[key])
+    if base is not None:
+        check(isinstance(base, str), "env.base", "a path to an env YAML", base)
+        data = _deep_merge(load_yaml(find_config_file(base)), inline)
+    else:
+        data = inline
+    data.update(run_values)
+    return from_dict(EnvConfig, data, prefix="env.")
+
+
+def build_run_config(source: str | Path | dict[str, Any],
+                     overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Type and validate a run config from a YAML path or a dict plus dotted overrides
+    (``["train.total_steps=20000", "mappo.actor_lr=1e-3"]``).
+
+    Raises :class:`~envs.config.ConfigError` naming the first unknown key or bad value.
+    """
+    data = load_yaml(find_config_file(source)) if isinstance(source, str | Path) else source
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if isinstance(data.get("env"), str):  # so that env.<key>=... overrides merge into it
+        data["env"] = {"base": data["env"]}
+    data = apply_overrides(data, overrides)
+    header = from_dict(_RunHeader, {key: data[key] for key in ("algo", "seed", "name")
+                                    if key in data})
+    algorithm = registry.get(header.algo)
+    allowed = ["algo", "seed", "name", "env", "train", header.algo]
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        hint = (f" (a section for algorithm '{unknown[0]}', but algo is '{header.algo}')"
+                if unknown[0] in registry.names() else "")
+        raise ConfigError(f"unknown config key '{unknown[0]}'{hint}; allowed keys in "
+                          f"'<root>': {', '.join(allowed)}")
+    train = from_dict(TrainConfig, data.get("train"), prefix="train.")
+    hyperparameters = from_dict(algorithm.Config, data.get(header.algo),
+                                prefix=f"{header.algo}.")
+    env = resolve_env(data.get("env"), train, header.seed)
+    n_test_days = len(day_split(env.episode.test_every)[1])
+    check(n_test_days > 0, "env.episode.test_every",
+          "an integer >= 2 (evaluation needs held-out test days)", env.episode.test_every)
+    check(train.eval_episodes <= n_test_days, "train.eval_episodes",
+          f"at most the {n_test_days} test days of env.episode.test_every="
+          f"{env.episode.test_every}", train.eval_episodes)
+    return RunConfig(header.algo, header.seed, header.name, env, train, hyperparameters)
+
+
+def dump_run_config(config: RunConfig, header: str = "") -> str:
+    """The resolved config as YAML text (``header`` lines are prefixed as comments)."""
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The run's own generator (no global seeding anywhere)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def eval_env_config(config: RunConfig) -> EnvConfig:
+    """The evaluation environment: the training one on the held-out test days, one
+    environment per evaluation episode."""
+    episode = dataclasses.replace(config.env.episode, days="test")
+    return dataclasses.replace(config.env, episode=episode, n_envs=config.train.eval_episodes)
+
+
+def evaluation_days(env_config: EnvConfig, n_episodes: int) -> list[int]:
+    """``n_episodes`` test days spread evenly over the test split (always the same ones)."""
+    test_days = day_split(env_config.episode.test_every)[1]
+    index = np.linspace(0, len(test_days) - 1, n_episodes).round().astype(int)
+    return [int(day) for day in test_days[index]]

@@ -1,0 +1,70 @@
+"""Atomic file writes: the one writer every module uses for caches, configs, checkpoints,
+results and plots.
+
+A file is written to a temporary file beside its destination, flushed and ``fsync``-ed, then
+moved into place with ``os.replace``, so a reader sees the old file or the complete new one,
+never a partial write (a kill or a full disk leaves the destination untouched). Temporary files
+are named ``.{name}.*.tmp``; :func:`remove_stale_temporaries` clears ones left by a killed
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+           "remove_stale_temporaries"]
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(binary file)`` on a temporary file beside ``path`` (parent folders are
+    created), ``fsync`` it and move it onto ``path``. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=TEMPORARY_SUFFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically."""
+    return atomic_write(path, lambda file: file.write(payload))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    import torch
+
+    return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` left in ``folder`` by a process that
+    was killed mid-write; returns the deleted paths. Call it only where no other process is
+    writing into ``folder``."""
+    removed = []
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

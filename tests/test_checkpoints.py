@@ -1,0 +1,119 @@
+"""Checkpoint files (agents/checkpoints.py) and loading a policy from a run folder
+(agents/policy.py): round trip, checksum, and one clear error for each kind of damage."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from agents.checkpoints import (
+    CHECKPOINT_FORMAT,
+    REQUIRED_KEYS,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from agents.policy import PolicyLoadError, load_policy
+from envs.files import atomic_write_text, remove_stale_temporaries
+
+
+def _checkpoint() -> dict:
+    checkpoint = {key: {"value": torch.arange(5.0)} for key in REQUIRED_KEYS}
+    checkpoint.update(format=CHECKPOINT_FORMAT, global_step=1234, config={"algo": "mappo"})
+    return checkpoint
+
+
+def test_round_trip(tmp_path):
+    path = save_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["global_step"] == 1234
+    assert torch.equal(loaded["algorithm"]["value"], torch.arange(5.0))
+    assert load_checkpoint(tmp_path / "c.pt")["config"] == {"algo": "mappo"}
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+
+
+def test_a_run_folder_means_its_latest_checkpoint(tmp_path):
+    save_checkpoint(_checkpoint(), tmp_path / "checkpoint_latest.pt")
+    assert load_checkpoint(tmp_path)["global_step"] == 1234
+
+
+def test_save_refuses_an_incomplete_checkpoint(tmp_path):
+    checkpoint = _checkpoint()
+    del checkpoint["trainer"]
+    with pytest.raises(ValueError, match="trainer"):
+        save_checkpoint(checkpoint, tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
+
+
+def _flip(data: bytes, position: int) -> bytes:
+    return data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1:]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[: len(data) // 2], "not a readable checkpoint"),
+    (lambda data: data[:100], "not a readable checkpoint"),
+    (lambda data: b"", "not a readable checkpoint"),
+    (lambda data: b"format: 2\n", "not a readable checkpoint"),
+])
+def test_truncated_or_foreign_files_are_clear_errors(tmp_path, damage, message):
+    path = save_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_flipped_bytes_never_load_silently(tmp_path):
+    """A bit flipped anywhere in the file (sampled every 61 bytes) gives CheckpointError:
+    it fails the checksum or the container, never loads with other values."""
+    path = save_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    data = path.read_bytes()
+    damaged = tmp_path / "damaged.pt"
+    for position in range(0, len(data), 61):
+        damaged.write_bytes(_flip(data, position))
+        try:
+            loaded = load_checkpoint(damaged)
+        except CheckpointError:
+            continue
+        # a flip in zip metadata that neither reader checks may leave the content intact
+        assert torch.equal(loaded["algorithm"]["value"], torch.arange(5.0)), position
+        assert loaded["global_step"] == 1234
+
+
+def test_other_formats_and_missing_keys(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save(_checkpoint() | {"format": 1}, old)  # a v1 checkpoint: no container
+    with pytest.raises(CheckpointError, match="format 2"):
+        load_checkpoint(old)
+    partial = _checkpoint()
+    del partial["collector"]
+    buffer = io.BytesIO()
+    torch.save(partial, buffer)
+    import hashlib
+
+    payload = buffer.getvalue()
+    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": payload}, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="collector"):
+        load_checkpoint(tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_load_policy_errors(tmp_path):
+    with pytest.raises(PolicyLoadError, match="no run folder"):
+        load_policy(tmp_path / "missing")
+    with pytest.raises(PolicyLoadError, match="holds no checkpoint"):
+        load_policy(tmp_path)
+    (tmp_path / "checkpoint_best.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(PolicyLoadError, match="not a readable checkpoint"):
+        load_policy(tmp_path)
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    stale = tmp_path / ".checkpoint_latest.pt.abc123.tmp"
+    stale.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
