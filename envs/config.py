@@ -6,12 +6,22 @@ plus optional dotted overrides (``{"mechanism": "mmr"}``). Unknown keys, wrong t
 out-of-range values raise one :class:`ConfigError` that names the full key and what is allowed;
 nothing is silently ignored or rewritten after construction.
 
+Every number is checked where it enters (:func:`from_dict`): floats must be finite (``.inf``
+and ``.nan`` are rejected for every float key, the agents' configs included), integers must
+fit int64 (a float with an integral value, ``1e6``, is accepted as that integer), and sizes
+have generous upper bounds (:data:`MAX_AGENTS`, :data:`MAX_ENVS`, :data:`MAX_ACTION_LEVELS`)
+so that a typo fails here rather than as an allocation. YAML (files and ``key=value``
+overrides) is read by :class:`ConfigLoader`: ``3e-4`` is a float, a duplicate key is an error,
+and a syntax or encoding error is a :class:`ConfigError` naming the file or override.
+
 The same machinery (:func:`from_dict`, :func:`apply_overrides`) types the agents' configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +47,21 @@ def check(condition: bool, key: str, allowed: str, value: Any) -> None:
 # Environment config sections
 # --------------------------------------------------------------------------------------------
 
+MAX_AGENTS = 1000
+"""Most prosumers of the ``synthetic`` community (a year of profiles is about 0.4 MB per
+agent; the power flow's matrices grow with the square)."""
+MAX_ENVS = 65_536
+"""Most environments stepped together (``n_envs``)."""
+MAX_ACTION_LEVELS = 101
+"""Most discrete battery or price levels (steps of 1% of the range; the discrete action space
+has battery_levels x price_levels actions)."""
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**63 - 2**32
+"""Largest seed: seeds are int64 (``envs.rng``) and environment and evaluation seeds add
+offsets below 2**32 (environment b uses seed + b)."""
+DAYS_PER_YEAR = 366
+"""Days of the profile year (SimBench's 2016, also used by the synthetic community)."""
+
 FEEDERS = (
     "1-LV-rural1--0-sw",
     "1-LV-semiurb4--0-sw",
@@ -53,8 +78,8 @@ class CommunityConfig:
     feeder: str = "1-LV-rural1--0-sw"
     """One of FEEDERS: a SimBench LV feeder code, pandapower's ``case33bw``, or ``synthetic``."""
     n_agents: int | None = None
-    """Number of prosumers of the ``synthetic`` community (default 10). Real feeders have one
-    agent per load, so setting it for them is an error."""
+    """Number of prosumers of the ``synthetic`` community (default 10, at most MAX_AGENTS).
+    Real feeders have one agent per load, so setting it for them is an error."""
     pv_share: float = 0.6
     """Fraction of agents with rooftop PV, chosen at random (seeded)."""
     battery_share: float = 0.4
@@ -66,12 +91,13 @@ class CommunityConfig:
     battery_c_rate: float = 0.5
     """Battery charge and discharge power limit (kW) per kWh of capacity."""
     seed: int = 0
-    """Seed of the asset allocation and of the synthetic profiles."""
+    """Seed of the asset allocation and of the synthetic profiles, in [0, SEED_MAX]."""
 
     def __post_init__(self) -> None:
         check(self.feeder in FEEDERS, "feeder", f"one of {FEEDERS}", self.feeder)
         if self.feeder == "synthetic":
-            check(self.n_agents is None or self.n_agents >= 1, "n_agents", ">= 1", self.n_agents)
+            check(self.n_agents is None or 1 <= self.n_agents <= MAX_AGENTS, "n_agents",
+                  f"an integer in [1, {MAX_AGENTS}] (MAX_AGENTS)", self.n_agents)
         else:
             check(self.n_agents is None, "n_agents",
                   "null for a real feeder (one agent per load); set only for 'synthetic'",
@@ -83,6 +109,7 @@ class CommunityConfig:
             value = getattr(self, name)
             check(value >= 0.0, f"{name}", ">= 0", value)
         check(self.battery_c_rate > 0.0, "battery_c_rate", "> 0", self.battery_c_rate)
+        check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
 
 
 @dataclass(frozen=True)
@@ -120,7 +147,8 @@ class TariffConfig:
     """Grid tariffs: retail (import) and feed-in (export) prices, currency/kWh."""
 
     retail: float = 0.30
-    """Flat retail price, currency/kWh (used when ``retail_tou`` is null)."""
+    """Flat retail price, currency/kWh, > 0 and >= feed-in (used when ``retail_tou`` is
+    null)."""
     feed_in: float = 0.08
     """Flat feed-in price, currency/kWh (used when ``feed_in_tou`` is null)."""
     retail_tou: list[float] | None = None
@@ -138,6 +166,8 @@ class TariffConfig:
         check(all(r >= f for r, f in zip(retail, feed_in, strict=True)), "retail",
               "retail >= feed-in in every hour", {"retail": retail, "feed_in": feed_in})
         check(min(feed_in) >= 0.0, "feed_in", ">= 0", feed_in)
+        check(min(retail) > 0.0, "retail", "> 0 in every hour (prices are normalised by it)",
+              retail)
 
     def hourly(self) -> tuple[list[float], list[float]]:
         """The (retail, feed-in) price of each hour of the day, currency/kWh."""
@@ -231,14 +261,17 @@ class ActionConfig:
     """``continuous``: Box [battery fraction in [-1, 1], price fraction in [0, 1]];
     ``discrete``: index into battery_levels x price_levels."""
     battery_levels: int = 5
-    """Discrete battery levels, evenly spaced over [-1, 1] of the power limit."""
+    """Discrete battery levels, evenly spaced over [-1, 1] of the power limit, in
+    [2, MAX_ACTION_LEVELS]."""
     price_levels: int = 5
-    """Discrete price levels, evenly spaced over [feed-in, retail]."""
+    """Discrete price levels, evenly spaced over [feed-in, retail], in [2, MAX_ACTION_LEVELS]."""
 
     def __post_init__(self) -> None:
         check(self.type in ACTION_TYPES, "type", f"one of {ACTION_TYPES}", self.type)
-        check(self.battery_levels >= 2, "battery_levels", ">= 2", self.battery_levels)
-        check(self.price_levels >= 2, "price_levels", ">= 2", self.price_levels)
+        for name in ("battery_levels", "price_levels"):
+            check(2 <= getattr(self, name) <= MAX_ACTION_LEVELS, name,
+                  f"an integer in [2, {MAX_ACTION_LEVELS}] (MAX_ACTION_LEVELS)",
+                  getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -272,11 +305,55 @@ class EpisodeConfig:
     test_every: int = 7
     """Every ``test_every``-th day of the year (day index % test_every == test_every - 1) is a
     test day; 0 makes every day a training day."""
+    terminal_value: bool = True
+    """Value the energy stored at the end of an episode against the energy at its start: on
+    the last step each agent's cost gets ``terminal_price * (SoC at start - SoC at end)``
+    (kWh in the cells) added; false is the v1 accounting (left-over energy is worth 0)."""
+    terminal_price: float | None = None
+    """Value of one kWh left in the cells at the end of an episode, currency/kWh; null =
+    ``discharge_efficiency * (highest hourly retail price - degradation_cost)``, the most a
+    stored kWh can save when it is discharged (see :meth:`terminal_price_per_kwh`)."""
 
     def __post_init__(self) -> None:
         check(self.days in DAY_SPLITS, "days", f"one of {DAY_SPLITS}", self.days)
         check(self.test_every == 0 or self.test_every >= 2, "test_every",
               "0 (no test days) or an integer >= 2", self.test_every)
+        if self.terminal_price is not None:
+            # NaN fails the comparison, inf the upper bound.
+            check(0.0 <= self.terminal_price < float("inf"), "terminal_price",
+                  "null (the default rule) or a finite price >= 0 currency/kWh",
+                  self.terminal_price)
+            check(self.terminal_value, "terminal_price",
+                  "null when terminal_value is false (no terminal value is charged)",
+                  self.terminal_price)
+
+    def terminal_price_per_kwh(self, tariff: TariffConfig, battery: BatteryConfig) -> float:
+        """The price of the terminal value, currency per kWh of cell energy (0 when
+        ``terminal_value`` is false): ``terminal_price``, or by default
+
+        ``discharge_efficiency * (max_h retail_h - degradation_cost)`` (at least 0).
+
+        Why: a kWh taken from the cells reaches the AC side as ``discharge_efficiency`` kWh,
+        pays ``degradation_cost`` on it, and at best displaces a grid import at the retail
+        price (no market price lies above retail). So draining the battery below its start
+        SoC saves at most this price per kWh in payments, and the terminal term charges
+        exactly that back: draining gains nothing (exactly nothing when every discharged
+        kWh displaces an import at the highest retail price, less otherwise; network
+        penalties and P2P fees aside). Energy charged and discharged within the day leaves
+        the SoC where it was and is not charged, so cycling PV surplus (worth the feed-in
+        price) into later consumption (worth retail) still pays, and energy added above the
+        start SoC is credited at the same price: it is worth what it saves the next day. A
+        lower price (the mean retail price of a time-of-use day, say) would let draining at
+        the peak pay; a higher one would make keeping a kWh worth more than using it at any
+        hour, so batteries would fill up and stop discharging.
+        """
+        if not self.terminal_value:
+            return 0.0
+        if self.terminal_price is not None:
+            return float(self.terminal_price)
+        retail, _ = tariff.hourly()
+        return max(battery.discharge_efficiency * (max(retail) - battery.degradation_cost),
+                   0.0)
 
 
 DTYPES = ("float32", "float64")
@@ -297,20 +374,30 @@ class EnvConfig:
     reward_scale: float = 1.0
     """Rewards are minus money (payment + degradation + penalty) times this scale."""
     n_envs: int = 1
-    """Number of environments stepped together by the batched core."""
+    """Number of environments stepped together by the batched core, in [1, MAX_ENVS]."""
     device: str = "cpu"
     """Torch device of the core's tensors."""
     dtype: str = "float32"
     """Torch dtype of the core's tensors: float32 or float64."""
     seed: int = 0
-    """Base seed: environment b uses seed + b."""
+    """Base seed: environment b uses seed + b; in [0, SEED_MAX]."""
 
     def __post_init__(self) -> None:
         check(self.reward_scale > 0.0, "reward_scale", "> 0", self.reward_scale)
-        check(self.n_envs >= 1, "n_envs", ">= 1", self.n_envs)
+        check(1 <= self.n_envs <= MAX_ENVS, "n_envs", f"an integer in [1, {MAX_ENVS}] (MAX_ENVS)",
+              self.n_envs)
         check(self.dtype in DTYPES, "dtype", f"one of {DTYPES}", self.dtype)
         check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
               "cpu, cuda, cuda:N or mps", self.device)
+        check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
+        # Checked here rather than in EpisodeConfig: the bound is the profile year's length.
+        test_every = self.episode.test_every
+        check(test_every == 0 or 2 <= test_every <= DAYS_PER_YEAR, "episode.test_every",
+              f"0 (no test days) or an integer in [2, {DAYS_PER_YEAR}] (days of the year)",
+              test_every)
+        check(self.episode.days != "test" or test_every != 0, "episode.days",
+              "'train' or 'all' when episode.test_every is 0 (no test days)",
+              self.episode.days)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,6 +419,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as error:
                 errors.append(error)
+        not_null = [i for i, option in enumerate(get_args(tp)) if option is not type(None)]
+        if value is not None and len(not_null) == 1:  # X | None: X's error names the item
+            raise errors[not_null[0]] from None
         raise ConfigError(f"config key '{key}': got {value!r}; allowed: {_type_name(tp)}")
     if tp is type(None):
         check(value is None, key, "null", value)
@@ -349,11 +439,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         check(isinstance(value, dict), key, f"a mapping of {tp.__name__} fields", value)
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is float:
-        check(isinstance(value, int | float) and not isinstance(value, bool), key, "a number",
-              value)
+        check(isinstance(value, int | float) and not isinstance(value, bool), key,
+              "a finite number", value)
+        check(_is_finite(value), key, "a finite number", value)
         return float(value)
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1e6 written for 1000000
         check(isinstance(value, int) and not isinstance(value, bool), key, "an integer", value)
+        check(-INT64_MAX - 1 <= value <= INT64_MAX, key, "an integer in [-2**63, 2**63 - 1] "
+              "(int64)", value)
         return value
     if tp is bool:
         check(isinstance(value, bool), key, "true or false", value)
@@ -364,6 +459,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"unsupported annotation {tp!r} for config key '{key}'")
+
+
+def _is_finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
@@ -398,8 +501,55 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _parse_override_value(text: str) -> Any:
-    return yaml.safe_load(text)
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two fixes for configs.
+
+    - ``3e-4``, ``1e6`` and ``1.0e5`` are floats, as in YAML 1.2 and JSON (PyYAML's YAML 1.1
+      resolver needs a dot and a signed exponent and reads them as strings).
+    - A key given twice in one mapping is an error (PyYAML keeps the last silently). Keys
+      merged in with ``<<`` may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _YAML_MERGE:
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {key!r} (first given on line "
+                        f"{seen[key].start_mark.line + 1})", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse YAML ``text`` with :class:`ConfigLoader`; a syntax error, a duplicate key or bad
+    encoding raises :class:`ConfigError` naming ``source`` (a file or an override)."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f"{error.context}: " if error.context else ""
+        raise ConfigError(f"{source}: invalid YAML{where}: {context}{error.problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: invalid YAML: {' '.join(str(error).split())}") from None
+
+
+def _parse_override_value(item: str, text: str) -> Any:
+    return parse_yaml(text, f"override '{item}'")
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] | None
@@ -421,7 +571,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
             if "=" not in item:
                 raise ConfigError(f"override '{item}': expected key=value")
             key, value = item.split("=", 1)
-            pairs[key.strip()] = _parse_override_value(value)
+            pairs[key.strip()] = _parse_override_value(item, value)
         overrides = pairs
     for dotted, value in overrides.items():
         node = result
@@ -436,12 +586,16 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str] 
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path`` (an empty file is an empty mapping)."""
+    """Read a YAML mapping from ``path`` (an empty file is an empty mapping) with
+    :class:`ConfigLoader`; unreadable or invalid YAML raises :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    with path.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    try:
+        payload = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"config file '{path}': cannot be read ({error})") from None
+    data = parse_yaml(payload, f"config file '{path}'") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping, got {type(data).__name__}")
     return data

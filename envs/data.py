@@ -12,7 +12,8 @@ A feeder's data are the arrays the environment needs for a whole year of 15-minu
 
 One agent per load of the pandapower net (agent i is ``net.load`` row i). Loading a SimBench
 grid takes seconds, so the arrays and the net are cached under :func:`cache_dir` (a user cache
-folder, rebuilt when missing) and read back in milliseconds.
+folder, rebuilt with a warning when damaged or stale: see :func:`load_feeder`) and read back
+in milliseconds; files are written atomically (``envs.files``).
 
 Who owns PV and a battery is drawn per config (:func:`build_assets`), seeded, and sized from
 each agent's annual consumption; this is cheap and never cached.
@@ -24,23 +25,28 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from envs.config import CommunityConfig
+from envs.config import DAYS_PER_YEAR, CommunityConfig
+from envs.files import atomic_write_bytes
 
 STEPS_PER_DAY = 96
 STEP_HOURS = 0.25
-DAYS_PER_YEAR = 366
 STEPS_PER_YEAR = STEPS_PER_DAY * DAYS_PER_YEAR
 START_WEEKDAY = 4
 """2016-01-01, the first day of SimBench's profiles, was a Friday (Monday = 0)."""
 
 CACHE_VERSION = 1
 SYNTHETIC_DEFAULT_AGENTS = 10
+
+
+class CacheWarning(UserWarning):
+    """A data cache file was damaged or stale (and is rebuilt) or could not be written."""
+
 
 # Household and commercial SimBench profiles given to case33bw's loads, in turn.
 CASE33BW_LOAD_PROFILES = ("H0-A", "H0-B", "G1-A", "H0-C", "G4-A", "H0-G", "G0-A", "H0-L")
@@ -85,14 +91,6 @@ class FeederData:
         return pp.from_json_string(self.net_json)
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-        handle.write(payload)
-        tmp = Path(handle.name)
-    os.replace(tmp, path)
-
-
 def _cache_path(name: str, n_agents: int | None, seed: int) -> Path:
     key = name if name != "synthetic" else f"synthetic-n{n_agents}-s{seed}"
     return cache_dir() / f"{key}.v{CACHE_VERSION}.npz"
@@ -111,20 +109,49 @@ def _save(path: Path, data: FeederData) -> None:
             "net_json": data.net_json,
         }).encode(), dtype=np.uint8),
     )
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load(path: Path) -> FeederData:
-    with np.load(path) as archive:
-        meta = json.loads(archive["meta"].tobytes().decode())
-        return FeederData(
-            name=meta["name"],
-            load_kw=archive["load_kw"],
-            load_kvar=archive["load_kvar"],
-            pv_kw_per_kwp=archive["pv_kw_per_kwp"],
-            agent_names=tuple(meta["agent_names"]),
-            net_json=meta["net_json"],
-        )
+class CacheError(ValueError):
+    """A cache file holds something other than what :func:`_save` writes."""
+
+
+_PROFILE_ARRAYS = ("load_kw", "load_kvar", "pv_kw_per_kwp")
+
+
+def _load(path: Path, name: str, n_agents: int | None) -> FeederData:
+    """Read and validate a cache file written by :func:`_save` for feeder ``name`` (and
+    ``n_agents`` of the synthetic community). Raises :class:`CacheError` when an array's
+    shape, dtype or values or the metadata are not what the loader expects; a damaged file
+    raises whatever ``np.load`` or the decompressor raises."""
+    with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+        missing = sorted({*_PROFILE_ARRAYS, "meta"} - set(archive.files))
+        if missing:
+            raise CacheError(f"missing arrays {missing}")
+        meta_bytes = archive["meta"]
+        arrays = {key: archive[key] for key in _PROFILE_ARRAYS}
+    if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:
+        raise CacheError(f"meta has dtype {meta_bytes.dtype} and shape {meta_bytes.shape}, "
+                         f"expected uint8 bytes")
+    meta = json.loads(meta_bytes.tobytes().decode())
+    if not isinstance(meta, dict) or meta.get("name") != name:
+        raise CacheError(f"metadata is not that of feeder {name!r}")
+    agent_names, net_json = meta.get("agent_names"), meta.get("net_json")
+    if not (isinstance(agent_names, list) and agent_names
+            and all(isinstance(agent, str) for agent in agent_names)):
+        raise CacheError("agent_names is not a non-empty list of names")
+    if not (net_json is None or isinstance(net_json, str)):
+        raise CacheError("net_json is neither a string nor null")
+    expected_agents = len(agent_names) if n_agents is None else n_agents
+    for key, array in arrays.items():
+        if array.shape != (STEPS_PER_YEAR, expected_agents) or array.dtype != np.float32:
+            raise CacheError(f"{key} has shape {array.shape} and dtype {array.dtype}, expected "
+                             f"({STEPS_PER_YEAR}, {expected_agents}) float32")
+        if not np.isfinite(array).all():
+            raise CacheError(f"{key} holds non-finite values")
+    if len(agent_names) != expected_agents:
+        raise CacheError(f"{len(agent_names)} agent names for {expected_agents} agents")
+    return FeederData(name=name, agent_names=tuple(agent_names), net_json=net_json, **arrays)
 
 
 def load_feeder(name: str, *, n_agents: int | None = None, seed: int = 0,
@@ -132,7 +159,11 @@ def load_feeder(name: str, *, n_agents: int | None = None, seed: int = 0,
     """The year of profiles and the net of feeder ``name`` (see ``envs.config.FEEDERS``).
 
     ``n_agents`` and ``seed`` shape the ``synthetic`` community only. The result is cached under
-    :func:`cache_dir`; a missing or unreadable cache file is rebuilt.
+    :func:`cache_dir`. A missing cache file is built; one that cannot be read (truncated,
+    damaged, empty) or holds arrays of the wrong shape or dtype or non-finite values is rebuilt
+    (offline, from SimBench's bundled data or the synthetic generator) with a warning naming
+    it. A cache that cannot be written (read-only folder, full disk) is skipped with a
+    warning; the data are returned all the same.
     """
     from envs.config import FEEDERS
 
@@ -146,9 +177,11 @@ def load_feeder(name: str, *, n_agents: int | None = None, seed: int = 0,
     path = _cache_path(name, n_agents, seed)
     if use_cache and path.is_file():
         try:
-            return _load(path)
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # corrupt or stale: rebuild below
+            return _load(path, name, n_agents)
+        except Exception as error:  # any failure to read a cache file: rebuild it
+            reason = f"{type(error).__name__}: {error}"
+            warnings.warn(f"data cache file '{path}' is damaged or stale ({reason}); "
+                          f"rebuilding it", CacheWarning, stacklevel=2)
     if name == "synthetic":
         data = synthetic_feeder(n_agents, seed=seed)
     elif name == "case33bw":
@@ -156,7 +189,11 @@ def load_feeder(name: str, *, n_agents: int | None = None, seed: int = 0,
     else:
         data = _simbench_feeder(name)
     if use_cache:
-        _save(path, data)
+        try:
+            _save(path, data)
+        except OSError as error:
+            warnings.warn(f"data cache file '{path}' could not be written ({error}); "
+                          f"continuing without a cache", CacheWarning, stacklevel=2)
     return data
 
 

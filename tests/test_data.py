@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import time
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+import envs.data as data_module
 from envs.config import CommunityConfig
 from envs.data import (
+    CACHE_VERSION,
     STEPS_PER_YEAR,
+    CacheWarning,
+    FeederData,
+    _save,
     build_assets,
     cache_dir,
     day_split,
@@ -58,8 +67,85 @@ def test_cache_is_fast_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 1.0
     np.testing.assert_array_equal(first.load_kw, again.load_kw)
     files[0].write_bytes(b"not a zip file")
-    rebuilt = load_feeder("synthetic", n_agents=3, seed=1)
+    with pytest.warns(CacheWarning, match="rebuilding"):
+        rebuilt = load_feeder("synthetic", n_agents=3, seed=1)
     np.testing.assert_array_equal(first.load_kw, rebuilt.load_kw)
+
+
+def _flip_byte(payload: bytes) -> bytes:
+    damaged = bytearray(payload)
+    damaged[len(damaged) // 3] ^= 0xFF  # inside the compressed profiles
+    return bytes(damaged)
+
+
+def _with_nan(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array[1234, 1] = np.nan
+    return array
+
+
+@pytest.mark.parametrize("damage", [
+    lambda payload, data: payload[: len(payload) // 2],  # partial copy, full disk
+    lambda payload, data: _flip_byte(payload),
+    lambda payload, data: b"",
+    lambda payload, data: replace(data, load_kw=data.load_kw[:1000]),  # stale shape
+    lambda payload, data: replace(data, pv_kw_per_kwp=data.pv_kw_per_kwp[:, :2]),
+    lambda payload, data: replace(data, load_kvar=data.load_kvar.astype(np.float64)),
+    lambda payload, data: replace(data, load_kw=_with_nan(data.load_kw)),
+    lambda payload, data: replace(data, pv_kw_per_kwp=np.full_like(data.pv_kw_per_kwp, np.inf)),
+    lambda payload, data: replace(data, agent_names=("house_0",)),
+    lambda payload, data: replace(data, name="1-LV-rural1--0-sw"),
+], ids=["truncated", "byte-flipped", "empty", "short-year", "too-few-agents", "float64", "nan",
+        "inf", "agent-names", "other-feeder"])
+def test_damaged_or_stale_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    good = load_feeder("synthetic", n_agents=3, seed=1)
+    (path,) = tmp_path.glob("*.npz")
+    damaged = damage(path.read_bytes(), good)
+    if isinstance(damaged, FeederData):
+        _save(path, damaged)
+    else:
+        path.write_bytes(damaged)
+    with pytest.warns(CacheWarning, match=re.escape(f"'{path}'")):
+        rebuilt = load_feeder("synthetic", n_agents=3, seed=1)
+    for key in ("load_kw", "load_kvar", "pv_kw_per_kwp"):
+        np.testing.assert_array_equal(getattr(rebuilt, key), getattr(good, key))
+    assert rebuilt.agent_names == good.agent_names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt file is read back without a warning
+        again = load_feeder("synthetic", n_agents=3, seed=1)
+    np.testing.assert_array_equal(again.load_kw, good.load_kw)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_truncated_simbench_cache_is_rebuilt_offline(tmp_path, monkeypatch):
+    """The reported fault: ``truncate -s 1000000`` of a SimBench feeder's cache, then
+    ``make_env`` (here its data loader) failed with BadZipFile until the file was deleted."""
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    name = "1-LV-rural1--0-sw"
+    good = load_feeder(name, use_cache=False)
+    path = tmp_path / f"{name}.v{CACHE_VERSION}.npz"
+    _save(path, good)
+    with path.open("r+b") as handle:
+        handle.truncate(1_000_000)
+    with pytest.warns(CacheWarning, match=r"BadZipFile.*rebuilding"):
+        rebuilt = load_feeder(name)
+    np.testing.assert_array_equal(rebuilt.load_kw, good.load_kw)
+    assert rebuilt.net_json == good.net_json
+    assert path.stat().st_size > 1_000_000
+
+
+def test_unwritable_cache_warns_and_returns_the_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_module, "atomic_write_bytes", disk_full)
+    with pytest.warns(CacheWarning, match="could not be written.*No space left"):
+        data = load_feeder("synthetic", n_agents=2, seed=0)
+    assert data.load_kw.shape == (STEPS_PER_YEAR, 2)
+    assert not any(tmp_path.iterdir())
 
 
 def test_synthetic_is_seeded_and_sized():
