@@ -30,8 +30,10 @@ The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linea
 ``agents/oracle.py`` for each evaluated day with the env's own profiles, tariffs and battery
 parameters: ``oracle`` (free P2P inside the community, batteries controlled centrally) and
 ``oracle_network`` (the same within the feeder's voltage and loading limits, linearised around
-the no-load point by :func:`network_linearisation`). Its cost is a lower bound on any policy's
-community cost under any mechanism on the same day, without network penalties.
+the no-load point by :func:`network_linearisation`). It is charged the env's terminal value
+(``env.terminal_price`` per kWh taken from the batteries over the day, see
+``envs.config.EpisodeConfig``) as every policy is, so its cost is a lower bound on any
+policy's community cost under any mechanism on the same day, without network penalties.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
 from agents.actions import env_actions
+from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
 from agents.policy import Policy
 from envs import metrics
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
@@ -336,7 +338,7 @@ class PerfectForesightOracle:
         result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
                               profile["feed_in_price"], battery_fleet(env), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
-                              network=linearisation)
+                              network=linearisation, terminal_price=env.terminal_price)
         return result, profile
 
     def trajectory(self, result: OracleResult, profile: dict[str, np.ndarray], dt_h: float
@@ -393,6 +395,8 @@ class PerfectForesightOracle:
         throughput = stack([r.charge_kwh + r.discharge_kwh for r in results])
         degradation = stack([env.config.battery.degradation_cost
                              * (r.charge_kwh + r.discharge_kwh).sum(0) for r in results])
+        terminal = stack([env.terminal_price * (r.soc_kwh[0] - r.soc_kwh[-1])
+                          for r in results])  # [E, N]
         totals = metrics.schedule_totals(
             load_kwh=stack([p["load_kwh"] for p in profiles]),
             pv_kwh=stack([p["pv_kwh"] for p in profiles]),
@@ -401,7 +405,7 @@ class PerfectForesightOracle:
             retail_price=stack([p["retail_price"] for p in profiles]),
             feed_in_price=stack([p["feed_in_price"] for p in profiles]),
             community_cost=torch.tensor([r.cost for r in results], dtype=torch.float64),
-            degradation_cost=degradation,
+            degradation_cost=degradation, terminal_value_cost=terminal,
             day=torch.as_tensor(np.asarray(days, dtype=np.int64)),
             p2p=self.p2p, network=network)
         return totals, results

@@ -13,14 +13,16 @@ Environment semantics the LP reproduces (all energies in kWh per step of ``dt_h`
 - state of charge: ``soc[t + 1] = soc[t] + charge_efficiency * charge[t]
   - discharge[t] / discharge_efficiency``, with ``soc_min * capacity <= soc[t + 1] <=
   soc_max * capacity``, ``charge <= max_charge_kw * dt_h``, ``discharge <= max_discharge_kw
-  * dt_h``; the initial SoC is given and the terminal SoC is free (left-over energy has no
-  value);
+  * dt_h``; the initial SoC is given and the terminal SoC is free, with the energy left
+  in the cells valued at ``terminal_price`` (0 by default: left-over energy has no value);
 - settlement with the grid: imports pay ``retail_price``, exports earn ``feed_in_price``.
   With ``p2p=True`` energy moves freely inside the community (internal payments cancel
   out) and only the community's net position is settled; with ``p2p=False`` each agent
   settles its own net position;
 - community cost = ``sum_t (retail * import - feed_in * export) + degradation_cost *
-  (charge + discharge)``.
+  (charge + discharge) + terminal_price * sum_i (soc[0, i] - soc[T, i])``, the last term
+  the environment's terminal value (``episode.terminal_value``: a charge for energy taken
+  from the batteries over the horizon, a credit for energy added).
 
 Charging and discharging in the same step is not forbidden, which makes the LP a
 relaxation of any environment that takes one net battery action per step: the bound stays
@@ -44,8 +46,9 @@ inequalities   network only: ``v0[t, b] + dv_dp[b] @ p_kw[t] <= v_max`` and ``>=
                ``-max <= line_loading0[t, l] + dline_dp[l] @ p_kw[t] <= max``, each
                ``- slack``; rows that the variable bounds already guarantee are dropped.
 objective      ``retail . import - feed_in . export + degradation . (charge +
-               discharge)`` (+ ``violation_penalty * slack`` when the limits cannot be
-               met).
+               discharge) - terminal_price * soc[T - 1]`` (+ ``violation_penalty *
+               slack`` when the limits cannot be met); the constant ``terminal_price *
+               initial SoC`` is added to the reported cost.
 =============  =========================================================================
 
 The network constraints are a first-order (sensitivity) model of the feeder around zero
@@ -226,6 +229,9 @@ class OracleResult:
     """PV energy curtailed (kWh), ``[T, N]``; zero unless curtailment is allowed."""
     degradation_cost: float
     """Battery degradation part of ``cost`` (currency)."""
+    terminal_value_cost: float
+    """Terminal-value part of ``cost``: ``terminal_price * sum_i (soc[0, i] - soc[T, i])``
+    (currency; < 0 when the batteries end fuller than they started)."""
     status: str
     """HiGHS's message for the final solve."""
     network_slack: float = 0.0
@@ -466,6 +472,7 @@ def solve_oracle(
     dt_h: float = 0.25,
     network: NetworkLinearisation | None = None,
     allow_curtailment: bool | None = None,
+    terminal_price: float = 0.0,
 ) -> OracleResult:
     """Cost-minimal schedule of the whole community with perfect foresight.
 
@@ -483,6 +490,10 @@ def solve_oracle(
         network: Optional linearised voltage/line model; adds network constraints.
         allow_curtailment: Allow PV curtailment ``0 <= curtailment <= pv``. Defaults to
             True with a network and False without one.
+        terminal_price: Value of one kWh left in the cells at the end of the horizon
+            (currency/kWh, finite, >= 0): the cost includes ``terminal_price * (initial SoC
+            - final SoC)`` summed over agents, as the environment's terminal value
+            (``BatchedP2PEnv.terminal_price``). 0 leaves the final SoC unvalued.
 
     Returns:
         The optimal schedule; see :class:`OracleResult`.
@@ -517,6 +528,9 @@ def solve_oracle(
         raise ValueError(f"battery has {battery.n_agents} agents, load_kwh has {n_agents}")
     if not (np.isfinite(dt_h) and dt_h > 0):
         raise ValueError(f"dt_h must be a positive number of hours, got {dt_h}")
+    if not (np.isfinite(terminal_price) and terminal_price >= 0):
+        raise ValueError(f"terminal_price must be a finite price >= 0 currency/kWh, got "
+                         f"{terminal_price}")
     net_arrays = None if network is None else _validate_network(network, n_steps, n_agents)
     if allow_curtailment is None:
         allow_curtailment = network is not None
@@ -627,13 +641,17 @@ def solve_oracle(
         ub.add_terms(rows, slack, -1.0)
     a_ub, b_ub = ub.build(layout.n_columns)
 
-    # --- objective: grid bill plus degradation --------------------------------------------
+    # --- objective: grid bill plus degradation plus terminal value ------------------------
     cost_vector = np.zeros(layout.n_columns)
     price_shape = (n_steps,) if p2p else (n_steps, 1)
     cost_vector[grid_import] = retail_price.reshape(price_shape)
     cost_vector[grid_export] = -feed_in_price.reshape(price_shape)
     cost_vector[charge] = battery.degradation_cost
     cost_vector[discharge] = battery.degradation_cost
+    # terminal_price * (initial - final SoC): the final SoC in the objective, the initial
+    # part a constant added to the reported cost.
+    cost_vector[soc[-1]] = -terminal_price
+    terminal_constant = float(terminal_price * battery.initial_soc_kwh.sum())
     slack_weights = np.zeros(layout.n_columns)
     for limits, slack in zip(limit_rows, slacks, strict=True):
         slack_weights[slack] = limits.slack_weight
@@ -682,8 +700,9 @@ def solve_oracle(
         voltage_pu = net_arrays.v0_pu + power_kw @ net_arrays.dv_dp.T
         if net_arrays.dline_dp.shape[0] > 0:
             loading_percent = net_arrays.line_loading0 + power_kw @ net_arrays.dline_dp.T
+    final_soc_kwh = x[soc[-1]]
     return OracleResult(
-        cost=float(cost_vector @ x),
+        cost=float(cost_vector @ x) + terminal_constant,
         grid_import_kwh=import_kwh,
         grid_export_kwh=export_kwh,
         charge_kwh=charge_kwh,
@@ -692,6 +711,8 @@ def solve_oracle(
         net_kwh=net_kwh,
         curtailment_kwh=x[curtailment],
         degradation_cost=float(np.sum(battery.degradation_cost * (charge_kwh + discharge_kwh))),
+        terminal_value_cost=float(terminal_price
+                                  * np.sum(battery.initial_soc_kwh - final_soc_kwh)),
         status=str(solution.message),
         network_slack=float(slack_weights @ x),
         voltage_pu=voltage_pu,

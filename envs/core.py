@@ -12,7 +12,11 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
    the penalties of limit violations among the agents that caused them;
 5. optional network-use fees and loss charges on P2P trades (``envs.fees``) are charged to
    buyers;
-6. reward = -(payment + degradation + network penalty + network fee) * reward_scale.
+6. on the last step of an episode, the terminal value (``episode.terminal_value``): each agent
+   pays ``terminal_price * (SoC at the episode's start - SoC now)`` (kWh in the cells), a
+   charge for energy taken from the battery over the episode, a credit for energy added;
+7. reward = -(payment + degradation + network penalty + network fee + terminal value)
+   * reward_scale.
 
 Episodes are one day (96 steps) starting at a day drawn from the configured split; finished
 environments are reset automatically (the last observation is in ``info["final_observation"]``).
@@ -98,6 +102,11 @@ class BatchedP2PEnv:
         self.retail_price = tensor(np.asarray(retail)[hour_of_step])
         self.feed_in_price = tensor(np.asarray(feed_in)[hour_of_step])
         self.price_scale = float(max(retail))
+        # Terminal value (see EpisodeConfig.terminal_price_per_kwh): currency per kWh of cell
+        # energy taken over an episode, 0 when episode.terminal_value is false.
+        self.terminal_value = config.episode.terminal_value
+        self.terminal_price = config.episode.terminal_price_per_kwh(config.tariff,
+                                                                    config.battery)
 
         # Precomputed observation tables (see envs.observations for the layout).
         self._profile = torch.stack([self.load_kw / self.peak_load_kw,
@@ -130,6 +139,8 @@ class BatchedP2PEnv:
         self.day = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.step_of_day = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
+        # SoC at the start of each environment's episode (kWh), for the terminal value.
+        self.episode_start_soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
         self.last_price = torch.zeros(b, dtype=self.dtype, device=self.device)
         self.last_voltage = torch.ones(b, n, dtype=self.dtype, device=self.device)
         self._agent_index = torch.arange(n, device=self.device)
@@ -206,6 +217,8 @@ class BatchedP2PEnv:
         initial = self.config.battery.initial_soc * self.capacity_kwh
         self.soc_kwh = torch.where(mask[:, None], initial.expand_as(self.soc_kwh),
                                    self.soc_kwh)
+        self.episode_start_soc_kwh = torch.where(mask[:, None], self.soc_kwh,
+                                                 self.episode_start_soc_kwh)
         midpoint = 0.5 * (self.retail_price[0] + self.feed_in_price[0])
         self.last_price = torch.where(mask, midpoint, self.last_price)
         self.last_voltage = torch.where(mask[:, None], torch.ones_like(self.last_voltage),
@@ -309,6 +322,17 @@ class BatchedP2PEnv:
         n_price = self._price_levels.shape[0]
         return self._battery_levels[actions // n_price], self._price_levels[actions % n_price]
 
+    def terminal_value_cost(self, soc_kwh: Tensor) -> Tensor:
+        """Each agent's terminal value of the step being taken, ``[B, N]`` currency:
+        ``terminal_price * (episode_start_soc_kwh - soc_kwh)`` in the environments whose
+        episode ends with this step, 0 elsewhere and when ``episode.terminal_value`` is
+        false. ``soc_kwh [B, N]`` is the SoC after the step."""
+        if not self.terminal_value:
+            return torch.zeros_like(soc_kwh)
+        last_step = (self.step_of_day == STEPS_PER_DAY - 1)[:, None]
+        value = self.terminal_price * (self.episode_start_soc_kwh - soc_kwh)
+        return torch.where(last_step, value, torch.zeros_like(value))
+
     def step(self, actions: Tensor
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every environment one 15-minute step.
@@ -348,7 +372,8 @@ class BatchedP2PEnv:
         grid = self.network.step(p_kw, q_kvar)
         penalty = grid.penalty
 
-        cost = cleared.payment + degradation + penalty + network_fee
+        terminal = self.terminal_value_cost(battery.soc_kwh)
+        cost = cleared.payment + degradation + penalty + network_fee + terminal
         reward = -cost * cfg.reward_scale
 
         traded = ~torch.isnan(cleared.clearing_price)
@@ -373,6 +398,7 @@ class BatchedP2PEnv:
             "degradation_cost": degradation,
             "network_penalty": penalty,
             "network_fee": network_fee,
+            "terminal_value_cost": terminal,
             "network_fee_revenue": network_fee.sum(dim=1),
             "cost": cost,
             "price": price,

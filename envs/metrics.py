@@ -12,7 +12,9 @@ Metric definitions (per episode = one day, ``E`` episodes, ``N`` agents, ``t`` s
 ==========================  ===================================================================
 metric                      formula
 ==========================  ===================================================================
-community_cost              sum_i (payment_i + degradation_i + network_penalty_i + fee_i)
+community_cost              sum_i (payment_i + degradation_i + network_penalty_i + fee_i
+                            + terminal_value_i)
+terminal_value_cost         sum_i terminal_price * (SoC_i at start - SoC_i at end)
 no_p2p_cost                 sum_i sum_t [r_t (load - pv)^+ - f_t (pv - load)^+]  (idle battery)
 savings_vs_no_p2p           no_p2p_cost - community_cost
 savings_percent             100 * savings_vs_no_p2p / |no_p2p_cost|
@@ -31,7 +33,10 @@ degradation_cost            sum_i degradation_cost * throughput_i
 ==========================  ===================================================================
 
 with ``D_t`` and ``S_t`` the community's total demand and supply (sums of positive and of
-negative net positions) at step ``t``.
+negative net positions) at step ``t``. The terminal value (``episode.terminal_value``, charged
+by the core on an episode's last step) is part of every cost: a battery that is never used
+ends where it started and pays none, so the idle-battery ``no_p2p_cost`` and a policy's
+``community_cost`` are compared under the same accounting.
 """
 
 from __future__ import annotations
@@ -42,8 +47,8 @@ import torch
 from torch import Tensor
 
 # Per-agent sums [B, N] and per-env sums [B] kept over an episode.
-_AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "load_kwh", "pv_kwh",
-               "battery_throughput_kwh", "no_p2p_cost", "reward")
+_AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "terminal_value_cost",
+               "load_kwh", "pv_kwh", "battery_throughput_kwh", "no_p2p_cost", "reward")
 _ENV_KEYS = ("grid_import_kwh", "grid_export_kwh", "p2p_volume_kwh", "price_volume",
              "matchable_kwh", "voltage_violations", "line_violations", "losses_kwh",
              "operator_surplus", "community_cost", "network_steps", "network_fee")
@@ -136,6 +141,7 @@ class EpisodeAccumulator:
         a["payment"] += info["payment"].to(dtype)
         a["degradation_cost"] += info["degradation_cost"].to(dtype)
         a["network_penalty"] += info["network_penalty"].to(dtype)
+        a["terminal_value_cost"] += info["terminal_value_cost"].to(dtype)
         a["load_kwh"] += info["load_kwh"].to(dtype)
         a["pv_kwh"] += info["pv_kwh"].to(dtype)
         a["battery_throughput_kwh"] += info["battery_energy_kwh"].abs().to(dtype)
@@ -192,8 +198,8 @@ class EpisodeAccumulator:
 
 
 def community_cost(totals: EpisodeTotals) -> Tensor:
-    """Sum over agents of payment + degradation + network penalty (+ P2P network fees),
-    currency (the env total ``community_cost`` when the totals carry it:
+    """Sum over agents of payment + degradation + network penalty (+ P2P network fees) +
+    terminal value, currency (the env total ``community_cost`` when the totals carry it:
     :func:`schedule_totals` has no per-agent costs)."""
     if "community_cost" in totals.env:
         return totals.env["community_cost"]
@@ -202,7 +208,8 @@ def community_cost(totals: EpisodeTotals) -> Tensor:
 
 def savings_vs_no_p2p(totals: EpisodeTotals) -> Tensor:
     """Community cost without P2P and with idle batteries minus the community cost, currency
-    (positive = the policy saves money)."""
+    (positive = the policy saves money). Like with like: idle batteries end where they
+    started, so the reference's terminal value is 0, and the policy's is in its cost."""
     return totals.agent["no_p2p_cost"].sum(1) - community_cost(totals)
 
 
@@ -273,6 +280,7 @@ def summary(totals: EpisodeTotals) -> dict[str, Tensor]:
         "battery_throughput_kwh": totals.agent["battery_throughput_kwh"].sum(1),
         "degradation_cost": totals.agent["degradation_cost"].sum(1),
         "network_penalty": totals.agent["network_penalty"].sum(1),
+        "terminal_value_cost": totals.agent["terminal_value_cost"].sum(1),
         "operator_surplus": totals.env["operator_surplus"],
     }
 
@@ -285,7 +293,8 @@ def summary(totals: EpisodeTotals) -> dict[str, Tensor]:
 def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_kwh: Tensor,
                     retail_price: Tensor, feed_in_price: Tensor, community_cost: Tensor,
                     degradation_cost: Tensor, day: Tensor, *, p2p: bool,
-                    network: dict[str, Tensor] | None = None) -> EpisodeTotals:
+                    network: dict[str, Tensor] | None = None,
+                    terminal_value_cost: Tensor | None = None) -> EpisodeTotals:
     """Totals of ``E`` centrally scheduled days (the oracle), comparable with those of
     :class:`EpisodeAccumulator`.
 
@@ -295,8 +304,10 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
             not self-consumed).
         battery_kwh: ``[E, T, N]`` AC-side battery throughput (charge + discharge), kWh.
         retail_price, feed_in_price: ``[E, T]`` currency/kWh.
-        community_cost: ``[E]`` the schedule's total cost, currency.
+        community_cost: ``[E]`` the schedule's total cost (terminal value included), currency.
         degradation_cost: ``[E, N]`` each agent's battery wear cost, currency.
+        terminal_value_cost: ``[E, N]`` each agent's terminal value (terminal price times
+            the SoC at the start minus at the end), currency; None: 0 (no terminal value).
         day: ``[E]`` day indices.
         p2p: whether energy moves freely inside the community (only the community's net
             position meets the grid) or every agent settles its own net position.
@@ -325,6 +336,8 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
         volume, price_volume = zeros_env, zeros_env
     agent = {"cost": nan_agents, "payment": nan_agents, "reward": nan_agents,
              "degradation_cost": degradation_cost, "network_penalty": torch.zeros_like(nan_agents),
+             "terminal_value_cost": (torch.zeros_like(nan_agents) if terminal_value_cost is None
+                                     else terminal_value_cost),
              "load_kwh": load_kwh.sum(1), "pv_kwh": pv_kwh.sum(1),
              "battery_throughput_kwh": battery_kwh.sum(1), "no_p2p_cost": no_p2p.sum(1)}
     env = {key: zeros_env for key in _ENV_KEYS}

@@ -54,6 +54,29 @@ def test_oracle_bounds_every_policy_under_every_mechanism(mechanism, oracle_cost
         assert bool((slack >= -1e-7).all()), (spec, mechanism, slack.tolist())
 
 
+def test_oracle_bound_and_terminal_value_with_the_option_off(oracle_cost):
+    """v1 accounting (episode.terminal_value false): left-over energy is free, so the oracle
+    and the battery policies drain; the bound still holds, and the terminal value is what
+    separates the two accountings (``community_cost`` - ``terminal_value_cost`` of a run
+    with the option on is its payments, degradation and penalties)."""
+    off = {"episode.terminal_value": False}
+    env = make_env(1, **off)
+    assert env.terminal_price == 0.0
+    totals, schedules = make_oracle("oracle").evaluate(env, DAYS)
+    bound = metrics.community_cost(totals)
+    assert bool((bound <= oracle_cost + 1e-7).all())  # draining for free only helps
+    assert all(s.terminal_value_cost == 0.0 for s in schedules)
+    for spec in ("self_consumption", "random"):
+        policy = make_policy(spec)
+        v1, _ = evaluate_policy(make_env(**off), policy, DAYS, seed=0)
+        assert bool((metrics.community_cost(v1) >= bound - 1e-7).all()), spec
+        assert bool((metrics.summary(v1)["terminal_value_cost"] == 0).all())
+        valued, _ = evaluate_policy(make_env(), policy, DAYS, seed=0)
+        torch.testing.assert_close(
+            metrics.community_cost(valued) - metrics.summary(valued)["terminal_value_cost"],
+            metrics.community_cost(v1), rtol=0, atol=1e-9)
+
+
 def test_oracle_without_p2p_and_battery_equals_no_p2p():
     totals, _ = make_oracle("oracle_no_p2p_idle").evaluate(make_env(1), DAYS)
     no_p2p = run("no_p2p")

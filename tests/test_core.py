@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -72,7 +74,7 @@ def test_energy_and_money_balances(synthetic_config):
                          + info["feed_in_price"][:, None] * grid.clamp_max(0))
         torch.testing.assert_close(info["grid_payment"], expected_grid)
         cost = (info["payment"] + info["degradation_cost"] + info["network_penalty"]
-                + info["network_fee"])
+                + info["network_fee"] + info["terminal_value_cost"])
         torch.testing.assert_close(reward, -cost)
         torch.testing.assert_close(info["community_cost"], cost.sum(1))
         # Battery: within bounds, degradation on throughput, SoC dynamics.
@@ -199,6 +201,11 @@ def test_bad_actions_name_the_agent(synthetic_config):
     ({"n_envs": "many"}, "config key 'n_envs'"),
     ({"tariff": {"retail": 0.05, "feed_in": 0.1}}, "tariff.retail"),
     ({"community": {"n_agents": 4}}, "community.n_agents"),
+    ({"episode": {"terminal_price": -0.1}}, "episode.terminal_price"),
+    ({"episode": {"terminal_price": float("nan")}}, "episode.terminal_price"),
+    ({"episode": {"terminal_price": float("inf")}}, "episode.terminal_price"),
+    ({"episode": {"terminal_value": False, "terminal_price": 0.2}}, "episode.terminal_price"),
+    ({"episode": {"terminal_value": "yes"}}, "episode.terminal_value"),
 ])
 def test_bad_config_fails_at_construction(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -214,3 +221,127 @@ def test_time_of_use_tariff_reaches_observation_and_prices(synthetic_config):
     obs = env.observe()
     retail_feature = env.feature_names.index("retail")
     assert obs[0, 0, retail_feature].item() == pytest.approx(0.2 / 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal value (episode.terminal_value)
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_TERMINAL_PRICE = 0.95 * (0.30 - 0.02)
+"""The default rule under the default flat tariff: discharge efficiency x (retail -
+degradation cost), currency per kWh of cell energy."""
+
+
+def test_terminal_value_is_charged_once_per_episode_on_its_last_step(synthetic_config):
+    """Across staggered automatic resets, every episode pays terminal_price * (SoC at start -
+    SoC at end) exactly once, on its last step, in cost, community cost, reward and the
+    episode totals; every other step pays nothing."""
+    from envs.metrics import EpisodeAccumulator
+
+    env = envs.make_batched_env(synthetic_config, n_envs=3, dtype="float64")
+    assert env.terminal_price == pytest.approx(DEFAULT_TERMINAL_PRICE)
+    env.reset(seed=2)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(17):
+        env.step(random_actions(env, generator))
+    env.reset(env_index=[1])  # env 1 now ends its days 17 steps after the others
+    accumulator = EpisodeAccumulator(3, env.n_agents)
+    start = 0.5 * env.capacity_kwh
+    charged = torch.zeros(3, dtype=torch.long)
+    finished = 0
+    for _ in range(4 * STEPS_PER_DAY):
+        last = env.step_of_day == STEPS_PER_DAY - 1
+        _, reward, terminated, _, info = env.step(random_actions(env, generator))
+        assert torch.equal(terminated, last)
+        terminal = info["terminal_value_cost"]
+        expected = torch.where(last[:, None], DEFAULT_TERMINAL_PRICE * (start - info["soc_kwh"]),
+                               torch.zeros_like(terminal))
+        torch.testing.assert_close(terminal, expected, rtol=0, atol=1e-12)
+        charged += (terminal != 0).any(1).long()
+        cost = (info["payment"] + info["degradation_cost"] + info["network_penalty"]
+                + info["network_fee"] + terminal)
+        torch.testing.assert_close(info["cost"], cost, rtol=0, atol=1e-12)
+        torch.testing.assert_close(reward, -cost, rtol=0, atol=1e-12)
+        torch.testing.assert_close(info["community_cost"], cost.sum(1))
+        totals = accumulator.update(info, reward)
+        if totals is not None:
+            finished += len(totals)
+            torch.testing.assert_close(totals.agent["terminal_value_cost"],
+                                       terminal[info["done"]], rtol=0, atol=1e-12)
+    assert charged.tolist() == [4, 4, 4]
+    assert finished == 12
+
+
+def _v1_rollout(overrides: dict) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Rewards and infos of two days and 7 steps of seeded random actions (3 envs)."""
+    config = {"community": {"feeder": "synthetic", "n_agents": 6, "pv_share": 0.6,
+                            "battery_share": 0.6}, "network": {"model": "none"}, **overrides}
+    env = envs.make_batched_env(config, n_envs=3, dtype="float64")
+    env.reset(seed=5)
+    generator = torch.Generator().manual_seed(0)
+    rewards, infos = [], []
+    for _ in range(2 * STEPS_PER_DAY + 7):
+        battery = torch.rand(3, env.n_agents, generator=generator, dtype=torch.float64) * 2 - 1
+        price = torch.rand(3, env.n_agents, generator=generator, dtype=torch.float64)
+        _, reward, _, _, info = env.step(torch.stack([battery, price], -1))
+        rewards.append(reward)
+        infos.append(info)
+    return rewards, infos
+
+
+def test_terminal_value_off_reproduces_v1_and_on_changes_only_last_steps():
+    off_rewards, off_infos = _v1_rollout({"episode": {"terminal_value": False}})
+    # Total reward of this rollout measured before the terminal value existed (v1).
+    assert float(torch.stack(off_rewards).sum()) == pytest.approx(-86.12617165610288,
+                                                                  rel=1e-12)
+    assert not any(bool(info["terminal_value_cost"].any()) for info in off_infos)
+    on_rewards, on_infos = _v1_rollout({})
+    for step, (off, on, info) in enumerate(zip(off_rewards, on_rewards, on_infos,
+                                               strict=True)):
+        last = step % STEPS_PER_DAY == STEPS_PER_DAY - 1
+        assert bool(info["terminal_value_cost"].any()) == last, step
+        torch.testing.assert_close(on, off - info["terminal_value_cost"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("tariff", [{}, {"retail_tou": [0.2] * 8 + [0.3] * 10 + [0.4] * 6}])
+def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tariff):
+    """Discharging at full power all day never costs an agent less than idling (mechanism
+    none: each agent settles with the grid). A kWh taken from the cells reaches the AC side
+    as 0.95 kWh, pays degradation on it and displaces an import at retail r_t or is exported
+    at feed-in f_t; the terminal value charges 0.95 * (max retail - degradation) back, so
+
+        cost(drain) - cost(idle) = sum_t (max r - r_t) displaced_t + (max r - f_t) exported_t
+
+    (AC kWh), >= 0, and 0 for a battery that only displaces imports at the highest retail
+    price. With the option off draining pays (v1)."""
+    config = {**synthetic_config, "market": {"mechanism": "none"}, "tariff": tariff}
+
+    def run(battery_fraction: float, **overrides) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        env = envs.make_batched_env({**config, **overrides}, dtype="float64")
+        env.reset(seed=0, days=[100])
+        actions = torch.zeros(1, env.n_agents, 2)
+        actions[..., 0] = battery_fraction
+        cost = torch.zeros(env.n_agents, dtype=torch.float64)
+        grid = []
+        for _ in range(STEPS_PER_DAY):
+            _, _, _, _, info = env.step(actions)
+            cost += info["cost"][0]
+            grid.append(info["grid_energy_kwh"][0])
+        return cost, torch.stack(grid), env
+
+    idle_cost, idle_grid, env = run(0.0)
+    drain_cost, drain_grid, _ = run(-1.0)
+    peak = env.retail_price.max()
+    displaced = idle_grid.clamp_min(0.0) - drain_grid.clamp_min(0.0)  # [T, N] kWh
+    exported = (-drain_grid).clamp_min(0.0) - (-idle_grid).clamp_min(0.0)
+    expected = ((peak - env.retail_price[:, None]) * displaced
+                + (peak - env.feed_in_price[:, None]) * exported).sum(0)
+    torch.testing.assert_close(drain_cost - idle_cost, expected, rtol=0, atol=1e-12)
+    has_battery = env.capacity_kwh > 0
+    assert bool(has_battery.any()) and bool((expected >= 0.0).all())
+    assert bool((displaced[:, has_battery].sum(0) > 0).all())  # the batteries did drain
+    # Without the terminal value, draining is free money.
+    idle_v1, _, _ = run(0.0, episode={"terminal_value": False})
+    drain_v1, _, _ = run(-1.0, episode={"terminal_value": False})
+    torch.testing.assert_close(idle_v1, idle_cost, rtol=0, atol=0)
+    assert bool((drain_v1[has_battery] < idle_v1[has_battery]).all())

@@ -12,7 +12,8 @@ from envs import market, metrics
 RETAIL, FEED_IN = 0.3, 0.1
 
 
-def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, network):
+def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, network,
+          terminal=(0.0, 0.0)):
     """One step's info for one env of two agents (B = 1, N = 2)."""
     def agents(values):
         return torch.tensor([values], dtype=torch.float64)
@@ -21,10 +22,11 @@ def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, netwo
         return torch.tensor([value], dtype=torch.float64)
 
     net = [a - b + c for a, b, c in zip(load, pv, battery, strict=True)]
-    cost = [p + d for p, d in zip(payment, degradation, strict=True)]
+    cost = [p + d + v for p, d, v in zip(payment, degradation, terminal, strict=True)]
     info = {
         "cost": agents(cost), "payment": agents(payment), "degradation_cost": agents(degradation),
-        "network_penalty": agents([0.0, 0.0]), "load_kwh": agents(load), "pv_kwh": agents(pv),
+        "network_penalty": agents([0.0, 0.0]), "terminal_value_cost": agents(list(terminal)),
+        "load_kwh": agents(load), "pv_kwh": agents(pv),
         "battery_energy_kwh": agents(battery), "net_energy_kwh": agents(net),
         "p2p_energy_kwh": agents(p2p), "grid_energy_kwh": agents(grid),
         "retail_price": env(RETAIL), "feed_in_price": env(FEED_IN),
@@ -44,13 +46,14 @@ def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, netwo
     return info, -agents(cost)
 
 
-def hand_day() -> metrics.EpisodeTotals:
+def hand_day(terminal: tuple[float, float] = (0.0, 0.0)) -> metrics.EpisodeTotals:
     """Retail 0.3, feed-in 0.1, two agents A and B, two steps.
 
     Step 1: A consumes 2 kWh, B produces 3 kWh. 2 kWh trade P2P at 0.2: A pays 0.4; B earns
     0.4 + 0.1 for 1 kWh exported. One bus violates the voltage band.
     Step 2: A consumes 1 kWh with 0.5 kWh PV and imports 0.5 (pays 0.15); B consumes 1 kWh
-    from its battery (1 kWh AC discharge, degradation 0.02). No P2P.
+    from its battery (1 kWh AC discharge, degradation 0.02). No P2P. The episode ends: each
+    agent pays its ``terminal`` value (0 unless given).
     """
     accumulator = metrics.EpisodeAccumulator(1, 2)
     info, reward = _step(load=[2.0, 0.0], pv=[0.0, 3.0], battery=[0.0, 0.0], p2p=[2.0, -2.0],
@@ -59,10 +62,28 @@ def hand_day() -> metrics.EpisodeTotals:
     assert accumulator.update(info, reward) is None
     info, reward = _step(load=[1.0, 1.0], pv=[0.5, 0.0], battery=[0.0, -1.0], p2p=[0.0, 0.0],
                          grid=[0.5, 0.0], payment=[0.15, 0.0], degradation=[0.0, 0.02],
-                         price=math.nan, done=True, network=(0.0, 0.94, 1.06))
+                         price=math.nan, done=True, network=(0.0, 0.94, 1.06),
+                         terminal=terminal)
     totals = accumulator.update(info, reward)
     assert totals is not None and len(totals) == 1
     return totals
+
+
+def test_terminal_value_enters_cost_and_savings_like_with_like():
+    """B's battery gave 1 kWh AC = 1 / 0.95 kWh of cells; at the default 0.266 per cell kWh
+    the day's last step charges it 0.28. The no-P2P reference (idle batteries, no terminal
+    value) is unchanged, so the saving drops by exactly the charge."""
+    v1, valued = hand_day(), hand_day(terminal=(0.0, 0.28))
+    m1 = {key: float(value[0]) for key, value in metrics.evaluation_summary(v1).items()}
+    m = {key: float(value[0]) for key, value in metrics.evaluation_summary(valued).items()}
+    assert m1["terminal_value_cost"] == 0.0
+    assert m["terminal_value_cost"] == pytest.approx(0.28)
+    assert m["community_cost"] == pytest.approx(0.07 + 0.28)
+    assert m["no_p2p_cost"] == pytest.approx(m1["no_p2p_cost"])
+    assert m["savings_vs_no_p2p"] == pytest.approx(0.68 - 0.28)
+    assert m["episodic_return"] == pytest.approx(-(0.07 + 0.28) / 2)
+    torch.testing.assert_close(metrics.agent_savings(valued)[0],
+                               torch.tensor([0.2, 0.48 - 0.28], dtype=torch.float64))
 
 
 def test_hand_computed_day():
@@ -137,6 +158,14 @@ def test_schedule_totals_match_definitions():
     assert m["no_p2p_cost"] == pytest.approx(0.75)
     assert m["self_sufficiency"] == pytest.approx(1 - 0.5 / 4.0)
     assert math.isnan(m["savings_gini"]) and math.isnan(m["clearing_price"])
+    assert m["terminal_value_cost"] == 0.0  # none given
+    valued = metrics.schedule_totals(
+        load, pv, load - pv + battery, battery.abs(), prices, prices * FEED_IN / RETAIL,
+        torch.tensor([0.07 + 0.28]), torch.tensor([[0.0, 0.02]]), torch.tensor([5]),
+        p2p=True, terminal_value_cost=torch.tensor([[0.0, 0.28]], dtype=torch.float64))
+    m = {key: float(value[0]) for key, value in metrics.evaluation_summary(valued).items()}
+    assert m["terminal_value_cost"] == pytest.approx(0.28)
+    assert m["community_cost"] == pytest.approx(0.35)
 
 
 @pytest.mark.parametrize("seed", range(5))

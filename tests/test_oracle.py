@@ -41,9 +41,11 @@ def simulate_battery_policy(
     p2p: bool,
     dt_h: float = DT_H,
     tolerance: float = 1e-6,
+    terminal_price: float = 0.0,
 ) -> float:
     """Step the battery actions ``[T, N]`` (kWh, AC side) through the environment rules,
-    asserting that they are feasible, and return the community cost (currency)."""
+    asserting that they are feasible, and return the community cost (currency), terminal
+    value ``terminal_price * (initial - final SoC)`` included."""
     soc = fleet.initial_soc_kwh.copy()
     soc_low, soc_high = fleet.soc_bounds_kwh()
     cost = 0.0
@@ -58,7 +60,7 @@ def simulate_battery_policy(
         settled = np.array([net.sum()]) if p2p else net
         cost += grid_bill(settled[None, :], retail[t : t + 1], feed_in[t : t + 1])
         cost += float(np.sum(fleet.degradation_cost * (charge + discharge)))
-    return cost
+    return cost + terminal_price * float(np.sum(fleet.initial_soc_kwh - soc))
 
 
 def random_feasible_actions(
@@ -188,6 +190,40 @@ def test_battery_charges_off_peak_and_discharges_at_the_peak() -> None:
     assert solve_oracle(load, pv, retail, feed_in, fleet.idle()).cost == pytest.approx(2.40)
 
 
+@pytest.mark.parametrize(
+    ("terminal_price", "final_soc", "terminal_cost", "cost"),
+    [
+        # Unvalued (v1): empty the cells, 5 * 0.8 = 4 kWh AC: 2 cover the load, 2 are
+        # exported at 0.10.
+        (0.0, 0.0, 0.0, -0.2),
+        # An AC kWh from the battery saves 0.30 and costs 1.25 cell kWh * 0.2 = 0.25 of
+        # terminal value: still discharge (exporting, worth 0.10, is not). 0.2 * 2.5 = 0.5.
+        (0.2, 2.5, 0.5, 0.5),
+        # 1.25 * 0.4 = 0.5 > 0.30: keep the cells; and a kWh bought at 0.30 is credited 0.40,
+        # so fill the 5 kWh of room from the grid: 0.30 * (2 + 5) - 0.40 * 5 = 0.1.
+        (0.4, 10.0, -2.0, 0.1),
+    ],
+)
+def test_terminal_value_hand_computed(
+    terminal_price: float, final_soc: float, terminal_cost: float, cost: float
+) -> None:
+    # 1 agent, two 1-hour steps of 1 kWh load, no PV; flat 0.30 / 0.10; a 10 kWh battery
+    # half full, 4 kW, lossless charging, 0.8 discharge efficiency, no degradation.
+    load, pv = np.ones((2, 1)), np.zeros((2, 1))
+    retail, feed_in = np.full(2, 0.30), np.full(2, 0.10)
+    fleet = BatteryFleet(capacity_kwh=np.array([10.0]), max_charge_kw=4.0, max_discharge_kw=4.0,
+                         charge_efficiency=1.0, discharge_efficiency=0.8, soc_min=0.0,
+                         soc_max=1.0, initial_soc_kwh=5.0, degradation_cost=0.0)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0,
+                          terminal_price=terminal_price)
+    assert result.soc_kwh[-1, 0] == pytest.approx(final_soc, abs=1e-9)
+    assert result.terminal_value_cost == pytest.approx(terminal_cost, abs=1e-9)
+    assert result.cost == pytest.approx(cost, abs=1e-9)
+    # The grid bill is the rest of the cost.
+    bill = grid_bill(result.net_kwh, retail, feed_in)
+    assert result.cost == pytest.approx(bill + terminal_cost, abs=1e-9)
+
+
 def test_negative_feed_in_price_is_paid_or_avoided_by_curtailment() -> None:
     load, pv = np.array([[0.0]]), np.array([[1.0]])
     retail, feed_in = np.array([0.30]), np.array([-0.05])
@@ -255,29 +291,34 @@ def test_cost_ordering_of_p2p_and_battery(n_agents: int, n_steps: int, seed: int
     n_agents=st.integers(1, 6),
     n_steps=st.integers(1, 24),
     seed=st.integers(0, 2**32 - 1),
+    terminal_price=st.sampled_from([0.0, 0.2, 0.6]),
 )
 def test_oracle_is_a_lower_bound_on_simulated_feasible_policies(
-    n_agents: int, n_steps: int, seed: int
+    n_agents: int, n_steps: int, seed: int, terminal_price: float
 ) -> None:
     rng = np.random.default_rng(seed)
     day = random_day(rng, n_steps, n_agents)
     fleet = day["battery"]
-    bound = solve_oracle(**day, p2p=True).cost
+    bound = solve_oracle(**day, p2p=True, terminal_price=terminal_price).cost
     prices = (day["retail_price"], day["feed_in_price"])
     for _ in range(10):
         charge, discharge = random_feasible_actions(fleet, n_steps, rng)
         for p2p in (False, True):
             simulated = simulate_battery_policy(
-                day["load_kwh"], day["pv_kwh"], *prices, fleet, charge, discharge, p2p=p2p
+                day["load_kwh"], day["pv_kwh"], *prices, fleet, charge, discharge, p2p=p2p,
+                terminal_price=terminal_price,
             )
             assert at_most(bound, simulated)
 
 
+@pytest.mark.parametrize("terminal_price", [0.0, 0.25])
 @pytest.mark.parametrize("p2p", [True, False])
 @pytest.mark.parametrize("seed", range(4))
-def test_oracle_schedule_replays_to_its_cost_in_the_simulator(p2p: bool, seed: int) -> None:
+def test_oracle_schedule_replays_to_its_cost_in_the_simulator(
+    p2p: bool, seed: int, terminal_price: float
+) -> None:
     day = random_day(np.random.default_rng(100 + seed), n_steps=24, n_agents=4)
-    result = solve_oracle(**day, p2p=p2p)
+    result = solve_oracle(**day, p2p=p2p, terminal_price=terminal_price)
     replayed = simulate_battery_policy(
         day["load_kwh"],
         day["pv_kwh"],
@@ -287,8 +328,54 @@ def test_oracle_schedule_replays_to_its_cost_in_the_simulator(p2p: bool, seed: i
         result.charge_kwh,
         result.discharge_kwh,
         p2p=p2p,
+        terminal_price=terminal_price,
     )
     assert replayed == pytest.approx(result.cost, abs=1e-6)
+    terminal = terminal_price * np.sum(result.soc_kwh[0] - result.soc_kwh[-1])
+    assert result.terminal_value_cost == pytest.approx(terminal, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# In the environment, with the terminal value (episode.terminal_value, on by default)
+# ---------------------------------------------------------------------------------------
+
+ENV_CONFIG = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share": 0.6},
+              "network": {"model": "none"}}
+ENV_DAYS = [6, 97, 202]  # test days (d % 7 == 6) in winter, spring and summer
+TOU_RETAIL = [0.2] * 6 + [0.28] * 11 + [0.4] * 4 + [0.28] + [0.2] * 2
+
+
+@pytest.mark.parametrize("tariff", [{}, {"retail_tou": TOU_RETAIL}], ids=["flat", "tou"])
+def test_oracle_bounds_the_baselines_with_the_terminal_value(tariff: dict) -> None:
+    import envs
+    from agents.baselines import make_oracle, make_policy
+    from agents.evaluation import evaluate_policy
+    from envs import metrics
+
+    config = {**ENV_CONFIG, "tariff": tariff}
+    env = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    peak_retail = max(TOU_RETAIL) if tariff else 0.3
+    assert env.terminal_price == pytest.approx(0.95 * (peak_retail - 0.02))
+    oracle, schedules = make_oracle("oracle").evaluate(env, ENV_DAYS)
+    bound = metrics.community_cost(oracle)
+    terminal = metrics.summary(oracle)["terminal_value_cost"]
+    expected = [env.terminal_price * np.sum(s.soc_kwh[0] - s.soc_kwh[-1]) for s in schedules]
+    np.testing.assert_allclose(terminal.numpy(), expected, atol=1e-9)
+    np.testing.assert_allclose([s.terminal_value_cost for s in schedules], expected, atol=1e-9)
+    for spec in ("no_p2p", "self_consumption", "zi", "fixed_price", "random"):
+        policy = make_policy(spec)
+        mechanism = policy.mechanism or "uniform"
+        env = envs.make_batched_env(config, n_envs=len(ENV_DAYS), dtype="float64",
+                                    **{"market.mechanism": mechanism})
+        totals, _ = evaluate_policy(env, policy, ENV_DAYS, seed=0)
+        cost = metrics.community_cost(totals)
+        assert bool((cost >= bound - 1e-7).all()), (spec, (cost - bound).tolist())
+        # The cost the bound holds against includes the policy's own terminal value.
+        terminal = metrics.summary(totals)["terminal_value_cost"]
+        if spec in ("no_p2p", "zi"):  # idle batteries end where they started
+            assert bool((terminal == 0).all()), spec
+        else:
+            assert bool((terminal != 0).any()), spec
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,6 +611,9 @@ def test_invalid_network_and_step_raise_value_error() -> None:
     inputs = _valid_inputs()
     with pytest.raises(ValueError, match="dt_h"):
         solve_oracle(**inputs, dt_h=0.0)
+    for price in (-0.1, np.nan, np.inf):
+        with pytest.raises(ValueError, match="terminal_price must be a finite price >= 0"):
+            solve_oracle(**inputs, terminal_price=price)
     with pytest.raises(ValueError, match="dv_dp must have shape"):
         bad = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.ones((1, 3)))
         solve_oracle(**inputs, network=bad)

@@ -39,6 +39,13 @@ CASES = {
     "synthetic-no-network": SYNTHETIC,
     "synthetic-discrete": {**SYNTHETIC, "action": {"type": "discrete"},
                            "market": {"mechanism": "pay_as_bid"}},
+    # The terminal value is on by default (every case above); off, and at a set price on the
+    # network-charges path (penalties and fees are added after the kernel).
+    "synthetic-terminal-value-off": {**SYNTHETIC, "episode": {"terminal_value": False}},
+    "rural1-violations-terminal-value-off": {
+        "network": {"v_min": 0.999, "v_max": 1.001}, "episode": {"terminal_value": False}},
+    "rural1-fees-terminal-price": {"network": {"p2p_fee": 0.01, "p2p_loss_factor": 0.05},
+                                   "episode": {"terminal_price": 0.5}},
 }
 
 
@@ -85,6 +92,11 @@ def test_engine_steps_like_the_core(name: str) -> None:
                                        err_msg=f"{key} at step {step}")
         assert set(info) == set(core_info) - {"done"}
         penalised += bool(np.any(info["network_penalty"] > 0))
+        terminal = info["terminal_value_cost"]
+        if not done or not config.episode.terminal_value:
+            assert not np.any(terminal), step  # charged on the last step only
+        else:  # the random actions moved some battery away from its start
+            assert np.any(terminal != 0.0), step
     if name == "rural1-violations":
         assert penalised > 50  # the torch penalty path really ran
     if name == "rural1-fees":

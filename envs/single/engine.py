@@ -41,6 +41,7 @@ from envs import fees
 from envs.config import EnvConfig
 from envs.core import BatchedP2PEnv
 from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
+from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
 from envs.network import PowerFlowResult, network_penalty
 from envs.single.market import MECHANISM_CODE, clear_into
 from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_into
@@ -71,12 +72,8 @@ _drop_stale_engine_cache()
 _STREAM_START_DAY = 1
 _STREAM_FORECAST_NOISE = 2
 
-AGENT_INFO: tuple[str, ...] = (
-    "p2p_energy_kwh", "grid_energy_kwh", "payment", "p2p_payment", "grid_payment",
-    "net_energy_kwh", "load_kwh", "pv_kwh", "battery_energy_kwh", "battery_cut_kwh",
-    "soc_kwh", "degradation_cost", "network_penalty", "network_fee", "cost", "price")
-"""Per-agent info keys of a step (rows of the engine's agent buffer), as in the core."""
-# rows of the agent buffer (numba reads module-level ints as constants)
+# Rows of the agent buffer, in the order of envs.info_schema.AGENT_INFO (numba reads
+# module-level ints as constants; _check_buffer_layout asserts the order at import).
 _A_P2P_ENERGY_KWH = 0  # rows 0-4 are envs.single.market.clear_into's rows
 _A_GRID_ENERGY_KWH = 1
 _A_PAYMENT = 2
@@ -93,16 +90,9 @@ _A_NETWORK_PENALTY = 12
 _A_NETWORK_FEE = 13
 _A_COST = 14
 _A_PRICE = 15
+_A_TERMINAL_VALUE_COST = 16
 
-ENV_INFO: tuple[str, ...] = (
-    "network_fee_revenue", "clearing_price", "operator_surplus", "community_cost",
-    "p2p_volume_kwh", "grid_import_kwh", "grid_export_kwh", "retail_price", "feed_in_price",
-    "day", "step_of_day")
-NETWORK_INFO: tuple[str, ...] = (
-    "v_min", "v_max", "max_line_loading", "max_trafo_loading", "voltage_violations",
-    "line_violations", "losses_kw", "network_converged")
-"""Per-community info keys (floats), as in the core; the network ones only with a network."""
-# entries of the env buffer
+# Entries of the env buffer, in the order of envs.info_schema.ENV_INFO + NETWORK_INFO.
 _E_NETWORK_FEE_REVENUE = 0
 _E_CLEARING_PRICE = 1
 _E_OPERATOR_SURPLUS = 2
@@ -124,6 +114,19 @@ _E_LOSSES_KW = 17
 _E_NETWORK_CONVERGED = 18
 _N_ENV_INFO = len(ENV_INFO)
 _N_NETWORK_INFO = len(NETWORK_INFO)
+
+
+def _check_buffer_layout() -> None:
+    """Fail at import if the buffer constants above and ``envs.info_schema`` disagree."""
+    constants = globals()
+    for prefix, names in (("_A_", AGENT_INFO), ("_E_", ENV_INFO + NETWORK_INFO)):
+        rows = {name: constants.get(prefix + name.upper()) for name in names}
+        if list(rows.values()) != list(range(len(names))):
+            raise ImportError(f"envs.single.engine's {prefix}* buffer rows {rows} do not follow "
+                              f"the order of envs.info_schema")
+
+
+_check_buffer_layout()
 
 
 class Tables(NamedTuple):
@@ -167,6 +170,8 @@ class Params(NamedTuple):
     network: bool
     v_min: float
     v_max: float
+    terminal_value: bool
+    terminal_price: float
 
 
 class Buffers(NamedTuple):
@@ -187,7 +192,7 @@ class Buffers(NamedTuple):
 
 
 # State layout: ints [env_seed, episode_count, day, step_of_day]; floats soc [N],
-# last_voltage [N], last_price [1].
+# last_voltage [N], last_price [1], episode_start_soc [N] (kWh, for the terminal value).
 _SEED, _EPISODE, _DAY, _STEP = 0, 1, 2, 3
 
 
@@ -249,15 +254,17 @@ def state_into(tables, params, ints, soc, last_price, out):
 
 
 @njit(cache=True)
-def reset_into(tables, params, ints, soc, last_voltage, last_price):
+def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc):
     """Mirrors ``BatchedP2PEnv._reset_where`` for one environment: draw the start day from
-    the episode's stream, zero the step, initial SoC, midpoint price, flat voltage."""
+    the episode's stream, zero the step, initial SoC (kept as the episode's start SoC),
+    midpoint price, flat voltage."""
     u = uniform_at(stream_key(ints[_SEED], ints[_EPISODE], _STREAM_START_DAY), 0)
     n_days = tables.start_days.shape[0]
     ints[_DAY] = tables.start_days[min(int(u * n_days), n_days - 1)]
     ints[_STEP] = 0
     for i in range(soc.shape[0]):
         soc[i] = params.initial_soc * tables.capacity_kwh[i]
+        episode_start_soc[i] = soc[i]
         last_voltage[i] = 1.0
     last_price[0] = 0.5 * (tables.retail_price[0] + tables.feed_in_price[0])
     ints[_EPISODE] += 1
@@ -292,9 +299,11 @@ def _decode(tables, params, actions, battery_fraction, price_fraction) -> int:
 
 
 @njit(cache=True)
-def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, actions, buffers):
+def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episode_start_soc,
+                actions, buffers):
     """One 15-minute step; mirrors ``BatchedP2PEnv.step`` at ``B = 1`` without the network
-    penalty and fees (the caller adds those when the returned flag asks for them).
+    penalty and fees (the caller adds those when the returned flag asks for them), with the
+    terminal value (``BatchedP2PEnv.terminal_value_cost``) on the last step of a day.
 
     Returns ``(bad_agent, done, needs_penalty)``: ``bad_agent >= 0`` when that agent's action
     is invalid (nothing changed), ``done`` when the day ended (``buffers.final_obs`` and
@@ -356,13 +365,19 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, actio
             v = buffers.vm_pu[grid.agent_bus[i]]
             last_voltage[i] = 1.0 if math.isnan(v) else v
 
+    last_step = params.terminal_value and ints[_STEP] == STEPS_PER_DAY - 1
     volume, imports, exports, community_cost = 0.0, 0.0, 0.0, 0.0
     for i in range(n):
         for row in range(5):  # p2p_energy, grid_energy, payment, p2p_payment, grid_payment
             agent[row, i] = market[row, i]
         agent[_A_NETWORK_PENALTY, i] = 0.0
         agent[_A_NETWORK_FEE, i] = 0.0
-        cost = market[2, i] + agent[_A_DEGRADATION_COST, i]
+        terminal = 0.0
+        if last_step:  # soc[i] already holds the SoC after the step
+            terminal = params.terminal_price * (episode_start_soc[i] - soc[i])
+        agent[_A_TERMINAL_VALUE_COST, i] = terminal
+        # Same order of additions as the core (penalty and fee are 0 here).
+        cost = market[2, i] + agent[_A_DEGRADATION_COST, i] + terminal
         agent[_A_COST, i] = cost
         buffers.reward[i] = -cost * params.reward_scale
         community_cost += cost
@@ -389,7 +404,7 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, actio
     if done:
         observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.final_obs)
         state_into(tables, params, ints, soc, last_price, buffers.final_state)
-        reset_into(tables, params, ints, soc, last_voltage, last_price)
+        reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc)
     observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.obs)
     return -1, done, needs_penalty
 
@@ -452,7 +467,8 @@ class SingleEnvEngine:
             forecast_steps=config.observation.forecast_steps,
             forecast_noise=config.observation.forecast_noise,
             include_voltage=config.observation.include_voltage, discrete=self.discrete,
-            network=network.model != "none", v_min=network.v_min, v_max=network.v_max)
+            network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
+            terminal_value=core.terminal_value, terminal_price=core.terminal_price)
         # Exact Python types, so that every config compiles to the same kernel signature.
         types = get_type_hints(Params)
         self.params = Params(**{name: types[name](value) for name, value in values.items()})
@@ -473,7 +489,9 @@ class SingleEnvEngine:
         self._soc = np.zeros(n)
         self._last_voltage = np.ones(n)
         self._last_price = np.zeros(1)
-        self._state = (self._ints, self._soc, self._last_voltage, self._last_price)
+        self._episode_start_soc = np.zeros(n)
+        self._state = (self._ints, self._soc, self._last_voltage, self._last_price,
+                       self._episode_start_soc)
         self._seeded = False
         self._charges_p2p = core._charges_p2p
         # Actions are always copied to one dtype and layout, so the kernel is compiled (or
@@ -609,9 +627,11 @@ class SingleEnvEngine:
             agent[_A_NETWORK_FEE] = (fee + loss_charge)[0].numpy()
             env[_E_NETWORK_FEE_REVENUE] = agent[_A_NETWORK_FEE].sum()
             extra += agent[_A_NETWORK_FEE]
-        # Same order of additions as the core: payment + degradation + penalty + fee.
+        # Same order of additions as the core: payment + degradation + penalty + fee +
+        # terminal value (the kernel's, 0 but on the last step).
         cost = (agent[_A_PAYMENT] + agent[_A_DEGRADATION_COST]
-                + agent[_A_NETWORK_PENALTY] + agent[_A_NETWORK_FEE])
+                + agent[_A_NETWORK_PENALTY] + agent[_A_NETWORK_FEE]
+                + agent[_A_TERMINAL_VALUE_COST])
         agent[_A_COST] = cost
         buffers.reward[:] = -cost * self.params.reward_scale
         env[_E_COMMUNITY_COST] = cost.sum()
