@@ -355,7 +355,7 @@ class SB3Algorithm(Algorithm):
             raise ConfigError(f"algo {self.name} needs env.action.type in "
                               f"{self.action_types}, got {spec.action_type!r}")
         self.core = CollectorCore(spec)
-        self.vec_env = SB3VecEnv(self.core)
+        self.vec_env = SB3VecEnv(self.core, step_infos=False)  # the trainer reads none
         self._progress = _RunProgress(train.total_steps * spec.n_agents)
         with global_rng_scope(self._draw_seed(), self.device):
             self.model = self.sb3_class(

@@ -41,8 +41,11 @@ def make_env(config: ConfigSource = None, render_mode: str | None = None,
 
 
 def make_vec_env(config: ConfigSource = None, n_envs: int | None = None,
-                 device: str | None = None, **overrides: Any):
-    """A stable-baselines3 ``VecEnv`` with one sub-environment per (env, agent) pair."""
+                 device: str | None = None, step_infos: bool = True, **overrides: Any):
+    """A stable-baselines3 ``VecEnv`` with one sub-environment per (env, agent) pair;
+    ``step_infos=False`` skips the per-agent info dicts (``envs.info_schema``), which cost more
+    than the core's step at large batches."""
     from envs.sb3_vec_env import SB3VecEnv
 
-    return SB3VecEnv(make_batched_env(config, n_envs=n_envs, device=device, **overrides))
+    return SB3VecEnv(make_batched_env(config, n_envs=n_envs, device=device, **overrides),
+                     step_infos=step_infos)

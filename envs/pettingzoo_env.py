@@ -23,10 +23,13 @@ Actions
     See the table. Actions outside the space or NaN raise ValueError naming the agent.
 
 Infos
-    Per agent: payment, P2P and grid energy, net energy, battery energy, cut and SoC,
-    degradation cost, network penalty and posted price; per community: clearing price (None
-    when nothing traded), P2P volume, grid import and export, community cost, tariffs, and the
-    network's voltage and loading figures.
+    Every agent's info is a flat dict with the keys of ``envs.info_schema.INFO_KEYS``, the
+    same at ``reset()`` and at every ``step()`` on both engines, all Python floats: the
+    agent's own values (``AGENT_INFO``: energies, payments, battery, costs, posted price) and
+    its community's (``ENV_INFO``: clearing price, volumes, tariffs, day and step;
+    ``NETWORK_INFO``: voltages, loadings, losses). Undefined values are NaN: the clearing
+    price of a step without trade, the network keys without a network model, and at reset
+    every key but ``day`` and ``step_of_day`` (-1: no step taken yet).
 
 Rewards
     Minus the agent's money of the step: market and grid payment, battery degradation and its
@@ -63,13 +66,10 @@ from pettingzoo import ParallelEnv
 
 from envs.config import EnvConfig
 from envs.core import BatchedP2PEnv
-from envs.single.engine import AGENT_INFO, ENV_INFO, NETWORK_INFO, SingleEnvEngine, supports
+from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
+from envs.single.engine import SingleEnvEngine, supports
 
 ENGINES = ("auto", "numba", "torch")
-
-_PER_AGENT_INFO = ("payment", "p2p_energy_kwh", "grid_energy_kwh", "net_energy_kwh",
-                   "battery_energy_kwh", "battery_cut_kwh", "soc_kwh", "degradation_cost",
-                   "network_penalty", "price")
 
 
 class P2PParallelEnv(ParallelEnv):
@@ -113,6 +113,8 @@ class P2PParallelEnv(ParallelEnv):
                                for i, agent in enumerate(self.possible_agents)}
         self.state_space = spaces.Box(-np.inf, np.inf, (self.engine.state_dim,), np.float32)
         self._last_info: dict[str, Any] | None = None
+        # Every info key, NaN: the start of each agent's info dict.
+        self._undefined_info = dict.fromkeys(INFO_KEYS, math.nan)
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self._observation_spaces[agent]
@@ -130,8 +132,10 @@ class P2PParallelEnv(ParallelEnv):
         obs, day = self.engine.reset(seed=seed, day=None if day is None else int(day))
         self.agents = list(self.possible_agents)
         self._last_info = None
-        return dict(zip(self.agents, obs, strict=True)), {agent: {"day": day}
-                                                          for agent in self.agents}
+        reset_info = self._undefined_info.copy()
+        reset_info.update(day=float(day), step_of_day=-1.0)
+        return (dict(zip(self.agents, obs, strict=True)),
+                {agent: reset_info.copy() for agent in self.agents})
 
     def step(self, actions: dict[str, Any]):
         if not self.agents:
@@ -155,17 +159,24 @@ class P2PParallelEnv(ParallelEnv):
         if done:
             obs = info["final_observation"]
             self.agents = []
-        shared = {key: info[key] for key in self.engine.env_keys}
-        if math.isnan(shared["clearing_price"]):
-            shared["clearing_price"] = None  # no P2P trade this step
-        infos = {}
-        rows = zip(*[info[key].tolist() for key in _PER_AGENT_INFO], strict=True)
-        for agent, row in zip(agents, rows, strict=True):
-            infos[agent] = shared.copy()
-            infos[agent].update(zip(_PER_AGENT_INFO, row, strict=True))
         return (dict(zip(agents, obs, strict=True)), dict(zip(agents, reward.tolist(),
                                                               strict=True)),
-                dict.fromkeys(agents, done), dict.fromkeys(agents, False), infos)
+                dict.fromkeys(agents, done), dict.fromkeys(agents, False),
+                self._agent_infos(info))
+
+    def _agent_infos(self, info: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """The engine's step ``info`` as one dict of :data:`INFO_KEYS` per agent, in that
+        order: the agent's own values and its community's, NaN where the engine has none
+        (the network keys without a network model)."""
+        shared = self._undefined_info.copy()
+        shared.update(zip(self.engine.env_keys, [info[key] for key in self.engine.env_keys],
+                          strict=True))
+        rows = zip(*[info[key].tolist() for key in AGENT_INFO], strict=True)
+        infos = {}
+        for agent, row in zip(self.possible_agents, rows, strict=True):
+            infos[agent] = shared.copy()
+            infos[agent].update(zip(AGENT_INFO, row, strict=True))
+        return infos
 
     def state(self) -> np.ndarray:
         return self.engine.state()

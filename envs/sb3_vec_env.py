@@ -7,6 +7,15 @@ action space is symmetric for SB3 (its ``check_env`` advice): continuous actions
 ``Discrete(battery_levels * price_levels)``. Episodes of all agents of an environment end
 together; the last observation is in ``infos[i]["terminal_observation"]`` as SB3 expects.
 Wrap it in ``stable_baselines3.common.vec_env.VecMonitor`` for episode statistics.
+
+Infos: with ``step_infos=True`` (default) sub-environment ``i = b * N + n`` gets the keys of
+``envs.info_schema.INFO_KEYS`` as floats at every step (agent n's own values and environment
+b's community values, NaN where undefined), the same as the PettingZoo env's agents; after
+``reset()`` and after each automatic reset, ``reset_infos[i]`` holds the same keys, all NaN
+but ``day`` and ``step_of_day`` (-1). ``step_infos=False`` leaves only SB3's keys
+(``terminal_observation``, ``TimeLimit.truncated``) for speed: building B * N dicts costs
+about 4 us each (3 ms a step at 64 x 13 sub-environments, more than the core's step on the
+CPU). The core's info tensors of the last step are always in :attr:`SB3VecEnv.last_info`.
 """
 
 from __future__ import annotations
@@ -19,13 +28,16 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.core import BatchedP2PEnv
+from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
 
 
 class SB3VecEnv(VecEnv):
     """``B * N`` SB3 sub-environments over one :class:`BatchedP2PEnv`."""
 
-    def __init__(self, core: BatchedP2PEnv) -> None:
+    def __init__(self, core: BatchedP2PEnv, step_infos: bool = True) -> None:
         self.core = core
+        self.step_infos = step_infos
+        """Whether the per-sub-environment infos carry ``INFO_KEYS`` (see module doc)."""
         b, n = core.n_envs, core.n_agents
         observation_space = spaces.Box(-np.inf, np.inf, (core.obs_dim,), np.float32)
         if core.config.action.type == "continuous":
@@ -43,8 +55,13 @@ class SB3VecEnv(VecEnv):
         return tensor.detach().cpu().numpy().reshape(self.num_envs, *tensor.shape[2:])
 
     def reset(self) -> np.ndarray:
-        obs, _ = self.core.reset(seed=self._seed)
+        obs, info = self.core.reset(seed=self._seed)
         self._seed = None
+        if self.step_infos:
+            day = info.get("day")
+            self.reset_infos = self._reset_infos(
+                np.full(self.num_envs, np.nan) if day is None
+                else np.repeat(day.cpu().numpy().astype(np.float64), self.core.n_agents))
         return self._flat(obs).astype(np.float32, copy=False)
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -62,14 +79,54 @@ class SB3VecEnv(VecEnv):
         self.last_info = info
         done = (terminated | truncated)[:, None].expand(b, n).reshape(-1).cpu().numpy()
         rewards = reward.reshape(-1).detach().cpu().numpy().astype(np.float32)
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        infos = (self._step_infos(info) if self.step_infos
+                 else [{} for _ in range(self.num_envs)])
         if done.any():
             final = self._flat(info["final_observation"]).astype(np.float32, copy=False)
             time_limit = truncated[:, None].expand(b, n).reshape(-1).cpu().numpy()
             for i in np.flatnonzero(done):
                 infos[i]["terminal_observation"] = final[i]
                 infos[i]["TimeLimit.truncated"] = bool(time_limit[i])
+            if self.step_infos:  # the core has reset those environments
+                day = getattr(self.core, "day", None)
+                days = (np.full(self.num_envs, np.nan) if day is None
+                        else np.repeat(day.cpu().numpy().astype(np.float64), n))
+                for i, reset_info in zip(np.flatnonzero(done), self._reset_infos(
+                        days[done]), strict=True):
+                    self.reset_infos[i] = reset_info
         return self._flat(obs).astype(np.float32, copy=False), rewards, done, infos
+
+    def _step_infos(self, info: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """The core's step ``info`` as one dict of :data:`INFO_KEYS` per sub-environment, in
+        that order: agent n's values and env b's community values, NaN for keys the core did
+        not report (the network keys without a network model)."""
+        b, n = self.core.n_envs, self.core.n_agents
+
+        def rows(keys: list[str]) -> list[list[float]]:
+            if not keys:
+                return [[] for _ in range(b * n)]
+            stacked = torch.stack([info[key].detach().double() for key in keys], dim=-1)
+            return stacked.cpu().reshape(-1, len(keys)).tolist()
+
+        agent_keys = [key for key in AGENT_INFO if key in info]
+        env_keys = [key for key in ENV_INFO + NETWORK_INFO if key in info]
+        agent_rows, env_rows = rows(agent_keys), rows(env_keys)
+        undefined = dict.fromkeys(INFO_KEYS, np.nan)
+        infos = []
+        for env in range(b):
+            shared = undefined.copy()
+            shared.update(zip(env_keys, env_rows[env], strict=True))
+            for row in agent_rows[env * n:(env + 1) * n]:
+                infos.append(shared.copy())
+                infos[-1].update(zip(agent_keys, row, strict=True))
+        return infos
+
+    @staticmethod
+    def _reset_infos(days: np.ndarray) -> list[dict[str, Any]]:
+        """Reset infos of sub-environments starting day ``days [k]``: all NaN but ``day`` and
+        ``step_of_day`` (-1, no step taken yet)."""
+        template = dict.fromkeys(INFO_KEYS, np.nan)
+        return [{**template, "day": day, "step_of_day": -1.0} for day in days.tolist()]
 
     def close(self) -> None:
         pass

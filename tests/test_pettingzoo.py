@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
 import pytest
+import torch
 from pettingzoo.test import parallel_api_test, parallel_seed_test
+from pettingzoo.utils.wrappers import BaseParallelWrapper
 
 import envs
+from envs.info_schema import AGENT_INFO, DEFINED_AT_RESET, INFO_KEYS, NETWORK_INFO
 
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
 
@@ -25,9 +29,21 @@ def test_parallel_api_default_feeder_with_network():
     parallel_api_test(envs.make_env(), num_cycles=100)
 
 
+class NanComparable(BaseParallelWrapper):
+    """NaN infos as the string ``"nan"``: PettingZoo's seed test compares infos of two envs
+    with ``==``, under which a NaN (a step without trade, the network keys without a
+    network) never equals itself."""
+
+    def step(self, actions):
+        *rest, infos = self.env.step(actions)
+        return (*rest, {agent: {key: "nan" if math.isnan(value) else value
+                                for key, value in info.items()}
+                        for agent, info in infos.items()})
+
+
 @pytest.mark.parametrize("engine", ["numba", "torch"])
 def test_parallel_seed(engine):
-    parallel_seed_test(lambda: envs.make_env(SMALL, engine=engine))
+    parallel_seed_test(lambda: NanComparable(envs.make_env(SMALL, engine=engine)))
 
 
 @pytest.mark.parametrize("action_type", ["continuous", "discrete"])
@@ -40,12 +56,12 @@ def test_numba_and_torch_engines_play_the_same_episodes(action_type):
     assert (fast.engine_name, slow.engine_name) == ("numba", "torch")
     obs_fast, info_fast = fast.reset(seed=3)
     obs_slow, info_slow = slow.reset(seed=3)
-    assert info_fast == info_slow  # the start day
+    np.testing.assert_equal(info_fast, info_slow)  # the start day, NaN elsewhere
     for _ in range(2 * 96 + 20):
         if not fast.agents:
             obs_fast, info_fast = fast.reset()
             obs_slow, info_slow = slow.reset()
-            assert info_fast == info_slow
+            np.testing.assert_equal(info_fast, info_slow)
         for agent in fast.possible_agents:
             np.testing.assert_allclose(obs_fast[agent], obs_slow[agent], rtol=1e-6)
         actions = {agent: fast.action_space(agent).sample() for agent in fast.agents}
@@ -57,11 +73,8 @@ def test_numba_and_torch_engines_play_the_same_episodes(action_type):
         for agent in fast.possible_agents:
             assert info_fast[agent].keys() == info_slow[agent].keys()
             for key, value in info_fast[agent].items():
-                if value is None:
-                    assert info_slow[agent][key] is None, key
-                else:
-                    np.testing.assert_allclose(value, info_slow[agent][key], rtol=1e-9,
-                                               atol=1e-12, err_msg=key)
+                np.testing.assert_allclose(value, info_slow[agent][key], rtol=1e-9,
+                                           atol=1e-12, err_msg=key)
         np.testing.assert_allclose(fast.state(), slow.state(), rtol=1e-6)
 
 
@@ -148,3 +161,99 @@ def test_ansi_render_summarises_the_step():
 def test_n_envs_must_be_one():
     with pytest.raises(ValueError, match="n_envs must be 1"):
         envs.make_env(SMALL, n_envs=2)
+
+
+def _assert_schema(infos: dict, agents: list[str]) -> None:
+    """Every agent has exactly INFO_KEYS, each a Python float (never None)."""
+    assert list(infos) == agents
+    for agent in agents:
+        assert tuple(infos[agent]) == INFO_KEYS, agent
+        bad = {key: value for key, value in infos[agent].items() if type(value) is not float}
+        assert not bad, (agent, bad)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_infos_have_the_schema_at_reset_and_every_step(engine):
+    """Same keys at reset and at each of the 96 steps; NaN exactly where undefined."""
+    env = envs.make_env(SMALL, engine=engine)
+    _, infos = env.reset(seed=0, options={"day": 40})
+    _assert_schema(infos, env.possible_agents)
+    for info in infos.values():
+        assert (info["day"], info["step_of_day"]) == (40.0, -1.0)
+        assert all(math.isnan(info[key]) for key in INFO_KEYS if key not in DEFINED_AT_RESET)
+    traded = 0
+    for step in range(96):
+        actions = {agent: env.action_space(agent).sample() for agent in env.agents}
+        _, _, _, _, infos = env.step(actions)
+        _assert_schema(infos, env.possible_agents)
+        for info in infos.values():
+            assert (info["day"], info["step_of_day"]) == (40.0, float(step))
+            assert all(math.isnan(info[key]) for key in NETWORK_INFO)  # no network model
+            defined = [key for key in INFO_KEYS if key not in NETWORK_INFO + ("clearing_price",)]
+            assert all(math.isfinite(info[key]) for key in defined), info
+        # the clearing price is NaN exactly when nothing traded
+        info = infos["prosumer_0"]
+        assert math.isnan(info["clearing_price"]) == (info["p2p_volume_kwh"] == 0.0)
+        traded += info["p2p_volume_kwh"] > 0.0
+    assert not env.agents and 0 < traded < 96
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_network_infos_are_defined_with_a_network(engine):
+    env = envs.make_env({**SMALL, "network": {"model": "zbus"}}, engine=engine)
+    _, infos = env.reset(seed=0)
+    _assert_schema(infos, env.possible_agents)
+    _, _, _, _, infos = env.step({a: env.action_space(a).sample() for a in env.agents})
+    _assert_schema(infos, env.possible_agents)
+    info = infos["prosumer_0"]
+    assert info["network_converged"] == 1.0 and 0.8 < info["v_min"] <= info["v_max"] < 1.2
+    assert all(math.isfinite(info[key]) for key in NETWORK_INFO)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_step_without_trade_has_nan_clearing_price(engine):
+    """At midnight (no PV) with every battery charging at full power every agent buys: no
+    seller, no trade."""
+    env = envs.make_env(SMALL, engine=engine)
+    env.reset(seed=0, options={"day": 10})
+    _, _, _, _, infos = env.step(
+        {agent: np.array([1.0, 1.0], np.float32) for agent in env.agents})
+    for agent, info in infos.items():
+        assert info["pv_kwh"] == 0.0 and info["net_energy_kwh"] > 0.0, agent
+        assert math.isnan(info["clearing_price"]) and info["p2p_volume_kwh"] == 0.0
+        assert info["p2p_energy_kwh"] == 0.0 and info["p2p_payment"] == 0.0
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_cost_info_is_minus_reward_over_scale_on_a_hand_checked_step(engine):
+    """No P2P market, batteries idle, midnight: each agent imports its load at retail, so
+    cost = payment = load x 0.30 and reward = -cost x reward_scale."""
+    env = envs.make_env({**SMALL, "market": {"mechanism": "none"}}, engine=engine,
+                        reward_scale=0.5, dtype="float64")
+    env.reset(seed=0, options={"day": 10})
+    _, rewards, _, _, infos = env.step(
+        {agent: np.array([0.0, 0.5], np.float32) for agent in env.agents})
+    for agent, info in infos.items():
+        load = info["load_kwh"]
+        assert load > 0.0 and info["pv_kwh"] == 0.0 and info["battery_energy_kwh"] == 0.0
+        assert info["grid_energy_kwh"] == pytest.approx(load, rel=1e-12)
+        assert info["retail_price"] == pytest.approx(0.30, rel=1e-12)
+        assert info["grid_payment"] == pytest.approx(0.30 * load, rel=1e-12)
+        assert info["cost"] == info["payment"] == pytest.approx(0.30 * load, rel=1e-12)
+        assert rewards[agent] == pytest.approx(-0.5 * info["cost"], rel=1e-12)
+        parts = (info["payment"] + info["degradation_cost"] + info["network_penalty"]
+                 + info["network_fee"] + info["terminal_value_cost"])
+        assert info["cost"] == pytest.approx(parts, rel=1e-12)
+    assert infos["prosumer_0"]["community_cost"] == pytest.approx(
+        sum(info["cost"] for info in infos.values()), rel=1e-12)
+
+
+def test_schema_lists_every_per_agent_info_of_the_core():
+    """The core's per-agent infos ([B, N]) are exactly AGENT_INFO; every core key is in the
+    schema (so the PettingZoo env drops none of them)."""
+    core = envs.make_batched_env(SMALL, n_envs=2)
+    core.reset(seed=0)
+    _, _, _, _, info = core.step(torch.zeros(2, core.n_agents, 2))
+    per_agent = {key for key, value in info.items() if value.dim() == 2}
+    assert per_agent == set(AGENT_INFO)
+    assert set(info) <= set(INFO_KEYS)

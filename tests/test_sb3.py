@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
 
 import envs
+from envs.info_schema import INFO_KEYS
+from envs.sb3_vec_env import SB3VecEnv
 
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
 
@@ -23,6 +28,11 @@ def test_vec_env_shapes_and_terminal_observation():
         assert rewards.shape == (12,) and dones.shape == (12,)
     assert dones.all()
     assert all("terminal_observation" in info for info in infos)
+    assert all(info["step_of_day"] == 95.0 for info in infos)
+    # the core has reset every env: reset infos of the new episodes
+    new_days = vec.core.day.tolist()
+    assert [(info["day"], info["step_of_day"]) for info in vec.reset_infos] == [
+        (float(new_days[i // 4]), -1.0) for i in range(12)]
 
 
 def test_symmetric_price_action_maps_to_band():
@@ -47,3 +57,26 @@ def test_sb3_ppo_trains_on_the_adapter():
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (8, 2)
     assert np.isfinite(model.logger.name_to_value.get("train/loss", 0.0))
+
+
+def test_vec_env_infos_follow_the_info_schema():
+    """Sub-env b * N + n: agent n's values and env b's community values, NaN where the core
+    has none (no network model); reset infos NaN but the day and step -1."""
+    vec = envs.make_vec_env(SMALL, n_envs=2)
+    vec.reset()
+    days = vec.core.day.tolist()
+    for i, info in enumerate(vec.reset_infos):
+        assert tuple(info) == INFO_KEYS
+        assert (info["day"], info["step_of_day"]) == (float(days[i // 4]), -1.0)
+        assert math.isnan(info["cost"])
+    _, rewards, _, infos = vec.step(np.zeros((8, 2), np.float32))
+    cost, clearing_price = vec.last_info["cost"], vec.last_info["clearing_price"]
+    for i, info in enumerate(infos):
+        assert tuple(info) == INFO_KEYS and all(type(v) is float for v in info.values())
+        assert info["cost"] == pytest.approx(float(cost[i // 4, i % 4]), rel=1e-6)
+        assert info["cost"] == pytest.approx(-float(rewards[i]), rel=1e-5)
+        assert info["step_of_day"] == 0.0 and math.isnan(info["v_min"])
+        np.testing.assert_equal(info["clearing_price"], float(clearing_price[i // 4]))
+    quiet = SB3VecEnv(envs.make_batched_env(SMALL, n_envs=2), step_infos=False)
+    quiet.reset()
+    assert quiet.step(np.zeros((8, 2), np.float32))[3] == [{}] * 8
