@@ -3,15 +3,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch by default; a GPU user sets TORCH_SPEC (e.g. TORCH_SPEC="torch --index-url ...").
+# torch is installed first, on its own, so that peergrid's `torch>=2.2` is already met and pip
+# pulls in no CUDA packages. TORCH_SPEC is the requirement; TORCH_INDEX, when set, is the index
+# it comes from (pip --index-url, in place of PyPI).
+# - Default (TORCH_INDEX empty): pip's configured indexes. Where they hold the CPU wheel, as on
+#   this project's CI machines (torch-2.13.0+cpu, which `torch==2.13.0` matches), that is it.
+# - A fresh Linux x86_64 machine on plain PyPI: PyPI's torch==2.13.0 is the CUDA build there
+#   (GBs of nvidia-* packages); take the CPU build from PyTorch's CPU index:
+#     make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#   (macOS, Windows and Linux aarch64: PyPI's wheel is already a CPU one.)
+# - A GPU machine: TORCH_INDEX=https://download.pytorch.org/whl/cu<version>, a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_INSTALL := $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install train test bench lint
+.PHONY: install train test bench lint wheel-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q $(TORCH_INSTALL)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
@@ -29,3 +40,8 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Build the wheel, install it into a fresh venv (torch first, as above) and run a smoke test of
+# the installed package from outside the repository (.ci/wheel_smoke.sh; CI runs it).
+wheel-smoke:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" .ci/wheel_smoke.sh
