@@ -13,16 +13,19 @@ Environment semantics the LP reproduces (all energies in kWh per step of ``dt_h`
 - state of charge: ``soc[t + 1] = soc[t] + charge_efficiency * charge[t]
   - discharge[t] / discharge_efficiency``, with ``soc_min * capacity <= soc[t + 1] <=
   soc_max * capacity``, ``charge <= max_charge_kw * dt_h``, ``discharge <= max_discharge_kw
-  * dt_h``; the initial SoC is given and the terminal SoC is free, with the energy left
-  in the cells valued at ``terminal_price`` (0 by default: left-over energy has no value);
+  * dt_h``; the initial SoC is given and the terminal SoC is free, with the energy taken
+  from the cells charged at ``terminal_price`` and the energy added credited at
+  ``terminal_credit_price <= terminal_price`` (0 by default: left-over energy has no value);
 - settlement with the grid: imports pay ``retail_price``, exports earn ``feed_in_price``.
   With ``p2p=True`` energy moves freely inside the community (internal payments cancel
   out) and only the community's net position is settled; with ``p2p=False`` each agent
-  settles its own net position;
+  settles its own net position, which decomposes the LP into one independent problem per
+  household (each plans its own battery with perfect foresight, no sharing);
 - community cost = ``sum_t (retail * import - feed_in * export) + degradation_cost *
-  (charge + discharge) + terminal_price * sum_i (soc[0, i] - soc[T, i])``, the last term
-  the environment's terminal value (``episode.terminal_value``: a charge for energy taken
-  from the batteries over the horizon, a credit for energy added).
+  (charge + discharge) + sum_i (terminal_price * max(soc[0, i] - soc[T, i], 0) -
+  terminal_credit_price * max(soc[T, i] - soc[0, i], 0))``, the last term the environment's
+  terminal value (``episode.terminal_value``: a charge for energy taken from the batteries
+  over the horizon, a smaller credit for energy added).
 
 Charging and discharging in the same step is not forbidden, which makes the LP a
 relaxation of any environment that takes one net battery action per step: the bound stays
@@ -39,17 +42,26 @@ variables      ``charge``, ``discharge`` in ``[0, max_*_kw * dt_h]`` (0 without 
                (``[T]`` with p2p, ``[T, N]`` without). With a network also free
                ``group_power [T, G]`` (kW injected by each group of agents sharing a
                sensitivity column, i.e. a bus) and one slack ``>= 0`` per network row.
+               ``soc_deficit``, ``soc_surplus >= 0`` ``[N]``: final SoC below and above
+               the initial one.
 equalities     SoC dynamics; ``net - charge + discharge - curtailment = load - pv``;
                balance ``import - export = sum_i net`` (p2p) or ``= net`` (per agent);
-               ``group_power[t, g] = sum_(i in g) net[t, i] / dt_h``.
+               ``group_power[t, g] = sum_(i in g) net[t, i] / dt_h``;
+               ``soc[T - 1] + soc_deficit - soc_surplus = initial SoC``.
 inequalities   network only: ``v0[t, b] + dv_dp[b] @ p_kw[t] <= v_max`` and ``>= v_min``,
                ``-max <= line_loading0[t, l] + dline_dp[l] @ p_kw[t] <= max``, each
                ``- slack``; rows that the variable bounds already guarantee are dropped.
 objective      ``retail . import - feed_in . export + degradation . (charge +
-               discharge) - terminal_price * soc[T - 1]`` (+ ``violation_penalty *
-               slack`` when the limits cannot be met); the constant ``terminal_price *
-               initial SoC`` is added to the reported cost.
+               discharge) + terminal_price . soc_deficit - terminal_credit_price .
+               soc_surplus`` (+ ``violation_penalty * slack`` when the limits cannot be
+               met).
 =============  =========================================================================
+
+The terminal value ``p * max(d, 0) - c * max(-d, 0)`` of a SoC change ``d = initial -
+final`` is convex in the final SoC when ``c <= p``, which is what makes the two-variable
+split exact: a schedule with both ``soc_deficit`` and ``soc_surplus`` positive costs more
+than the same schedule with the smaller of them subtracted from both (or the same when ``c =
+p``), so the optimum pays exactly the environment's terminal value.
 
 The network constraints are a first-order (sensitivity) model of the feeder around zero
 agent injection, as given by the linearised DistFlow equations of Baran and Wu, "Network
@@ -211,7 +223,8 @@ class OracleResult:
     """Optimal community schedule over the horizon (``T`` steps, ``N`` agents)."""
 
     cost: float
-    """Total community cost: grid bill plus battery degradation (currency)."""
+    """Total community cost: grid bill plus battery degradation plus terminal value
+    (currency)."""
     grid_import_kwh: np.ndarray
     """Energy bought from the grid by the community, summed over agents (kWh), ``[T]``."""
     grid_export_kwh: np.ndarray
@@ -230,8 +243,11 @@ class OracleResult:
     degradation_cost: float
     """Battery degradation part of ``cost`` (currency)."""
     terminal_value_cost: float
-    """Terminal-value part of ``cost``: ``terminal_price * sum_i (soc[0, i] - soc[T, i])``
+    """Terminal-value part of ``cost``, the sum of :attr:`agent_terminal_value_cost`
     (currency; < 0 when the batteries end fuller than they started)."""
+    agent_terminal_value_cost: np.ndarray
+    """Each agent's terminal value, ``[N]`` currency: ``terminal_price * max(soc[0, i] -
+    soc[T, i], 0) - terminal_credit_price * max(soc[T, i] - soc[0, i], 0)``."""
     status: str
     """HiGHS's message for the final solve."""
     network_slack: float = 0.0
@@ -473,6 +489,7 @@ def solve_oracle(
     network: NetworkLinearisation | None = None,
     allow_curtailment: bool | None = None,
     terminal_price: float = 0.0,
+    terminal_credit_price: float | None = None,
 ) -> OracleResult:
     """Cost-minimal schedule of the whole community with perfect foresight.
 
@@ -490,10 +507,16 @@ def solve_oracle(
         network: Optional linearised voltage/line model; adds network constraints.
         allow_curtailment: Allow PV curtailment ``0 <= curtailment <= pv``. Defaults to
             True with a network and False without one.
-        terminal_price: Value of one kWh left in the cells at the end of the horizon
-            (currency/kWh, finite, >= 0): the cost includes ``terminal_price * (initial SoC
-            - final SoC)`` summed over agents, as the environment's terminal value
-            (``BatchedP2PEnv.terminal_price``). 0 leaves the final SoC unvalued.
+        terminal_price: Price of one kWh of cell energy taken over the horizon (currency/kWh,
+            finite, >= 0): the cost includes ``terminal_price * max(initial SoC - final SoC,
+            0)`` for each agent, as the environment's terminal value
+            (``BatchedP2PEnv.terminal_price``). 0 (with the credit) leaves the final SoC
+            unvalued.
+        terminal_credit_price: Price credited per kWh of cell energy added over the horizon
+            (currency/kWh, finite, in ``[0, terminal_price]``): the cost includes ``-
+            terminal_credit_price * max(final SoC - initial SoC, 0)`` for each agent
+            (``BatchedP2PEnv.terminal_credit_price``). None: ``terminal_price`` (a symmetric
+            valuation).
 
     Returns:
         The optimal schedule; see :class:`OracleResult`.
@@ -531,6 +554,12 @@ def solve_oracle(
     if not (np.isfinite(terminal_price) and terminal_price >= 0):
         raise ValueError(f"terminal_price must be a finite price >= 0 currency/kWh, got "
                          f"{terminal_price}")
+    if terminal_credit_price is None:
+        terminal_credit_price = terminal_price
+    if not (np.isfinite(terminal_credit_price) and 0 <= terminal_credit_price <= terminal_price):
+        raise ValueError(f"terminal_credit_price must be a finite price in [0, terminal_price "
+                         f"= {terminal_price}] currency/kWh (a convex terminal value), got "
+                         f"{terminal_credit_price}")
     net_arrays = None if network is None else _validate_network(network, n_steps, n_agents)
     if allow_curtailment is None:
         allow_curtailment = network is not None
@@ -580,6 +609,8 @@ def solve_oracle(
     settlement_shape = (n_steps,) if p2p else (n_steps, n_agents)
     grid_import = layout.add(*settlement_shape)
     grid_export = layout.add(*settlement_shape)
+    soc_deficit = layout.add(n_agents)  # final SoC below the initial one (kWh)
+    soc_surplus = layout.add(n_agents)  # final SoC above the initial one (kWh)
     slacks = [layout.add(len(rows.rhs)) for rows in limit_rows]  # one per network row
     if net_arrays is not None:
         # Agents with identical sensitivity columns (same bus) share one injection
@@ -623,6 +654,11 @@ def solve_oracle(
     eq.add_terms(rows, grid_import, 1.0)
     eq.add_terms(rows, grid_export, -1.0)
     eq.add_terms(rows[:, None] if p2p else rows, net, -1.0)
+    # Terminal SoC change: soc[T - 1] + deficit - surplus = initial SoC.
+    rows = eq.add_rows(battery.initial_soc_kwh)
+    eq.add_terms(rows, soc[-1], 1.0)
+    eq.add_terms(rows, soc_deficit, 1.0)
+    eq.add_terms(rows, soc_surplus, -1.0)
     if net_arrays is not None:
         # Group injection (kW): group_power[t, g] - sum_(i in g) net[t, i] / dt_h = 0.
         rows = eq.add_rows(np.zeros((n_steps, len(group_first_agent))))
@@ -648,10 +684,9 @@ def solve_oracle(
     cost_vector[grid_export] = -feed_in_price.reshape(price_shape)
     cost_vector[charge] = battery.degradation_cost
     cost_vector[discharge] = battery.degradation_cost
-    # terminal_price * (initial - final SoC): the final SoC in the objective, the initial
-    # part a constant added to the reported cost.
-    cost_vector[soc[-1]] = -terminal_price
-    terminal_constant = float(terminal_price * battery.initial_soc_kwh.sum())
+    # Energy taken charged, energy added credited (convex: credit <= charge price).
+    cost_vector[soc_deficit] = terminal_price
+    cost_vector[soc_surplus] = -terminal_credit_price
     slack_weights = np.zeros(layout.n_columns)
     for limits, slack in zip(limit_rows, slacks, strict=True):
         slack_weights[slack] = limits.slack_weight
@@ -700,9 +735,11 @@ def solve_oracle(
         voltage_pu = net_arrays.v0_pu + power_kw @ net_arrays.dv_dp.T
         if net_arrays.dline_dp.shape[0] > 0:
             loading_percent = net_arrays.line_loading0 + power_kw @ net_arrays.dline_dp.T
-    final_soc_kwh = x[soc[-1]]
+    taken_kwh = battery.initial_soc_kwh - x[soc[-1]]
+    agent_terminal = (terminal_price * np.maximum(taken_kwh, 0.0)
+                      - terminal_credit_price * np.maximum(-taken_kwh, 0.0))
     return OracleResult(
-        cost=float(cost_vector @ x) + terminal_constant,
+        cost=float(cost_vector @ x),
         grid_import_kwh=import_kwh,
         grid_export_kwh=export_kwh,
         charge_kwh=charge_kwh,
@@ -711,8 +748,8 @@ def solve_oracle(
         net_kwh=net_kwh,
         curtailment_kwh=x[curtailment],
         degradation_cost=float(np.sum(battery.degradation_cost * (charge_kwh + discharge_kwh))),
-        terminal_value_cost=float(terminal_price
-                                  * np.sum(battery.initial_soc_kwh - final_soc_kwh)),
+        terminal_value_cost=float(agent_terminal.sum()),
+        agent_terminal_value_cost=agent_terminal,
         status=str(solution.message),
         network_slack=float(slack_weights @ x),
         voltage_pu=voltage_pu,

@@ -30,8 +30,9 @@ battery's limits, kWh; ``soc_kwh``: state of charge after the step, kWh;
 ``network_fee`` (P2P network fees and loss charges): money; ``cost`` = payment + degradation +
 penalty + fee + terminal value, money (the reward is ``-cost * reward_scale``); ``price``: the
 posted price, currency per kWh; ``terminal_value_cost``: on the last step of an episode
-``terminal_price * (SoC at the episode's start - SoC now)``, money (a charge for energy taken
-from the battery, a credit for energy added; 0 on every other step and with
+``terminal_price * max(start - now, 0) - terminal_credit_price * max(now - start, 0)`` (SoC at
+the episode's start and now, kWh), money (a charge for energy taken from the battery, a smaller
+credit for energy added; 0 on every other step and with
 ``episode.terminal_value`` false)."""
 
 ENV_INFO: tuple[str, ...] = (

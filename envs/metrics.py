@@ -14,7 +14,9 @@ metric                      formula
 ==========================  ===================================================================
 community_cost              sum_i (payment_i + degradation_i + network_penalty_i + fee_i
                             + terminal_value_i)
-terminal_value_cost         sum_i terminal_price * (SoC_i at start - SoC_i at end)
+terminal_value_cost         sum_i [p (SoC_i at start - SoC_i at end)^+
+                            - c (SoC_i at end - SoC_i at start)^+]  (p: terminal_price,
+                            c: terminal_credit_price)
 no_p2p_cost                 sum_i sum_t [r_t (load - pv)^+ - f_t (pv - load)^+]  (idle battery)
 savings_vs_no_p2p           no_p2p_cost - community_cost
 savings_percent             100 * savings_vs_no_p2p / |no_p2p_cost|

@@ -42,10 +42,12 @@ def simulate_battery_policy(
     dt_h: float = DT_H,
     tolerance: float = 1e-6,
     terminal_price: float = 0.0,
+    terminal_credit_price: float | None = None,
 ) -> float:
     """Step the battery actions ``[T, N]`` (kWh, AC side) through the environment rules,
     asserting that they are feasible, and return the community cost (currency), terminal
-    value ``terminal_price * (initial - final SoC)`` included."""
+    value ``terminal_price * (initial - final SoC)^+ - terminal_credit_price * (final -
+    initial SoC)^+`` included (credit None: the charge price)."""
     soc = fleet.initial_soc_kwh.copy()
     soc_low, soc_high = fleet.soc_bounds_kwh()
     cost = 0.0
@@ -60,7 +62,17 @@ def simulate_battery_policy(
         settled = np.array([net.sum()]) if p2p else net
         cost += grid_bill(settled[None, :], retail[t : t + 1], feed_in[t : t + 1])
         cost += float(np.sum(fleet.degradation_cost * (charge + discharge)))
-    return cost + terminal_price * float(np.sum(fleet.initial_soc_kwh - soc))
+    return cost + terminal_value(fleet.initial_soc_kwh, soc, terminal_price,
+                                 terminal_credit_price)
+
+
+def terminal_value(initial_soc: np.ndarray, final_soc: np.ndarray, price: float,
+                   credit: float | None = None) -> float:
+    """The environment's terminal value summed over agents, currency: ``price`` per kWh
+    taken from the cells, ``credit`` (None: ``price``) per kWh added."""
+    credit = price if credit is None else credit
+    taken = np.asarray(initial_soc) - np.asarray(final_soc)
+    return float(np.sum(price * np.maximum(taken, 0.0) - credit * np.maximum(-taken, 0.0)))
 
 
 def random_feasible_actions(
@@ -190,22 +202,29 @@ def test_battery_charges_off_peak_and_discharges_at_the_peak() -> None:
     assert solve_oracle(load, pv, retail, feed_in, fleet.idle()).cost == pytest.approx(2.40)
 
 
+@pytest.mark.parametrize("p2p", [True, False])  # one agent: sharing is worth nothing
 @pytest.mark.parametrize(
-    ("terminal_price", "final_soc", "terminal_cost", "cost"),
+    ("terminal_price", "credit", "final_soc", "terminal_cost", "cost"),
     [
         # Unvalued (v1): empty the cells, 5 * 0.8 = 4 kWh AC: 2 cover the load, 2 are
         # exported at 0.10.
-        (0.0, 0.0, 0.0, -0.2),
+        (0.0, 0.0, 0.0, 0.0, -0.2),
         # An AC kWh from the battery saves 0.30 and costs 1.25 cell kWh * 0.2 = 0.25 of
         # terminal value: still discharge (exporting, worth 0.10, is not). 0.2 * 2.5 = 0.5.
-        (0.2, 2.5, 0.5, 0.5),
-        # 1.25 * 0.4 = 0.5 > 0.30: keep the cells; and a kWh bought at 0.30 is credited 0.40,
-        # so fill the 5 kWh of room from the grid: 0.30 * (2 + 5) - 0.40 * 5 = 0.1.
-        (0.4, 10.0, -2.0, 0.1),
+        (0.2, 0.1, 2.5, 0.5, 0.5),
+        # 1.25 * 0.4 = 0.5 > 0.30: keep the cells; a kWh bought at 0.30 is credited 0.10:
+        # do not fill either. The load is bought: 2 * 0.30 = 0.6.
+        (0.4, 0.1, 5.0, 0.0, 0.6),
+        # Symmetric at 0.4 (the artefact): a kWh bought at 0.30 is credited 0.40, so fill
+        # the 5 kWh of room from the grid: 0.30 * (2 + 5) - 0.40 * 5 = 0.1.
+        (0.4, 0.4, 10.0, -2.0, 0.1),
+        # A credit of 0.35 > 0.30 still pays for filling: 0.30 * 7 - 0.35 * 5 = 0.35.
+        (0.4, 0.35, 10.0, -1.75, 0.35),
     ],
 )
 def test_terminal_value_hand_computed(
-    terminal_price: float, final_soc: float, terminal_cost: float, cost: float
+    terminal_price: float, credit: float, final_soc: float, terminal_cost: float, cost: float,
+    p2p: bool,
 ) -> None:
     # 1 agent, two 1-hour steps of 1 kWh load, no PV; flat 0.30 / 0.10; a 10 kWh battery
     # half full, 4 kW, lossless charging, 0.8 discharge efficiency, no degradation.
@@ -214,14 +233,52 @@ def test_terminal_value_hand_computed(
     fleet = BatteryFleet(capacity_kwh=np.array([10.0]), max_charge_kw=4.0, max_discharge_kw=4.0,
                          charge_efficiency=1.0, discharge_efficiency=0.8, soc_min=0.0,
                          soc_max=1.0, initial_soc_kwh=5.0, degradation_cost=0.0)
-    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0,
-                          terminal_price=terminal_price)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, p2p=p2p,
+                          terminal_price=terminal_price, terminal_credit_price=credit)
     assert result.soc_kwh[-1, 0] == pytest.approx(final_soc, abs=1e-9)
     assert result.terminal_value_cost == pytest.approx(terminal_cost, abs=1e-9)
+    np.testing.assert_allclose(result.agent_terminal_value_cost, [terminal_cost], atol=1e-9)
     assert result.cost == pytest.approx(cost, abs=1e-9)
     # The grid bill is the rest of the cost.
     bill = grid_bill(result.net_kwh, retail, feed_in)
     assert result.cost == pytest.approx(bill + terminal_cost, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("p2p", "final_soc", "agent_terminal", "cost"),
+    [
+        # Each home alone (oracle_household): agent 0 covers its 2 kWh peak load from its
+        # cells (saves 2 * 0.50 = 1.0, charged 2 * 0.4 = 0.8; it cannot charge), agent 1
+        # stores its 3 kWh of PV (exporting earns 0, storing is credited 3 * 0.05): ends
+        # below (3) and above (8) its start. 0.8 - 0.15 = 0.65.
+        (False, [3.0, 8.0], [0.8, -0.15], 0.65),
+        # Together (oracle): agent 1's PV covers agent 0's load, free; the 1 kWh left is
+        # stored for the credit: -0.05.
+        (True, [5.0, 6.0], [0.0, -0.05], -0.05),
+    ],
+)
+def test_asymmetric_terminal_value_hand_computed_on_both_sides(
+    p2p: bool, final_soc: list[float], agent_terminal: list[float], cost: float
+) -> None:
+    # Two 1-hour steps: retail 0.10 then 0.50, feed-in 0; terminal value 0.4 per kWh taken,
+    # 0.05 per kWh added. Agent 0: 2 kWh load at the peak, a battery that can only
+    # discharge. Agent 1: 3 kWh PV at the peak, no load. 10 kWh, half full, 4 kW, lossless.
+    load = np.array([[0.0, 0.0], [2.0, 0.0]])
+    pv = np.array([[0.0, 0.0], [0.0, 3.0]])
+    retail, feed_in = np.array([0.10, 0.50]), np.zeros(2)
+    fleet = BatteryFleet(capacity_kwh=np.array([10.0, 10.0]), max_charge_kw=np.array([0.0, 4.0]),
+                         max_discharge_kw=4.0, charge_efficiency=1.0, discharge_efficiency=1.0,
+                         initial_soc_kwh=5.0)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, p2p=p2p,
+                          terminal_price=0.4, terminal_credit_price=0.05)
+    np.testing.assert_allclose(result.soc_kwh[-1], final_soc, atol=1e-9)
+    np.testing.assert_allclose(result.agent_terminal_value_cost, agent_terminal, atol=1e-9)
+    assert result.terminal_value_cost == pytest.approx(sum(agent_terminal), abs=1e-9)
+    assert result.cost == pytest.approx(cost, abs=1e-9)
+    replayed = simulate_battery_policy(load, pv, retail, feed_in, fleet, result.charge_kwh,
+                                       result.discharge_kwh, p2p=p2p, dt_h=1.0,
+                                       terminal_price=0.4, terminal_credit_price=0.05)
+    assert replayed == pytest.approx(cost, abs=1e-9)
 
 
 def test_negative_feed_in_price_is_paid_or_avoided_by_curtailment() -> None:
@@ -291,34 +348,44 @@ def test_cost_ordering_of_p2p_and_battery(n_agents: int, n_steps: int, seed: int
     n_agents=st.integers(1, 6),
     n_steps=st.integers(1, 24),
     seed=st.integers(0, 2**32 - 1),
-    terminal_price=st.sampled_from([0.0, 0.2, 0.6]),
+    terminal_prices=st.sampled_from([(0.0, 0.0), (0.2, 0.2), (0.6, 0.6), (0.6, 0.05),
+                                     (0.4, 0.0)]),
 )
 def test_oracle_is_a_lower_bound_on_simulated_feasible_policies(
-    n_agents: int, n_steps: int, seed: int, terminal_price: float
+    n_agents: int, n_steps: int, seed: int, terminal_prices: tuple[float, float]
 ) -> None:
     rng = np.random.default_rng(seed)
     day = random_day(rng, n_steps, n_agents)
     fleet = day["battery"]
-    bound = solve_oracle(**day, p2p=True, terminal_price=terminal_price).cost
+    terminal_price, credit = terminal_prices
+    bound = solve_oracle(**day, p2p=True, terminal_price=terminal_price,
+                         terminal_credit_price=credit).cost
+    household = solve_oracle(**day, p2p=False, terminal_price=terminal_price,
+                             terminal_credit_price=credit).cost
+    assert at_most(bound, household)
     prices = (day["retail_price"], day["feed_in_price"])
     for _ in range(10):
         charge, discharge = random_feasible_actions(fleet, n_steps, rng)
         for p2p in (False, True):
             simulated = simulate_battery_policy(
                 day["load_kwh"], day["pv_kwh"], *prices, fleet, charge, discharge, p2p=p2p,
-                terminal_price=terminal_price,
+                terminal_price=terminal_price, terminal_credit_price=credit,
             )
             assert at_most(bound, simulated)
+            if not p2p:  # each home alone: the per-household optimum bounds it too
+                assert at_most(household, simulated)
 
 
-@pytest.mark.parametrize("terminal_price", [0.0, 0.25])
+@pytest.mark.parametrize(("terminal_price", "credit"), [(0.0, 0.0), (0.25, 0.25),
+                                                        (0.25, 0.05)])
 @pytest.mark.parametrize("p2p", [True, False])
 @pytest.mark.parametrize("seed", range(4))
 def test_oracle_schedule_replays_to_its_cost_in_the_simulator(
-    p2p: bool, seed: int, terminal_price: float
+    p2p: bool, seed: int, terminal_price: float, credit: float
 ) -> None:
     day = random_day(np.random.default_rng(100 + seed), n_steps=24, n_agents=4)
-    result = solve_oracle(**day, p2p=p2p, terminal_price=terminal_price)
+    result = solve_oracle(**day, p2p=p2p, terminal_price=terminal_price,
+                          terminal_credit_price=credit)
     replayed = simulate_battery_policy(
         day["load_kwh"],
         day["pv_kwh"],
@@ -329,9 +396,10 @@ def test_oracle_schedule_replays_to_its_cost_in_the_simulator(
         result.discharge_kwh,
         p2p=p2p,
         terminal_price=terminal_price,
+        terminal_credit_price=credit,
     )
     assert replayed == pytest.approx(result.cost, abs=1e-6)
-    terminal = terminal_price * np.sum(result.soc_kwh[0] - result.soc_kwh[-1])
+    terminal = terminal_value(result.soc_kwh[0], result.soc_kwh[-1], terminal_price, credit)
     assert result.terminal_value_cost == pytest.approx(terminal, abs=1e-9)
 
 
@@ -343,26 +411,34 @@ ENV_CONFIG = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share
               "network": {"model": "none"}}
 ENV_DAYS = [6, 97, 202]  # test days (d % 7 == 6) in winter, spring and summer
 TOU_RETAIL = [0.2] * 6 + [0.28] * 11 + [0.4] * 4 + [0.28] + [0.2] * 2
+STRONG_TOU_RETAIL = [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2
+"""Issue 9's strong time-of-use tariff (feed-in flat 0.08, the default)."""
+TARIFFS = {"flat": {}, "tou": {"retail_tou": TOU_RETAIL},
+           "strong-tou": {"retail_tou": STRONG_TOU_RETAIL}}
 
 
-@pytest.mark.parametrize("tariff", [{}, {"retail_tou": TOU_RETAIL}], ids=["flat", "tou"])
+@pytest.mark.parametrize("tariff", list(TARIFFS.values()), ids=list(TARIFFS))
 def test_oracle_bounds_the_baselines_with_the_terminal_value(tariff: dict) -> None:
     import envs
-    from agents.baselines import make_oracle, make_policy
+    from agents.baselines import BASELINES, make_oracle, make_policy
     from agents.evaluation import evaluate_policy
     from envs import metrics
 
     config = {**ENV_CONFIG, "tariff": tariff}
     env = envs.make_batched_env(config, n_envs=1, dtype="float64")
-    peak_retail = max(TOU_RETAIL) if tariff else 0.3
+    peak_retail = max(tariff.get("retail_tou", [0.3]))
     assert env.terminal_price == pytest.approx(0.95 * (peak_retail - 0.02))
+    assert env.terminal_credit_price == pytest.approx(0.08)  # the lowest feed-in price
     oracle, schedules = make_oracle("oracle").evaluate(env, ENV_DAYS)
     bound = metrics.community_cost(oracle)
     terminal = metrics.summary(oracle)["terminal_value_cost"]
-    expected = [env.terminal_price * np.sum(s.soc_kwh[0] - s.soc_kwh[-1]) for s in schedules]
+    expected = [terminal_value(s.soc_kwh[0], s.soc_kwh[-1], env.terminal_price,
+                               env.terminal_credit_price) for s in schedules]
     np.testing.assert_allclose(terminal.numpy(), expected, atol=1e-9)
     np.testing.assert_allclose([s.terminal_value_cost for s in schedules], expected, atol=1e-9)
-    for spec in ("no_p2p", "self_consumption", "zi", "fixed_price", "random"):
+    household, _ = make_oracle("oracle_household").evaluate(env, ENV_DAYS)
+    assert bool((bound <= metrics.community_cost(household) + 1e-7).all())
+    for spec in BASELINES:  # every rule-based policy, time_of_use included
         policy = make_policy(spec)
         mechanism = policy.mechanism or "uniform"
         env = envs.make_batched_env(config, n_envs=len(ENV_DAYS), dtype="float64",
@@ -376,6 +452,53 @@ def test_oracle_bounds_the_baselines_with_the_terminal_value(tariff: dict) -> No
             assert bool((terminal == 0).all()), spec
         else:
             assert bool((terminal != 0).any()), spec
+
+
+@pytest.mark.parametrize("tariff", list(TARIFFS.values()), ids=list(TARIFFS))
+def test_household_optimum_lies_between_the_oracle_and_the_rule_alone(tariff: dict) -> None:
+    """oracle <= oracle_household <= self_consumption under mechanism none (each home with
+    its own grid bill), and oracle_household <= no_p2p, day by day: each home planning its
+    battery alone with perfect foresight does at least as well as the rule alone (or as
+    idling), and the community's optimum at least as well as the homes alone."""
+    import envs
+    from agents.baselines import ORACLES, make_oracle, make_policy
+    from agents.evaluation import evaluate_policy
+    from envs import metrics
+
+    assert ORACLES["oracle_household"] == {"p2p": False, "use_battery": True,
+                                           "network": False}
+    config = {**ENV_CONFIG, "tariff": tariff, "market": {"mechanism": "none"}}
+    env = envs.make_batched_env(config, n_envs=len(ENV_DAYS), dtype="float64")
+    cost = {name: metrics.community_cost(make_oracle(name).evaluate(env, ENV_DAYS)[0])
+            for name in ("oracle", "oracle_household")}
+    for spec in ("self_consumption", "no_p2p"):
+        totals, _ = evaluate_policy(env, make_policy(spec), ENV_DAYS, seed=0)
+        cost[spec] = metrics.community_cost(totals)
+    tolerance = 1e-7
+    assert bool((cost["oracle"] <= cost["oracle_household"] + tolerance).all())
+    assert bool((cost["oracle_household"] <= cost["self_consumption"] + tolerance).all())
+    assert bool((cost["oracle_household"] <= cost["no_p2p"] + tolerance).all())
+    # Sharing is worth something on these days: the oracle is strictly better.
+    assert float((cost["oracle_household"] - cost["oracle"]).sum()) > 0.1
+    # The household totals carry no P2P volume: every home settles on its own.
+    household, _ = make_oracle("oracle_household").evaluate(env, ENV_DAYS)
+    assert bool((household.env["p2p_volume_kwh"] == 0).all())
+
+
+def test_household_optimum_of_one_agent_is_the_oracle() -> None:
+    """With one agent there is nothing to share: oracle_household == oracle."""
+    import envs
+    from agents.baselines import make_oracle
+    from envs import metrics
+
+    config = {**ENV_CONFIG, "community": {"feeder": "synthetic", "n_agents": 1,
+                                          "battery_share": 1.0, "pv_share": 1.0},
+              "tariff": {"retail_tou": STRONG_TOU_RETAIL}}
+    env = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    assert float(env.capacity_kwh[0]) > 0
+    oracle, alone = (metrics.community_cost(make_oracle(name).evaluate(env, ENV_DAYS)[0])
+                     for name in ("oracle", "oracle_household"))
+    np.testing.assert_allclose(alone.numpy(), oracle.numpy(), rtol=1e-9, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------
@@ -614,6 +737,9 @@ def test_invalid_network_and_step_raise_value_error() -> None:
     for price in (-0.1, np.nan, np.inf):
         with pytest.raises(ValueError, match="terminal_price must be a finite price >= 0"):
             solve_oracle(**inputs, terminal_price=price)
+    for credit in (-0.1, np.nan, np.inf, 0.31):  # above the charge price: not convex
+        with pytest.raises(ValueError, match="terminal_credit_price must be a finite price"):
+            solve_oracle(**inputs, terminal_price=0.3, terminal_credit_price=credit)
     with pytest.raises(ValueError, match="dv_dp must have shape"):
         bad = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.ones((1, 3)))
         solve_oracle(**inputs, network=bad)
