@@ -13,6 +13,14 @@ name                  behaviour
                       its own deficit of the current step (true load and PV of the step, as
                       a home energy-management system measures them); bids and asks truthfully
                       at the tariff midpoint (price fraction 0.5).
+``time_of_use``       time-of-use battery rule (``envs.rules``, defined there in full): at
+                      the day's lowest retail price (when arbitrage pays after losses and
+                      wear) charge from the grid towards ``soc_max``, spread evenly over the
+                      rest of the cheap block so that the homes do not create a rebound peak;
+                      at the day's highest retail price self-consumption (discharge to cover
+                      the own deficit); at every other price hold (charge PV surplus only).
+                      Under a flat tariff it is ``self_consumption``. Bids and asks at the
+                      tariff midpoint.
 ``zi``                zero-intelligence constrained traders (Gode & Sunder 1993, "Allocative
                       efficiency of markets with zero-intelligence traders", J. Political
                       Economy 101(1)): each step every agent draws its price uniformly in
@@ -31,9 +39,14 @@ The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linea
 parameters: ``oracle`` (free P2P inside the community, batteries controlled centrally) and
 ``oracle_network`` (the same within the feeder's voltage and loading limits, linearised around
 the no-load point by :func:`network_linearisation`). It is charged the env's terminal value
-(``env.terminal_price`` per kWh taken from the batteries over the day, see
-``envs.config.EpisodeConfig``) as every policy is, so its cost is a lower bound on any
-policy's community cost under any mechanism on the same day, without network penalties.
+(``env.terminal_price`` per kWh taken from the batteries over the day, ``env.
+terminal_credit_price`` credited per kWh added, see ``envs.config.EpisodeConfig``) as every
+policy is, so its cost is a lower bound on any policy's community cost under any mechanism on
+the same day, without network penalties. ``oracle_household`` is the per-household optimum:
+each home plans its own battery alone with perfect foresight of its own load and PV and the
+tariff, imports at retail and exports at feed-in on its own (no sharing), with the same
+terminal value; the community's cost is the sum over homes. ``oracle_household - oracle`` is
+what coordination (sharing energy and planning batteries together) is worth on that day.
 """
 
 from __future__ import annotations
@@ -49,12 +62,13 @@ from agents.actions import env_actions
 from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
 from agents.policy import Policy
 from envs import metrics
-from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
+from envs.data import STEPS_PER_DAY
+from envs.rules import current_load_pv_kw, self_consumption_fraction, time_of_use_fraction
 
 __all__ = ["BASELINES", "FixedPrice", "NoP2P", "ORACLES", "PerfectForesightOracle",
-           "RandomPolicy", "SelfConsumption", "ZeroIntelligence", "battery_fleet",
+           "RandomPolicy", "SelfConsumption", "TimeOfUse", "ZeroIntelligence", "battery_fleet",
            "current_load_pv_kw", "make_oracle", "make_policy", "network_linearisation",
-           "self_consumption_fraction"]
+           "self_consumption_fraction", "time_of_use_fraction"]
 
 MIDPOINT = 0.5
 """Price fraction of the tariff midpoint (r + f) / 2."""
@@ -65,21 +79,8 @@ MIDPOINT = 0.5
 # --------------------------------------------------------------------------------------------
 
 
-def current_load_pv_kw(env: Any) -> tuple[Tensor, Tensor]:
-    """True load and PV of the step each environment is about to trade, kW, each ``[B, N]``
-    (``env.load_kw`` / ``env.pv_kw`` at the current time index)."""
-    index = (env.day * STEPS_PER_DAY + env.step_of_day) % STEPS_PER_YEAR
-    return env.load_kw[index], env.pv_kw[index]
-
-
-def self_consumption_fraction(env: Any) -> Tensor:
-    """Battery fraction ``[B, N]`` that charges the own PV surplus and covers the own
-    deficit: ``clamp((pv - load) / battery_kw, -1, 1)`` (0 without a battery). The core still
-    cuts it at the SoC limits."""
-    load_kw, pv_kw = current_load_pv_kw(env)
-    has_battery = env.battery_kw > 0
-    fraction = (pv_kw - load_kw) / torch.where(has_battery, env.battery_kw, 1.0)
-    return torch.where(has_battery, fraction, 0.0).clamp(-1.0, 1.0)
+# The battery rules (current_load_pv_kw, self_consumption_fraction, time_of_use_fraction)
+# live in envs.rules, shared with the core's rule_battery observation feature.
 
 
 def _batch_zeros(env: Any) -> Tensor:
@@ -115,6 +116,23 @@ class SelfConsumption:
 
     def act(self, obs: Tensor, env: Any) -> Tensor:
         battery = self_consumption_fraction(env)
+        return env_actions(battery, torch.full_like(battery, MIDPOINT), env)
+
+
+class TimeOfUse:
+    """Time-of-use battery rule (``envs.rules.time_of_use``: grid charge spread over the
+    cheapest hours, hold, self-consumption at the peak); bids and asks at the midpoint."""
+
+    mechanism = None
+
+    def __init__(self, name: str = "time_of_use") -> None:
+        self.name = name
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        battery = time_of_use_fraction(env)
         return env_actions(battery, torch.full_like(battery, MIDPOINT), env)
 
 
@@ -189,6 +207,7 @@ class RandomPolicy(_Seeded):
 BASELINES: dict[str, type] = {
     "no_p2p": NoP2P,
     "self_consumption": SelfConsumption,
+    "time_of_use": TimeOfUse,
     "zi": ZeroIntelligence,
     "fixed_price": FixedPrice,
     "random": RandomPolicy,
@@ -338,7 +357,8 @@ class PerfectForesightOracle:
         result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
                               profile["feed_in_price"], battery_fleet(env), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
-                              network=linearisation, terminal_price=env.terminal_price)
+                              network=linearisation, terminal_price=env.terminal_price,
+                              terminal_credit_price=env.terminal_credit_price)
         return result, profile
 
     def trajectory(self, result: OracleResult, profile: dict[str, np.ndarray], dt_h: float
@@ -395,8 +415,7 @@ class PerfectForesightOracle:
         throughput = stack([r.charge_kwh + r.discharge_kwh for r in results])
         degradation = stack([env.config.battery.degradation_cost
                              * (r.charge_kwh + r.discharge_kwh).sum(0) for r in results])
-        terminal = stack([env.terminal_price * (r.soc_kwh[0] - r.soc_kwh[-1])
-                          for r in results])  # [E, N]
+        terminal = stack([r.agent_terminal_value_cost for r in results])  # [E, N]
         totals = metrics.schedule_totals(
             load_kwh=stack([p["load_kwh"] for p in profiles]),
             pv_kwh=stack([p["pv_kwh"] for p in profiles]),
@@ -414,10 +433,13 @@ class PerfectForesightOracle:
 ORACLES: dict[str, dict[str, bool]] = {
     "oracle": {"p2p": True, "use_battery": True, "network": False},
     "oracle_network": {"p2p": True, "use_battery": True, "network": True},
+    "oracle_household": {"p2p": False, "use_battery": True, "network": False},
     "oracle_no_p2p_idle": {"p2p": False, "use_battery": False, "network": False},
 }
-"""Oracle variants by name (``oracle_no_p2p_idle`` reproduces ``no_p2p``: a consistency
-check of the LP against the env)."""
+"""Oracle variants by name. ``oracle_household``: each agent settles its own net position, so
+the one LP decomposes into an independent perfect-foresight plan per household (no sharing).
+``oracle_no_p2p_idle`` reproduces ``no_p2p``: a consistency check of the LP against the
+env."""
 
 
 def make_oracle(name: str) -> PerfectForesightOracle:

@@ -274,6 +274,10 @@ class ActionConfig:
                   getattr(self, name))
 
 
+OBSERVATION_RULES = ("none", "self_consumption", "time_of_use")
+"""Values of ``observation.rule``: no rule feature, or the rule of ``envs.rules``."""
+
+
 @dataclass(frozen=True)
 class ObservationConfig:
     """What each agent observes (see ``envs.observations``)."""
@@ -285,12 +289,18 @@ class ObservationConfig:
     being traded and of the forecasts (0 = exact)."""
     include_voltage: bool = False
     """Add the agent's own bus voltage of the last step (p.u. - 1) to its observation."""
+    rule: str = "none"
+    """Add a rule's battery fraction of this step in [-1, 1] as the last feature,
+    ``rule_battery`` (``envs.rules``, from the true load and PV): ``none``,
+    ``self_consumption`` or ``time_of_use``."""
 
     def __post_init__(self) -> None:
         check(0 <= self.forecast_steps <= 96, "forecast_steps",
               "an integer in [0, 96]", self.forecast_steps)
         check(self.forecast_noise >= 0.0, "forecast_noise", ">= 0",
               self.forecast_noise)
+        check(self.rule in OBSERVATION_RULES, "rule", f"one of {OBSERVATION_RULES}",
+              self.rule)
 
 
 DAY_SPLITS = ("train", "test", "all")
@@ -307,29 +317,39 @@ class EpisodeConfig:
     test day; 0 makes every day a training day."""
     terminal_value: bool = True
     """Value the energy stored at the end of an episode against the energy at its start: on
-    the last step each agent's cost gets ``terminal_price * (SoC at start - SoC at end)``
-    (kWh in the cells) added; false is the v1 accounting (left-over energy is worth 0)."""
+    the last step each agent's cost gets ``terminal_price * max(SoC at start - SoC at end,
+    0) - terminal_credit_price * max(SoC at end - SoC at start, 0)`` (kWh in the cells)
+    added; false is the v1 accounting (left-over energy is worth 0)."""
     terminal_price: float | None = None
-    """Value of one kWh left in the cells at the end of an episode, currency/kWh; null =
-    ``discharge_efficiency * (highest hourly retail price - degradation_cost)``, the most a
-    stored kWh can save when it is discharged (see :meth:`terminal_price_per_kwh`)."""
+    """Price charged per kWh of cell energy taken over an episode (SoC at the end below the
+    start), currency/kWh; null = ``discharge_efficiency * (highest hourly retail price -
+    degradation_cost)``, the most a stored kWh can save when it is discharged (see
+    :meth:`terminal_price_per_kwh`)."""
+    terminal_credit_price: float | None = None
+    """Price credited per kWh of cell energy added over an episode (SoC at the end above the
+    start), currency/kWh, at most the charge price; null = the lowest price at which a kWh
+    can be acquired during the day, the lowest hourly feed-in price (capped at the charge
+    price; see :meth:`terminal_credit_price_per_kwh`)."""
 
     def __post_init__(self) -> None:
         check(self.days in DAY_SPLITS, "days", f"one of {DAY_SPLITS}", self.days)
         check(self.test_every == 0 or self.test_every >= 2, "test_every",
               "0 (no test days) or an integer >= 2", self.test_every)
-        if self.terminal_price is not None:
+        for name in ("terminal_price", "terminal_credit_price"):
+            price = getattr(self, name)
+            if price is None:
+                continue
             # NaN fails the comparison, inf the upper bound.
-            check(0.0 <= self.terminal_price < float("inf"), "terminal_price",
-                  "null (the default rule) or a finite price >= 0 currency/kWh",
-                  self.terminal_price)
-            check(self.terminal_value, "terminal_price",
-                  "null when terminal_value is false (no terminal value is charged)",
-                  self.terminal_price)
+            check(0.0 <= price < float("inf"), name,
+                  "null (the default rule) or a finite price >= 0 currency/kWh", price)
+            check(self.terminal_value, name,
+                  "null when terminal_value is false (no terminal value is charged)", price)
+        # Credit <= charge price is checked in EnvConfig: the default charge price depends on
+        # the tariff and the battery.
 
     def terminal_price_per_kwh(self, tariff: TariffConfig, battery: BatteryConfig) -> float:
-        """The price of the terminal value, currency per kWh of cell energy (0 when
-        ``terminal_value`` is false): ``terminal_price``, or by default
+        """The price charged per kWh of cell energy taken over an episode, currency/kWh (0
+        when ``terminal_value`` is false): ``terminal_price``, or by default
 
         ``discharge_efficiency * (max_h retail_h - degradation_cost)`` (at least 0).
 
@@ -341,11 +361,11 @@ class EpisodeConfig:
         kWh displaces an import at the highest retail price, less otherwise; network
         penalties and P2P fees aside). Energy charged and discharged within the day leaves
         the SoC where it was and is not charged, so cycling PV surplus (worth the feed-in
-        price) into later consumption (worth retail) still pays, and energy added above the
-        start SoC is credited at the same price: it is worth what it saves the next day. A
-        lower price (the mean retail price of a time-of-use day, say) would let draining at
-        the peak pay; a higher one would make keeping a kWh worth more than using it at any
-        hour, so batteries would fill up and stop discharging.
+        price) into later consumption (worth retail) still pays. A lower price (the mean
+        retail price of a time-of-use day, say) would let draining at the peak pay. Energy
+        added above the start SoC is credited at the lower
+        :meth:`terminal_credit_price_per_kwh`: crediting it at this price would make filling
+        the battery at cheap hours and ending full pay.
         """
         if not self.terminal_value:
             return 0.0
@@ -354,6 +374,37 @@ class EpisodeConfig:
         retail, _ = tariff.hourly()
         return max(battery.discharge_efficiency * (max(retail) - battery.degradation_cost),
                    0.0)
+
+    def terminal_credit_price_per_kwh(self, tariff: TariffConfig,
+                                      battery: BatteryConfig) -> float:
+        """The price credited per kWh of cell energy added over an episode, currency/kWh (0
+        when ``terminal_value`` is false): ``terminal_credit_price``, or by default
+
+        ``min(min_h min(feed_in_h, retail_h), terminal_price_per_kwh)``
+
+        (the lowest hourly feed-in price, as feed-in <= retail in every hour).
+
+        Why: the cheapest way to put a kWh into the cells during the day is to store PV
+        surplus at the hour with the lowest feed-in price (the export forgone) or to buy at
+        the lowest retail price; P2P prices lie between feed-in and retail, so no trade is
+        cheaper. Storing one cell kWh takes ``1 / charge_efficiency`` AC kWh and pays
+        ``degradation_cost`` on each, so it costs at least ``(min_h feed_in_h +
+        degradation_cost) / charge_efficiency`` >= this price: the credit is the acquisition
+        price without dividing by the efficiency or adding wear, so ending fuller than the
+        start never gains (strictly loses with losses or wear), however cheap the night
+        tariff. Ending full is not punished either: the surplus is credited, at what the
+        energy could have been bought for at best. The cap at the charge price keeps the
+        terminal value convex in the final SoC (a kWh added is never credited more than a kWh
+        taken is charged: no gain from moving energy between episodes) and the oracle's LP a
+        linear program; it binds only when feed-in is close to retail at every hour.
+        """
+        if not self.terminal_value:
+            return 0.0
+        if self.terminal_credit_price is not None:
+            return float(self.terminal_credit_price)
+        retail, feed_in = tariff.hourly()
+        lowest = min(min(f, r) for f, r in zip(feed_in, retail, strict=True))
+        return max(min(lowest, self.terminal_price_per_kwh(tariff, battery)), 0.0)
 
 
 DTYPES = ("float32", "float64")
@@ -398,6 +449,12 @@ class EnvConfig:
         check(self.episode.days != "test" or test_every != 0, "episode.days",
               "'train' or 'all' when episode.test_every is 0 (no test days)",
               self.episode.days)
+        # Checked here: the default charge price depends on the tariff and the battery.
+        charge = self.episode.terminal_price_per_kwh(self.tariff, self.battery)
+        credit = self.episode.terminal_credit_price_per_kwh(self.tariff, self.battery)
+        check(credit <= charge, "episode.terminal_credit_price",
+              f"a price <= the terminal value's charge price ({charge:.6g} currency/kWh, "
+              f"episode.terminal_price or its default rule)", credit)
 
 
 # --------------------------------------------------------------------------------------------

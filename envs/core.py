@@ -13,8 +13,9 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
 5. optional network-use fees and loss charges on P2P trades (``envs.fees``) are charged to
    buyers;
 6. on the last step of an episode, the terminal value (``episode.terminal_value``): each agent
-   pays ``terminal_price * (SoC at the episode's start - SoC now)`` (kWh in the cells), a
-   charge for energy taken from the battery over the episode, a credit for energy added;
+   pays ``terminal_price * max(start - end, 0) - terminal_credit_price * max(end - start, 0)``
+   (SoC at the episode's start and now, kWh in the cells), a charge for energy taken from the
+   battery over the episode, a smaller credit for energy added;
 7. reward = -(payment + degradation + network penalty + network fee + terminal value)
    * reward_scale.
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs import fees, market, observations, physics, rng
+from envs import fees, market, observations, physics, rng, rules
 from envs.config import EnvConfig
 from envs.data import (
     DAYS_PER_YEAR,
@@ -102,11 +103,14 @@ class BatchedP2PEnv:
         self.retail_price = tensor(np.asarray(retail)[hour_of_step])
         self.feed_in_price = tensor(np.asarray(feed_in)[hour_of_step])
         self.price_scale = float(max(retail))
-        # Terminal value (see EpisodeConfig.terminal_price_per_kwh): currency per kWh of cell
-        # energy taken over an episode, 0 when episode.terminal_value is false.
+        # Terminal value (see EpisodeConfig.terminal_price_per_kwh and
+        # terminal_credit_price_per_kwh): currency per kWh of cell energy taken over an
+        # episode, and credited per kWh added; 0 when episode.terminal_value is false.
         self.terminal_value = config.episode.terminal_value
         self.terminal_price = config.episode.terminal_price_per_kwh(config.tariff,
                                                                     config.battery)
+        self.terminal_credit_price = config.episode.terminal_credit_price_per_kwh(
+            config.tariff, config.battery)
 
         # Precomputed observation tables (see envs.observations for the layout).
         self._profile = torch.stack([self.load_kw / self.peak_load_kw,
@@ -124,6 +128,9 @@ class BatchedP2PEnv:
         dow = 2 * math.pi * torch.arange(7, dtype=torch.float64) / 7
         self._weekday_table = torch.stack([dow.sin(), dow.cos()], dim=1).to(
             self.dtype).to(self.device)
+        # The time-of-use rule's table of the day's tariff (envs.rules), for the
+        # time_of_use baseline and the rule_battery observation feature.
+        self.tou_schedule = rules.tou_schedule(self.retail_price, config.battery)
 
         train_days, test_days = day_split(config.episode.test_every)
         split = {"train": train_days, "test": test_days,
@@ -271,6 +278,8 @@ class BatchedP2PEnv:
                  shared[:, None, :].expand(b, n, shared.shape[1])]
         if cfg.include_voltage:
             parts.append(((self.last_voltage - 1.0) * 10.0)[..., None])
+        if cfg.rule != "none":
+            parts.append(rules.rule_fraction(cfg.rule, self)[..., None])
         return torch.cat(parts, dim=-1)
 
     def state(self) -> Tensor:
@@ -324,13 +333,17 @@ class BatchedP2PEnv:
 
     def terminal_value_cost(self, soc_kwh: Tensor) -> Tensor:
         """Each agent's terminal value of the step being taken, ``[B, N]`` currency:
-        ``terminal_price * (episode_start_soc_kwh - soc_kwh)`` in the environments whose
-        episode ends with this step, 0 elsewhere and when ``episode.terminal_value`` is
-        false. ``soc_kwh [B, N]`` is the SoC after the step."""
+        ``terminal_price * max(taken, 0) - terminal_credit_price * max(-taken, 0)`` with
+        ``taken = episode_start_soc_kwh - soc_kwh`` (kWh) in the environments whose episode
+        ends with this step, 0 elsewhere and when ``episode.terminal_value`` is false.
+        ``soc_kwh [B, N]`` is the SoC after the step."""
         if not self.terminal_value:
             return torch.zeros_like(soc_kwh)
         last_step = (self.step_of_day == STEPS_PER_DAY - 1)[:, None]
-        value = self.terminal_price * (self.episode_start_soc_kwh - soc_kwh)
+        taken = self.episode_start_soc_kwh - soc_kwh
+        # The numba engine computes the same two products in the same order.
+        value = (self.terminal_price * taken.clamp_min(0.0)
+                 - self.terminal_credit_price * (-taken).clamp_min(0.0))
         return torch.where(last_step, value, torch.zeros_like(value))
 
     def step(self, actions: Tensor

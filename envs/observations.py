@@ -17,6 +17,10 @@ retail, feed_in        this step's tariffs / highest retail price of the day
 last_price             last clearing price / highest retail (tariff midpoint when no
                        trade happened)
 voltage (optional)     own bus voltage of the last step, (V - 1 p.u.) * 10
+rule_battery           the battery fraction in [-1, 1] (> 0 charges) that the rule
+(optional)             ``observation.rule`` (``self_consumption`` or ``time_of_use``,
+                       ``envs.rules``) takes on this step, from the true load, PV and
+                       SoC (never noisy); always the last feature
 =====================  ===========================================================
 
 Load, PV and forecasts carry multiplicative Gaussian noise when ``forecast_noise`` > 0.
@@ -39,6 +43,8 @@ def feature_names(config: ObservationConfig) -> list[str]:
               "retail", "feed_in", "last_price"]
     if config.include_voltage:
         names.append("voltage")
+    if config.rule != "none":
+        names.append("rule_battery")
     return names
 
 

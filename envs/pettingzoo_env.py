@@ -9,7 +9,8 @@ action (continuous)    ``Box([-1, 0], [1, 1], (2,), float32)``: battery power as
 action (discrete)      ``Discrete(battery_levels * price_levels)``: index
                        ``battery_level * price_levels + price_level``
 observation            ``Box(-inf, inf, (obs_dim,), float32)``, 12 features by
-                       default (``envs.observations``)
+                       default, 1 more with ``observation.rule``
+                       (``envs.observations``)
 state                  ``Box(-inf, inf, (3 N + 7,), float32)``
 episode                96 steps of 15 minutes (one day); all agents end together
 =====================  ==========================================================
@@ -17,7 +18,8 @@ episode                96 steps of 15 minutes (one day); all agents end together
 Observations
     Own load and PV of the step being traded (optionally noisy, optionally k steps of
     forecast), state of charge, PV and battery size, time of day and weekday, tariffs and the
-    last clearing price, optionally the own bus voltage; see ``envs.observations``.
+    last clearing price, optionally the own bus voltage and (``observation.rule``) a rule's
+    battery fraction in [-1, 1] as the last feature; see ``envs.observations``.
 
 Actions
     See the table. Actions outside the space or NaN raise ValueError naming the agent.

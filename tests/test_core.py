@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import envs
+from envs import rules
 from envs.config import ConfigError
 from envs.data import STEPS_PER_DAY, day_split
 
@@ -166,6 +167,26 @@ def test_forecast_noise_is_seeded(synthetic_config):
     assert not torch.allclose(first[..., 0], exact[..., 0])
 
 
+@pytest.mark.parametrize("rule", ["self_consumption", "time_of_use"])
+def test_rule_feature_is_the_rules_battery_fraction(synthetic_config, rule):
+    tariff = {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2}
+    config = {**synthetic_config, "tariff": tariff, "observation": {
+        "rule": rule, "include_voltage": True, "forecast_noise": 0.3}}
+    env = envs.make_batched_env(config, n_envs=2)
+    plain = envs.make_batched_env({**synthetic_config, "tariff": tariff}, n_envs=2)
+    assert env.feature_names == [*plain.feature_names, "voltage", "rule_battery"]
+    assert env.obs_dim == plain.obs_dim + 2 == 14
+    obs, _ = env.reset(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(40):  # through the cheap night block into the hold hours
+        expected = rules.rule_fraction(rule, env)  # true load and PV, never noisy
+        torch.testing.assert_close(obs[..., -1], expected)
+        assert bool((obs[..., -1].abs() <= 1.0).all()), step
+        obs, *_ = env.step(random_actions(env, generator))
+    torch.testing.assert_close(rules.rule_fraction("self_consumption", env),
+                               rules.self_consumption_fraction(env))
+
+
 def test_discrete_actions_decode_to_grid(synthetic_config):
     config = {**synthetic_config, "action": {"type": "discrete", "battery_levels": 3,
                                              "price_levels": 4}}
@@ -206,6 +227,15 @@ def test_bad_actions_name_the_agent(synthetic_config):
     ({"episode": {"terminal_price": float("inf")}}, "episode.terminal_price"),
     ({"episode": {"terminal_value": False, "terminal_price": 0.2}}, "episode.terminal_price"),
     ({"episode": {"terminal_value": "yes"}}, "episode.terminal_value"),
+    ({"episode": {"terminal_credit_price": -0.01}}, "episode.terminal_credit_price"),
+    ({"episode": {"terminal_credit_price": float("nan")}}, "episode.terminal_credit_price"),
+    ({"episode": {"terminal_credit_price": float("inf")}}, "episode.terminal_credit_price"),
+    ({"episode": {"terminal_value": False, "terminal_credit_price": 0.0}},
+     "episode.terminal_credit_price"),
+    # Above the charge price: explicit, or the default rule's 0.95 x (0.30 - 0.02) = 0.266.
+    ({"episode": {"terminal_price": 0.2, "terminal_credit_price": 0.21}},
+     "episode.terminal_credit_price"),
+    ({"episode": {"terminal_credit_price": 0.27}}, "episode.terminal_credit_price"),
 ])
 def test_bad_config_fails_at_construction(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -230,16 +260,21 @@ def test_time_of_use_tariff_reaches_observation_and_prices(synthetic_config):
 DEFAULT_TERMINAL_PRICE = 0.95 * (0.30 - 0.02)
 """The default rule under the default flat tariff: discharge efficiency x (retail -
 degradation cost), currency per kWh of cell energy."""
+DEFAULT_TERMINAL_CREDIT_PRICE = 0.08
+"""The default credit rule under the default tariff: the lowest hourly feed-in price."""
 
 
 def test_terminal_value_is_charged_once_per_episode_on_its_last_step(synthetic_config):
     """Across staggered automatic resets, every episode pays terminal_price * (SoC at start -
-    SoC at end) exactly once, on its last step, in cost, community cost, reward and the
-    episode totals; every other step pays nothing."""
+    SoC at end) when it ends below its start, and is credited terminal_credit_price * (SoC at
+    end - SoC at start) when above, exactly once, on its last step, in cost, community cost,
+    reward and the episode totals; every other step pays nothing."""
     from envs.metrics import EpisodeAccumulator
 
     env = envs.make_batched_env(synthetic_config, n_envs=3, dtype="float64")
     assert env.terminal_price == pytest.approx(DEFAULT_TERMINAL_PRICE)
+    assert env.terminal_credit_price == pytest.approx(DEFAULT_TERMINAL_CREDIT_PRICE)
+    signs = set()
     env.reset(seed=2)
     generator = torch.Generator().manual_seed(2)
     for _ in range(17):
@@ -254,10 +289,13 @@ def test_terminal_value_is_charged_once_per_episode_on_its_last_step(synthetic_c
         _, reward, terminated, _, info = env.step(random_actions(env, generator))
         assert torch.equal(terminated, last)
         terminal = info["terminal_value_cost"]
-        expected = torch.where(last[:, None], DEFAULT_TERMINAL_PRICE * (start - info["soc_kwh"]),
-                               torch.zeros_like(terminal))
+        taken = start - info["soc_kwh"]
+        value = torch.where(taken > 0, DEFAULT_TERMINAL_PRICE * taken,
+                            DEFAULT_TERMINAL_CREDIT_PRICE * taken)
+        expected = torch.where(last[:, None], value, torch.zeros_like(terminal))
         torch.testing.assert_close(terminal, expected, rtol=0, atol=1e-12)
         charged += (terminal != 0).any(1).long()
+        signs.update(torch.sign(terminal[terminal != 0]).tolist())
         cost = (info["payment"] + info["degradation_cost"] + info["network_penalty"]
                 + info["network_fee"] + terminal)
         torch.testing.assert_close(info["cost"], cost, rtol=0, atol=1e-12)
@@ -270,6 +308,7 @@ def test_terminal_value_is_charged_once_per_episode_on_its_last_step(synthetic_c
                                        terminal[info["done"]], rtol=0, atol=1e-12)
     assert charged.tolist() == [4, 4, 4]
     assert finished == 12
+    assert signs == {-1.0, 1.0}  # both the charge and the credit were exercised
 
 
 def _v1_rollout(overrides: dict) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -345,3 +384,84 @@ def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tar
     drain_v1, _, _ = run(-1.0, episode={"terminal_value": False})
     torch.testing.assert_close(idle_v1, idle_cost, rtol=0, atol=0)
     assert bool((drain_v1[has_battery] < idle_v1[has_battery]).all())
+
+
+@pytest.mark.parametrize(("tariff", "episode", "credit"), [
+    ({}, {}, DEFAULT_TERMINAL_CREDIT_PRICE),
+    ({"feed_in_tou": [0.08] * 10 + [0.05] * 4 + [0.08] * 10}, {}, 0.05),  # lowest hour
+    ({"feed_in": 0.29}, {}, DEFAULT_TERMINAL_PRICE),  # capped at the charge price
+    ({}, {"terminal_price": 0.05}, 0.05),
+    ({}, {"terminal_credit_price": 0.2}, 0.2),  # set
+    ({}, {"terminal_value": False}, 0.0),
+])
+def test_default_terminal_credit_price_rule(synthetic_config, tariff, episode, credit):
+    env = envs.make_batched_env({**synthetic_config, "tariff": tariff, "episode": episode})
+    assert env.terminal_credit_price == pytest.approx(credit, rel=1e-12)
+    assert env.terminal_credit_price <= env.terminal_price
+
+
+STRONG_TOU = [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2
+"""Hourly retail of issue 9's strong time-of-use tariff (feed-in flat 0.08)."""
+
+
+def test_filling_the_battery_at_night_gains_nothing_from_ending_full(synthetic_config):
+    """Discharge at full power through the peak (hours 17-20), then charge at full power in
+    the cheap night hours 22-23: policy ``full`` until the cells are full, policy ``back``
+    only back to its start SoC. Mechanism none, so every extra AC kWh ``full`` charges is
+    imported at the night retail price r_t and pays degradation d; its extra cell energy
+    (its SoC at the end minus the start) is credited c = the lowest feed-in price:
+
+        cost(full) - cost(back) = sum_t (r_t + d) extra_t - c * (SoC_end - SoC_start)
+                               >= (0.12 + d - 0.95 c) * extra > 0,
+
+    since a cell kWh costs 1 / 0.95 AC kWh. Crediting the charge price instead (0.95 x (0.50 -
+    0.02) = 0.456, what the symmetric terminal value did) makes ending full pay."""
+    config = {**synthetic_config, "market": {"mechanism": "none"},
+              "tariff": {"retail_tou": STRONG_TOU, "feed_in": 0.08}}
+
+    def run(fill: bool, **overrides) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        env = envs.make_batched_env({**config, **overrides}, dtype="float64")
+        env.reset(seed=0, days=[100])
+        start = env.soc_kwh[0].clone()
+        step_kwh = 0.95 * env.battery_kw * env.dt_h  # cell kWh of one step at full power
+        cost = torch.zeros(env.n_agents, dtype=torch.float64)
+        energy, retail, terminal = [], [], None
+        for step in range(STEPS_PER_DAY):
+            hour = step // 4
+            actions = torch.zeros(1, env.n_agents, 2, dtype=torch.float64)
+            if 17 <= hour <= 20:
+                actions[..., 0] = -1.0
+            elif hour >= 22:
+                room = (start - env.soc_kwh[0]).clamp_min(0.0) / step_kwh.clamp_min(1e-12)
+                actions[0, :, 0] = 1.0 if fill else room.clamp_max(1.0)
+            _, _, _, _, info = env.step(actions)
+            cost += info["cost"][0]
+            energy.append(info["battery_energy_kwh"][0])
+            retail.append(info["retail_price"][0])
+            terminal = info["terminal_value_cost"][0]
+        end = info["soc_kwh"][0]
+        return cost, {"energy": torch.stack(energy), "retail": torch.stack(retail),
+                      "start": start, "end": end, "terminal": terminal}, env
+
+    full_cost, full, env = run(True)
+    back_cost, back, _ = run(False)
+    assert env.terminal_credit_price == pytest.approx(0.08)
+    has_battery = env.capacity_kwh > 0
+    assert bool(has_battery.any())
+    # Same actions up to hour 22; "back" ends at its start SoC, "full" above it.
+    torch.testing.assert_close(back["end"], back["start"], rtol=0, atol=1e-9)
+    assert bool((full["end"][has_battery] > full["start"][has_battery] + 0.1).all())
+    extra = full["energy"] - back["energy"]  # [T, N] AC kWh, only at hours 22-23
+    assert bool((extra[:88] == 0).all()) and bool((extra >= 0).all())
+    degradation = env.config.battery.degradation_cost
+    expected = (((full["retail"][:, None] + degradation) * extra).sum(0)
+                - 0.08 * (full["end"] - full["start"]))
+    torch.testing.assert_close(full_cost - back_cost, expected, rtol=0, atol=1e-9)
+    floor = (0.12 + degradation - 0.95 * 0.08) * extra.sum(0)
+    assert bool((expected >= floor - 1e-12).all())
+    assert bool((full_cost - back_cost)[has_battery].gt(0.05).all())
+    # The symmetric terminal value (credit = charge price) paid for ending full.
+    symmetric = {"episode": {"terminal_credit_price": env.terminal_price}}
+    full_sym, _, _ = run(True, **symmetric)
+    back_sym, _, _ = run(False, **symmetric)
+    assert bool((full_sym[has_battery] < back_sym[has_battery]).all())

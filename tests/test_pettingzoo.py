@@ -117,6 +117,26 @@ def test_spaces_are_cached_and_state_matches():
     assert env.state().dtype == np.float32
 
 
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+@pytest.mark.parametrize("rule", ["self_consumption", "time_of_use"])
+def test_observation_space_admits_the_rule_feature(engine, rule):
+    tariff = {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2}
+    env = envs.make_env({**SMALL, "tariff": tariff, "observation": {"rule": rule}},
+                        engine=engine)
+    agent = env.possible_agents[0]
+    assert env.observation_space(agent).shape == (13,)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(40):
+        for name, value in obs.items():
+            assert env.observation_space(name).contains(value), name
+            seen.append(value[-1])
+        obs, *_ = env.step({a: np.array([rng.uniform(-1, 1), rng.uniform(0, 1)], np.float32)
+                            for a in env.agents})
+    assert -1.0 <= min(seen) and max(seen) <= 1.0 and max(seen) > 0.0
+
+
 def test_episode_ends_after_one_day_and_agents_empty():
     env = envs.make_env(SMALL)
     env.reset(seed=1)

@@ -28,6 +28,16 @@ CASES = {
     "rural1-observation-options": {"observation": {"forecast_steps": 2,
                                                    "forecast_noise": 0.1,
                                                    "include_voltage": True}},
+    # observation.rule: the rule_battery feature, after the voltage, from envs.rules'
+    # kernels mirrored in the engine; under STRONG every branch of time_of_use runs (grid
+    # charge in two cheap blocks, hold, the peak) on a battery in every home.
+    "rural1-rule-self-consumption": {"observation": {"rule": "self_consumption",
+                                                     "include_voltage": True}},
+    "rural1-rule-time-of-use": {
+        "community": {"battery_share": 1.0},
+        "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
+        "observation": {"rule": "time_of_use", "forecast_steps": 1, "forecast_noise": 0.1}},
+    "synthetic-rule-time-of-use-flat": {**SYNTHETIC, "observation": {"rule": "time_of_use"}},
     # A tight voltage band: most steps violate it, so the penalty sharing path runs.
     "rural1-violations": {"network": {"v_min": 0.999, "v_max": 1.001},
                           "market": {"mechanism": "mcafee"}},
@@ -46,7 +56,16 @@ CASES = {
         "network": {"v_min": 0.999, "v_max": 1.001}, "episode": {"terminal_value": False}},
     "rural1-fees-terminal-price": {"network": {"p2p_fee": 0.01, "p2p_loss_factor": 0.05},
                                    "episode": {"terminal_price": 0.5}},
+    # Both prices set (every case above credits at the default, the lowest feed-in price),
+    # and on a feeder with a network and the default prices under a time-of-use tariff.
+    "synthetic-terminal-credit-price": {**SYNTHETIC, "episode": {"terminal_price": 0.45,
+                                                                 "terminal_credit_price": 0.1}},
+    "rural1-terminal-both-sides-tou": {"tariff": {"retail_tou": [0.12] * 6 + [0.5] * 18}},
 }
+BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou")
+"""Cases whose actions are biased (even agents charge, odd ones discharge) so that each day
+ends with some agent above and some below its start SoC: both the charge and the credit of
+the terminal value are compared (asserted)."""
 
 
 def _actions(engine: SingleEnvEngine, rng: np.random.Generator) -> np.ndarray:
@@ -72,6 +91,9 @@ def test_engine_steps_like_the_core(name: str) -> None:
     penalised = 0
     for step in range(STEPS_PER_DAY + 30):
         actions = _actions(engine, rng)
+        if name in BOTH_SIDES:  # even agents tend to charge, odd ones to discharge
+            bias = np.where(np.arange(engine.n_agents) % 2 == 0, 0.5, -0.5)
+            actions[:, 0] = np.clip(actions[:, 0] + bias, -1.0, 1.0)
         obs, reward, done, info = engine.step(actions)
         core_obs, core_reward, terminated, _, core_info = core.step(torch.as_tensor(actions)[None])
         assert done == bool(terminated[0]), step
@@ -97,6 +119,8 @@ def test_engine_steps_like_the_core(name: str) -> None:
             assert not np.any(terminal), step  # charged on the last step only
         else:  # the random actions moved some battery away from its start
             assert np.any(terminal != 0.0), step
+            if name in BOTH_SIDES:
+                assert np.any(terminal > 0.0) and np.any(terminal < 0.0), terminal
     if name == "rural1-violations":
         assert penalised > 50  # the torch penalty path really ran
     if name == "rural1-fees":

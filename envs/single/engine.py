@@ -11,7 +11,8 @@ It is the core at ``B = 1`` in float64, not a second model:
   sensitivities, electrical distances) is taken from a float64 ``BatchedP2PEnv`` built from
   the same config, which the engine keeps as ``reference``;
 * the per-step kernels mirror the core's functions one to one (``envs.physics.battery_step``,
-  ``envs.market.clear``, ``envs.network`` Z-bus solve and summary, ``envs.rng``,
+  ``envs.market.clear``, ``envs.network`` Z-bus solve and summary, ``envs.rng``, the
+  battery rules of ``envs.rules`` (on the core's ``tou_schedule`` table),
   ``BatchedP2PEnv.observe``/``state``/``_reset_where``); each names what it mirrors;
 * the rare or optional parts call the core's own torch functions: the sharing of network
   penalties (``envs.network.network_penalty``, only on steps with a violation or a
@@ -38,7 +39,7 @@ import torch
 from numba import njit, typeof
 
 from envs import fees
-from envs.config import EnvConfig
+from envs.config import OBSERVATION_RULES, EnvConfig
 from envs.core import BatchedP2PEnv
 from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
@@ -67,6 +68,12 @@ def _drop_stale_engine_cache() -> None:
 
 
 _drop_stale_engine_cache()
+
+# Codes of observation.rule (Params.rule), checked against envs.config.OBSERVATION_RULES.
+_RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE = 0, 1, 2
+if OBSERVATION_RULES != ("none", "self_consumption", "time_of_use"):
+    raise ImportError(f"envs.single.engine's _RULE_* codes do not follow envs.config."
+                      f"OBSERVATION_RULES {OBSERVATION_RULES}")
 
 # Random streams of envs.core.
 _STREAM_START_DAY = 1
@@ -147,6 +154,9 @@ class Tables(NamedTuple):
     start_days: np.ndarray  # [D] int64
     battery_levels: np.ndarray  # [Lb] discrete battery fractions
     price_levels: np.ndarray  # [Lp] discrete price fractions
+    tou_grid_charge: np.ndarray  # [96] bool: envs.rules.TouSchedule.grid_charge
+    tou_hold: np.ndarray  # [96] bool: TouSchedule.hold
+    tou_cheap_steps_left: np.ndarray  # [96] TouSchedule.cheap_steps_left
 
 
 class Params(NamedTuple):
@@ -166,12 +176,14 @@ class Params(NamedTuple):
     forecast_steps: int
     forecast_noise: float
     include_voltage: bool
+    rule: int  # code of observation.rule: index in envs.config.OBSERVATION_RULES
     discrete: bool
     network: bool
     v_min: float
     v_max: float
     terminal_value: bool
     terminal_price: float
+    terminal_credit_price: float
 
 
 class Buffers(NamedTuple):
@@ -211,6 +223,29 @@ def _shared_features(tables, params, ints, last_price, out, row, column):
 
 
 @njit(cache=True)
+def rule_fraction(tables, params, ints, soc, i):
+    """Mirrors ``envs.rules.rule_fraction`` of ``observation.rule`` for agent ``i``: the
+    ``self_consumption`` or ``time_of_use`` battery fraction of the current step, from the
+    true load and PV, the SoC ``soc [N]`` and the core's ``tou_schedule`` tables."""
+    kw = tables.battery_kw[i]
+    if not kw > 0.0:
+        return 0.0
+    t = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+    base = min(max((tables.pv_kw[t, i] - tables.load_kw[t, i]) / kw, -1.0), 1.0)
+    if params.rule == _RULE_SELF_CONSUMPTION:
+        return base
+    step = min(ints[_STEP], STEPS_PER_DAY - 1)
+    if tables.tou_grid_charge[step]:
+        missing_ac_kwh = (max(params.soc_max * tables.capacity_kwh[i] - soc[i], 0.0)
+                          / params.charge_efficiency)
+        window_h = max(tables.tou_cheap_steps_left[step], 1.0) * params.dt_h
+        return min(max(max(base, missing_ac_kwh / window_h / kw), 0.0), 1.0)
+    if tables.tou_hold[step]:
+        return max(base, 0.0)
+    return base
+
+
+@njit(cache=True)
 def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
     """Mirrors ``BatchedP2PEnv.observe``: local observations ``out [N, obs_dim]``."""
     n = soc.shape[0]
@@ -238,6 +273,9 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
         _shared_features(tables, params, ints, last_price, out, i, column + 3)
         if params.include_voltage:
             out[i, column + 10] = (last_voltage[i] - 1.0) * 10.0
+        if params.rule != _RULE_NONE:
+            out[i, column + 10 + int(params.include_voltage)] = rule_fraction(
+                tables, params, ints, soc, i)
 
 
 @njit(cache=True)
@@ -374,7 +412,10 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
         agent[_A_NETWORK_FEE, i] = 0.0
         terminal = 0.0
         if last_step:  # soc[i] already holds the SoC after the step
-            terminal = params.terminal_price * (episode_start_soc[i] - soc[i])
+            # BatchedP2PEnv.terminal_value_cost: the same products in the same order.
+            taken = episode_start_soc[i] - soc[i]
+            terminal = (params.terminal_price * max(taken, 0.0)
+                        - params.terminal_credit_price * max(-taken, 0.0))
         agent[_A_TERMINAL_VALUE_COST, i] = terminal
         # Same order of additions as the core (penalty and fee are 0 here).
         cost = market[2, i] + agent[_A_DEGRADATION_COST, i] + terminal
@@ -455,7 +496,10 @@ class SingleEnvEngine:
             retail_price=_numpy(core.retail_price), feed_in_price=_numpy(core.feed_in_price),
             start_days=_numpy(core.start_days, np.int64),
             battery_levels=_numpy(core._battery_levels),
-            price_levels=_numpy(core._price_levels))
+            price_levels=_numpy(core._price_levels),
+            tou_grid_charge=_numpy(core.tou_schedule.grid_charge, np.bool_),
+            tou_hold=_numpy(core.tou_schedule.hold, np.bool_),
+            tou_cheap_steps_left=_numpy(core.tou_schedule.cheap_steps_left))
         battery, network = config.battery, config.network
         values = dict(
             charge_efficiency=battery.charge_efficiency,
@@ -466,9 +510,11 @@ class SingleEnvEngine:
             reward_scale=config.reward_scale, price_scale=core.price_scale, dt_h=core.dt_h,
             forecast_steps=config.observation.forecast_steps,
             forecast_noise=config.observation.forecast_noise,
-            include_voltage=config.observation.include_voltage, discrete=self.discrete,
+            include_voltage=config.observation.include_voltage,
+            rule=OBSERVATION_RULES.index(config.observation.rule), discrete=self.discrete,
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
-            terminal_value=core.terminal_value, terminal_price=core.terminal_price)
+            terminal_value=core.terminal_value, terminal_price=core.terminal_price,
+            terminal_credit_price=core.terminal_credit_price)
         # Exact Python types, so that every config compiles to the same kernel signature.
         types = get_type_hints(Params)
         self.params = Params(**{name: types[name](value) for name, value in values.items()})
