@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["env_actions", "squash_actions", "symmetric_to_env"]
+from envs.config import ConfigError
+
+__all__ = ["RulePrior", "env_actions", "squash_actions", "symmetric_to_env"]
 
 
 def symmetric_to_env(action: Tensor) -> Tensor:
@@ -45,3 +47,31 @@ def env_actions(battery_fraction: Tensor, price_fraction: Tensor, env: Any) -> T
     battery_level = torch.round((battery_fraction + 1.0) / 2.0 * (action.battery_levels - 1))
     price_level = torch.round(price_fraction * (action.price_levels - 1))
     return (battery_level.long() * action.price_levels + price_level.long())
+
+
+class RulePrior:
+    """The rule's continuous action before the squash, from the observation's
+    ``rule_battery`` feature (``envs.observations``): ``[atanh(rule), 0]`` for the ``tanh``
+    squash, ``[rule, 0]`` for ``clip``; the price stays at the tariff midpoint, where a zero
+    output already lands. ``__call__(obs [..., obs_dim]) -> [..., 2]``. A
+    residual policy adds its output to this (``spec``: an ``agents.algorithm.EnvSpec``; ``key``:
+    the config key that asked for it, named in errors)."""
+
+    LIMIT = 0.995
+    """Rule actions are clamped to +-LIMIT before atanh (a saturated mean of +-3)."""
+
+    def __init__(self, spec: Any, squash: str, key: str) -> None:
+        if spec.action_type != "continuous":
+            raise ConfigError(f"config key '{key}': got true; allowed: true only with "
+                              f"continuous actions (env.action.type=continuous)")
+        if "rule_battery" not in spec.feature_names:
+            raise ConfigError(f"config key '{key}': got true; allowed: true only when the "
+                              f"observation holds a rule's action (set env.observation.rule, "
+                              f"e.g. self_consumption)")
+        self.index = spec.feature_names.index("rule_battery")
+        self.squash = squash
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        rule = obs[..., self.index].clamp(-self.LIMIT, self.LIMIT)
+        battery = torch.atanh(rule) if self.squash == "tanh" else rule
+        return torch.stack([battery, torch.zeros_like(battery)], dim=-1)

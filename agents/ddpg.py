@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from agents.actions import symmetric_to_env
+from agents.actions import RulePrior, symmetric_to_env
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
@@ -88,6 +88,10 @@ class DDPGConfig:
     """Clip of the target smoothing noise, symmetric units."""
     max_grad_norm: float | None = None
     """Gradient-norm clip of actor and critic, each separately (null = no clipping)."""
+    residual: bool = False
+    """Act as a residual on the rule in the observation (needs ``env.observation.rule``): the
+    actor's output is added to the rule's battery action before the tanh, so the untrained
+    actor (output near zero) is the rule (``agents.actions.RulePrior``)."""
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layer widths of actor and critic."""
     activation: str = "relu"
@@ -170,8 +174,15 @@ class DDPG(Algorithm):
             raise ConfigError(f"algo {self.name} needs env.action.type=continuous, got "
                               f"{spec.action_type!r}")
         n, a, device = spec.n_agents, spec.action_dim, self.device
+        self.prior = (RulePrior(spec, "tanh", f"{self.name}.residual") if config.residual
+                      else None)
         self.actor = agent_network(spec.obs_dim, n, a, config, generator, output_gain=0.01,
                                    device=device)
+        if self.prior is not None:  # the untrained actor is exactly the rule
+            last = (self.actor.body[-1].weight if isinstance(self.actor, AgentMLP)
+                    else self.actor.weights[-1])
+            with torch.no_grad():
+                last.zero_()
         self.critic = self._build_critic()
         self.target_actor = frozen_copy(self.actor)
         self.target_critic = frozen_copy(self.critic)
@@ -206,8 +217,11 @@ class DDPG(Algorithm):
     # ----------------------------------------------------------------------------------------
 
     def _policy(self, actor: nn.Module, obs: Tensor) -> Tensor:
-        """Symmetric actions ``[..., N, A]`` in [-1, 1] of ``actor``."""
-        return torch.tanh(actor(obs.to(torch.float32)))
+        """Symmetric actions ``[..., N, A]`` in [-1, 1] of ``actor`` (plus the rule's action
+        before the tanh when ``residual``)."""
+        obs = obs.to(torch.float32)
+        output = actor(obs)
+        return torch.tanh(output if self.prior is None else output + self.prior(obs))
 
     def _normal(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)

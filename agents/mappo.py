@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from agents.actions import squash_actions
+from agents.actions import RulePrior, squash_actions
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
@@ -95,6 +95,12 @@ class MAPPOConfig:
     """Map of Gaussian samples into the action box: tanh or clip."""
     target_kl: float | None = None
     """Stop an update's epochs early once the approximate KL exceeds this (null = never)."""
+    residual: bool = False
+    """Act as a residual on the rule in the observation (continuous actions; needs
+    ``env.observation.rule``): the Gaussian's mean is the rule's battery action (before the
+    squash) plus the actor's output, which starts near zero, so the untrained policy is the
+    rule and training learns corrections (Johannink et al. 2019, "Residual Reinforcement
+    Learning for Robot Control"; as the CityLearn winners, Kumar et al. 2022)."""
 
     def __post_init__(self) -> None:
         for name in ("rollout_steps", "update_epochs", "n_minibatches"):
@@ -129,9 +135,13 @@ class MAPPO(Algorithm):
         n, device = spec.n_agents, self.device
         self.continuous = spec.action_type == "continuous"
         n_outputs = spec.action_dim if self.continuous else spec.n_discrete_actions
+        self.prior = (RulePrior(spec, config.action_squash, "mappo.residual")
+                      if config.residual else None)
         self.actor = AgentMLP(spec.obs_dim, n, config.hidden_sizes, n_outputs,
                               config.activation, generator, output_gain=0.01,
                               use_agent_id=config.agent_id, device=device)
+        if self.prior is not None:  # the untrained policy is exactly the rule
+            torch.nn.init.zeros_(self.actor.body[-1].weight)
         self.critic = mlp(spec.state_dim, config.hidden_sizes, n, config.activation,
                           generator, output_gain=1.0, device=device)
         self.log_std = nn.ParameterDict({"log_std": nn.Parameter(
@@ -187,9 +197,16 @@ class MAPPO(Algorithm):
     def _to_env(self, action: Tensor) -> Tensor:
         return squash_actions(action, self.config.action_squash) if self.continuous else action
 
+    def _policy_output(self, obs: Tensor, agent: Tensor | None = None) -> Tensor:
+        """The actor's distribution parameters for ``obs`` (plus the rule's action when
+        ``residual``): Gaussian means before the squash, or logits."""
+        obs = obs.to(torch.float32)
+        output = self.actor(obs, agent)
+        return output if self.prior is None else output + self.prior(obs)
+
     @torch.no_grad()
     def act(self, obs: Tensor, state: Tensor, deterministic: bool = False) -> Tensor:
-        output = self.actor(obs.to(torch.float32))
+        output = self._policy_output(obs)
         if deterministic:
             action = output if self.continuous else output.argmax(-1)
         else:
@@ -211,7 +228,7 @@ class MAPPO(Algorithm):
         with torch.no_grad():
             for t in range(config.rollout_steps):
                 obs, state = collector.obs, collector.state
-                action, log_prob = self._sample(self.actor(obs.to(torch.float32)))
+                action, log_prob = self._sample(self._policy_output(obs))
                 value = self._value(state)
                 transition = collector.step(self._to_env(action))
                 reward = transition.reward.to(torch.float32)
@@ -259,7 +276,7 @@ class MAPPO(Algorithm):
             epoch_kl = 0.0
             for agent_index, env_index in zip(agent_order.split(agent_batch),
                                               env_order.split(env_batch), strict=True):
-                output = self.actor(obs[agent_index], agent_index % n)
+                output = self._policy_output(obs[agent_index], agent_index % n)
                 log_prob, entropy = self._log_prob_entropy(output, actions[agent_index])
                 log_ratio = log_prob - old_log_prob[agent_index]
                 ratio = log_ratio.exp()

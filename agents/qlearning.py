@@ -70,6 +70,7 @@ in a state never visited.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +80,8 @@ from torch import Tensor
 from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
 from agents.collector import Collector
 from agents.run_config import TrainConfig
-from envs.config import ConfigError, ObservationConfig, check
+from envs.config import ConfigError, check
 from envs.data import STEPS_PER_DAY
-from envs.observations import feature_names, obs_dim
 
 STEP_SIZE_RULES = ("constant", "average")
 
@@ -151,29 +151,18 @@ class QLearningConfig:
                 * (len(self.tariff_edges) + 1))
 
 
-def observation_layout(n_features: int) -> dict[str, int]:
-    """Index of every named feature in a local observation of length ``n_features``.
-
-    ``EnvSpec`` carries only ``obs_dim``; the layout of ``envs.observations`` is
-    ``12 + 2 * forecast_steps`` long, plus 1 with ``include_voltage``, so both options are
-    recovered from the length.
-    """
-    extra = n_features - obs_dim(ObservationConfig())
-    if extra < 0:
-        raise ConfigError(f"an observation of {n_features} features is shorter than the "
-                          f"core's layout ({obs_dim(ObservationConfig())} features)")
-    observation = ObservationConfig(forecast_steps=extra // 2, include_voltage=bool(extra % 2))
-    return {name: i for i, name in enumerate(feature_names(observation))}
-
-
 class Discretiser:
     """Maps local observations ``[..., obs_dim]`` to state indices ``[...]`` (int64), as in
     the module docstring."""
 
-    def __init__(self, config: QLearningConfig, n_features: int,
+    def __init__(self, config: QLearningConfig, feature_names: Sequence[str],
                  device: torch.device | str = "cpu") -> None:
-        layout = observation_layout(n_features)
-        self.column = {name: layout[name]
+        missing = [name for name in ("load", "pv", "soc", "tod_sin", "tod_cos", "retail")
+                   if name not in feature_names]
+        if missing:
+            raise ConfigError(f"qlearning needs the observation features {missing}; the "
+                              f"observation holds {list(feature_names)}")
+        self.column = {name: list(feature_names).index(name)
                        for name in ("load", "pv", "soc", "tod_sin", "tod_cos", "retail")}
         self.time_bins = config.time_bins
         self.edges = {name: torch.tensor(getattr(config, f"{name}_edges"), dtype=torch.float32,
@@ -260,7 +249,7 @@ class QLearning(Algorithm):
             raise ConfigError(f"config key 'env.action.type': got {spec.action_type!r}; "
                               f"allowed: 'discrete' (qlearning acts on the discrete action "
                               f"grid: set env.action.type: discrete)")
-        self.discretiser = Discretiser(config, spec.obs_dim, self.device)
+        self.discretiser = Discretiser(config, spec.feature_names, self.device)
         n_tables = 1 if config.shared else spec.n_agents
         shape = (n_tables, config.n_states(), spec.n_discrete_actions)
         self.q_table = torch.full(shape, config.init_q, dtype=torch.float32, device=self.device)

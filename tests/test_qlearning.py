@@ -31,7 +31,8 @@ from agents.run_config import (
     evaluation_days,
     make_generator,
 )
-from envs.config import ConfigError
+from envs.config import ConfigError, ObservationConfig
+from envs.observations import feature_names
 
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"},
              "action": {"type": "discrete"}}
@@ -48,7 +49,8 @@ def make_agent(n_agents: int = 2, n_actions: int = 4, **overrides) -> QLearning:
     spec = EnvSpec(n_envs=1, n_agents=n_agents, obs_dim=12, state_dim=3 * n_agents + 7,
                    action_type="discrete", n_discrete_actions=n_actions, episode_steps=96,
                    agent_names=tuple(f"a{i}" for i in range(n_agents)),
-                   device=torch.device("cpu"))
+                   device=torch.device("cpu"),
+                   feature_names=tuple(feature_names(ObservationConfig())))
     return QLearning(config, spec, TrainConfig(total_steps=1000), make_generator(0))
 
 
@@ -225,7 +227,7 @@ def test_discretiser_reads_time_soc_net_load_and_tariff():
     env = envs.make_batched_env(SYNTHETIC, n_envs=3, **{"observation.forecast_steps": 2,
                                                         "observation.include_voltage": True})
     config = QLearningConfig()
-    discretiser = Discretiser(config, env.obs_dim)
+    discretiser = Discretiser(config, env.feature_names)
     obs, _ = env.reset(seed=0)
     for _ in range(37):
         obs, *_ = env.step(torch.randint(25, (3, 4), generator=torch.Generator().manual_seed(1)))
@@ -244,7 +246,7 @@ def test_discretiser_reads_time_soc_net_load_and_tariff():
 def test_bin_edges_put_a_value_on_an_edge_in_the_upper_bin():
     config = QLearningConfig(time_bins=1, soc_edges=[0.3, 0.6], net_load_edges=[],
                              tariff_edges=[])
-    discretiser = Discretiser(config, 12)
+    discretiser = Discretiser(config, feature_names(ObservationConfig()))
     obs = torch.zeros(5, 12)
     obs[:, 6] = 1.0
     obs[:, 2] = torch.tensor([0.0, 0.29, 0.3, 0.6, 0.9])
