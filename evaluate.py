@@ -10,12 +10,15 @@ split, ``episode.test_every``) or a comma list of day indices; ``--episodes N`` 
 evenly spaced over the split (0: all of them), so that every season is represented.
 
 Policies (comma separated): rule-based ones by spec (``agents/baselines.py``:
-``no_p2p``, ``self_consumption``, ``zi``, ``fixed_price[:price_fraction=0.7]``, ``random``),
-the oracles (``oracle``, ``oracle_network``, ``oracle_no_p2p_idle``), or a run folder /
+``no_p2p``, ``self_consumption``, ``time_of_use``, ``zi``, ``fixed_price[:price_fraction=0.7]``,
+``random``),
+the oracles (``oracle``, ``oracle_network``, ``oracle_household``: each home's own optimum
+without sharing, ``oracle_no_p2p_idle``), or a run folder /
 checkpoint (``agents.policy.load_policy``). ``no_p2p`` always runs under mechanism ``none``.
 
 ``--config``: an env YAML or a run folder (its ``config.yaml``; the ``env`` section if it has
 one); without it, a run folder among the policies supplies it, else ``configs/env/default.yaml``.
+``--task NAME`` instead: the env YAML of a named task (``envs/tasks.py``: Flat, Peak-Storage...).
 Trailing ``key=value`` overrides apply to the env config (``network.model=none``).
 
 Writes into ``--out``: ``results.csv`` (one row per policy and mechanism: mean and std over
@@ -39,12 +42,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from agents.baselines import ORACLES, make_oracle, make_policy
 from agents.evaluation import evaluate_policy
 from agents.policy import PolicyLoadError, load_policy
+from agents.run_config import find_config_file
 from envs import metrics
 from envs.config import (
     MECHANISM_NAMES,
@@ -52,11 +55,13 @@ from envs.config import (
     EnvConfig,
     build_config,
     env_config,
+    load_yaml,
     to_dict,
 )
 from envs.core import BatchedP2PEnv
 from envs.data import DAYS_PER_YEAR, day_split, load_feeder
 from envs.files import atomic_write_text
+from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
 
@@ -111,15 +116,14 @@ PLOT_METRICS: tuple[tuple[str, str], ...] = (
 def config_source(path: str | Path) -> dict[str, Any]:
     """The env config mapping of an env YAML or of a run folder (``config.yaml``, its ``env``
     section when it has one)."""
-    path = Path(path)
+    path = find_config_file(path)
     if path.is_file() and path.suffix == ".pt":  # a checkpoint: its run folder's config
         path = path.parent
     if path.is_dir():
         path = path / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"config '{path}' does not exist")
-    with path.open() as handle:
-        data = yaml.safe_load(handle) or {}
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"config '{path}' must hold a mapping")
     if path.name == "config.yaml" and isinstance(data.get("env"), dict):
@@ -318,6 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=None,
                         help="env YAML or run folder (default: a run among --policies, else "
                              "configs/env/default.yaml)")
+    parser.add_argument("--task", default=None,
+                        help="evaluate on a named task of envs/tasks.py (its env YAML; "
+                             "not with --config)")
     parser.add_argument("--policies", default="no_p2p,self_consumption,zi,fixed_price,oracle",
                         help="comma-separated policy specs, oracles and run folders")
     parser.add_argument("--days", default="test",
@@ -417,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         specs = _policy_specs(args.policies)
         mechanisms = _mechanisms(args.mechanisms)
         source: Any = args.config
+        if args.task is not None:
+            if args.config is not None:
+                raise ConfigError("--task and --config both name the env config; give one")
+            source = get_task(args.task, where="--task").config_path
         if source is None:
             runs = [s for s in specs if is_run_spec(s)]
             source = runs[0] if runs else DEFAULT_CONFIG

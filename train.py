@@ -2,6 +2,7 @@
 
     python train.py                                   # configs/mappo.yaml, the Quickstart run
     python train.py --config configs/mappo.yaml train.total_steps=20000 train.n_envs=64 seed=3
+    python train.py --task Peak-Storage --config configs/mappo.yaml   # a task of envs/tasks.py
     python train.py --resume runs/default__mappo__1__1700000000
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML) over any key of the run
@@ -22,6 +23,8 @@ run. No algorithm math lives here: algorithms implement ``agents.algorithm.Algor
 from __future__ import annotations
 
 import argparse
+import fcntl
+import itertools
 import json
 import math
 import shutil
@@ -50,7 +53,8 @@ from agents.run_config import (
     make_generator,
 )
 from envs.config import ConfigError
-from envs.files import atomic_write_text
+from envs.files import atomic_write_text, remove_stale_temporaries
+from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mappo.yaml"
 TIMING_KEY = "timing"
@@ -71,12 +75,14 @@ def new_run_dir(logdir: str | Path, config: RunConfig, header: str = "") -> Path
     """A fresh ``{logdir}/{name}__{algo}__{seed}__{time}`` folder holding ``config.yaml``
     (``header`` as a comment on top)."""
     stem = f"{config.name}__{config.algo}__{config.seed}__{int(time.time())}"
-    run_dir = Path(logdir) / stem
-    suffix = 0
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(logdir) / f"{stem}-{suffix}"
-    run_dir.mkdir(parents=True)
+    Path(logdir).mkdir(parents=True, exist_ok=True)
+    for suffix in itertools.count():
+        run_dir = Path(logdir) / (stem if suffix == 0 else f"{stem}-{suffix}")
+        try:
+            run_dir.mkdir()  # atomic: of two processes racing for a name, one gets it
+            break
+        except FileExistsError:
+            continue
     atomic_write_text(run_dir / "config.yaml", dump_run_config(config, header))
     return run_dir
 
@@ -89,6 +95,8 @@ class Trainer:
                  progress: bool = True) -> None:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         train = config.train
+        self._lock = self._acquire(self.run_dir)
+        remove_stale_temporaries(self.run_dir)  # left by a process killed mid-write
         self._previous_threads = torch.get_num_threads()
         if train.torch_threads:
             torch.set_num_threads(train.torch_threads)
@@ -120,6 +128,25 @@ class Trainer:
             rows = "\n".join(f"|{key}|{value}|"
                              for key, value in _flatten(config.to_dict()).items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{rows}")
+
+    @staticmethod
+    def _acquire(run_dir: Path) -> Any:
+        """An exclusive lock on ``run_dir`` (``.lock``), held until :meth:`release`: two
+        processes never train into one run folder."""
+        handle = (run_dir / ".lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(f"run folder '{run_dir}' is in use by another train.py "
+                              f"process") from None
+        return handle
+
+    def release(self) -> None:
+        """Release the run folder's lock (done at the end of :meth:`run`)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ----------------------------------------------------------------------------------------
 
@@ -154,6 +181,7 @@ class Trainer:
         train, collector, state = self.config.train, self.collector, self.state
         bar = tqdm(total=train.total_steps, initial=collector.global_step, unit="env-step",
                    unit_scale=True, dynamic_ncols=True, disable=not self.progress)
+        last_checkpoint = time.monotonic()
         try:
             if state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
@@ -182,10 +210,14 @@ class Trainer:
                     self.evaluate()
                     while state["next_eval"] <= step:
                         state["next_eval"] += train.eval_every
-                if train.checkpoint_every and step >= state["next_checkpoint"]:
-                    while state["next_checkpoint"] <= step:
+                by_steps = train.checkpoint_every and step >= state["next_checkpoint"]
+                by_time = train.checkpoint_minutes and (
+                    time.monotonic() - last_checkpoint >= 60.0 * train.checkpoint_minutes)
+                if by_steps or by_time:
+                    while train.checkpoint_every and state["next_checkpoint"] <= step:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+                    last_checkpoint = time.monotonic()
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
             save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
@@ -193,6 +225,7 @@ class Trainer:
             bar.close()
             self.writer.close()
             torch.set_num_threads(self._previous_threads)
+            self.release()
         metrics = {
             "algo": self.config.algo, "seed": self.config.seed,
             "global_step": collector.global_step,
@@ -220,11 +253,26 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
     return "\n".join(lines)
 
 
+def task_overrides(task: str | None, overrides: list[str]) -> list[str]:
+    """The run-config overrides of ``--task``: ``env.task=<task>`` (``agents.run_config``'s
+    ``resolve_env``) and ``name=<task>`` (run folders named after the task) unless
+    ``overrides`` set ``name``, followed by ``overrides``. No task: ``overrides``."""
+    if task is None:
+        return list(overrides)
+    name = get_task(task, where="--task").name  # an unknown name lists the valid ones
+    names_run = any(item.split("=", 1)[0].strip() == "name" for item in overrides)
+    return [f"env.task={name}", *([] if names_run else [f"name={name}"]), *overrides]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train a peergrid algorithm (see the module docstring).")
     parser.add_argument("--config", default=None,
                         help="run config YAML (default: configs/mappo.yaml)")
+    parser.add_argument("--task", default=None,
+                        help="train on a named task of envs/tasks.py (Flat, Peak-Storage, ...): "
+                             "its env YAML replaces the run config's env base, inline env keys "
+                             "stay; the run is named after the task unless name= is given")
     parser.add_argument("--logdir", default="runs", help="root folder of runs (default: runs)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint_latest.pt")
@@ -238,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.resume:
-            if args.config or args.overrides:
+            if args.config or args.overrides or args.task:
                 raise ConfigError("--resume continues a run with the config it logged; "
-                                  "--config and overrides are not allowed with it")
+                                  "--config, --task and overrides are not allowed with it")
             run_dir = Path(args.resume)
             config = build_run_config(run_dir / "config.yaml")
             if not (run_dir / "checkpoint_latest.pt").is_file():
                 raise ConfigError(f"--resume {run_dir}: no checkpoint_latest.pt there")
         else:
-            config = build_run_config(args.config or DEFAULT_CONFIG, args.overrides)
+            overrides = task_overrides(args.task, args.overrides)
+            config = build_run_config(args.config or DEFAULT_CONFIG, overrides)
             run_dir = None
     except ConfigError as error:
         print(f"train.py: error: {error}", file=sys.stderr)
@@ -254,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = run_dir is None
     if fresh:
         header = f"peergrid run config, resolved from {args.config or DEFAULT_CONFIG}" + (
-            f" with {' '.join(args.overrides)}" if args.overrides else "")
+            f" with {' '.join(overrides)}" if overrides else "")
         run_dir = new_run_dir(args.logdir, config, header)
     print(f"training {config.algo} on {config.env.community.feeder} "
           f"({config.train.n_envs} envs, seed {config.seed}) -> {run_dir}", flush=True)

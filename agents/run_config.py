@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import yaml
 
 from agents import registry
 from envs.config import (
+    MAX_ENVS,
+    SEED_MAX,
     ConfigError,
     EnvConfig,
     apply_overrides,
@@ -34,6 +37,9 @@ from envs.config import (
     to_dict,
 )
 from envs.data import day_split
+from envs.tasks import get_task
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: relative env YAML paths are looked up here when not found from the
@@ -53,6 +59,9 @@ class TrainConfig:
     """Test days per evaluation, spread evenly over the test split (one episode each)."""
     checkpoint_every: int = 100_000
     """Env-steps between ``checkpoint_latest.pt`` writes (0 = only at the end)."""
+    checkpoint_minutes: float = 10.0
+    """Wall-clock minutes between ``checkpoint_latest.pt`` writes as well (0 = by steps
+    only), so that a run killed early can always be resumed."""
     device: str = "cpu"
     """Torch device of the environments and networks (sets the env's ``device``)."""
     torch_threads: int = 1
@@ -61,10 +70,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.total_steps >= 1, "total_steps", ">= 1", self.total_steps)
-        check(self.n_envs >= 1, "n_envs", ">= 1", self.n_envs)
+        check(1 <= self.n_envs <= MAX_ENVS, "n_envs", f"an integer in [1, {MAX_ENVS}]",
+              self.n_envs)
         check(self.eval_every >= 0, "eval_every", ">= 0", self.eval_every)
         check(self.eval_episodes >= 1, "eval_episodes", ">= 1", self.eval_episodes)
         check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+        check(0.0 <= self.checkpoint_minutes < float("inf"), "checkpoint_minutes",
+              "a finite number of minutes >= 0", self.checkpoint_minutes)
         check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
               "cpu, cuda, cuda:N or mps", self.device)
         check(self.torch_threads >= 0, "torch_threads", ">= 0", self.torch_threads)
@@ -79,7 +91,14 @@ class _RunHeader:
     seed: int = 1
     """Seed of the run's generator and of the environments (env b uses seed + b)."""
     name: str = "default"
-    """Prefix of the run folder ``{name}__{algo}__{seed}__{time}``."""
+    """Prefix of the run folder ``{name}__{algo}__{seed}__{time}``: letters, digits, ``-``,
+    ``_`` and ``.`` (no path separators, so the folder stays inside ``--logdir``)."""
+
+    def __post_init__(self) -> None:
+        check(bool(_RUN_NAME.fullmatch(self.name)) and self.name not in (".", ".."), "name",
+              "letters, digits, '-', '_' and '.' (1 to 100 characters, no path separators)",
+              self.name)
+        check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
 
 
 @dataclass(frozen=True)
@@ -129,9 +148,11 @@ def resolve_env(env: str | dict[str, Any] | None, train: TrainConfig, seed: int)
     ``env`` is a path to an env YAML (``configs/env/default.yaml``), or a mapping of
     ``EnvConfig`` keys, or a mapping with ``base: <env YAML>`` plus keys that override the
     base's (merged section by section; lists are replaced). Missing keys take
-    ``EnvConfig``'s defaults. ``n_envs``, ``device`` and ``seed`` belong to the run
-    (``train.n_envs``, ``train.device``, ``seed``): they replace the base file's values, and
-    setting them inline to anything else is an error.
+    ``EnvConfig``'s defaults. ``task: <name>`` (``envs.tasks``, e.g. ``Peak-Storage``) takes
+    the task's env YAML as the base, in place of any ``base`` (``train.py --task``); the
+    other inline keys still override it (dqn's discrete action type, say). ``n_envs``,
+    ``device`` and ``seed`` belong to the run (``train.n_envs``, ``train.device``, ``seed``):
+    they replace the base file's values, and setting them inline to anything else is an error.
     """
     if env is None:
         env = {}
@@ -142,6 +163,8 @@ def resolve_env(env: str | dict[str, Any] | None, train: TrainConfig, seed: int)
                           f"a mapping of env keys (optionally with 'base: <env YAML>')")
     inline = dict(env)
     base = inline.pop("base", None)
+    if "task" in inline:  # the task's env YAML replaces the base
+        base = str(get_task(inline.pop("task"), where="config key 'env.task'").config_path)
     run_values = {"n_envs": train.n_envs, "device": train.device, "seed": seed}
     for key, owner in _RUN_SET_ENV_KEYS.items():
         if key in inline:

@@ -4,8 +4,6 @@ resume == uninterrupted."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
 import json
 import math
@@ -30,32 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4},
              "network": {"model": "none"}}
 DISCRETE = {**SYNTHETIC, "action": {"type": "discrete", "battery_levels": 3, "price_levels": 3}}
-ENTRIES = {"sb3_ppo": "agents.sb3_baselines:SB3PPO", "sb3_td3": "agents.sb3_baselines:SB3TD3",
-           "sb3_dqn": "agents.sb3_baselines:SB3DQN"}
-"""The registry lines these baselines need (``module:Class``: one module, three classes)."""
 
 
+def test_registered():
+    """The three baselines are registry entries of one module (``module:Class``)."""
+    for name, cls in (("sb3_ppo", "SB3PPO"), ("sb3_td3", "SB3TD3"), ("sb3_dqn", "SB3DQN")):
+        assert registry.get(name).__name__ == cls and registry.get(name).name == name
 
-
-@pytest.fixture(autouse=True)
-def sb3_registered(monkeypatch):
-    """Register the baselines; until agents/registry.py resolves ``module:Class`` entries,
-    resolve them here."""
-    monkeypatch.setitem(registry.ALGORITHMS, "sb3_ppo", ENTRIES["sb3_ppo"])
-    monkeypatch.setitem(registry.ALGORITHMS, "sb3_td3", ENTRIES["sb3_td3"])
-    monkeypatch.setitem(registry.ALGORITHMS, "sb3_dqn", ENTRIES["sb3_dqn"])
-    try:
-        registry.get("sb3_td3")
-    except ConfigError:
-        original = registry.get
-
-        def get(name: str) -> type:
-            module, _, attribute = registry.ALGORITHMS.get(name, "").partition(":")
-            if attribute:
-                return getattr(importlib.import_module(module), attribute)
-            return original(name)
-
-        monkeypatch.setattr(registry, "get", get)
 
 
 # Small configs: 4 environments of 4 agents, two episodes each; an iteration is 16 env-steps.
@@ -138,7 +117,7 @@ def test_dqn_epsilon_follows_the_whole_run():
     assert scalars["charts/exploration_rate"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("algo", ["sb3_ppo", "sb3_td3"])
+@pytest.mark.parametrize("algo", ["sb3_ppo", "sb3_td3", "sb3_dqn"])
 def test_checkpoint_acts_and_resume_equals_uninterrupted(tmp_path, algo):
     """The checkpoint loads back and acts as the trained model. SB3's global randomness is
     seeded from the run's generator each iteration, and the model, optimisers, counters and
@@ -151,7 +130,7 @@ def test_checkpoint_acts_and_resume_equals_uninterrupted(tmp_path, algo):
     env = envs.make_batched_env(config.env, n_envs=3)
     obs, _ = env.reset(seed=1)
     actions = policy.act(obs, env)
-    assert actions.shape == (3, 4, 2)
+    assert actions.shape == ((3, 4) if algo == "sb3_dqn" else (3, 4, 2))
     env.step(actions)
     torch.testing.assert_close(actions, trainer.algorithm.act(obs, env.state(), True))
 

@@ -184,6 +184,71 @@ def test_resume_rejects_overrides(reference_run, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", [b"", b"not a checkpoint", None])
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(reference_run, tmp_path, damage,
+                                                           capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    path = run_dir / "checkpoint_latest.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if damage is None else damage)
+    assert train.main(["--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_latest.pt" in err and "Traceback" not in err
+
+
+def test_checkpoint_by_wall_clock_time(tmp_path):
+    """With checkpoint_every 0, checkpoint_minutes still writes checkpoint_latest.pt, so a
+    run killed early can be resumed; stale temporaries of a killed writer are removed."""
+    data = small_config()
+    data["train"].update(checkpoint_every=0, checkpoint_minutes=1e-9)
+    config = build_run_config(data)
+    run_dir = train.new_run_dir(tmp_path, config)
+    stale = run_dir / ".checkpoint_latest.pt.x1y2.tmp"
+    stale.write_bytes(b"partial")
+    assert train.Trainer(config, run_dir, progress=False).run(
+        stop_after_steps=2 * ITERATION) is None
+    assert not stale.exists()
+    assert load_checkpoint(run_dir)["global_step"] == 2 * ITERATION
+
+
+def test_one_process_per_run_folder(tmp_path):
+    config = build_run_config(small_config())
+    run_dir = train.new_run_dir(tmp_path, config)
+    first = train.Trainer(config, run_dir, progress=False)
+    with pytest.raises(ConfigError, match="in use"):
+        train.Trainer(config, run_dir, progress=False)
+    first.release()
+    train.Trainer(config, run_dir, progress=False).release()
+
+
+def test_racing_run_folders_are_distinct(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = build_run_config(small_config())
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: train.new_run_dir(tmp_path, config), range(16)))
+    assert len(set(folders)) == 16 and all((f / "config.yaml").is_file() for f in folders)
+
+
+@pytest.mark.parametrize("override", ["name=../../escape", "name=a/b", "name=..", "seed=-1",
+                                      f"seed={2**64}"])
+def test_run_name_and_seed_are_checked(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        build_run_config(small_config(), [override])
+
+
+def test_unsupported_action_type_leaves_no_run_folder(tmp_path, capsys):
+    code = train.main(["--config", str(ROOT / "configs" / "ddpg.yaml"), "--logdir",
+                       str(tmp_path), "env.action.type=discrete", "--no-progress"])
+    assert code == 2
+    assert "discrete" in capsys.readouterr().err
+    assert not any(p for p in tmp_path.iterdir() if p.is_dir())
+
+
 def test_replay_buffer_wraps_samples_and_restores():
     from agents.buffers import ReplayBuffer
 

@@ -1,0 +1,456 @@
+"""The leaderboard: every algorithm on every task over several seeds, scored against every
+rule-based baseline and the task's oracle on the task's held-out test days.
+
+    python benchmarks/leaderboard.py [--tasks Flat,Peak-Storage] [--algos mappo,maddpg]
+        [--seeds 0,1,2] [--steps N] [--episodes 0] [--out results/leaderboard] [--force]
+        [train.n_envs=64 mappo.actor_lr=1e-3 ...]
+
+For each task (``envs/tasks.py``):
+
+1. **References**, once per task: every rule-based baseline of ``agents.baselines.BASELINES``
+   (all but ``random``) and the task's oracle (``oracle`` or ``oracle_network``), run by
+   ``evaluate.Evaluator`` on the task's test days (``--episodes N``: N of them evenly spaced,
+   0 = all) with evaluation seed ``--eval-seed``. Saved as ``<out>/cells/<task>/references.json``
+   (a baseline registered later is scored and added by the next run).
+2. **Cells**, one per algorithm x seed: ``train.Trainer`` trains ``configs/<algo>.yaml`` on the
+   task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``, with
+   ``train.total_steps=--steps`` when given and the trailing overrides) into
+   ``<out>/runs/<task>/``; ``evaluate.Evaluator`` then scores the run's best checkpoint in the
+   run's own env config (the task's, plus the algorithm's inline env keys such as dqn's
+   discrete actions) on the same days with the same seed. Saved as
+   ``<out>/cells/<task>/<algo>__<seed>.json``.
+
+Every record is written atomically when it is finished; rerunning the same command skips the
+finished ones (an interrupted leaderboard resumes; a run folder of an unfinished cell is left
+behind and a fresh one trained), ``--force`` redoes them, and a record made with other
+settings (budget, days, configs) stops the run with a message naming the setting.
+
+Records keep each policy's ``evaluate.summarise`` row and per-day savings; the columns of
+``agents.leaderboard`` (share of the task oracle's savings, gain over the best rule, ...) are
+computed from them when the table is made, and aggregated over seeds (interquartile mean and
+95 % bootstrap confidence interval, Agarwal et al. 2021) and written to ``<out>/leaderboard.md``,
+``leaderboard.csv`` and ``leaderboard.png``; the markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # train.py and evaluate.py live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from agents import leaderboard, registry  # noqa: E402
+from agents.baselines import BASELINES  # noqa: E402
+from agents.run_config import RunConfig, build_run_config  # noqa: E402
+from envs import metrics  # noqa: E402
+from envs.config import ConfigError, to_dict  # noqa: E402
+from envs.files import atomic_write, atomic_write_text  # noqa: E402
+from envs.tasks import get_task, task_env_config, task_names  # noqa: E402
+
+NOT_RULES = ("random",)
+"""Policies of ``BASELINES`` that are not rule-based traders (left out of the references)."""
+
+CONFIGS = ROOT / "configs"
+
+FORMATS = {"community_cost": ".2f", "oracle_share": ".3f", "gain_vs_best_rule": "+.2f",
+           "violations": ".1f", "savings_gini": ".3f", "worse_off_share": ".2f"}
+"""How each column prints in the markdown table."""
+
+
+def rule_names() -> list[str]:
+    """The rule-based baselines scored on every task."""
+    return [name for name in BASELINES if name not in NOT_RULES]
+
+
+def shipped_algorithms() -> list[str]:
+    """Every registered algorithm with a shipped config ``configs/<algo>.yaml``."""
+    return [name for name in registry.names() if (CONFIGS / f"{name}.yaml").is_file()]
+
+
+# --------------------------------------------------------------------------------------------
+# References and cells
+# --------------------------------------------------------------------------------------------
+
+
+def cell_folder(out: Path, task: str) -> Path:
+    return out / "cells" / task
+
+
+def reference_settings(task: str, days: list[int], eval_seed: int) -> dict[str, Any]:
+    """What a task's references depend on: a cached record with others is not reused."""
+    return {"env": to_dict(task_env_config(task)), "days": days, "eval_seed": eval_seed,
+            "oracle": get_task(task).oracle}
+
+
+def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
+    """What a cell depends on: its resolved run config, the scored days and the seed."""
+    return {"run_config": config.to_dict(), "days": days, "eval_seed": eval_seed}
+
+
+def scored(result: evaluate.PolicyResult) -> dict[str, Any]:
+    """What a record keeps of one evaluated policy: ``evaluate.summarise``'s row and the
+    per-day savings against ``no_p2p`` (for the share of the oracle's savings, computed with
+    the task's oracle when the table is made)."""
+    return {"summary": evaluate.summarise(result, None),
+            "savings_per_day": result.per_day["savings_vs_no_p2p"]}
+
+
+def references(task: str, days: list[int], eval_seed: int, out: Path, force: bool
+               ) -> dict[str, Any]:
+    """The task's oracle and every rule-based baseline on ``days`` (cached; a baseline
+    registered after the record was made is evaluated and added)."""
+    settings = reference_settings(task, days, eval_seed)
+    path = cell_folder(out, task) / "references.json"
+    record = None if force else leaderboard.read_record(path, settings)
+    policies = {} if record is None else record["policies"]
+    missing = [name for name in (settings["oracle"], *rule_names()) if name not in policies]
+    if not missing:
+        print(f"[{task}] references: done ({path})", flush=True)
+        return record
+    start = time.perf_counter()
+    evaluator = evaluate.Evaluator(task_env_config(task), days, seed=eval_seed)
+    for name in missing:
+        policies[name] = scored(evaluator.run(name))
+    leaderboard.write_record(path, {"task": task, "settings": settings, "policies": policies})
+    print(f"[{task}] references: {', '.join(missing)} in {time.perf_counter() - start:.0f} s",
+          flush=True)
+    return leaderboard.read_record(path, settings)
+
+
+def run_config(task: str, algo: str, seed: int, steps: int | None,
+               overrides: list[str]) -> RunConfig:
+    """The run config of one cell: ``configs/<algo>.yaml`` on ``task`` (``train.py --task``)."""
+    budget = [] if steps is None else [f"train.total_steps={steps}"]
+    return build_run_config(CONFIGS / f"{algo}.yaml",
+                            train.task_overrides(task, [f"seed={seed}", *budget, *overrides]))
+
+
+def train_cell(config: RunConfig, logdir: Path, header: str) -> tuple[Path, dict[str, Any]]:
+    """Train ``config`` into a fresh run folder under ``logdir`` with ``train.py``'s Trainer;
+    returns the run folder and its ``metrics.json`` content."""
+    run_dir = train.new_run_dir(logdir, config, header)
+    result = train.Trainer(config, run_dir, progress=False).run()
+    assert result is not None
+    return run_dir, result
+
+
+def cell(task: str, algo: str, seed: int, steps: int | None, overrides: list[str],
+         refs: dict[str, Any], out: Path, force: bool) -> dict[str, Any]:
+    """Train and score one (task, algorithm, seed) cell (cached)."""
+    config = run_config(task, algo, seed, steps, overrides)
+    days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
+    settings = cell_settings(config, days, eval_seed)
+    path = cell_folder(out, task) / f"{algo}__{seed}.json"
+    record = None if force else leaderboard.read_record(path, settings)
+    if record is not None:
+        print(f"[{task}] {algo} seed {seed}: done ({path})", flush=True)
+        return record
+    start = time.perf_counter()
+    header = (f"peergrid leaderboard cell: task {task}, configs/{algo}.yaml, seed {seed}"
+              + (f", train.total_steps={steps}" if steps is not None else "")
+              + (f", {' '.join(overrides)}" if overrides else ""))
+    run_dir, train_metrics = train_cell(config, out / "runs" / task, header)
+    train_wall = time.perf_counter() - start
+    result = evaluate.Evaluator(config.env, days, seed=eval_seed).run(str(run_dir))
+    leaderboard.write_record(path, {
+        "task": task, "algo": algo, "seed": seed, "settings": settings, "run_dir": str(run_dir),
+        "train": {key: train_metrics.get(key) for key in
+                  ("global_step", "agent_steps", "best_eval", train.TIMING_KEY)},
+        "train_wall_s": train_wall, "wall_s": time.perf_counter() - start, **scored(result)})
+    record = leaderboard.read_record(path, settings)
+    row = columns(record, refs)
+    print(f"[{task}] {algo} seed {seed}: {row['community_cost']:.2f}/day, oracle share "
+          f"{row['oracle_share']:.3f} ({record['wall_s']:.0f} s)", flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation and output
+# --------------------------------------------------------------------------------------------
+
+
+def _numbers(values: Any) -> np.ndarray:
+    return np.asarray([math.nan if v is None else v for v in values], dtype=float)
+
+
+def best_rule(refs: dict[str, Any]) -> tuple[str, float]:
+    """The rule-based baseline with the lowest mean community cost, and that cost."""
+    costs = {name: _number(refs["policies"][name]["summary"]["community_cost_mean"])
+             for name in rule_names()}
+    name = min(costs, key=lambda key: costs[key])
+    return name, costs[name]
+
+
+def columns(entry: dict[str, Any], refs: dict[str, Any]) -> dict[str, float]:
+    """The leaderboard columns of one evaluated policy (a reference or a cell) on its task:
+    the share of the task oracle's savings and the gain over the best rule from ``refs``."""
+    oracle = refs["policies"][refs["settings"]["oracle"]]
+    share = metrics.captured_savings_share(
+        torch.as_tensor(_numbers(entry["savings_per_day"]), dtype=torch.float64),
+        torch.as_tensor(_numbers(oracle["savings_per_day"]), dtype=torch.float64))
+    return leaderboard.cell_metrics(entry["summary"], best_rule(refs)[1], float(share))
+
+
+def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], list[dict]]
+               ) -> list[dict[str, Any]]:
+    """One row per task and policy: references as measured (one evaluation), learners
+    aggregated over seeds (IQM and 95 % bootstrap CI per column)."""
+    rows = []
+    for task, ref in refs.items():
+        oracle = ref["settings"]["oracle"]
+        for name in (*rule_names(), oracle):
+            values = columns(ref["policies"][name], ref)
+            rows.append({"task": task, "policy": name, "kind": "oracle" if name == oracle
+                         else "rule", "seeds": 1,
+                         **{key: {"iqm": values[key], "ci_low": math.nan, "ci_high": math.nan,
+                                  "n": 1} for key, _ in leaderboard.COLUMNS}})
+        for (cell_task, algo), records in cells.items():
+            if cell_task != task:
+                continue
+            per_seed = [columns(record, ref) for record in records]
+            row: dict[str, Any] = {"task": task, "policy": algo, "kind": "learner",
+                                   "seeds": len(records)}
+            for key, _ in leaderboard.COLUMNS:
+                row[key] = leaderboard.aggregate([values[key] for values in per_seed])
+            rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _format(value: float, spec: str) -> str:
+    if not math.isfinite(value):
+        return "–"
+    text = format(value, spec)
+    return format(0.0, spec) if float(text) == 0.0 else text  # no "-0.000"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as a markdown table; learners as ``IQM [95 % CI]`` over seeds."""
+    header = ["task", "policy", "seeds", *(label for _, label in leaderboard.COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---:|" * len(
+        leaderboard.COLUMNS)]
+    for row in rows:
+        name = row["policy"] if row["kind"] == "learner" else f"`{row['policy']}`"
+        cells = [row["task"], name, str(row["seeds"])]
+        for key, _ in leaderboard.COLUMNS:
+            value, spec = row[key], FORMATS[key]
+            text = _format(value["iqm"], spec)
+            if math.isfinite(value["ci_low"]):
+                text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard as CSV: per column its IQM (the measured value for references) and
+    95 % CI bounds (empty where undefined)."""
+    fields = ["task", "policy", "kind", "seeds"]
+    for key, _ in leaderboard.COLUMNS:
+        fields += [key, f"{key}_ci_low", f"{key}_ci_high"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat: dict[str, Any] = {name: row[name] for name in fields[:4]}
+        for key, _ in leaderboard.COLUMNS:
+            for suffix, part in (("", "iqm"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
+                value = row[key][part]
+                flat[f"{key}{suffix}"] = "" if not math.isfinite(value) else f"{value:.6g}"
+        writer.writerow(flat)
+    return buffer.getvalue()
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """One panel per task: each policy's share of the oracle's savings (learners: IQM with its
+    95 % bootstrap interval), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    columns = min(3, len(tasks))
+    lines = math.ceil(len(tasks) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 0.4 + 2.6 * lines),
+                             squeeze=False)
+    colours = {"rule": "tab:gray", "oracle": "black", "learner": "tab:blue"}
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        task_rows = [row for row in rows if row["task"] == task]
+        share = np.array([row["oracle_share"]["iqm"] for row in task_rows])
+        low = np.array([row["oracle_share"]["ci_low"] for row in task_rows])
+        high = np.array([row["oracle_share"]["ci_high"] for row in task_rows])
+        y = np.arange(len(task_rows))
+        ax.barh(y, np.nan_to_num(share), color=[colours[row["kind"]] for row in task_rows])
+        has_ci = np.isfinite(low) & np.isfinite(share)
+        if has_ci.any():
+            ax.errorbar(share[has_ci], y[has_ci], fmt="none", ecolor="black", capsize=3,
+                        xerr=np.abs(np.stack([share - low, high - share])[:, has_ci]))
+        ax.set_yticks(y, [row["policy"] for row in task_rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0.0, color="black", linewidth=0.6)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("share of the oracle's savings vs no_p2p", fontsize=8)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle(textwrap.fill(title, 40 * columns + 20), fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda file: fig.savefig(file, dpi=110, bbox_inches="tight",
+                                                format="png"))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train every algorithm on every task over seeds and rank them against the "
+                    "rule-based baselines and the oracle (see the module docstring).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tasks", default=",".join(task_names()),
+                        help="comma-separated task names (envs/tasks.py)")
+    parser.add_argument("--algos", default=",".join(shipped_algorithms()),
+                        help="comma-separated algorithms, each trained with configs/<algo>.yaml")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train.total_steps of every cell (default: each shipped config's)")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="test days scored, evenly spaced over the test split (0: all)")
+    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation")
+    parser.add_argument("--out", default="results/leaderboard", help="output folder")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the evaluations (training: train.torch_threads)")
+    parser.add_argument("--force", action="store_true",
+                        help="redo finished cells and references instead of skipping them")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="run-config overrides for every cell: train.* for all, <algo>.* "
+                             "for that algorithm's cells only")
+    return parser.parse_args(argv)
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ConfigError(f"--{what}: nothing given")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"--{what}: duplicate entries in {items}")
+    return items
+
+
+def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:
+    """Each algorithm's overrides; only ``train.*`` and ``<algo>.*`` keys (the task fixes
+    the env, ``--seeds`` the seed)."""
+    per_algo: dict[str, list[str]] = {algo: [] for algo in algos}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section = key.split(".", 1)[0]
+        if "=" not in item or "." not in key or (section != "train"
+                                                 and section not in registry.names()):
+            raise ConfigError(f"override '{item}': the leaderboard takes train.<key>=<value> "
+                              f"or <algo>.<key>=<value> (the task fixes the env, --seeds the "
+                              f"seed, --steps train.total_steps)")
+        for algo in algos:
+            if section in ("train", algo):
+                per_algo[algo].append(item)
+    return per_algo
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        tasks = [get_task(name, where="--tasks").name for name in _split_list(args.tasks,
+                                                                                "tasks")]
+        algos = _split_list(args.algos, "algos")
+        unknown = [algo for algo in algos if algo not in shipped_algorithms()]
+        if unknown:
+            raise ConfigError(f"--algos: unknown {unknown}; allowed: "
+                              f"{', '.join(shipped_algorithms())}")
+        try:
+            seeds = [int(seed) for seed in _split_list(args.seeds, "seeds")]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected integers, got {args.seeds!r}") from None
+        if args.steps is not None and args.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+        overrides = _check_overrides(args.overrides, algos)
+        days = {task: evaluate.select_days(task_env_config(task), "test", args.episodes)
+                for task in tasks}
+        out = Path(args.out)
+        # Before anything runs: every run config is valid, and no finished record was made
+        # with other settings (it would stop the leaderboard halfway).
+        for task in tasks:
+            if not args.force:
+                leaderboard.read_record(cell_folder(out, task) / "references.json",
+                                        reference_settings(task, days[task], args.eval_seed))
+            for algo in algos:
+                for seed in seeds:
+                    config = run_config(task, algo, seed, args.steps, overrides[algo])
+                    if not args.force:
+                        leaderboard.read_record(cell_folder(out, task) / f"{algo}__{seed}.json",
+                                                cell_settings(config, days[task],
+                                                              args.eval_seed))
+    except ConfigError as error:
+        print(f"leaderboard.py: error: {error}", file=sys.stderr)
+        return 2
+
+    previous_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    refs: dict[str, dict[str, Any]] = {}
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    try:
+        for task in tasks:
+            refs[task] = references(task, days[task], args.eval_seed, out, args.force)
+            for algo in algos:
+                cells[(task, algo)] = [
+                    cell(task, algo, seed, args.steps, overrides[algo], refs[task], out,
+                         args.force) for seed in seeds]
+    except ConfigError as error:
+        print(f"leaderboard.py: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(previous_threads)
+    wall = time.perf_counter() - start
+
+    rows = table_rows(refs, cells)
+    budget = "each shipped config's train.total_steps" if args.steps is None else (
+        f"train.total_steps={args.steps}")
+    n_days = ", ".join(f"{task} {len(days[task])}" for task in tasks)
+    title = (f"{len(seeds)} seeds ({args.seeds}), {budget}, test days: {n_days}; learners: "
+             f"IQM [95 % bootstrap CI] over seeds")
+    table = markdown(rows)
+    text = (f"# peergrid leaderboard\n\n{title}.\n\n{table}\n\n"
+            + "".join(f"- {task}: reference oracle `{refs[task]['settings']['oracle']}`, best "
+                      f"rule `{best_rule(refs[task])[0]}` ({best_rule(refs[task])[1]:.2f}/day)\n"
+                      for task in tasks))
+    atomic_write_text(out / "leaderboard.md", text)
+    atomic_write_text(out / "leaderboard.csv", csv_text(rows))
+    plot(rows, out / "leaderboard.png", title)
+    print(f"\n{text}\nwrote {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}, "
+          f"{out / 'leaderboard.png'} ({wall:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
