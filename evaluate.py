@@ -60,7 +60,7 @@ from envs.config import (
 )
 from envs.core import BatchedP2PEnv
 from envs.data import DAYS_PER_YEAR, day_split, load_feeder
-from envs.files import atomic_write_text
+from envs.files import atomic_write_text, plain_json
 from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
@@ -280,21 +280,6 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], .
 # --------------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: NaN and inf become null, numpy and torch values become lists and floats."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return _jsonable(np.asarray(value).tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """Rows as CSV (list-valued fields left out)."""
     fields = [k for k in rows[0] if not isinstance(rows[0][k], list)]
@@ -491,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "plots": [Path(p).name for p in plot_paths],
     }
     atomic_write_text(out / "results.csv", csv_text(rows + mechanism_rows))
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(plain_json(report), indent=1) + "\n")
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}"
           + (f" and {len(plot_paths)} plots: " + ", ".join(plot_paths) if plot_paths else ""))
     return 0

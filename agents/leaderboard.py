@@ -43,7 +43,7 @@ import numpy as np
 from scipy import stats
 
 from envs.config import ConfigError
-from envs.files import atomic_write_text
+from envs.files import atomic_write_text, plain_json
 
 __all__ = ["COLUMNS", "WORSE_OFF_TOLERANCE", "aggregate", "bootstrap_ci", "cell_metrics",
            "iqm", "read_record", "worse_off_share", "write_record"]
@@ -146,25 +146,10 @@ def cell_metrics(row: dict[str, Any], best_rule_cost: float,
     }
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: NaN and inf become null, numpy scalars and arrays plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     """Write a finished cell's (or a task's references') record as JSON, atomically
     (``envs.files``): a reader, or a resumed leaderboard, sees the whole record or none."""
-    return atomic_write_text(path, json.dumps(_jsonable(record), indent=1) + "\n")
+    return atomic_write_text(path, json.dumps(plain_json(record), indent=1) + "\n")
 
 
 def read_record(path: str | Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -184,7 +169,7 @@ def read_record(path: str | Path, settings: dict[str, Any]) -> dict[str, Any] | 
     if not isinstance(record, dict) or "settings" not in record:
         warnings.warn(f"leaderboard: '{path}' holds no settings; redoing it", stacklevel=2)
         return None
-    difference = _first_difference(record["settings"], _jsonable(settings))
+    difference = _first_difference(record["settings"], plain_json(settings))
     if difference is not None:
         key, stored, wanted = difference
         raise ConfigError(

@@ -10,6 +10,7 @@ process.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "remove_stale_temporaries"]
+           "plain_json", "remove_stale_temporaries"]
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -56,6 +57,20 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as standard JSON values for ``json.dumps``: NaN and inf become null, numpy
+    and torch arrays lists, numpy scalars Python numbers, dict keys strings."""
+    if isinstance(value, dict):
+        return {str(key): plain_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return plain_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
