@@ -23,7 +23,9 @@ run. No algorithm math lives here: algorithms implement ``agents.algorithm.Algor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -43,6 +46,7 @@ from agents.algorithm import EnvSpec
 from agents.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from agents.collector import Collector
 from agents.evaluation import evaluate_policy, metric_scalars
+from agents.leaderboard import best_rule, rule_names
 from agents.policy import TrainedPolicy
 from agents.run_config import (
     RunConfig,
@@ -52,11 +56,15 @@ from agents.run_config import (
     evaluation_days,
     make_generator,
 )
-from envs.config import ConfigError
+from envs import metrics as env_metrics
+from envs.config import ConfigError, EnvConfig, to_dict
+from envs.data import cache_dir
 from envs.files import atomic_write_text, remove_stale_temporaries
 from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mappo.yaml"
+REFERENCES_VERSION = 1
+"""Version of the cached evaluation references (bump when what they hold changes)."""
 TIMING_KEY = "timing"
 """Key of metrics.json's wall-clock entries, the only ones that differ between equal runs."""
 
@@ -69,6 +77,52 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def evaluation_references(config: EnvConfig, days: list[int], seed: int, oracle: str
+                          ) -> dict[str, Any]:
+    """What ``eval/oracle_share`` and ``eval/gain_vs_best_rule`` compare with on ``days``:
+    ``{"oracle": name, "oracle_savings": [per day, against no_p2p], "rule_costs": {rule:
+    mean community cost per day}}``, evaluated as ``evaluate.py`` does (seed ``seed``) and
+    cached in ``envs.data.cache_dir()/references`` (a damaged cache is evaluated again)."""
+    import evaluate  # the one evaluation path of the tables; imports train lazily, not back
+
+    env_config = dataclasses.replace(config, n_envs=1, device="cpu")
+    key = json.dumps({"env": to_dict(env_config), "days": days, "seed": seed,
+                      "oracle": oracle, "rules": rule_names(),
+                      "version": REFERENCES_VERSION}, sort_keys=True)
+    path = cache_dir() / "references" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored["key"] == key:
+            return stored["references"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    evaluator = evaluate.Evaluator(env_config, list(days), seed=seed)
+    result = evaluator.run(oracle)
+    references = {
+        "oracle": oracle,
+        "oracle_savings": [float(v) for v in result.per_day["savings_vs_no_p2p"]],
+        "rule_costs": {name: float(np.mean(evaluator.run(name).per_day["community_cost"]))
+                       for name in rule_names()}}
+    try:
+        atomic_write_text(path, json.dumps({"key": key, "references": references}) + "\n")
+    except OSError:
+        pass  # a cache that cannot be written costs time, not results
+    return references
+
+
+def reference_scalars(totals: env_metrics.EpisodeTotals, references: dict[str, Any]
+                      ) -> dict[str, float]:
+    """``oracle_share`` and ``gain_vs_best_rule`` of evaluated episodes (in the order of the
+    references' days) against :func:`evaluation_references`."""
+    summary = env_metrics.evaluation_summary(totals)
+    share = env_metrics.captured_savings_share(
+        summary["savings_vs_no_p2p"].double().cpu(),
+        torch.as_tensor(references["oracle_savings"], dtype=torch.float64))
+    _, rule_cost = best_rule(references["rule_costs"])
+    return {"oracle_share": float(share),
+            "gain_vs_best_rule": rule_cost - float(summary["community_cost"].double().mean())}
 
 
 def new_run_dir(logdir: str | Path, config: RunConfig, header: str = "") -> Path:
@@ -113,13 +167,17 @@ class Trainer:
         self.state: dict[str, Any] = {
             "next_eval": train.eval_every, "next_checkpoint": train.checkpoint_every,
             "best_return": -math.inf, "best_eval": {}, "last_eval": {}, "last_eval_step": -1,
-            "last_train": {}, "train_time_s": 0.0}
+            "last_train": {}, "train_time_s": 0.0, "references": None}
         if resume:
             checkpoint = load_checkpoint(self.run_dir / "checkpoint_latest.pt")  # on the CPU
             self.algorithm.load_state_dict(checkpoint["algorithm"])
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
-            self.state = checkpoint["trainer"]
+            self.state = {"references": None, **checkpoint["trainer"]}
+        if train.eval_reference != "none" and self.state["references"] is None:
+            self.state["references"] = evaluation_references(
+                eval_config, [int(day) for day in self.eval_days], config.seed,
+                train.eval_reference)
         # the checkpoint was written after logging its step: drop the later events of the
         # interrupted process (TensorBoard purges steps >= purge_step)
         self.writer = SummaryWriter(
@@ -164,6 +222,8 @@ class Trainer:
         totals, _ = evaluate_policy(self.eval_env, self.policy, self.eval_days,
                                     seed=self.config.seed)
         scalars = metric_scalars(totals)
+        if self.state["references"] is not None:
+            scalars.update(reference_scalars(totals, self.state["references"]))
         for key, value in scalars.items():
             self.writer.add_scalar(f"eval/{key}", value, step)
         self.state["last_eval"] = {"global_step": step, **scalars}
@@ -247,7 +307,8 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
              f"agent-steps) at {metrics[TIMING_KEY]['agent_steps_per_s']:,.0f} agent-steps/s"]
     lines.append("final evaluation on held-out test days: " + ", ".join(
         f"{key} {final[key]:.4g}" for key in ("episodic_return", "community_cost",
-                                              "savings_vs_no_p2p", "self_sufficiency")
+                                              "savings_vs_no_p2p", "oracle_share",
+                                              "gain_vs_best_rule", "self_sufficiency")
         if key in final))
     lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
     return "\n".join(lines)

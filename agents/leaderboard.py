@@ -45,8 +45,9 @@ from scipy import stats
 from envs.config import ConfigError
 from envs.files import atomic_write_text, plain_json
 
-__all__ = ["COLUMNS", "WORSE_OFF_TOLERANCE", "aggregate", "bootstrap_ci", "cell_metrics",
-           "iqm", "read_record", "worse_off_share", "write_record"]
+__all__ = ["COLUMNS", "NOT_RULES", "WORSE_OFF_TOLERANCE", "aggregate", "best_rule",
+           "bootstrap_ci", "cell_metrics", "iqm", "read_record", "rule_names",
+           "worse_off_share", "write_record"]
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("community_cost", "cost/day"),
@@ -61,6 +62,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 WORSE_OFF_TOLERANCE = 1e-6
 """An agent counts as worse off when its mean daily saving is below minus this, currency/day
 (float round-off of a policy that changes nothing for it is not a loss)."""
+
+NOT_RULES = ("random",)
+"""Baselines of ``agents.baselines.BASELINES`` that are not rule-based traders (left out of
+the references every learner is compared with)."""
 
 IQM_CUT = 0.25
 """Fraction of runs cut from each end for the interquartile mean."""
@@ -122,6 +127,24 @@ def worse_off_share(agent_savings: Sequence[float] | np.ndarray,
     if savings.size == 0:
         return math.nan
     return float(np.mean(savings < -tolerance))
+
+
+def rule_names() -> list[str]:
+    """The rule-based baselines a learner is compared with: every baseline of
+    ``agents.baselines.BASELINES`` but :data:`NOT_RULES` (``zi`` included)."""
+    from agents.baselines import BASELINES  # the baselines import torch models; keep this light
+
+    return [name for name in BASELINES if name not in NOT_RULES]
+
+
+def best_rule(costs: dict[str, float]) -> tuple[str, float]:
+    """The rule with the lowest mean community cost among ``costs`` (rule name ->
+    currency/day; NaN costs never win), and that cost."""
+    finite = {name: float(cost) for name, cost in costs.items() if not math.isnan(cost)}
+    if not finite:
+        raise ValueError(f"no rule has a finite cost: {costs}")
+    name = min(finite, key=lambda key: finite[key])
+    return name, finite[name]
 
 
 def cell_metrics(row: dict[str, Any], best_rule_cost: float,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,9 +41,10 @@ from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
 from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, mlp
 from agents.run_config import TrainConfig
-from envs.config import check
+from envs.config import ConfigError, check
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+IMITATED_ORACLES = ("oracle", "oracle_network", "oracle_household")
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,18 @@ class MAPPOConfig:
     """Map of Gaussian samples into the action box: tanh or clip."""
     target_kl: float | None = None
     """Stop an update's epochs early once the approximate KL exceeds this (null = never)."""
+    imitation_days: int = 0
+    """Behaviour-clone the perfect-foresight optimum before RL: the actor first regresses
+    the oracle's battery actions (price: the midpoint) on this many training days
+    (``agents.imitation``; 0 = off), then PPO fine-tunes it."""
+    imitation_epochs: int = 30
+    """Passes over the demonstrations."""
+    imitation_lr: float = 1e-3
+    """Adam learning rate of behaviour cloning (its own optimiser)."""
+    imitation_minibatch: int = 512
+    """Agent-steps per gradient step of behaviour cloning."""
+    imitation_oracle: str = "oracle"
+    """Which oracle to imitate: oracle, oracle_network or oracle_household."""
     residual: bool = False
     """Act as a residual on the rule in the observation (continuous actions; needs
     ``env.observation.rule``): the Gaussian's mean is the rule's battery action (before the
@@ -120,6 +134,14 @@ class MAPPOConfig:
               self.action_squash)
         check(self.target_kl is None or self.target_kl > 0.0, "target_kl", "> 0 or null",
               self.target_kl)
+        check(0 <= self.imitation_days <= 366, "imitation_days", "an integer in [0, 366]",
+              self.imitation_days)
+        check(self.imitation_epochs >= 1, "imitation_epochs", ">= 1", self.imitation_epochs)
+        check(self.imitation_lr > 0.0, "imitation_lr", "> 0", self.imitation_lr)
+        check(self.imitation_minibatch >= 1, "imitation_minibatch", ">= 1",
+              self.imitation_minibatch)
+        check(self.imitation_oracle in IMITATED_ORACLES, "imitation_oracle",
+              f"one of {IMITATED_ORACLES}", self.imitation_oracle)
 
 
 class MAPPO(Algorithm):
@@ -155,6 +177,7 @@ class MAPPO(Algorithm):
             {"params": list(self.critic.parameters()), "lr": config.critic_lr,
              "name": "critic"}], eps=1e-5)
         self.value_normalizer = RunningMeanStd(device=device)
+        self.imitated = False
         action_shape = (spec.action_dim,) if self.continuous else ()
         self.buffer = RolloutBuffer(
             config.rollout_steps, spec.n_envs, n, spec.obs_dim, spec.state_dim, action_shape,
@@ -217,8 +240,52 @@ class MAPPO(Algorithm):
     # Training
     # ----------------------------------------------------------------------------------------
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "imitated": self.imitated}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.imitated = bool(state.get("imitated", False))
+
+    def imitate(self, env_config: Any) -> float:
+        """Behaviour cloning of the oracle's battery actions (``imitation_*`` settings); returns
+        the last epoch's mean squared error in action units."""
+        from agents.imitation import oracle_demonstrations
+
+        config = self.config
+        if not self.continuous:
+            raise ConfigError("config key 'mappo.imitation_days': allowed: > 0 only with "
+                              "continuous actions")
+        obs, battery = oracle_demonstrations(env_config, config.imitation_days,
+                                             config.imitation_oracle)
+        n = self.spec.n_agents
+        obs = obs.reshape(-1, obs.shape[-1]).to(self.device)
+        target = battery.reshape(-1).to(self.device)
+        agent = torch.arange(obs.shape[0], device=self.device) % n
+        optimizer = torch.optim.Adam([p for p in self.actor.parameters() if p.requires_grad],
+                                     lr=config.imitation_lr)
+        batch = config.imitation_minibatch
+        mean_loss = float("nan")
+        for _ in range(config.imitation_epochs):
+            order = torch.randperm(obs.shape[0], generator=self.generator, device=self.device)
+            total, count = 0.0, 0
+            for index in order.split(batch):
+                action = self._to_env(self._policy_output(obs[index], agent[index]))
+                loss = ((action[:, 0] - target[index]).square()
+                        + (action[:, 1] - 0.5).square()).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * len(index), count + len(index)
+            mean_loss = total / count
+        self.imitated = True
+        return mean_loss
+
     def iterate(self, collector: Collector) -> dict[str, float]:
         config, buffer = self.config, self.buffer
+        scalars_before: dict[str, float] = {}
+        if config.imitation_days and not self.imitated:
+            scalars_before["losses/imitation_loss"] = self.imitate(collector.env.config)
         progress = collector.global_step / self.train_config.total_steps
         fraction = max(1.0 - progress, 0.0) if config.anneal_lr else 1.0
         for group in self.optimizer.param_groups:
@@ -240,7 +307,7 @@ class MAPPO(Algorithm):
             advantages, returns = generalized_advantages(
                 buffer.rewards, buffer.values, buffer.terminated, self._value(collector.state),
                 config.gamma, config.gae_lambda)
-        scalars = self._update(advantages, returns)
+        scalars = {**scalars_before, **self._update(advantages, returns)}
         scalars["charts/learning_rate"] = config.actor_lr * fraction
         if self.continuous:
             scalars["charts/action_std"] = float(self.log_std["log_std"].detach().exp().mean())

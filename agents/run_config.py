@@ -41,6 +41,9 @@ from envs.tasks import get_task
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
+EVAL_REFERENCES = ("auto", "oracle", "oracle_network", "none")
+"""Values of ``train.eval_reference``."""
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository root: relative env YAML paths are looked up here when not found from the
 working directory."""
@@ -67,6 +70,13 @@ class TrainConfig:
     torch_threads: int = 1
     """``torch.set_num_threads`` for the run (0 = torch's default). 1 by default: the small
     networks gain little from more, and OpenMP threads slow down badly on a busy machine."""
+    eval_reference: str = "auto"
+    """Score each evaluation against references on the same days: ``eval/oracle_share`` (share
+    of this oracle's savings against no P2P captured) and ``eval/gain_vs_best_rule`` (the best
+    rule-based baseline's community cost minus the policy's, currency/day; > 0 = the policy
+    wins). ``oracle`` or ``oracle_network``; ``auto`` = the task's reference oracle
+    (``envs.tasks``) when ``env.task`` names one, else ``oracle``; ``none`` = no references.
+    The references are evaluated once per run (cached, ``train.py``)."""
 
     def __post_init__(self) -> None:
         check(self.total_steps >= 1, "total_steps", ">= 1", self.total_steps)
@@ -80,6 +90,8 @@ class TrainConfig:
         check(self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
               "cpu, cuda, cuda:N or mps", self.device)
         check(self.torch_threads >= 0, "torch_threads", ">= 0", self.torch_threads)
+        check(self.eval_reference in EVAL_REFERENCES, "eval_reference",
+              f"one of {EVAL_REFERENCES}", self.eval_reference)
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,12 @@ def build_run_config(source: str | Path | dict[str, Any],
     train = from_dict(TrainConfig, data.get("train"), prefix="train.")
     hyperparameters = from_dict(algorithm.Config, data.get(header.algo),
                                 prefix=f"{header.algo}.")
-    env = resolve_env(data.get("env"), train, header.seed)
+    env_section = data.get("env")
+    env = resolve_env(env_section, train, header.seed)
+    if train.eval_reference == "auto":  # the resolved config records what was used
+        task = env_section.get("task") if isinstance(env_section, dict) else None
+        train = dataclasses.replace(
+            train, eval_reference=get_task(task).oracle if task is not None else "oracle")
     n_test_days = len(day_split(env.episode.test_every)[1])
     check(n_test_days > 0, "env.episode.test_every",
           "an integer >= 2 (evaluation needs held-out test days)", env.episode.test_every)

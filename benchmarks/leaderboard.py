@@ -54,26 +54,18 @@ import torch  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
 from agents import leaderboard, registry  # noqa: E402
-from agents.baselines import BASELINES  # noqa: E402
+from agents.leaderboard import rule_names  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
 from envs import metrics  # noqa: E402
 from envs.config import ConfigError, to_dict  # noqa: E402
 from envs.files import atomic_write, atomic_write_text  # noqa: E402
 from envs.tasks import get_task, task_env_config, task_names  # noqa: E402
 
-NOT_RULES = ("random",)
-"""Policies of ``BASELINES`` that are not rule-based traders (left out of the references)."""
-
 CONFIGS = ROOT / "configs"
 
 FORMATS = {"community_cost": ".2f", "oracle_share": ".3f", "gain_vs_best_rule": "+.2f",
            "violations": ".1f", "savings_gini": ".3f", "worse_off_share": ".2f"}
 """How each column prints in the markdown table."""
-
-
-def rule_names() -> list[str]:
-    """The rule-based baselines scored on every task."""
-    return [name for name in BASELINES if name not in NOT_RULES]
 
 
 def shipped_algorithms() -> list[str]:
@@ -189,10 +181,9 @@ def _numbers(values: Any) -> np.ndarray:
 
 def best_rule(refs: dict[str, Any]) -> tuple[str, float]:
     """The rule-based baseline with the lowest mean community cost, and that cost."""
-    costs = {name: _number(refs["policies"][name]["summary"]["community_cost_mean"])
-             for name in rule_names()}
-    name = min(costs, key=lambda key: costs[key])
-    return name, costs[name]
+    return leaderboard.best_rule({
+        name: _number(refs["policies"][name]["summary"]["community_cost_mean"])
+        for name in rule_names()})
 
 
 def columns(entry: dict[str, Any], refs: dict[str, Any]) -> dict[str, float]:

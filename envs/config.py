@@ -7,7 +7,8 @@ out-of-range values raise one :class:`ConfigError` that names the full key and w
 nothing is silently ignored or rewritten after construction.
 
 Every number is checked where it enters (:func:`from_dict`): floats must be finite (``.inf``
-and ``.nan`` are rejected for every float key, the agents' configs included), integers must
+and ``.nan`` are rejected for every float key, the agents' configs included) and at most
+:data:`MAX_FLOAT` in magnitude (so that float32 tables built from them stay finite), integers must
 fit int64 (a float with an integral value, ``1e6``, is accepted as that integer), and sizes
 have generous upper bounds (:data:`MAX_AGENTS`, :data:`MAX_ENVS`, :data:`MAX_ACTION_LEVELS`)
 so that a typo fails here rather than as an allocation. YAML (files and ``key=value``
@@ -498,7 +499,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         check(isinstance(value, int | float) and not isinstance(value, bool), key,
               "a finite number", value)
-        check(_is_finite(value), key, "a finite number", value)
+        check(_is_finite(value) and abs(value) <= MAX_FLOAT, key,
+              f"a finite number of magnitude at most {MAX_FLOAT:g}", value)
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -516,6 +518,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"unsupported annotation {tp!r} for config key '{key}'")
+
+
+MAX_FLOAT = 1e12
+"""Largest magnitude of a float config value: far above any physical or learning setting, far
+below float32's 3.4e38, so that float32 tables and their products stay finite (a battery C-rate
+of 1e300 would give infinite power limits)."""
 
 
 def _is_finite(value: int | float) -> bool:

@@ -79,13 +79,22 @@ FLOAT_KEYS = ["community.pv_kwp_per_mwh", "community.battery_kwh_per_mwh",
               "observation.forecast_noise", "reward_scale"]
 
 
-@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "1e400"])
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "1e400", "1e300", "-2e12"])
 @pytest.mark.parametrize("key", FLOAT_KEYS)
 def test_non_finite_floats_are_rejected(key, text):
     with _raises(f"config key '{key}': got "):
         build_config(EnvConfig, None, [f"{key}={text}"])
     with _raises("allowed: a finite number"):
         build_config(EnvConfig, None, [f"{key}={text}"])
+
+
+def test_huge_floats_that_would_overflow_float32_are_rejected():
+    """Found by benchmarks/fuzz.py: a C-rate of 1e300 passed the checks and became infinite
+    battery power in the float32 tables (NaN rewards in the numba engine)."""
+    with _raises("config key 'community.battery_c_rate': got 1e+300; allowed: a finite "
+                 "number of magnitude at most 1e+12"):
+        build_config(EnvConfig, None, ["community.battery_c_rate=1e300"])
+    assert build_config(EnvConfig, None, ["community.battery_c_rate=4.0"])
 
 
 def test_non_finite_list_items_and_python_values_are_rejected():

@@ -139,13 +139,55 @@ def test_event_file_tags(reference_run):
         "episodic_return", "community_cost", "savings_vs_no_p2p", "clearing_price",
         "p2p_volume", "self_sufficiency", "voltage_violations", "SPS")}
     evaluation = {f"eval/{name}" for name in ("episodic_return", "community_cost",
-                                              "savings_vs_no_p2p")}
+                                              "savings_vs_no_p2p", "oracle_share",
+                                              "gain_vs_best_rule")}
     losses = {f"losses/{name}" for name in ("policy_loss", "value_loss", "entropy",
                                             "approx_kl")}
     assert shared | evaluation | losses <= tags, sorted(shared | evaluation | losses - tags)
     events = EventAccumulator(str(reference_run))
     events.Reload()
     assert "hyperparameters/text_summary" in events.Tags()["tensors"]  # add_text
+
+
+def test_eval_references_follow_the_task():
+    assert build_run_config(small_config()).train.eval_reference == "oracle"
+    data = {**small_config(), "env": {"task": "Grid-Rebound"}}
+    assert build_run_config(data).train.eval_reference == "oracle_network"
+    data = {**small_config(), "env": {"task": "Grid-Rebound"}}
+    assert build_run_config(data, ["train.eval_reference=none"]).train.eval_reference == "none"
+    with pytest.raises(ConfigError, match="train.eval_reference"):
+        build_run_config(small_config(), ["train.eval_reference=best"])
+
+
+def test_reference_scalars_score_the_references_themselves(tmp_path, monkeypatch):
+    """The best rule scored against the references gains exactly 0 on it, no_p2p captures 0
+    of the oracle's savings, the oracle all of them; a second call reads the cache."""
+    import evaluate
+    from agents.leaderboard import best_rule
+
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    config = build_run_config(small_config())
+    env_config = train.eval_env_config(config)
+    days = train.evaluation_days(env_config, 4)
+    references = train.evaluation_references(env_config, days, 3, "oracle")
+    assert len(references["oracle_savings"]) == len(days)
+    name, cost = best_rule(references["rule_costs"])
+    evaluator = evaluate.Evaluator(env_config, days, seed=3)
+    rule = train.reference_scalars(evaluator.run(name).totals, references)
+    assert rule["gain_vs_best_rule"] == pytest.approx(0.0, abs=1e-9)
+    assert train.reference_scalars(evaluator.run("no_p2p").totals,
+                                   references)["oracle_share"] == pytest.approx(0.0, abs=1e-6)
+    oracle = train.reference_scalars(evaluator.run("oracle").totals, references)
+    assert oracle["oracle_share"] == pytest.approx(1.0, abs=1e-9)
+    assert oracle["gain_vs_best_rule"] >= -1e-6  # the oracle bounds every rule
+    assert 0.0 < rule["oracle_share"] <= 1.0 + 1e-6
+    (cached,) = (tmp_path / "references").iterdir()
+    monkeypatch.setattr(evaluate.Evaluator, "run", None)  # evaluating again would fail
+    assert train.evaluation_references(env_config, days, 3, "oracle") == references
+    cached.write_text("{ damaged")
+    monkeypatch.undo()
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    assert train.evaluation_references(env_config, days, 3, "oracle") == references
 
 
 def test_same_seed_same_curves(reference_run, tmp_path):
