@@ -36,7 +36,8 @@ name                  behaviour
 
 The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linear program of
 ``agents/oracle.py`` for each evaluated day with the env's own profiles, tariffs and battery
-parameters: ``oracle`` (free P2P inside the community, batteries controlled centrally) and
+parameters, in float64 whatever the env's dtype (:func:`float64_tables`): ``oracle`` (free
+P2P inside the community, batteries controlled centrally) and
 ``oracle_network`` (the same within the feeder's voltage and loading limits, linearised around
 the no-load point by :func:`network_linearisation`). It is charged the env's terminal value
 (``env.terminal_price`` per kWh taken from the batteries over the day, ``env.
@@ -51,6 +52,7 @@ what coordination (sharing energy and planning batteries together) is worth on t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -67,8 +69,8 @@ from envs.rules import current_load_pv_kw, self_consumption_fraction, time_of_us
 
 __all__ = ["BASELINES", "FixedPrice", "NoP2P", "ORACLES", "PerfectForesightOracle",
            "RandomPolicy", "SelfConsumption", "TimeOfUse", "ZeroIntelligence", "battery_fleet",
-           "current_load_pv_kw", "make_oracle", "make_policy", "network_linearisation",
-           "self_consumption_fraction", "time_of_use_fraction"]
+           "current_load_pv_kw", "float64_tables", "make_oracle", "make_policy",
+           "network_linearisation", "self_consumption_fraction", "time_of_use_fraction"]
 
 MIDPOINT = 0.5
 """Price fraction of the tariff midpoint (r + f) / 2."""
@@ -247,6 +249,21 @@ def make_policy(spec: str) -> Policy:
 # --------------------------------------------------------------------------------------------
 
 
+def float64_tables(env: Any) -> Any:
+    """``env`` itself when it computes in float64, else a float64 CPU core of one environment
+    built from ``env``'s config and feeder data: the same tables, with tariffs, PV power and
+    battery sizes not rounded to the env's dtype. The oracle LP is built from these: from a
+    float32 env's rounded tables (retail 0.3 as 0.30000001) its optimum can lie above what a
+    policy reaches in that env (case33bw, days 6, 20, 356: 4e-5 to 8e-5 currency above
+    ``self_consumption``), not below."""
+    if env.dtype == torch.float64:
+        return env
+    from envs.core import BatchedP2PEnv
+
+    config = dataclasses.replace(env.config, n_envs=1, dtype="float64", device="cpu")
+    return BatchedP2PEnv(config, data=env.data)
+
+
 def battery_fleet(env: Any) -> BatteryFleet:
     """The env's batteries for the oracle LP: capacities and power limits per agent
     (``env.capacity_kwh``, ``env.battery_kw``), efficiencies, SoC band, initial SoC and
@@ -345,17 +362,22 @@ class PerfectForesightOracle:
         self.use_battery = use_battery
         self.network = network
         self._sensitivity: _FeederSensitivity | None = None
+        self._tables: tuple[Any, Any] | None = None  # (env, float64_tables(env))
 
     def solve_day(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
-        """The optimal schedule of day ``day`` and the day's profiles."""
-        profile = day_profiles(env, day)
+        """The optimal schedule of day ``day`` and the day's profiles, from ``env``'s tables in
+        float64 (:func:`float64_tables`)."""
+        if self._tables is None or self._tables[0] is not env:
+            self._tables = (env, float64_tables(env))
+        tables = self._tables[1]
+        profile = day_profiles(tables, day)
         linearisation = None
         if self.network:
             if self._sensitivity is None:
-                self._sensitivity = _FeederSensitivity(env)
-            linearisation = network_linearisation(env, day, self._sensitivity)
+                self._sensitivity = _FeederSensitivity(tables)
+            linearisation = network_linearisation(tables, day, self._sensitivity)
         result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
-                              profile["feed_in_price"], battery_fleet(env), p2p=self.p2p,
+                              profile["feed_in_price"], battery_fleet(tables), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
                               network=linearisation, terminal_price=env.terminal_price,
                               terminal_credit_price=env.terminal_credit_price)

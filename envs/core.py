@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from envs import fees, market, observations, physics, rng, rules
-from envs.config import EnvConfig
+from envs.config import INT64_MAX, EnvConfig
 from envs.data import (
     DAYS_PER_YEAR,
     START_WEEKDAY,
@@ -53,6 +53,30 @@ from envs.data import (
 # Random streams (see envs.rng): one per use, so draws never collide.
 _STREAM_START_DAY = 1
 _STREAM_FORECAST_NOISE = 2
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is a Python or numpy integer (``bool`` is not)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def checked_seed(seed: Any, high: int) -> int:
+    """``seed`` as an int, or ValueError unless it is an integer (Python or numpy, not bool)
+    in [0, high]: seeds are int64 (``envs.rng``) and environment b of a batch uses seed + b."""
+    if not (is_integer(seed) and 0 <= seed <= high):
+        raise ValueError(f"seed: got {seed!r}; allowed: None or an integer in [0, {high}]")
+    return int(seed)
+
+
+def checked_days(days: Any, count: int) -> list[int]:
+    """``days`` as a list of ``count`` ints, or ValueError unless it is a list, tuple, array or
+    tensor of ``count`` integers (not bool) in [0, DAYS_PER_YEAR - 1]."""
+    values = days.tolist() if isinstance(days, Tensor | np.ndarray) else days
+    if not (isinstance(values, list | tuple) and len(values) == count and all(
+            is_integer(day) and 0 <= day < DAYS_PER_YEAR for day in values)):
+        raise ValueError(f"days must be {count} integer day indices in [0, "
+                         f"{DAYS_PER_YEAR - 1}] (one per environment reset), got {values!r}")
+    return [int(day) for day in values]
 
 
 class BatchedP2PEnv:
@@ -192,23 +216,24 @@ class BatchedP2PEnv:
         With ``seed``, all environments are reseeded first (see :meth:`seed`); without one an
         unseeded core uses ``config.seed``. ``days`` ([B], or one per reset env) fixes the
         start days (0..365) instead of drawing them from the split, e.g. for evaluation.
-        Returns ``(observations, info)``.
+        Returns ``(observations, info)``. A bad ``seed`` (not an integer in
+        [0, INT64_MAX - (B - 1)]) or bad ``days`` raise ValueError before any state changes.
         """
         if seed is not None:
-            self.seed(seed)
-        elif not self._seeded:
-            self.seed(self.config.seed)
+            seed = checked_seed(seed, INT64_MAX - (self.n_envs - 1))
         mask = torch.ones(self.n_envs, dtype=torch.bool, device=self.device)
         if env_index is not None:
             mask = torch.zeros_like(mask)
             mask[torch.as_tensor(env_index, device=self.device)] = True
+        if days is not None:
+            days = torch.as_tensor(checked_days(days, int(mask.sum())), dtype=torch.int64,
+                                   device=self.device)
+        if seed is not None:
+            self.seed(seed)
+        elif not self._seeded:
+            self.seed(self.config.seed)
         self._reset_where(mask)
         if days is not None:
-            days = torch.as_tensor(days, dtype=torch.int64, device=self.device)
-            selected = int(mask.sum())
-            if days.shape != (selected,) or bool(((days < 0) | (days >= DAYS_PER_YEAR)).any()):
-                raise ValueError(f"days must be {selected} day indices in [0, "
-                                 f"{DAYS_PER_YEAR - 1}], got {days.tolist()}")
             self.day = self.day.masked_scatter(mask, days)
         return self.observe(), {"day": self.day.clone()}
 

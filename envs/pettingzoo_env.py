@@ -22,7 +22,12 @@ Observations
     battery fraction in [-1, 1] as the last feature; see ``envs.observations``.
 
 Actions
-    See the table. Actions outside the space or NaN raise ValueError naming the agent.
+    See the table; ``step`` takes a dict mapping every agent to its action. Each action holds
+    real numbers (Python or numpy int or float; bool, complex, str and None are not
+    converted but refused) of the space's shape; a discrete action may be a float with an
+    integral value. Anything else (another container, a missing or unknown agent, a wrong
+    shape or type, NaN or outside the space) raises one ValueError naming the agent and what
+    is allowed, before any state changes, the same on both engines.
 
 Infos
     Every agent's info is a flat dict with the keys of ``envs.info_schema.INFO_KEYS``, the
@@ -38,7 +43,11 @@ Rewards
     share of network penalties, times ``reward_scale``.
 
 Reset options
-    ``{"day": d}`` starts the episode on day d of the year (0..365) instead of a drawn one.
+    ``{"day": d}`` starts the episode on day d of the year (an integer in 0..365) instead of a
+    drawn one. ``seed`` is None or an integer in [0, ``envs.config.SEED_MAX``]. A bad seed,
+    day or ``options`` (not a dict) raises ValueError before any state changes, the same on
+    both engines; other option keys are ignored with a warning (PettingZoo's own API test
+    passes one).
 
 Arguments
     ``make_env(config=None, render_mode=None, engine="auto", **overrides)``: ``config`` is a
@@ -51,7 +60,9 @@ Arguments
 
 Version history
     v0: initial release. Later in v0 the numba engine became the default on the CPU; it steps
-    the same dynamics (tested step for step against the core), in float64.
+    the same dynamics (tested step for step against the core), in float64. Later still, actions,
+    seeds and reset days of other types (bool, complex, str, None, non-integral floats) are
+    refused instead of converted, and a bad reset changes nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -66,12 +78,14 @@ import torch
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envs.config import EnvConfig
-from envs.core import BatchedP2PEnv
+from envs.config import INT64_MAX, SEED_MAX, EnvConfig
+from envs.core import BatchedP2PEnv, checked_seed, is_integer
+from envs.data import DAYS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
 from envs.single.engine import SingleEnvEngine, supports
 
 ENGINES = ("auto", "numba", "torch")
+RESET_OPTIONS = ("day",)
 
 
 class P2PParallelEnv(ParallelEnv):
@@ -126,11 +140,20 @@ class P2PParallelEnv(ParallelEnv):
 
     def reset(self, seed: int | None = None, options: dict | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        # Everything is checked before the engine changes any state.
+        if seed is not None:
+            seed = checked_seed(seed, SEED_MAX)
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"reset options: got {_short_repr(options)}; allowed: None or a "
+                             f"dict with the optional keys {RESET_OPTIONS}")
         options = dict(options or {})
         day = options.pop("day", None)
+        if day is not None and not (is_integer(day) and 0 <= day < DAYS_PER_YEAR):
+            raise ValueError(f"reset option 'day': got {_short_repr(day)}; allowed: None or an "
+                             f"integer in [0, {DAYS_PER_YEAR - 1}] (day of the year)")
         if options:
-            warnings.warn(f"reset options {sorted(options)} are not used by peergrid (it reads "
-                          f"only 'day'); they were ignored", stacklevel=2)
+            warnings.warn(f"reset options {sorted(map(str, options))} are not used by peergrid "
+                          f"(it reads only {RESET_OPTIONS}); they were ignored", stacklevel=2)
         obs, day = self.engine.reset(seed=seed, day=None if day is None else int(day))
         self.agents = list(self.possible_agents)
         self._last_info = None
@@ -143,20 +166,7 @@ class P2PParallelEnv(ParallelEnv):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode: call reset() first")
         agents = self.possible_agents
-        try:
-            batch = np.array([actions[agent] for agent in agents])
-        except KeyError:
-            batch = None
-        except ValueError as error:  # ragged: some agent's action has the wrong shape
-            shapes = {agent: np.shape(actions[agent]) for agent in agents}
-            raise ValueError(f"every agent's action must have the shape of its action space "
-                             f"{self._action_spaces[agents[0]].shape}; got {shapes}") from error
-        if batch is None or len(actions) != len(agents):
-            missing = [a for a in agents if a not in actions]
-            unknown = [a for a in actions if a not in self._observation_spaces]
-            raise ValueError(f"actions must have one entry per live agent; missing {missing}, "
-                             f"unknown {unknown}")
-        obs, reward, done, info = self.engine.step(batch)
+        obs, reward, done, info = self.engine.step(self._action_batch(actions))
         self._last_info = info
         if done:
             obs = info["final_observation"]
@@ -165,6 +175,58 @@ class P2PParallelEnv(ParallelEnv):
                                                               strict=True)),
                 dict.fromkeys(agents, done), dict.fromkeys(agents, False),
                 self._agent_infos(info))
+
+    def _action_batch(self, actions: Any) -> np.ndarray:
+        """``actions`` (a dict of every agent's action) as one array ``[N, *shape]`` in the
+        order of ``possible_agents``, or ValueError naming what is wrong and what is allowed.
+        The container, the agents, the types, the shapes and that discrete floats are
+        integral are checked here; the range and NaN of continuous actions and the range of
+        discrete ones by the engine, which names the agent and changes nothing."""
+        agents = self.possible_agents
+        if not isinstance(actions, Mapping):
+            raise ValueError(f"actions: got {_short_repr(actions)}; allowed: a dict mapping every "
+                             f"agent ({agents[0]!r} ... {agents[-1]!r}) to its action")
+        try:
+            values = [actions[agent] for agent in agents]
+        except KeyError:
+            values = None
+        if values is None or len(actions) != len(agents):
+            missing = [a for a in agents if a not in actions]
+            unknown = [a for a in actions if a not in self._observation_spaces]
+            raise ValueError(f"actions must have one entry per live agent; missing {missing}, "
+                             f"unknown {unknown}")
+        space = self._action_spaces[agents[0]]
+        bad = _first_not_real(values)
+        if bad is not None:
+            raise ValueError(f"action of agent {agents[bad]!r}: got {_short_repr(values[bad])}; "
+                             f"allowed: {self._allowed_action()}")
+        try:
+            batch = np.array(values)
+        except ValueError:  # ragged: some agent's action has the wrong shape
+            batch = None
+        if batch is None or batch.shape != (len(agents), *space.shape):
+            shapes = {agent: _shape(value) for agent, value in zip(agents, values, strict=True)}
+            raise ValueError(f"every agent's action must have the shape of its action space "
+                             f"{space.shape}; got {shapes}")
+        if self.config.action.type == "discrete" and batch.dtype.kind == "f":
+            # Integral floats only, as the engines' integers (NaN, 2.5 or 1e30 are not).
+            integral = np.isfinite(batch) & (batch == np.round(batch)) & (np.abs(batch) < 2**62)
+            bad = None if integral.all() else int(np.argmin(integral))
+        else:
+            bad = None if _fits_int64(batch) else next(  # Python ints beyond int64
+                (i for i, value in enumerate(values) if not _fits_int64(np.asarray(value))), 0)
+        if bad is not None:
+            raise ValueError(f"action of agent {agents[bad]!r}: got {_short_repr(values[bad])}; "
+                             f"allowed: {self._allowed_action()}")
+        # Unsigned integers as int64 (checked to fit): torch compares no uint64.
+        return batch.astype(np.int64) if batch.dtype.kind == "u" else batch
+
+    def _allowed_action(self) -> str:
+        if self.config.action.type == "continuous":
+            return ("2 real numbers (int or float; not bool, complex, str or None): battery in "
+                    "[-1, 1], price in [0, 1]")
+        return (f"an integer in 0..{self.engine.n_discrete_actions - 1} (Python or numpy int, "
+                f"or a float with an integral value; not bool)")
 
     def _agent_infos(self, info: dict[str, Any]) -> dict[str, dict[str, float]]:
         """The engine's step ``info`` as one dict of :data:`INFO_KEYS` per agent, in that
@@ -246,6 +308,60 @@ class TorchEngine:
         done = bool(terminated[0] or truncated[0])
         return (self._numpy(obs).astype(np.float32), self._numpy(reward).astype(np.float64),
                 done, out)
+
+
+_REAL_KINDS = "iuf"
+"""numpy dtype kinds of real numbers (signed and unsigned integers, floats)."""
+_REAL_KIND_SET = frozenset(_REAL_KINDS)
+
+
+def _first_not_real(values: list[Any]) -> int | None:
+    """Index of the first of ``values`` that does not hold real numbers only (see
+    :func:`_holds_real_numbers`), or None; one set of types and dtypes in the usual case of
+    numpy arrays and scalars or of Python numbers."""
+    types = set(map(type, values))
+    if all(issubclass(kind, np.ndarray | np.generic) for kind in types):
+        if {value.dtype.kind for value in values} <= _REAL_KIND_SET:
+            return None
+    elif types <= {int, float}:  # bool is a type of its own
+        return None
+    return next((i for i, value in enumerate(values) if not _holds_real_numbers(value)), None)
+
+
+def _holds_real_numbers(value: Any) -> bool:
+    """Whether ``value`` is a real number or an array, tensor, list or tuple of them: Python
+    int or float, numpy integer or float scalars and arrays, torch integer or float tensors
+    (bool, complex, str, None and other objects are not)."""
+    if type(value) is np.ndarray or isinstance(value, np.ndarray | np.generic):
+        return value.dtype.kind in _REAL_KINDS
+    if isinstance(value, list | tuple):
+        return all(_holds_real_numbers(item) for item in value)
+    if isinstance(value, torch.Tensor):
+        return not (value.dtype.is_complex or value.dtype == torch.bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fits_int64(array: np.ndarray) -> bool:
+    """Whether ``array`` has a real dtype and no integer beyond int64 (numpy stores larger
+    Python ints as uint64 or object)."""
+    kind = array.dtype.kind
+    return kind in _REAL_KINDS and not (kind == "u" and bool((array > INT64_MAX).any()))
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    """The shape numpy gives ``value``, or ``"ragged"``."""
+    try:
+        return np.shape(value)
+    except ValueError:
+        return "ragged"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` with its type, cut to about ``limit`` characters."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 def _copy_space(space: spaces.Space, seed: int) -> spaces.Space:

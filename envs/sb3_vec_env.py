@@ -8,6 +8,13 @@ action space is symmetric for SB3 (its ``check_env`` advice): continuous actions
 together; the last observation is in ``infos[i]["terminal_observation"]`` as SB3 expects.
 Wrap it in ``stable_baselines3.common.vec_env.VecMonitor`` for episode statistics.
 
+Actions are one array for all sub-environments: ``[B * N, 2]`` real numbers in [-1, 1]
+(continuous) or ``[B * N]`` integers in ``0..battery_levels * price_levels - 1`` (discrete; a
+float with an integral value is accepted). Anything else (another shape, bool, complex, str or
+object dtypes, NaN, values outside the space) raises one ValueError naming the expected shape
+and dtype, or the first bad sub-environment, before the core steps. A seed (``seed()``) is None
+or an integer in [0, ``envs.config.SEED_MAX``], as the PettingZoo env's and the configs'.
+
 Infos: with ``step_infos=True`` (default) sub-environment ``i = b * N + n`` gets the keys of
 ``envs.info_schema.INFO_KEYS`` as floats at every step (agent n's own values and environment
 b's community values, NaN where undefined), the same as the PettingZoo env's agents; after
@@ -27,7 +34,8 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.core import BatchedP2PEnv
+from envs.config import SEED_MAX
+from envs.core import BatchedP2PEnv, checked_seed
 from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
 
 
@@ -65,7 +73,43 @@ class SB3VecEnv(VecEnv):
         return self._flat(obs).astype(np.float32, copy=False)
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
+        self._actions = self._checked_actions(actions)
+
+    def _checked_actions(self, actions: Any) -> np.ndarray:
+        """``actions`` as an array ``[B * N, 2]`` (continuous) or ``[B * N]`` (discrete), or
+        ValueError naming the expected shape and dtype or the first bad sub-environment."""
+        b, n = self.core.n_envs, self.core.n_agents
+        continuous = self.core.config.action.type == "continuous"
+        if continuous:
+            shape, dtype, values = (self.num_envs, 2), "float (or integer)", "in [-1, 1]"
+        else:
+            shape, dtype = (self.num_envs,), "integer (or integral float)"
+            values = f"in 0..{self.core.n_discrete_actions - 1}"
+        allowed = (f"a numpy array of shape {shape} ({b} envs x {n} agents), {dtype} dtype, "
+                   f"values {values}")
+        try:
+            array = np.asarray(actions)
+        except (TypeError, ValueError):  # ragged lists, objects numpy cannot hold
+            array = None
+        if array is None or array.shape != shape or array.dtype.kind not in "iuf":
+            got = (f"{type(actions).__name__}" if array is None
+                   else f"shape {array.shape}, dtype {array.dtype}")
+            raise ValueError(f"SB3VecEnv actions: got {got}; allowed: {allowed}")
+        if continuous:
+            # NaN fails both comparisons; the core's tolerance for rounding.
+            valid = ((array >= -1.0 - 1e-6) & (array <= 1.0 + 1e-6)).all(axis=-1)
+        elif array.dtype.kind == "f":
+            valid = (np.isfinite(array) & (array == np.round(array)) & (array >= 0)
+                     & (array < self.core.n_discrete_actions))
+        else:
+            valid = (array >= 0) & (array < self.core.n_discrete_actions)
+        if not valid.all():
+            i = int(np.argmin(valid))
+            raise ValueError(f"SB3VecEnv action of sub-environment {i} (env {i // n}, agent "
+                             f"{i % n}): got {array[i].tolist()}; allowed: {dtype} values "
+                             f"{values}")
+        # Unsigned integers as int64 (checked in range): torch compares no uint64.
+        return array.astype(np.int64) if array.dtype.kind == "u" else array
 
     def step_wait(self):
         b, n = self.core.n_envs, self.core.n_agents
@@ -73,7 +117,7 @@ class SB3VecEnv(VecEnv):
         if self.core.config.action.type == "continuous":
             actions = actions.reshape(b, n, 2).to(self.core.dtype)
             actions = torch.stack([actions[..., 0], (actions[..., 1] + 1.0) / 2.0], dim=-1)
-        else:
+        else:  # checked integral: the conversion is exact
             actions = actions.reshape(b, n).long()
         obs, reward, terminated, truncated, info = self.core.step(actions)
         self.last_info = info
@@ -132,6 +176,8 @@ class SB3VecEnv(VecEnv):
         pass
 
     def seed(self, seed: int | None = None) -> list[int | None]:
+        if seed is not None:
+            seed = checked_seed(seed, SEED_MAX)
         self._seed = seed
         return [seed] * self.num_envs
 

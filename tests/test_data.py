@@ -44,6 +44,7 @@ def test_real_feeders_have_a_year_of_profiles(name, n_agents):
     assert not net.sgen.in_service.any()  # agents own all PV
 
 
+@pytest.mark.slow
 def test_rural1_matches_simbench_absolute_profiles():
     import simbench as sb
 
@@ -118,6 +119,7 @@ def test_damaged_or_stale_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch,
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_truncated_simbench_cache_is_rebuilt_offline(tmp_path, monkeypatch):
     """The reported fault: ``truncate -s 1000000`` of a SimBench feeder's cache, then
     ``make_env`` (here its data loader) failed with BadZipFile until the file was deleted."""

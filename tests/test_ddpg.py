@@ -120,6 +120,7 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
     env.step(actions)  # the core accepts them
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     """OU noise, replay, targets, optimisers and counters all survive the checkpoint."""
     data = run_config(noise_type="ou", target_policy_noise=0.1, max_grad_norm=1.0)

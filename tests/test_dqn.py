@@ -197,6 +197,7 @@ def run_config(**dqn) -> dict:
                     "hidden_sizes": [16, 16], **dqn}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"shared": False, "tau": 0.1, "double_q": False}])
 def test_training_checkpoint_and_resume(tmp_path, overrides):
     data = run_config(**overrides)

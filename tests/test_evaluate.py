@@ -30,6 +30,7 @@ def _strict_json(path: Path):
     return json.loads(path.read_text(), parse_constant=reject)
 
 
+@pytest.mark.slow
 def test_cli_writes_tables_and_plots_deterministically(config_path, tmp_path, capsys):
     args = ["--config", str(config_path), "--policies",
             "no_p2p,self_consumption,zi,fixed_price,oracle", "--days", "test",

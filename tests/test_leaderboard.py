@@ -106,6 +106,7 @@ def tiny_task(tmp_path, monkeypatch) -> str:
     return "Tiny"
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_path,
                                                                monkeypatch, capsys):

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from run_records import assert_same
 
@@ -170,6 +171,7 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
     env.step(actions)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     config = build_run_config(run_config(noise_type="ou"))
     reference = train.new_run_dir(tmp_path / "reference", config)

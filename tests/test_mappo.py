@@ -104,6 +104,7 @@ def test_same_generator_state_same_update():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_back_and_acts(tmp_path):
     config = build_run_config(run_config())
     run_dir = train_module.new_run_dir(tmp_path, config)
@@ -142,6 +143,7 @@ class IdleBattery:
         return torch.zeros(*obs.shape[:2], 2)
 
 
+@pytest.mark.slow
 def test_learns_battery_arbitrage(tmp_path):
     """One prosumer with a battery, no PV, no market, a time-of-use tariff: buying at night
     and using the energy in the day and evening beats leaving the battery idle. After

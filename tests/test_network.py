@@ -129,6 +129,7 @@ def max_errors(model_result: PowerFlowResult, reference: PowerFlowResult) -> dic
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("feeder", FEEDERS)
 def test_matches_runpp_on_random_scenarios(feeder, dtype, nets, references):

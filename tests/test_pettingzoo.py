@@ -46,6 +46,7 @@ def test_parallel_seed(engine):
     parallel_seed_test(lambda: NanComparable(envs.make_env(SMALL, engine=engine)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action_type", ["continuous", "discrete"])
 def test_numba_and_torch_engines_play_the_same_episodes(action_type):
     """Two days and a bit, unseeded resets in between: same days, observations, rewards and

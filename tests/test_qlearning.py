@@ -285,6 +285,7 @@ def run_config(**qlearning) -> dict:
             "qlearning": {"rollout_steps": 8, **qlearning}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [False, True])
 def test_training_checkpoint_and_resume(tmp_path, shared):
     data = run_config(shared=shared)
@@ -333,6 +334,7 @@ TOU = [0.20] * 6 + [0.28] * 11 + [0.40] * 4 + [0.28] + [0.20] * 2
 """Cheap nights (0.20), day 0.28, expensive evenings 17-21 h (0.40), currency/kWh."""
 
 
+@pytest.mark.slow
 def test_learns_battery_arbitrage_on_time_of_use_tariff(tmp_path):
     """One prosumer with a 3.66 kWh / 1.83 kW battery, no PV, no market, time-of-use tariff.
 

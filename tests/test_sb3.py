@@ -18,17 +18,41 @@ SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model
 
 
 def test_vec_env_shapes_and_terminal_observation():
+    """Shapes, and the terminal observation of every sub-environment: the observation after
+    its last step, as a second core stepped with the same actions gives it (the SoC reached
+    on that step, the price it cleared at), not the first one of the next episode."""
     vec = envs.make_vec_env(SMALL, n_envs=3)
     assert vec.num_envs == 12
+    twin = envs.make_batched_env(SMALL, n_envs=3)
     obs = vec.reset()
+    twin_obs, _ = twin.reset()
     assert obs.shape == (12, vec.core.obs_dim) and obs.dtype == np.float32
-    actions = np.zeros((12, 2), np.float32)
+    np.testing.assert_array_equal(obs, twin_obs.reshape(12, -1).numpy())
+    generator = np.random.default_rng(0)
     for _ in range(96):
+        actions = generator.uniform(-1.0, 1.0, (12, 2)).astype(np.float32)
         obs, rewards, dones, infos = vec.step(actions)
         assert rewards.shape == (12,) and dones.shape == (12,)
+        twin_actions = torch.as_tensor(actions).reshape(3, 4, 2)
+        twin_actions[..., 1] = (twin_actions[..., 1] + 1.0) / 2.0  # the adapter's mapping
+        twin_obs, _, _, _, twin_info = twin.step(twin_actions)
     assert dones.all()
     assert all("terminal_observation" in info for info in infos)
     assert all(info["step_of_day"] == 95.0 for info in infos)
+    final = np.stack([info["terminal_observation"] for info in infos])
+    assert final.dtype == np.float32
+    np.testing.assert_array_equal(final, twin_info["final_observation"].reshape(12, -1).numpy())
+    np.testing.assert_array_equal(obs, twin_obs.reshape(12, -1).numpy())
+    features = twin.feature_names
+    soc = twin_info["soc_kwh"] / twin.capacity_kwh.clamp_min(1e-9)  # after the last step
+    np.testing.assert_allclose(final[:, features.index("soc")], soc.reshape(-1).numpy(),
+                               rtol=1e-6, atol=1e-7)
+    last_price = np.repeat(twin_info["clearing_price"].numpy() / twin.price_scale, 4)
+    traded = ~np.isnan(last_price)
+    assert traded.any()
+    np.testing.assert_allclose(final[traded, features.index("last_price")],
+                               last_price[traded], rtol=1e-6)
+    assert not np.array_equal(final, obs)  # the new episodes' first observations differ
     # the core has reset every env: reset infos of the new episodes
     new_days = vec.core.day.tolist()
     assert [(info["day"], info["step_of_day"]) for info in vec.reset_infos] == [
@@ -47,6 +71,7 @@ def test_symmetric_price_action_maps_to_band():
     assert core.n_agents == 4
 
 
+@pytest.mark.slow
 def test_sb3_ppo_trains_on_the_adapter():
     vec = VecMonitor(envs.make_vec_env(SMALL, n_envs=2))
     model = PPO("MlpPolicy", vec, n_steps=128, batch_size=256, n_epochs=2, seed=0,
@@ -56,7 +81,8 @@ def test_sb3_ppo_trains_on_the_adapter():
     obs = vec.reset()
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (8, 2)
-    assert np.isfinite(model.logger.name_to_value.get("train/loss", 0.0))
+    assert "train/loss" in model.logger.name_to_value
+    assert np.isfinite(model.logger.name_to_value["train/loss"])
 
 
 def test_vec_env_infos_follow_the_info_schema():

@@ -66,6 +66,10 @@ BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou
 """Cases whose actions are biased (even agents charge, odd ones discharge) so that each day
 ends with some agent above and some below its start SoC: both the charge and the credit of
 the terminal value are compared (asserted)."""
+FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete")
+"""The cases of the fast loop (``pytest -m "not slow"``): the default feeder with its network,
+the fee path, discrete actions; each case steps more than a day (2 to 5 s), the others are
+marked slow."""
 
 
 def _actions(engine: SingleEnvEngine, rng: np.random.Generator) -> np.ndarray:
@@ -78,7 +82,27 @@ def _actions(engine: SingleEnvEngine, rng: np.random.Generator) -> np.ndarray:
     return np.stack([battery, price], axis=1).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def _fees(config, info: dict) -> tuple[float, float]:
+    """Check a step's network fees against the formula of ``envs.fees``, computed here: each
+    buyer pays ``p2p_fee + p2p_loss_factor * retail`` per kWh bought in the market plus a
+    distance fee of at most ``p2p_distance_fee`` per kWh (electrical distances normalised to
+    at most 1), exactly the former without a distance fee; the revenue is their sum.
+    Returns the step's fees and their distance part (money)."""
+    cfg = config.network
+    bought = np.maximum(info["p2p_energy_kwh"], 0.0)
+    flat = (cfg.p2p_fee + cfg.p2p_loss_factor * info["retail_price"]) * bought
+    fee = info["network_fee"]
+    if cfg.p2p_distance_fee == 0.0:
+        np.testing.assert_allclose(fee, flat, rtol=1e-12, atol=1e-15)
+    else:
+        assert np.all(fee >= flat - 1e-12), (fee, flat)
+        assert np.all(fee <= flat + cfg.p2p_distance_fee * bought + 1e-12), (fee, flat)
+    assert info["network_fee_revenue"] == pytest.approx(fee.sum(), rel=1e-12, abs=1e-15)
+    return float(fee.sum()), float((fee - flat).sum())
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=() if name in FAST_CASES else pytest.mark.slow) for name in CASES])
 def test_engine_steps_like_the_core(name: str) -> None:
     config = env_config(CASES[name])
     engine = SingleEnvEngine(config)
@@ -89,6 +113,7 @@ def test_engine_steps_like_the_core(name: str) -> None:
     np.testing.assert_allclose(obs, core_obs[0].numpy(), rtol=1e-6, atol=1e-7)
     rng = np.random.default_rng(0)
     penalised = 0
+    fee_steps, distance_fees = 0, 0.0
     for step in range(STEPS_PER_DAY + 30):
         actions = _actions(engine, rng)
         if name in BOTH_SIDES:  # even agents tend to charge, odd ones to discharge
@@ -114,6 +139,9 @@ def test_engine_steps_like_the_core(name: str) -> None:
                                        err_msg=f"{key} at step {step}")
         assert set(info) == set(core_info) - {"done"}
         penalised += bool(np.any(info["network_penalty"] > 0))
+        fees, distance_part = _fees(config, info)
+        fee_steps += fees > 0.0
+        distance_fees += distance_part
         terminal = info["terminal_value_cost"]
         if not done or not config.episode.terminal_value:
             assert not np.any(terminal), step  # charged on the last step only
@@ -123,8 +151,10 @@ def test_engine_steps_like_the_core(name: str) -> None:
                 assert np.any(terminal > 0.0) and np.any(terminal < 0.0), terminal
     if name == "rural1-violations":
         assert penalised > 50  # the torch penalty path really ran
+    if name in ("rural1-fees", "rural1-fees-terminal-price"):
+        assert fee_steps > 50  # fees were really charged, on most steps
     if name == "rural1-fees":
-        assert info["network_fee"].sum() >= 0.0
+        assert distance_fees > 0.0  # and the distance fee with them
 
 
 def test_fixed_day_and_reseeding_match_the_core() -> None:

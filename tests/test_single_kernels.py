@@ -1,15 +1,27 @@
 """The single-environment RNG and power-flow kernels (envs/single/rng.py, network.py) against
-the torch functions they mirror (envs/rng.py, envs/network.py)."""
+the torch functions they mirror (envs/rng.py, envs/network.py), and the invalidation of the
+kernels' on-disk cache (envs/single/__init__.py)."""
 
 from __future__ import annotations
+
+import ast
+import dis
+import functools
+import importlib
+import os
+import pkgutil
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import envs
+import envs.single
 from envs import rng
 from envs.network import network_summary
+from envs.single import KERNEL_READS, drop_stale_kernel_caches
 from envs.single import rng as single_rng
 from envs.single.network import grid_arrays, solve_into, summarise_into
 
@@ -68,3 +80,131 @@ def test_power_flow_equals_the_batched_model(feeder: str) -> None:
                                    rtol=1e-9, atol=1e-9, equal_nan=True)
         assert flagged == (summary[4] + summary[5] > 0 or not converged)
     assert not converged  # the last case really diverged
+
+
+# --------------------------------------------------------------------------------------------
+# The kernels' on-disk cache
+# --------------------------------------------------------------------------------------------
+
+
+def _kernels(module: types.ModuleType) -> list:
+    """The numba dispatchers defined in ``module``."""
+    return [value for value in vars(module).values()
+            if hasattr(value, "py_func") and value.py_func.__module__ == module.__name__]
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The globals that ``code`` and the code nested in it load."""
+    names = {instruction.argval for instruction in dis.get_instructions(code)
+             if instruction.opname == "LOAD_GLOBAL"}
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _global_names(constant)
+    return names
+
+
+@functools.cache
+def _module_statements(path: str) -> tuple[ast.AST, ...]:
+    """The nodes of the module at ``path`` outside its functions and classes."""
+    return tuple(_module_level(ast.parse(Path(path).read_text())))
+
+
+def _module_level(node: ast.AST):
+    """The statements of a module outside its functions and classes (in ifs and trys too)."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                  ast.Lambda)):
+            yield child
+            yield from _module_level(child)
+
+
+def _providers(module_name: str, name: str, seen: set[tuple[str, str]]) -> set[str]:
+    """The modules of this repository whose source determines the global ``name`` of
+    ``module_name`` as a kernel reads it: the module binding it, where it is imported from,
+    what its module-level assignment reads, and for a kernel, its module and what that
+    module's kernels read."""
+    if not module_name.startswith("envs.") or (module_name, name) in seen:
+        return set()
+    seen.add((module_name, name))
+    module = importlib.import_module(module_name)
+    if name not in vars(module):  # a builtin (range, min, ...)
+        return set()
+    value = vars(module)[name]
+    if isinstance(value, types.ModuleType):  # math, np, or one of ours read as module.name
+        return {value.__name__} if value.__name__.startswith("envs.") else set()
+    if hasattr(value, "py_func"):
+        kernel_module = value.py_func.__module__
+        return {kernel_module} | _module_reads(kernel_module, seen)
+    found = {module_name}
+    for node in _module_statements(module.__file__):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    found |= _providers(node.module, alias.name, seen)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound = {target.id for target_node in targets for target in ast.walk(target_node)
+                     if isinstance(target, ast.Name)}
+            if name in bound and node.value is not None:
+                for read in ast.walk(node.value):
+                    if isinstance(read, ast.Name) and read.id != name:
+                        found |= _providers(module_name, read.id, seen)
+    return found
+
+
+def _module_reads(module_name: str, seen: set[tuple[str, str]] | None = None) -> set[str]:
+    """Every module but ``module_name`` that the kernels of ``module_name`` depend on."""
+    seen = set() if seen is None else seen
+    module = importlib.import_module(module_name)
+    found = set()
+    for kernel in _kernels(module):
+        for name in _global_names(kernel.py_func.__code__):
+            found |= _providers(module_name, name, seen)
+    return found - {module_name}
+
+
+def test_the_cache_check_covers_every_module_the_kernels_read() -> None:
+    """envs.single.KERNEL_READS lists, for every module with kernels, exactly the modules
+    derived from the kernels' code: a kernel newly calling another module's kernel, or
+    reading a constant defined (or computed from one) elsewhere, fails here until listed."""
+    modules = [f"envs.single.{info.name}" for info in pkgutil.iter_modules(envs.single.__path__)]
+    with_kernels = {name.rsplit(".", 1)[1] for name in modules
+                    if _kernels(importlib.import_module(name))}
+    assert set(KERNEL_READS) == with_kernels
+    for module, reads in KERNEL_READS.items():
+        assert set(reads) == _module_reads(f"envs.single.{module}"), module
+    # The derivation finds what matters: the engine calls the other kernels, reads
+    # envs.data's step counts and envs.info_schema's lengths; the market kernels read the
+    # mechanism codes numbered from envs.market.MECHANISMS.
+    assert {"envs.data", "envs.info_schema", "envs.market",
+            "envs.single.rng"} <= _module_reads("envs.single.engine")
+    assert _module_reads("envs.single.market") == {"envs.market"}
+
+
+def test_stale_kernel_caches_are_dropped(tmp_path: Path) -> None:
+    """A cached kernel older than its module or one it reads is deleted, a newer one kept,
+    and only the stale module's files go."""
+    for module in KERNEL_READS:
+        for name in (module, *KERNEL_READS[module]):
+            path = (tmp_path / "envs" / "single" / f"{module}.py" if name == module
+                    else tmp_path.joinpath(*name.split(".")).with_suffix(".py"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            os.utime(path, (1000, 1000))
+    cache = tmp_path / "envs" / "single" / "__pycache__"
+    cache.mkdir()
+    files = {}
+    for module in KERNEL_READS:
+        for suffix in ("nbi", "1.nbc"):
+            files[module, suffix] = cache / f"{module}.kernel-10.py311.{suffix}"
+            files[module, suffix].touch()
+            os.utime(files[module, suffix], (2000, 2000))
+    assert drop_stale_kernel_caches(tmp_path) == []
+    os.utime(tmp_path / "envs" / "data.py", (3000, 3000))  # read by the engine only
+    assert drop_stale_kernel_caches(tmp_path) == sorted(
+        [files["engine", "1.nbc"], files["engine", "nbi"]])
+    os.utime(tmp_path / "envs" / "market.py", (3000, 3000))  # read by engine and market
+    assert drop_stale_kernel_caches(tmp_path) == sorted(
+        [files["market", "1.nbc"], files["market", "nbi"]])
+    assert sorted(cache.iterdir()) == sorted(files[module, suffix] for module in
+                                             ("network", "rng") for suffix in ("nbi", "1.nbc"))

@@ -105,6 +105,7 @@ def test_run_config_task_replaces_the_base_and_keeps_inline_keys():
         build_run_config({"algo": "mappo", "env": {"task": "Flat2"}})
 
 
+@pytest.mark.slow
 def test_train_cli_task(tmp_path, capsys):
     config = {"algo": "mappo", "seed": 2, "name": "default",
               "env": {"base": "configs/env/synthetic.yaml"},

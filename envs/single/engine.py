@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
@@ -39,35 +38,14 @@ import torch
 from numba import njit, typeof
 
 from envs import fees
-from envs.config import OBSERVATION_RULES, EnvConfig
-from envs.core import BatchedP2PEnv
+from envs.config import INT64_MAX, OBSERVATION_RULES, EnvConfig
+from envs.core import BatchedP2PEnv, checked_days, checked_seed
 from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
 from envs.network import PowerFlowResult, network_penalty
 from envs.single.market import MECHANISM_CODE, clear_into
 from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_into
 from envs.single.rng import normal_at, stream_key, uniform_at
-
-
-def _drop_stale_engine_cache() -> None:
-    """Delete this module's cached kernels if a kernel file they call changed since.
-
-    Numba invalidates a cached function when its own source file changes, not when a kernel
-    it calls from another file does (``envs.single.market``, ``network``, ``rng``); without
-    this, an edit there would not reach the engine until its cache was cleared by hand.
-    """
-    folder = Path(__file__).parent
-    try:
-        newest = max((folder / name).stat().st_mtime
-                     for name in ("market.py", "network.py", "rng.py"))
-        for cached in (folder / "__pycache__").glob("engine.*.nb[ci]"):
-            if cached.stat().st_mtime < newest:
-                cached.unlink(missing_ok=True)
-    except OSError:  # a read-only install: its files do not change either
-        pass
-
-
-_drop_stale_engine_cache()
 
 # Codes of observation.rule (Params.rule), checked against envs.config.OBSERVATION_RULES.
 _RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE = 0, 1, 2
@@ -571,17 +549,20 @@ class SingleEnvEngine:
         self._seeded = True
 
     def reset(self, seed: int | None = None, day: int | None = None) -> tuple[np.ndarray, int]:
-        """Start an episode (on ``day`` if given, else a drawn one); returns (obs, day)."""
+        """Start an episode (on ``day`` if given, else a drawn one); returns (obs, day).
+        ``seed`` and ``day`` are checked as the core's (``envs.core.checked_seed``,
+        ``checked_days``) before any state changes."""
+        if seed is not None:
+            seed = checked_seed(seed, INT64_MAX)
+        if day is not None:
+            day = checked_days([day], 1)[0]
         if seed is not None:
             self.seed(seed)
         elif not self._seeded:
             self.seed(self.config.seed)
         reset_into(self.tables, self.params, *self._state)
         if day is not None:
-            if not 0 <= int(day) < STEPS_PER_YEAR // STEPS_PER_DAY:
-                raise ValueError(f"days must be 1 day indices in [0, "
-                                 f"{STEPS_PER_YEAR // STEPS_PER_DAY - 1}], got [{day}]")
-            self._ints[_DAY] = int(day)
+            self._ints[_DAY] = day
         observe_into(self.tables, self.params, self._ints, self._soc, self._last_voltage,
                      self._last_price, self.buffers.obs)
         return self.buffers.obs.copy(), int(self._ints[_DAY])
