@@ -400,8 +400,8 @@ class PerfectForesightOracle:
             "p2p_volume_kwh": shared if self.p2p else np.zeros_like(nan),
             "grid_import_kwh": result.grid_import_kwh,
             "grid_export_kwh": result.grid_export_kwh,
-            "v_min": nan if voltage is None else voltage.min(1),
-            "v_max": nan if voltage is None else voltage.max(1),
+            "v_min_pu": nan if voltage is None else voltage.min(1),
+            "v_max_pu": nan if voltage is None else voltage.max(1),
         }
 
     def evaluate(self, env: Any, days: list[int], progress: Any = None

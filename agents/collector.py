@@ -3,8 +3,8 @@
 
 The collector holds the current observations and state, counts env-steps
 (``global_step``), and measures the returns and metrics of finished episodes (never buffer
-estimates). Its ``state_dict`` holds the core's mutable state, so a resumed run continues the
-same episodes.
+estimates). Its ``state_dict`` holds the core's mutable state (``BatchedP2PEnv.get_state``),
+so a resumed run continues the same episodes.
 """
 
 from __future__ import annotations
@@ -38,12 +38,6 @@ class Transition:
     terminated: Tensor
     truncated: Tensor
     info: dict[str, Tensor] = field(repr=False)
-
-
-_CORE_STATE = ("env_seed", "episode_count", "day", "step_of_day", "soc_kwh", "last_price",
-               "last_voltage")
-"""Mutable tensors of ``envs.core.BatchedP2PEnv`` (everything else is fixed at construction;
-its random draws are counter-based, keyed by ``env_seed`` and ``episode_count``)."""
 
 
 def _clone(value: Any, device: torch.device | None = None) -> Any:
@@ -99,12 +93,11 @@ class Collector:
         return concat_totals(finished)
 
     def state_dict(self) -> dict[str, Any]:
-        env = self.env
-        network = getattr(env.network, "state_dict", None)
+        """Everything a resumed run needs: the core's state (``BatchedP2PEnv.get_state``),
+        the current observations and state, ``global_step`` and the running and finished
+        episodes' sums."""
         return {
-            "core": {name: getattr(env, name).clone() for name in _CORE_STATE},
-            "core_seeded": env._seeded,
-            "network": network() if callable(network) else None,
+            "core": self.env.get_state(),
             "obs": self.obs.clone(), "state": self.state.clone(),
             "global_step": self.global_step,
             "accumulator": _clone(vars(self.accumulator)),  # sums of running episodes
@@ -113,13 +106,11 @@ class Collector:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the core checks its part (``set_state``: ValueError
+        naming the key, e.g. for the state of another community)."""
         env = self.env
         state = _clone(state, env.device)
-        for name in _CORE_STATE:
-            setattr(env, name, state["core"][name])
-        env._seeded = state["core_seeded"]
-        if state["network"] is not None:
-            env.network.load_state_dict(state["network"])
+        env.set_state(state["core"])
         self.obs, self.state = state["obs"], state["state"]
         self.global_step = int(state["global_step"])
         for name, value in state["accumulator"].items():

@@ -39,7 +39,7 @@ def _trajectory_step(env: Any, info: dict[str, Tensor], b: int) -> dict[str, Any
         "grid_import_kwh": float(info["grid_import_kwh"][b]),
         "grid_export_kwh": float(info["grid_export_kwh"][b]),
     }
-    for name in ("v_min", "v_max"):
+    for name in ("v_min_pu", "v_max_pu"):
         value = metrics.network_info(info, name)
         step[name] = float("nan") if value is None else float(value[b])
     return step

@@ -192,7 +192,7 @@ def invariants(info: dict[str, Any], rewards: np.ndarray, obs: np.ndarray,
         for key in NETWORK_INFO:
             if not math.isfinite(info[key]):
                 problems.append(f"non-finite network info {key!r} of a converged power flow")
-        at_least("v_max >= v_min", info["v_max"], info["v_min"])
+        at_least("v_max_pu >= v_min_pu", info["v_max_pu"], info["v_min_pu"])
     if clock is not None and (info["day"], info["step_of_day"]) != clock:
         problems.append(f"clock (day, step) is {(info['day'], info['step_of_day'])}, expected "
                         f"{clock}")

@@ -24,12 +24,21 @@ environments are reset automatically (the last observation is in ``info["final_o
 Environment b draws its random numbers from its own counter-based stream keyed by
 ``seed + b`` (``envs.rng``), so a batch of B environments reproduces B single environments
 with the same seeds exactly.
+
+The numba engine (``envs.single.engine``) mirrors this core at ``B = 1``. It reads the core
+through public names only: the precomputed tables (:meth:`BatchedP2PEnv.tables`, a
+:class:`CoreTables`), the mutable state (:meth:`BatchedP2PEnv.get_state` /
+:meth:`~BatchedP2PEnv.set_state`, keyed by :data:`STATE_KEYS`, which the engine's own
+``get_state``/``set_state`` share) and the public attributes (prices, the network model, fees).
+The names both implement live in one module each: random streams and the noise counter in
+``envs.rng``, the observation layout in ``envs.observations``, info keys in
+``envs.info_schema``. The collector's checkpoints (``agents.collector``) hold ``get_state``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -50,9 +59,57 @@ from envs.data import (
     load_feeder,
 )
 
-# Random streams (see envs.rng): one per use, so draws never collide.
-_STREAM_START_DAY = 1
-_STREAM_FORECAST_NOISE = 2
+STATE_KEYS: tuple[str, ...] = (
+    "env_seed", "episode_count", "day", "step_of_day", "soc_kwh", "episode_start_soc_kwh",
+    "last_price", "last_voltage", "seeded")
+"""Keys of :meth:`BatchedP2PEnv.get_state`: everything of the core that changes after
+construction (its random draws are counter-based, keyed by ``env_seed`` and
+``episode_count``, so this is all a resumed run or the numba engine needs)."""
+
+
+class CoreTables(NamedTuple):
+    """The core's precomputed tables (fixed at construction), as :meth:`BatchedP2PEnv.tables`
+    returns them: the contract with the numba engine, whose ``envs.single.engine.Tables``
+    holds the same fields as numpy arrays. ``T`` = STEPS_PER_YEAR steps, ``N`` agents; floats
+    in the core's dtype, all on its device."""
+
+    load_kw: Tensor
+    """``[T, N]`` each agent's load, kW."""
+    load_kvar: Tensor
+    """``[T, N]`` each agent's reactive load, kvar."""
+    pv_kw: Tensor
+    """``[T, N]`` each agent's PV output, kW."""
+    profile: Tensor
+    """``[T, N, 2]`` load and PV (``envs.observations.PROFILE_FEATURES``) / own peak load."""
+    sizes: Tensor
+    """``[N, 2]`` installed kWp and battery kWh / own peak load."""
+    capacity_kwh: Tensor
+    """``[N]`` battery capacity, kWh (0 without a battery)."""
+    inverse_capacity: Tensor
+    """``[N]`` 1 / capacity, 1/kWh (0 without a battery)."""
+    battery_kw: Tensor
+    """``[N]`` battery power limit, kW."""
+    step_table: Tensor
+    """``[96, 4]`` the shared features of each step of the day
+    (``envs.observations.STEP_TABLE_FEATURES``)."""
+    weekday_table: Tensor
+    """``[7, 2]`` the weekday features (``envs.observations.WEEKDAY_TABLE_FEATURES``)."""
+    retail_price: Tensor
+    """``[96]`` retail price of each step of the day, currency/kWh."""
+    feed_in_price: Tensor
+    """``[96]`` feed-in price of each step of the day, currency/kWh."""
+    start_days: Tensor
+    """``[D]`` int64: the days episodes start on (``episode.days``)."""
+    battery_levels: Tensor
+    """``[Lb]`` the battery fractions of the discrete actions."""
+    price_levels: Tensor
+    """``[Lp]`` the price fractions of the discrete actions."""
+    tou_grid_charge: Tensor
+    """``[96]`` bool: ``envs.rules.TouSchedule.grid_charge``."""
+    tou_hold: Tensor
+    """``[96]`` bool: ``envs.rules.TouSchedule.hold``."""
+    tou_cheap_steps_left: Tensor
+    """``[96]`` ``envs.rules.TouSchedule.cheap_steps_left``."""
 
 
 def is_integer(value: Any) -> bool:
@@ -145,13 +202,23 @@ class BatchedP2PEnv:
             self.capacity_kwh > 0, 1.0 / self.capacity_kwh.clamp_min(1e-9),
             torch.zeros_like(self.capacity_kwh))
         tod = 2 * math.pi * torch.arange(STEPS_PER_DAY, dtype=torch.float64) / STEPS_PER_DAY
-        self._step_table = torch.stack([
-            tod.sin(), tod.cos(), torch.as_tensor(np.asarray(retail)[hour_of_step]) / max(retail),
-            torch.as_tensor(np.asarray(feed_in)[hour_of_step]) / max(retail)],
-            dim=1).to(self.dtype).to(self.device)  # [96, 4]: tod sin/cos, retail, feed-in
+        by_step = {"tod_sin": tod.sin(), "tod_cos": tod.cos(),
+                   "retail": torch.as_tensor(np.asarray(retail)[hour_of_step]) / max(retail),
+                   "feed_in": torch.as_tensor(np.asarray(feed_in)[hour_of_step]) / max(retail)}
+        self._step_table = torch.stack(
+            [by_step[name] for name in observations.STEP_TABLE_FEATURES], dim=1).to(
+            self.dtype).to(self.device)  # [96, 4]
         dow = 2 * math.pi * torch.arange(7, dtype=torch.float64) / 7
-        self._weekday_table = torch.stack([dow.sin(), dow.cos()], dim=1).to(
-            self.dtype).to(self.device)
+        by_weekday = {"dow_sin": dow.sin(), "dow_cos": dow.cos()}
+        self._weekday_table = torch.stack(
+            [by_weekday[name] for name in observations.WEEKDAY_TABLE_FEATURES], dim=1).to(
+            self.dtype).to(self.device)  # [7, 2]
+        # _shared_features concatenates the step table's row, the weekday table's row and
+        # the last price; this gathers them into the order of SHARED_FEATURES.
+        sources = (*observations.STEP_TABLE_FEATURES, *observations.WEEKDAY_TABLE_FEATURES,
+                   "last_price")
+        self._shared_order = torch.tensor(
+            [sources.index(name) for name in observations.SHARED_FEATURES], device=self.device)
         # The time-of-use rule's table of the day's tariff (envs.rules), for the
         # time_of_use baseline and the rule_battery observation feature.
         self.tou_schedule = rules.tou_schedule(self.retail_price, config.battery)
@@ -189,14 +256,78 @@ class BatchedP2PEnv:
 
         self.network = make_network(config.network, data, self.device, self.dtype)
         net_cfg = config.network
-        self._charges_p2p = (net_cfg.p2p_fee, net_cfg.p2p_distance_fee,
-                             net_cfg.p2p_loss_factor) != (0.0, 0.0, 0.0)
+        self.charges_p2p = (net_cfg.p2p_fee, net_cfg.p2p_distance_fee,
+                            net_cfg.p2p_loss_factor) != (0.0, 0.0, 0.0)
+        """Whether P2P trades pay network fees or loss charges (``envs.fees``)."""
         self.electrical_distance = None
         if net_cfg.p2p_distance_fee > 0.0:
             from envs.network import electrical_distance
 
             self.electrical_distance = electrical_distance(self.network.model)
         self._seeded = False
+
+    # ----------------------------------------------------------------------------------------
+    # Tables and state: the contract with the numba engine and with checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def tables(self) -> CoreTables:
+        """The precomputed tables of the feeder, tariff and action levels (see
+        :class:`CoreTables`); fixed at construction, not copies: do not modify them."""
+        schedule = self.tou_schedule
+        return CoreTables(
+            load_kw=self.load_kw, load_kvar=self.load_kvar, pv_kw=self.pv_kw,
+            profile=self._profile, sizes=self._sizes, capacity_kwh=self.capacity_kwh,
+            inverse_capacity=self._inverse_capacity, battery_kw=self.battery_kw,
+            step_table=self._step_table, weekday_table=self._weekday_table,
+            retail_price=self.retail_price, feed_in_price=self.feed_in_price,
+            start_days=self.start_days, battery_levels=self._battery_levels,
+            price_levels=self._price_levels, tou_grid_charge=schedule.grid_charge,
+            tou_hold=schedule.hold, tou_cheap_steps_left=schedule.cheap_steps_left)
+
+    def get_state(self) -> dict[str, Tensor | bool]:
+        """A copy of everything that changes after construction, keyed by
+        :data:`STATE_KEYS`: int64 ``env_seed``, ``episode_count``, ``day`` (0..365) and
+        ``step_of_day`` (0..95), each ``[B]``; ``soc_kwh`` and ``episode_start_soc_kwh``
+        ``[B, N]`` (kWh), ``last_price [B]`` (currency/kWh), ``last_voltage [B, N]`` (p.u.);
+        ``seeded``: whether :meth:`seed` ran (else the next reset seeds with
+        ``config.seed``). :meth:`set_state` of a core of the same config restores it."""
+        state: dict[str, Tensor | bool] = {
+            name: getattr(self, name).clone() for name in STATE_KEYS if name != "seeded"}
+        state["seeded"] = self._seeded
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`get_state` (tensors or arrays, from any device; floats are cast
+        to the core's dtype). Raises ValueError naming the key, before any state changes,
+        unless ``state`` has exactly :data:`STATE_KEYS` with the shapes of this core's,
+        integers where the core holds integers, finite floats, ``day`` in 0..365 and
+        ``step_of_day`` in 0..95."""
+        if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"core state: got keys {keys}; allowed: exactly {list(STATE_KEYS)}")
+        seeded = state["seeded"]
+        if not isinstance(seeded, bool | np.bool_):
+            raise ValueError(f"core state 'seeded': got {seeded!r}; allowed: a bool")
+        values = {}
+        for name in (name for name in STATE_KEYS if name != "seeded"):
+            current = getattr(self, name)
+            value = torch.as_tensor(state[name])
+            if tuple(value.shape) != tuple(current.shape) or (
+                    value.is_floating_point() != current.is_floating_point()) or (
+                    value.dtype == torch.bool or value.is_complex()):
+                raise ValueError(f"core state {name!r}: got shape {list(value.shape)}, dtype "
+                                 f"{value.dtype}; allowed: shape {list(current.shape)}, "
+                                 f"{'float' if current.is_floating_point() else 'integer'}")
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"core state {name!r}: got non-finite values")
+            values[name] = value.to(device=self.device, dtype=current.dtype, copy=True)
+        for name, high in (("day", DAYS_PER_YEAR), ("step_of_day", STEPS_PER_DAY)):
+            if not bool(((values[name] >= 0) & (values[name] < high)).all()):
+                raise ValueError(f"core state {name!r}: got {values[name].tolist()}; allowed: "
+                                 f"integers in [0, {high - 1}]")
+        for name, value in values.items():
+            setattr(self, name, value)
+        self._seeded = bool(seeded)
 
     # ----------------------------------------------------------------------------------------
     # Reset
@@ -239,7 +370,7 @@ class BatchedP2PEnv:
 
     def _reset_where(self, mask: Tensor) -> None:
         """Reset the environments where ``mask [B]`` is True (no Python loop)."""
-        u = rng.uniform(self.env_seed, self.episode_count, _STREAM_START_DAY, (),
+        u = rng.uniform(self.env_seed, self.episode_count, rng.STREAM_START_DAY, (),
                         torch.float64)
         pick = (u * len(self.start_days)).long().clamp_max(len(self.start_days) - 1)
         day = self.start_days[pick]
@@ -261,18 +392,20 @@ class BatchedP2PEnv:
     # Observations
     # ----------------------------------------------------------------------------------------
 
-    def _time_index(self, offset: int = 0) -> Tensor:
-        """Index into the year of step ``step_of_day + offset`` of each env's day, [B]."""
+    def time_index(self, offset: int = 0) -> Tensor:
+        """Index into the year's profiles (``load_kw`` ...) of step ``step_of_day + offset``
+        of each env's day, ``[B]`` int64."""
         return (self.day * STEPS_PER_DAY + self.step_of_day + offset) % STEPS_PER_YEAR
 
     def _shared_features(self) -> Tensor:
-        """[B, 7]: time of day (sin, cos), weekday (sin, cos), retail, feed-in, last price,
-        prices divided by the day's highest retail price."""
+        """``[B, 7]``: ``envs.observations.SHARED_FEATURES``, time of day (sin, cos), weekday
+        (sin, cos), retail, feed-in, last price, prices divided by the day's highest retail
+        price."""
         step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1)
         weekday = (self.day + START_WEEKDAY) % 7
-        by_step = self._step_table[step]
-        return torch.cat([by_step[:, :2], self._weekday_table[weekday], by_step[:, 2:],
-                          (self.last_price / self.price_scale)[:, None]], dim=1)
+        return torch.cat([self._step_table[step], self._weekday_table[weekday],
+                          (self.last_price / self.price_scale)[:, None]],
+                         dim=1).index_select(1, self._shared_order)
 
     def _tariffs_now(self) -> tuple[Tensor, Tensor]:
         step = self.step_of_day.clamp_max(STEPS_PER_DAY - 1)
@@ -287,15 +420,15 @@ class BatchedP2PEnv:
         b, n = self.n_envs, self.n_agents
         steps = cfg.forecast_steps + 1
         if steps == 1:
-            profile = self._profile[self._time_index()][:, None]  # [B, 1, N, 2]
+            profile = self._profile[self.time_index()][:, None]  # [B, 1, N, 2]
         else:
             offsets = torch.arange(steps, device=self.device)
-            index = (self._time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR
+            index = (self.time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR
             profile = self._profile[index]  # [B, S, N, 2]
         if cfg.forecast_noise > 0.0:
-            counter = self.episode_count * 1000 + self.step_of_day
-            noise = rng.normal(self.env_seed, counter, _STREAM_FORECAST_NOISE, (steps, n, 2),
-                               self.dtype)
+            counter = rng.forecast_noise_counter(self.episode_count, self.step_of_day)
+            noise = rng.normal(self.env_seed, counter, rng.STREAM_FORECAST_NOISE,
+                               (steps, n, observations.N_PROFILE_FEATURES), self.dtype)
             profile = physics.noisy(profile, cfg.forecast_noise, noise)
         profile = profile.permute(0, 2, 1, 3).reshape(b, n, 2 * steps)
         shared = self._shared_features()
@@ -310,7 +443,7 @@ class BatchedP2PEnv:
     def state(self) -> Tensor:
         """Global state ``[B, 3 N + 7]`` for centralised critics (true load, PV, SoC of every
         agent, then time features, tariffs and last price)."""
-        profile = self._profile[self._time_index()]  # [B, N, 2]
+        profile = self._profile[self.time_index()]  # [B, N, 2]
         return torch.cat([profile[..., 0], profile[..., 1], self._soc_fraction(),
                           self._shared_features()], dim=1)
 
@@ -380,7 +513,7 @@ class BatchedP2PEnv:
         """
         battery_fraction, price_fraction = self.decode_actions(actions)
         cfg = self.config
-        index = self._time_index()
+        index = self.time_index()
         load_kwh = self.load_kw[index] * self.dt_h
         pv_kwh = self.pv_kw[index] * self.dt_h
         retail, feed_in = self._tariffs_now()
@@ -395,7 +528,7 @@ class BatchedP2PEnv:
         cleared = market.clear(cfg.market.mechanism, price, net_kwh, retail, feed_in,
                                k=cfg.market.k)
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
-        if self._charges_p2p:
+        if self.charges_p2p:
             fee, loss_charge, _ = fees.p2p_charges(
                 cleared.p2p_energy.clamp_min(0.0), (-cleared.p2p_energy).clamp_min(0.0),
                 self.electrical_distance, retail, cfg.network.p2p_fee,

@@ -8,7 +8,8 @@
   and evaluation). A run that does not converge is reported in ``info["network_converged"]``
   and penalised (``envs.network.network_penalty``'s divergence penalty), never raised.
 
-Both network models report per step, each ``[B]``: ``v_min`` and ``v_max`` (p.u.),
+Both network models report per step, each ``[B]`` (``envs.info_schema.NETWORK_INFO``):
+``v_min_pu`` and ``v_max_pu`` (the lowest and highest bus voltage, p.u.),
 ``max_line_loading`` and ``max_trafo_loading`` (%), ``voltage_violations`` (buses outside
 [v_min, v_max]), ``line_violations`` (lines and transformers above 100 %), ``losses_kw`` and
 ``network_converged`` (1.0 or 0.0); penalties are shared among agents by
@@ -27,8 +28,8 @@ from envs.config import NetworkConfig
 from envs.data import FeederData
 
 _INFO_NAMES = {
-    "vm_min_pu": "v_min",
-    "vm_max_pu": "v_max",
+    "v_min_pu": "v_min_pu",
+    "v_max_pu": "v_max_pu",
     "max_line_loading_percent": "max_line_loading",
     "max_trafo_loading_percent": "max_trafo_loading",
     "n_voltage_violations": "voltage_violations",

@@ -9,9 +9,22 @@ per-community values of its community.
 
 Units: energies in kWh of the 15-minute step (> 0 bought, imported or charged), money in the
 currency of the tariffs, prices in currency per kWh.
+
+A measurement never shares its name with a setting: the lowest and highest bus voltage of a
+step are ``v_min_pu`` and ``v_max_pu``, from ``envs.network.network_summary`` through the
+infos to ``envs.metrics``, while ``network.v_min``/``v_max`` are the configured band.
+
+Version history (:data:`SCHEMA_VERSION`):
+
+* 1: the keys below, with the extreme voltages named ``v_min`` and ``v_max``.
+* 2: ``v_min`` and ``v_max`` renamed ``v_min_pu`` and ``v_max_pu`` (same values, same place
+  in :data:`INFO_KEYS`).
 """
 
 from __future__ import annotations
+
+SCHEMA_VERSION = 2
+"""Version of the info keys (see the version history above)."""
 
 AGENT_INFO: tuple[str, ...] = (
     "p2p_energy_kwh", "grid_energy_kwh", "payment", "p2p_payment", "grid_payment",
@@ -49,12 +62,14 @@ keeps (0 but for ``mcafee``), money; ``community_cost``: the sum of the agents' 
 the year of the episode (0..365); ``step_of_day``: index of the step just taken (0..95)."""
 
 NETWORK_INFO: tuple[str, ...] = (
-    "v_min", "v_max", "max_line_loading", "max_trafo_loading", "voltage_violations",
+    "v_min_pu", "v_max_pu", "max_line_loading", "max_trafo_loading", "voltage_violations",
     "line_violations", "losses_kw", "network_converged")
 """Per-community network info keys, only with a network model (``network.model`` not none).
 
-``v_min``, ``v_max``: extreme bus voltages, p.u.; ``max_line_loading``,
-``max_trafo_loading``: %; ``voltage_violations``: buses outside the voltage band;
+``v_min_pu``, ``v_max_pu``: the lowest and highest bus voltage of the step (isolated buses
+ignored), p.u. (measurements; the allowed band is ``network.v_min``/``v_max``);
+``max_line_loading``, ``max_trafo_loading``: %; ``voltage_violations``: buses outside the
+voltage band;
 ``line_violations``: lines and transformers above their rating; ``losses_kw``: kW;
 ``network_converged``: 1.0 or 0.0 (the extremes and losses are NaN when 0.0)."""
 

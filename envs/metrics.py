@@ -48,6 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from envs.data import STEP_HOURS
+
 # Per-agent sums [B, N] and per-env sums [B] kept over an episode.
 _AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "terminal_value_cost",
                "load_kwh", "pv_kwh", "battery_throughput_kwh", "no_p2p_cost", "reward")
@@ -59,20 +61,19 @@ _ENV_EXTREMES = {"v_min_pu": (torch.fmin, float("inf")), "v_max_pu": (torch.fmax
                  "max_line_loading_percent": (torch.fmax, float("-inf")),
                  "max_trafo_loading_percent": (torch.fmax, float("-inf"))}
 
-STEP_HOURS = 0.25
-"""Length of one environment step, hours (losses in kW become kWh with it)."""
-
 NETWORK_INFO_KEYS: dict[str, tuple[str, ...]] = {
     "voltage_violations": ("voltage_violations", "n_voltage_violations"),
     "line_violations": ("line_violations", "n_line_violations"),
     "losses_kw": ("losses_kw",),
-    "v_min": ("v_min", "vm_min_pu"),
-    "v_max": ("v_max", "vm_max_pu"),
+    "v_min_pu": ("v_min_pu",),
+    "v_max_pu": ("v_max_pu",),
     "max_line_loading": ("max_line_loading", "max_line_loading_percent"),
     "max_trafo_loading": ("max_trafo_loading", "max_trafo_loading_percent"),
 }
 """Per-env network statistics of a step's ``info`` ([B] each) and the names they may carry:
-the core's names first, then those of ``envs.network.network_summary``."""
+the core's names first (``envs.info_schema.NETWORK_INFO``), then those of
+``envs.network.network_summary`` where they differ (the extreme voltages have one name,
+``v_min_pu``/``v_max_pu``, in both and in the totals)."""
 
 
 def network_info(info: dict[str, Tensor], name: str) -> Tensor | None:
@@ -172,7 +173,7 @@ class EpisodeAccumulator:
                 if value is not None:
                     scale = STEP_HOURS if name == "losses_kw" else 1.0
                     e[key] += value.to(dtype) * scale
-            for name, key in (("v_min", "v_min_pu"), ("v_max", "v_max_pu"),
+            for name, key in (("v_min_pu", "v_min_pu"), ("v_max_pu", "v_max_pu"),
                               ("max_line_loading", "max_line_loading_percent"),
                               ("max_trafo_loading", "max_trafo_loading_percent")):
                 value = network_info(info, name)

@@ -979,7 +979,8 @@ def network_summary(
 ) -> dict[str, Tensor]:
     """Per-environment statistics for ``infos``, each ``[B]``.
 
-    ``vm_min_pu``, ``vm_max_pu``: extreme bus voltages (isolated buses ignored), p.u.;
+    ``v_min_pu``, ``v_max_pu``: extreme bus voltages (isolated buses ignored), p.u. (the
+    names of ``envs.info_schema.NETWORK_INFO``);
     ``max_line_loading_percent``, ``max_trafo_loading_percent``: %, 0 if there are none;
     ``n_voltage_violations``: buses outside ``[v_min, v_max]``; ``n_line_violations``: lines
     and transformers above ``max_loading_percent``; ``losses_kw``; ``converged`` (float 0/1).
@@ -1000,8 +1001,8 @@ def network_summary(
 
     branch_loading = torch.nan_to_num(result.branch_loading_percent, nan=0.0)
     return {
-        "vm_min_pu": torch.where(converged, vm_min, nan),
-        "vm_max_pu": torch.where(converged, vm_max, nan),
+        "v_min_pu": torch.where(converged, vm_min, nan),
+        "v_max_pu": torch.where(converged, vm_max, nan),
         "max_line_loading_percent": torch.where(
             converged, max_or_zero(result.line_loading_percent), nan),
         "max_trafo_loading_percent": torch.where(

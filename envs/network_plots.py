@@ -37,7 +37,7 @@ def voltage_day(config: str | dict | None, day: int, overrides: list[str] | None
     actions[..., 1] = 0.5
     voltages = []
     for _ in range(96):
-        index = core._time_index()
+        index = core.time_index()
         _, _, _, _, info = core.step(actions)
         p_kw = info["net_energy_kwh"] / core.dt_h
         voltages.append(power_flow.solve(p_kw, core.load_kvar[index]).vm_pu[0].cpu().numpy())

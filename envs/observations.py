@@ -26,26 +26,85 @@ rule_battery           the battery fraction in [-1, 1] (> 0 charges) that the ru
 Load, PV and forecasts carry multiplicative Gaussian noise when ``forecast_noise`` > 0.
 
 Global state ``[B, 3 N + 7]`` for centralised critics: every agent's (true) load, PV and
-SoC fraction, then time of day (2), day of week (2), retail, feed-in and last price.
+SoC fraction, then the 7 :data:`SHARED_FEATURES`: time of day (2), day of week (2), retail,
+feed-in and last price.
+
+This module is the one definition of both layouts: the batched core (``envs.core``) and the
+numba engine (``envs.single.engine``) place every feature at the columns given here
+(:func:`layout`, the ``SHARED_*`` indices), and ``feature_names`` is built from the same
+tuples.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from envs.config import ObservationConfig
+
+PROFILE_FEATURES: tuple[str, ...] = ("load", "pv")
+"""The pair observed for the step being traded and for each forecast step ``s``, at columns
+``len(PROFILE_FEATURES) * s + c`` (``s = 0`` now, ``c`` the index here)."""
+AGENT_FEATURES: tuple[str, ...] = ("soc", "pv_size", "battery_size")
+"""The agent's own features after the profile block."""
+SHARED_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos", "retail",
+                                    "feed_in", "last_price")
+"""The community's features, the same for every agent, after :data:`AGENT_FEATURES` (and
+last in the global state)."""
+STEP_TABLE_FEATURES: tuple[str, ...] = ("tod_sin", "tod_cos", "retail", "feed_in")
+"""The columns of the core's ``step_table [96, 4]`` (``envs.core.CoreTables``): the shared
+features that depend on the step of the day only."""
+WEEKDAY_TABLE_FEATURES: tuple[str, ...] = ("dow_sin", "dow_cos")
+"""The columns of the core's ``weekday_table [7, 2]``."""
+
+N_PROFILE_FEATURES = len(PROFILE_FEATURES)
+N_SHARED_FEATURES = len(SHARED_FEATURES)
+SHARED_FROM_STEP_TABLE: tuple[int, ...] = tuple(SHARED_FEATURES.index(name)
+                                                for name in STEP_TABLE_FEATURES)
+"""Index in :data:`SHARED_FEATURES` of each column of the step table."""
+SHARED_FROM_WEEKDAY_TABLE: tuple[int, ...] = tuple(SHARED_FEATURES.index(name)
+                                                   for name in WEEKDAY_TABLE_FEATURES)
+"""Index in :data:`SHARED_FEATURES` of each column of the weekday table."""
+SHARED_LAST_PRICE = SHARED_FEATURES.index("last_price")
+"""Index of the last clearing price in :data:`SHARED_FEATURES`."""
+
+
+class ObservationLayout(NamedTuple):
+    """Columns of the local observation of one config (-1: the feature is absent)."""
+
+    soc: int
+    pv_size: int
+    battery_size: int
+    shared: int
+    """First of the :data:`N_SHARED_FEATURES` shared features."""
+    voltage: int
+    rule_battery: int
+    obs_dim: int
 
 
 def feature_names(config: ObservationConfig) -> list[str]:
     """Names of the local observation's features, in order."""
-    names = ["load", "pv"]
+    names = list(PROFILE_FEATURES)
     for step in range(1, config.forecast_steps + 1):
-        names += [f"load_t+{step}", f"pv_t+{step}"]
-    names += ["soc", "pv_size", "battery_size", "tod_sin", "tod_cos", "dow_sin", "dow_cos",
-              "retail", "feed_in", "last_price"]
+        names += [f"{name}_t+{step}" for name in PROFILE_FEATURES]
+    names += [*AGENT_FEATURES, *SHARED_FEATURES]
     if config.include_voltage:
         names.append("voltage")
     if config.rule != "none":
         names.append("rule_battery")
     return names
+
+
+def layout(config: ObservationConfig) -> ObservationLayout:
+    """The columns of :func:`feature_names`' features."""
+    names = feature_names(config)
+
+    def column(name: str) -> int:
+        return names.index(name) if name in names else -1
+
+    return ObservationLayout(
+        soc=column("soc"), pv_size=column("pv_size"), battery_size=column("battery_size"),
+        shared=column(SHARED_FEATURES[0]), voltage=column("voltage"),
+        rule_battery=column("rule_battery"), obs_dim=len(names))
 
 
 def obs_dim(config: ObservationConfig) -> int:
@@ -54,5 +113,6 @@ def obs_dim(config: ObservationConfig) -> int:
 
 
 def state_dim(n_agents: int) -> int:
-    """Length of the global state."""
-    return 3 * n_agents + 7
+    """Length of the global state: load, PV and SoC fraction of every agent, then the shared
+    features."""
+    return 3 * n_agents + N_SHARED_FEATURES

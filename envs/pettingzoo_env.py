@@ -62,7 +62,9 @@ Version history
     v0: initial release. Later in v0 the numba engine became the default on the CPU; it steps
     the same dynamics (tested step for step against the core), in float64. Later still, actions,
     seeds and reset days of other types (bool, complex, str, None, non-integral floats) are
-    refused instead of converted, and a bad reset changes nothing.
+    refused instead of converted, and a bad reset changes nothing. Later still (info schema
+    version 2, ``envs.info_schema``), the extreme bus voltages ``v_min`` and ``v_max`` were
+    renamed ``v_min_pu`` and ``v_max_pu``, apart from the voltage band's settings.
 """
 
 from __future__ import annotations
@@ -259,8 +261,8 @@ class P2PParallelEnv(ParallelEnv):
             f" kWh | import {info['grid_import_kwh']:.2f} kWh export "
             f"{info['grid_export_kwh']:.2f} kWh | community cost {info['community_cost']:.3f}",
         ]
-        if "v_min" in info:
-            lines.append(f"voltage {info['v_min']:.4f}-{info['v_max']:.4f} p.u. | max line "
+        if "v_min_pu" in info:
+            lines.append(f"voltage {info['v_min_pu']:.4f}-{info['v_max_pu']:.4f} p.u. | max line "
                          f"loading {info['max_line_loading']:.1f}%")
         for i, agent in enumerate(self.possible_agents):
             lines.append(f"  {agent:>12}: net {info['net_energy_kwh'][i]:+7.3f} kWh "

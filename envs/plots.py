@@ -45,11 +45,11 @@ def plot_day(trajectory: dict[str, np.ndarray], path: str | Path, title: str = "
 
     ``trajectory``: arrays over the T steps with keys ``load_kw``, ``pv_kw``, ``soc_kwh
     [T, N]``, ``clearing_price``, ``retail_price``, ``feed_in_price``, ``p2p_volume_kwh``,
-    ``grid_import_kwh``, ``grid_export_kwh``, optional ``v_min``, ``v_max``. The clearing
+    ``grid_import_kwh``, ``grid_export_kwh``, optional ``v_min_pu``, ``v_max_pu``. The clearing
     price is drawn only at steps with P2P volume above 1e-6 kWh.
     """
     hours = np.arange(len(trajectory["load_kw"])) * STEP_HOURS
-    has_voltage = "v_min" in trajectory and bool(np.isfinite(trajectory["v_min"]).any())
+    has_voltage = "v_min_pu" in trajectory and bool(np.isfinite(trajectory["v_min_pu"]).any())
     rows = 5 if has_voltage else 4
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.2 * rows), sharex=True)
 
@@ -88,8 +88,8 @@ def plot_day(trajectory: dict[str, np.ndarray], path: str | Path, title: str = "
 
     if has_voltage:
         ax = axes[4]
-        ax.plot(hours, trajectory["v_min"], label="min bus voltage")
-        ax.plot(hours, trajectory["v_max"], label="max bus voltage")
+        ax.plot(hours, trajectory["v_min_pu"], label="min bus voltage")
+        ax.plot(hours, trajectory["v_max_pu"], label="max bus voltage")
         if v_limits is not None:
             for limit in v_limits:
                 ax.axhline(limit, color="r", ls="--", lw=0.8)

@@ -14,6 +14,37 @@ import math
 import torch
 from torch import Tensor
 
+# The constants of the hash and of the draws, shared with the numba kernels of
+# envs.single.rng (which read them as uint64): the two implementations draw the same bits.
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+"""SplitMix64's increment (the odd integer nearest 2**64 / golden ratio), unsigned."""
+MIX_MULTIPLIER_1 = 0xBF58476D1CE4E5B9
+"""The first multiplier of SplitMix64's finaliser, unsigned."""
+MIX_MULTIPLIER_2 = 0x94D049BB133111EB
+"""The second multiplier of SplitMix64's finaliser, unsigned."""
+STREAM_MULTIPLIER = 0x1F3
+"""The key of a draw hashes ``seed * STREAM_MULTIPLIER + stream`` (:func:`uniform`)."""
+
+# The random streams of the environment (``stream`` of :func:`uniform`): one per use, so
+# draws never collide. The core (envs.core) and the numba engine (envs.single.engine) both
+# read them from here.
+STREAM_START_DAY = 1
+"""Start day of each episode; counter: the environment's episode number."""
+STREAM_FORECAST_NOISE = 2
+"""Noise of the observed load, PV and forecasts; counter: :func:`forecast_noise_counter`."""
+NOISE_COUNTER_STRIDE = 1000
+"""Counters of :data:`STREAM_FORECAST_NOISE` per episode (more than the 96 steps of a day)."""
+
+
+def forecast_noise_counter(episode_count: Tensor | int, step_of_day: Tensor | int
+                           ) -> Tensor | int:
+    """The counter of the observation noise drawn at ``step_of_day`` of episode number
+    ``episode_count``: ``episode_count * NOISE_COUNTER_STRIDE + step_of_day``. Plain
+    arithmetic, so the same function serves int64 tensors ``[B]`` (the core) and ints (the
+    numba engine compiles it)."""
+    return episode_count * NOISE_COUNTER_STRIDE + step_of_day
+
+
 _MASK_64 = (1 << 64) - 1
 
 
@@ -22,9 +53,9 @@ def _signed(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MIX_1 = _signed(0xBF58476D1CE4E5B9)
-_MIX_2 = _signed(0x94D049BB133111EB)
+_GOLDEN = _signed(GOLDEN_GAMMA)
+_MIX_1 = _signed(MIX_MULTIPLIER_1)
+_MIX_2 = _signed(MIX_MULTIPLIER_2)
 
 
 def _shift_right(x: Tensor, bits: int) -> Tensor:
@@ -44,7 +75,7 @@ def uniform(seed: Tensor, counter: Tensor, stream: int, shape: tuple[int, ...] =
             dtype: torch.dtype = torch.float32) -> Tensor:
     """Uniform numbers in [0, 1), shape ``[B, *shape]``, for int64 ``seed [B]`` and
     ``counter [B]``; ``stream`` separates independent uses (start day, noise, ...)."""
-    key = splitmix64(seed.to(torch.int64) * 0x1F3 + stream)
+    key = splitmix64(seed.to(torch.int64) * STREAM_MULTIPLIER + stream)
     key = splitmix64(key ^ splitmix64(counter.to(torch.int64)))
     count = math.prod(shape)
     index = torch.arange(1, count + 1, device=seed.device, dtype=torch.int64)

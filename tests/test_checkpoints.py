@@ -84,7 +84,7 @@ def test_flipped_bytes_never_load_silently(tmp_path):
 def test_other_formats_and_missing_keys(tmp_path):
     old = tmp_path / "old.pt"
     torch.save(_checkpoint() | {"format": 1}, old)  # a v1 checkpoint: no container
-    with pytest.raises(CheckpointError, match="format 2"):
+    with pytest.raises(CheckpointError, match=f"format {CHECKPOINT_FORMAT}"):
         load_checkpoint(old)
     partial = _checkpoint()
     del partial["collector"]
@@ -97,6 +97,14 @@ def test_other_formats_and_missing_keys(tmp_path):
                 "payload": payload}, tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="collector"):
         load_checkpoint(tmp_path / "partial.pt")
+    previous = _checkpoint() | {"format": CHECKPOINT_FORMAT - 1}  # the collector's old layout
+    buffer = io.BytesIO()
+    torch.save(previous, buffer)
+    payload = buffer.getvalue()
+    torch.save({"format": CHECKPOINT_FORMAT - 1, "sha256": hashlib.sha256(payload).hexdigest(),
+                "payload": payload}, tmp_path / "previous.pt")
+    with pytest.raises(CheckpointError, match=f"found format {CHECKPOINT_FORMAT - 1}"):
+        load_checkpoint(tmp_path / "previous.pt")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
 

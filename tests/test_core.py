@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import envs
-from envs import rules
+from envs import observations, rules
 from envs.config import ConfigError
+from envs.core import STATE_KEYS
 from envs.data import STEPS_PER_DAY, day_split
 
 
@@ -156,6 +157,79 @@ def test_observation_layout_and_forecasts(synthetic_config):
     expected_next_load = env.load_kw[index + 1] / env.peak_load_kw
     torch.testing.assert_close(obs[..., 2], expected_next_load)
     assert env.state().shape == (2, env.state_dim) == (2, 3 * 6 + 7)
+
+
+def test_observation_columns_follow_the_shared_layout(synthetic_config):
+    """Every feature sits at the column envs.observations.layout gives it, the shared block
+    in the order of SHARED_FEATURES (the same block ends the global state)."""
+    config = {**synthetic_config, "observation": {"forecast_steps": 1, "include_voltage": True,
+                                                  "rule": "self_consumption"}}
+    env = envs.make_batched_env(config, n_envs=2, dtype="float64")
+    env.reset(seed=0)
+    for _ in range(30):
+        obs, *_ = env.step(random_actions(env, torch.Generator().manual_seed(3)).double())
+    layout = observations.layout(env.config.observation)
+    assert layout.obs_dim == env.obs_dim and layout.rule_battery == env.obs_dim - 1
+    tables = env.tables()
+    torch.testing.assert_close(obs[..., layout.soc], env.soc_kwh * tables.inverse_capacity)
+    torch.testing.assert_close(obs[..., layout.battery_size], tables.sizes[:, 1].expand(2, -1))
+    torch.testing.assert_close(obs[..., layout.voltage], (env.last_voltage - 1.0) * 10.0)
+    shared = obs[:, 0, layout.shared:layout.shared + observations.N_SHARED_FEATURES]
+    named = dict(zip(observations.SHARED_FEATURES, shared.T, strict=True))
+    torch.testing.assert_close(named["last_price"], env.last_price / env.price_scale)
+    torch.testing.assert_close(named["retail"], env.retail_price[env.step_of_day]
+                               / env.price_scale)
+    torch.testing.assert_close(named["tod_cos"], torch.cos(2 * torch.pi * env.step_of_day / 96)
+                               .double())
+    torch.testing.assert_close(env.state()[:, -observations.N_SHARED_FEATURES:], shared)
+
+
+def test_state_round_trip_continues_the_same_episodes(synthetic_config):
+    """get_state holds everything that changes: a fresh core given it steps on exactly as the
+    original does, across the end of the day (terminal value, automatic reset, new start day
+    and forecast noise drawn from the restored counters)."""
+    config = {**synthetic_config, "observation": {"forecast_noise": 0.1}}
+    env = envs.make_batched_env(config, n_envs=3, dtype="float64")
+    env.reset(seed=5)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(90):
+        env.step(random_actions(env, generator).double())
+    state = env.get_state()
+    assert tuple(state) == STATE_KEYS and state["seeded"] is True
+    actions = [random_actions(env, generator).double() for _ in range(12)]
+    original = [env.step(action) for action in actions]
+    twin = envs.make_batched_env(config, n_envs=3, dtype="float64")
+    twin.set_state(state)
+    for action, (obs, reward, terminated, _, info) in zip(actions, original, strict=True):
+        twin_obs, twin_reward, twin_terminated, _, twin_info = twin.step(action)
+        torch.testing.assert_close(twin_obs, obs, rtol=0, atol=0)
+        torch.testing.assert_close(twin_reward, reward, rtol=0, atol=0)
+        assert torch.equal(twin_terminated, terminated)
+        torch.testing.assert_close(twin_info["terminal_value_cost"], info["terminal_value_cost"])
+    assert any(bool(step[2].any()) for step in original)  # the day's end was crossed
+    state["soc_kwh"][0, 0] = -1.0  # get_state is a copy
+    assert float(env.soc_kwh[0, 0]) != -1.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeded": None}, "'seeded'"),
+    ({"soc_kwh": torch.zeros(2, 6)}, "'soc_kwh': got shape \\[2, 6\\]"),
+    ({"day": torch.tensor([1.0, 2.0, 3.0])}, "'day'.*integer"),
+    ({"day": torch.tensor([1, 2, 366])}, "'day': got \\[1, 2, 366\\]"),
+    ({"last_price": torch.tensor([0.1, float("nan"), 0.1])}, "'last_price': got non-finite"),
+    ({"extra": 1}, "exactly \\['env_seed'"),
+])
+def test_bad_state_names_the_key_and_changes_nothing(synthetic_config, change, message):
+    env = envs.make_batched_env(synthetic_config, n_envs=3)
+    env.reset(seed=0)
+    env.step(torch.zeros(3, env.n_agents, 2))
+    before = env.get_state()
+    with pytest.raises(ValueError, match=message):
+        env.set_state({**env.get_state(), **change})
+    with pytest.raises(ValueError, match="exactly"):
+        env.set_state({key: value for key, value in before.items() if key != "seeded"})
+    for key, value in env.get_state().items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(before[key])), key
 
 
 def test_forecast_noise_is_seeded(synthetic_config):

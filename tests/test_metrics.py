@@ -38,7 +38,7 @@ def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, netwo
         "day": torch.tensor([5]),
         # envs.network.network_summary's names, to check the aliases
         "n_voltage_violations": env(network[0]), "n_line_violations": env(0.0),
-        "losses_kw": env(4.0), "vm_min_pu": env(network[1]), "vm_max_pu": env(network[2]),
+        "losses_kw": env(4.0), "v_min_pu": env(network[1]), "v_max_pu": env(network[2]),
         "max_line_loading_percent": env(50.0),
     }
     if done:

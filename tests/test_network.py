@@ -506,18 +506,18 @@ def test_network_summary(nets):
                            dtype=torch.float32)
     result = model.solve(p_kw, p_kw * torch.as_tensor(tan_phi, dtype=torch.float32))
     summary = network_summary(result, v_min=0.95, v_max=1.05)
-    assert set(summary) >= {"vm_min_pu", "vm_max_pu", "max_line_loading_percent",
+    assert set(summary) >= {"v_min_pu", "v_max_pu", "max_line_loading_percent",
                             "n_voltage_violations", "n_line_violations", "losses_kw"}
     assert all(value.shape == (3,) for value in summary.values())
-    torch.testing.assert_close(summary["vm_min_pu"][:2], result.vm_pu[:2].amin(dim=1))
-    torch.testing.assert_close(summary["vm_max_pu"][:2], result.vm_pu[:2].amax(dim=1))
+    torch.testing.assert_close(summary["v_min_pu"][:2], result.vm_pu[:2].amin(dim=1))
+    torch.testing.assert_close(summary["v_max_pu"][:2], result.vm_pu[:2].amax(dim=1))
     torch.testing.assert_close(summary["max_line_loading_percent"][:2],
                                result.line_loading_percent[:2].amax(dim=1))
     expected_violations = ((result.vm_pu > 1.05) | (result.vm_pu < 0.95)).sum(dim=1)
     assert summary["n_voltage_violations"][:2].tolist() == expected_violations[:2].tolist()
     assert float(summary["n_voltage_violations"][1]) > 0  # heavy export: overvoltage
     assert summary["converged"].tolist() == [1.0, 1.0, 0.0]
-    assert bool(summary["vm_min_pu"][2].isnan())
+    assert bool(summary["v_min_pu"][2].isnan())
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,12 +540,12 @@ def test_core_zbus_matches_core_ac_mode():
         actions = torch.zeros(2, env.n_agents, 2, dtype=torch.float64)
         infos = [env.step(actions)[4] for _ in range(4)]
         results[model] = {key: torch.stack([info[key] for info in infos])
-                          for key in ("v_min", "v_max", "losses_kw", "network_penalty")}
-    for key in ("v_min", "v_max"):
+                          for key in ("v_min_pu", "v_max_pu", "losses_kw", "network_penalty")}
+    for key in ("v_min_pu", "v_max_pu"):
         torch.testing.assert_close(results["zbus"][key], results["ac"][key], atol=1e-6, rtol=0)
     torch.testing.assert_close(results["zbus"]["losses_kw"], results["ac"]["losses_kw"],
                                rtol=1e-3, atol=1e-6)
-    assert float(results["zbus"]["v_max"].max()) > float(results["zbus"]["v_min"].min())
+    assert float(results["zbus"]["v_max_pu"].max()) > float(results["zbus"]["v_min_pu"].min())
 
 
 def test_core_reports_and_penalises_overvoltage():
@@ -559,7 +559,7 @@ def test_core_reports_and_penalises_overvoltage():
     env.reset(seed=0, days=[172])
     env.step_of_day[:] = 48  # noon in June
     obs, _, _, _, info = env.step(torch.zeros(1, env.n_agents, 2, dtype=torch.float64))
-    assert float(info["v_max"][0]) > 1.03 and float(info["voltage_violations"][0]) > 0
+    assert float(info["v_max_pu"][0]) > 1.03 and float(info["voltage_violations"][0]) > 0
     penalty = info["network_penalty"][0]
     exporting = info["net_energy_kwh"][0] < 0
     assert float(penalty.sum()) > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from pettingzoo.utils.wrappers import BaseParallelWrapper
 
 import envs
-from envs.info_schema import AGENT_INFO, DEFINED_AT_RESET, INFO_KEYS, NETWORK_INFO
+from envs.info_schema import AGENT_INFO, DEFINED_AT_RESET, ENV_INFO, INFO_KEYS, NETWORK_INFO
 
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
 
@@ -101,7 +103,7 @@ def test_engine_choice():
     assert exact.engine_name == "torch"
     exact.reset(seed=0)
     _, _, _, _, infos = exact.step({a: exact.action_space(a).sample() for a in exact.agents})
-    assert infos["prosumer_0"]["network_converged"] == 1.0 and 0.9 < infos["prosumer_0"]["v_min"]
+    assert infos["prosumer_0"]["network_converged"] == 1.0 and 0.9 < infos["prosumer_0"]["v_min_pu"]
     with pytest.raises(ValueError, match="engine 'numba' does not support network.model"):
         envs.make_env({"network": {"model": "ac"}}, engine="numba")
     with pytest.raises(ValueError, match="allowed: \\('auto', 'numba', 'torch'\\)"):
@@ -227,7 +229,7 @@ def test_network_infos_are_defined_with_a_network(engine):
     _, _, _, _, infos = env.step({a: env.action_space(a).sample() for a in env.agents})
     _assert_schema(infos, env.possible_agents)
     info = infos["prosumer_0"]
-    assert info["network_converged"] == 1.0 and 0.8 < info["v_min"] <= info["v_max"] < 1.2
+    assert info["network_converged"] == 1.0 and 0.8 < info["v_min_pu"] <= info["v_max_pu"] < 1.2
     assert all(math.isfinite(info[key]) for key in NETWORK_INFO)
 
 
@@ -269,12 +271,45 @@ def test_cost_info_is_minus_reward_over_scale_on_a_hand_checked_step(engine):
         sum(info["cost"] for info in infos.values()), rel=1e-12)
 
 
-def test_schema_lists_every_per_agent_info_of_the_core():
-    """The core's per-agent infos ([B, N]) are exactly AGENT_INFO; every core key is in the
-    schema (so the PettingZoo env drops none of them)."""
-    core = envs.make_batched_env(SMALL, n_envs=2)
+@pytest.mark.parametrize("network", ["none", "zbus"])
+def test_schema_lists_every_info_of_the_core(network):
+    """The core's per-agent infos ([B, N]) are exactly AGENT_INFO, its per-community ones
+    ([B]) exactly ENV_INFO, plus NETWORK_INFO with a network model: the schema lists every
+    key the core gives (so no wrapper drops one) and no other."""
+    core = envs.make_batched_env({**SMALL, "network": {"model": network}}, n_envs=2)
     core.reset(seed=0)
     _, _, _, _, info = core.step(torch.zeros(2, core.n_agents, 2))
     per_agent = {key for key, value in info.items() if value.dim() == 2}
     assert per_agent == set(AGENT_INFO)
-    assert set(info) <= set(INFO_KEYS)
+    expected = ENV_INFO + (NETWORK_INFO if network != "none" else ())
+    assert set(info) - per_agent == set(expected)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _backticked(text: str) -> list[str]:
+    return re.findall(r"`([a-z0-9_]+)`", text)
+
+
+def test_readme_lists_exactly_the_info_schema():
+    """The README's info list ("Spaces, reward, infos") and its info table ("Info schema")
+    name exactly the keys of envs.info_schema, each once, with the right scope."""
+    text = README.read_text()
+    listing = text[text.index("**Infos** (core:"):]
+    listing = listing[:listing.index("The batched core auto-resets")]
+    agent_part, community_part = listing.split("Per community:")
+    community_part, network_part = community_part.split("and with a network model")
+    assert sorted(_backticked(agent_part.split("Per agent:")[1])) == sorted(AGENT_INFO)
+    assert sorted(_backticked(community_part)) == sorted(ENV_INFO)
+    assert sorted(_backticked(network_part)) == sorted(NETWORK_INFO)
+
+    table = text[text.index("**Info schema.**"):]
+    table = table[table.index("| key | scope |"):table.index("\n## ")]
+    scopes: dict[str, list[str]] = {"agent": [], "community": []}
+    for row in table.splitlines()[2:]:
+        if row.startswith("|"):
+            cells = row.split("|")
+            scopes[cells[2].strip()] += _backticked(cells[1])
+    assert sorted(scopes["agent"]) == sorted(AGENT_INFO)
+    assert sorted(scopes["community"]) == sorted(ENV_INFO + NETWORK_INFO)

@@ -233,7 +233,8 @@ def test_discretiser_reads_time_soc_net_load_and_tariff():
         obs, *_ = env.step(torch.randint(25, (3, 4), generator=torch.Generator().manual_seed(1)))
     features = discretiser.features(obs)
     assert torch.equal(features["time"], env.step_of_day[:, None].expand(3, 4))
-    torch.testing.assert_close(features["soc"], (env.soc_kwh * env._inverse_capacity).float())
+    inverse_capacity = env.tables().inverse_capacity
+    torch.testing.assert_close(features["soc"], (env.soc_kwh * inverse_capacity).float())
     index = (env.day * 96 + env.step_of_day) % (96 * 366)
     net = (env.load_kw[index] - env.pv_kw[index]) / env.peak_load_kw
     torch.testing.assert_close(features["net_load"], net.float())

@@ -11,7 +11,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
 
 import envs
-from envs.info_schema import INFO_KEYS
+from envs.info_schema import INFO_KEYS, NETWORK_INFO
 from envs.sb3_vec_env import SB3VecEnv
 
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
@@ -101,8 +101,22 @@ def test_vec_env_infos_follow_the_info_schema():
         assert tuple(info) == INFO_KEYS and all(type(v) is float for v in info.values())
         assert info["cost"] == pytest.approx(float(cost[i // 4, i % 4]), rel=1e-6)
         assert info["cost"] == pytest.approx(-float(rewards[i]), rel=1e-5)
-        assert info["step_of_day"] == 0.0 and math.isnan(info["v_min"])
+        assert info["step_of_day"] == 0.0 and math.isnan(info["v_min_pu"])
         np.testing.assert_equal(info["clearing_price"], float(clearing_price[i // 4]))
     quiet = SB3VecEnv(envs.make_batched_env(SMALL, n_envs=2), step_infos=False)
     quiet.reset()
     assert quiet.step(np.zeros((8, 2), np.float32))[3] == [{}] * 8
+
+
+def test_vec_env_network_infos_are_the_cores():
+    """With a network model every sub-environment has exactly INFO_KEYS too, the network
+    keys defined: its community's values of the core's infos (``v_min_pu`` ...)."""
+    vec = envs.make_vec_env({**SMALL, "network": {"model": "zbus"}}, n_envs=2)
+    vec.reset()
+    _, _, _, infos = vec.step(np.zeros((8, 2), np.float32))
+    for i, info in enumerate(infos):
+        assert tuple(info) == INFO_KEYS
+        for key in NETWORK_INFO:
+            assert math.isfinite(info[key]), key
+            assert info[key] == pytest.approx(float(vec.last_info[key][i // 4]), rel=1e-6)
+    assert 0.8 < infos[0]["v_min_pu"] <= infos[0]["v_max_pu"] < 1.2

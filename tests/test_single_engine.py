@@ -2,10 +2,16 @@
 
 Each case runs the engine and a float64 ``BatchedP2PEnv`` with ``n_envs=1`` side by side over
 more than one day (so an automatic reset is crossed) with the same random actions, and checks
-observations, rewards, every info key, the global state and the episode ends.
+observations, rewards, every info key, the global state and the episode ends. The cases are
+driven by the config schema: every leaf field of ``EnvConfig`` is set to a non-default value
+by some case or listed in :data:`ENGINE_IRRELEVANT` with the reason it cannot matter.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +19,10 @@ import torch
 
 import envs
 from envs.config import env_config
+from envs.core import STATE_KEYS, CoreTables
 from envs.data import STEPS_PER_DAY
 from envs.market import MECHANISMS
-from envs.single.engine import AGENT_INFO, SingleEnvEngine, supports
+from envs.single.engine import AGENT_INFO, SingleEnvEngine, Tables, supports
 
 SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 6, "pv_share": 0.7,
                            "battery_share": 0.7}, "network": {"model": "none"}}
@@ -38,14 +45,18 @@ CASES = {
         "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
         "observation": {"rule": "time_of_use", "forecast_steps": 1, "forecast_noise": 0.1}},
     "synthetic-rule-time-of-use-flat": {**SYNTHETIC, "observation": {"rule": "time_of_use"}},
-    # A tight voltage band: most steps violate it, so the penalty sharing path runs.
-    "rural1-violations": {"network": {"v_min": 0.999, "v_max": 1.001},
+    # A tight voltage band: most steps violate it, so the penalty sharing path runs (at
+    # other penalty weights than the default).
+    "rural1-violations": {"network": {"v_min": 0.999, "v_max": 1.001, "voltage_penalty": 50.0,
+                                      "line_penalty": 2.0},
                           "market": {"mechanism": "mcafee"}},
     "rural1-fees": {"network": {"p2p_fee": 0.01, "p2p_distance_fee": 0.02,
-                                "p2p_loss_factor": 0.05}},
-    "rural1-time-of-use": {"tariff": {"retail_tou": [0.2] * 8 + [0.3] * 10 + [0.4] * 6},
+                                "p2p_loss_factor": 0.05, "matching_temperature": 0.5}},
+    "rural1-time-of-use": {"tariff": {"retail_tou": [0.2] * 8 + [0.3] * 10 + [0.4] * 6,
+                                      "feed_in_tou": [0.05] * 8 + [0.1] * 10 + [0.12] * 6},
                            "reward_scale": 0.5, "episode": {"days": "test"}},
-    "case33bw": {"community": {"feeder": "case33bw"}, "market": {"mechanism": "sdr"}},
+    "case33bw": {"community": {"feeder": "case33bw"}, "market": {"mechanism": "sdr"},
+                 "network": {"max_iterations": 30}},
     "synthetic-no-network": SYNTHETIC,
     "synthetic-discrete": {**SYNTHETIC, "action": {"type": "discrete"},
                            "market": {"mechanism": "pay_as_bid"}},
@@ -61,7 +72,30 @@ CASES = {
     "synthetic-terminal-credit-price": {**SYNTHETIC, "episode": {"terminal_price": 0.45,
                                                                  "terminal_credit_price": 0.1}},
     "rural1-terminal-both-sides-tou": {"tariff": {"retail_tou": [0.12] * 6 + [0.5] * 18}},
+    # Every other setting away from its default: assets, battery physics, flat tariffs, k,
+    # the day split, and the base seed (this case resets without a seed, so the engine and
+    # the core seed themselves from config.seed).
+    "synthetic-other-settings": {
+        "community": {**SYNTHETIC["community"], "pv_kwp_per_mwh": 1.5,
+                      "battery_kwh_per_mwh": 2.0, "battery_c_rate": 0.25, "seed": 3},
+        "network": {"model": "none"},
+        "battery": {"charge_efficiency": 0.9, "discharge_efficiency": 0.92, "soc_min": 0.05,
+                    "soc_max": 0.95, "initial_soc": 0.3, "degradation_cost": 0.05},
+        "tariff": {"retail": 0.25, "feed_in": 0.05},
+        "market": {"k": 0.3},
+        "episode": {"test_every": 5},
+        "seed": 7},
 }
+ENGINE_IRRELEVANT: dict[str, str] = {
+    "n_envs": "the engine steps one environment: its reference core is built with n_envs=1 "
+              "and the PettingZoo wrapper refuses any other value",
+    "device": "the engine runs on the CPU: supports() refuses other devices (test below)",
+    "dtype": "the engine computes in float64 whatever dtype says (the torch core's dtype); "
+             "every case compares it with a float64 core",
+}
+"""The leaf fields of ``EnvConfig`` (dotted paths) that cannot change what the engine
+computes, with the reason; every other field must be set to a non-default value by a case of
+:data:`CASES` (``test_cases_cover_every_config_field``)."""
 BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou")
 """Cases whose actions are biased (even agents charge, odd ones discharge) so that each day
 ends with some agent above and some below its start SoC: both the charge and the credit of
@@ -107,8 +141,9 @@ def test_engine_steps_like_the_core(name: str) -> None:
     config = env_config(CASES[name])
     engine = SingleEnvEngine(config)
     core = envs.make_batched_env(config, n_envs=1, dtype="float64")
-    obs, day = engine.reset(seed=11)
-    core_obs, core_info = core.reset(seed=11)
+    seed = None if "seed" in CASES[name] else 11  # None: both seed from config.seed
+    obs, day = engine.reset(seed=seed)
+    core_obs, core_info = core.reset(seed=seed)
     assert day == int(core_info["day"][0])
     np.testing.assert_allclose(obs, core_obs[0].numpy(), rtol=1e-6, atol=1e-7)
     rng = np.random.default_rng(0)
@@ -155,6 +190,76 @@ def test_engine_steps_like_the_core(name: str) -> None:
         assert fee_steps > 50  # fees were really charged, on most steps
     if name == "rural1-fees":
         assert distance_fees > 0.0  # and the distance fee with them
+
+
+def _leaves(config: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted path, value)`` of every leaf field of the config dataclass ``config``."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}", value
+
+
+def test_cases_cover_every_config_field() -> None:
+    """A new config field fails here until a parity case sets it (so the engine is shown to
+    follow it) or ENGINE_IRRELEVANT lists it with the reason it cannot matter."""
+    default = dict(_leaves(env_config(None)))
+    assert set(ENGINE_IRRELEVANT) <= set(default), "ENGINE_IRRELEVANT names unknown fields"
+    exercised = {path for case in CASES.values()
+                 for path, value in _leaves(env_config(case)) if value != default[path]}
+    untested = sorted(set(default) - exercised - set(ENGINE_IRRELEVANT))
+    assert not untested, (f"config fields that no parity case sets to a non-default value: "
+                          f"{untested}; add them to a case of CASES, or to ENGINE_IRRELEVANT "
+                          f"with the reason they cannot matter to the engine")
+
+
+def test_engine_reads_the_cores_tables_and_state_keys() -> None:
+    """The engine's tables are the core's public ``tables()`` field for field, and its state
+    has the keys and shapes of the core's ``get_state()`` at n_envs=1."""
+    assert Tables._fields == CoreTables._fields
+    config = env_config(SYNTHETIC)
+    engine = SingleEnvEngine(config)
+    core = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    for name, table in core.tables()._asdict().items():
+        np.testing.assert_array_equal(getattr(engine.tables, name), table.numpy(), err_msg=name)
+    engine.reset(seed=2)
+    core.reset(seed=2)
+    state, core_state = engine.get_state(), core.get_state()
+    assert tuple(state) == tuple(core_state) == STATE_KEYS
+    for name in STATE_KEYS:
+        np.testing.assert_array_equal(state[name], np.asarray(core_state[name]), err_msg=name)
+
+
+@pytest.mark.parametrize("network", ["none", "zbus"])
+def test_engine_and_core_take_over_from_each_other_mid_episode(network: str) -> None:
+    """A core set to the engine's state continues its episode step for step (across the end
+    of the day, with forecast noise, so the random streams' counters travel too), and an
+    engine set to the core's state continues the core's."""
+    config = env_config({"community": SYNTHETIC["community"], "network": {"model": network},
+                         "observation": {"forecast_noise": 0.1, "include_voltage": True}})
+    engine = SingleEnvEngine(config)
+    core = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    engine.reset(seed=4)
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        obs, *_ = engine.step(_actions(engine, rng))
+    core.set_state(engine.get_state())
+    np.testing.assert_allclose(core.observe()[0].numpy(), obs, rtol=1e-6, atol=1e-7)
+    for step in range(50):
+        actions = _actions(engine, rng)
+        obs, reward, done, _ = engine.step(actions)
+        core_obs, core_reward, terminated, _, _ = core.step(torch.as_tensor(actions)[None])
+        assert done == bool(terminated[0]), step
+        np.testing.assert_allclose(reward, core_reward[0].numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(obs, core_obs[0].numpy(), rtol=1e-6, atol=1e-7)
+    successor = SingleEnvEngine(config)
+    successor.set_state(core.get_state())
+    actions = _actions(engine, rng)
+    np.testing.assert_array_equal(successor.step(actions)[0], engine.step(actions)[0])
+    with pytest.raises(ValueError, match="'step_of_day'"):
+        successor.set_state({**core.get_state(), "step_of_day": torch.tensor([96])})
 
 
 def test_fixed_day_and_reseeding_match_the_core() -> None:

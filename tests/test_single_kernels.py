@@ -42,7 +42,7 @@ def test_draws_equal_the_batched_streams_bit_for_bit(stream: int) -> None:
         np.testing.assert_allclose(drawn, normal[b].numpy(), rtol=0, atol=1e-15)
 
 
-SUMMARY_KEYS = ("vm_min_pu", "vm_max_pu", "max_line_loading_percent",
+SUMMARY_KEYS = ("v_min_pu", "v_max_pu", "max_line_loading_percent",
                 "max_trafo_loading_percent", "n_voltage_violations", "n_line_violations",
                 "losses_kw", "converged")
 
@@ -174,11 +174,13 @@ def test_the_cache_check_covers_every_module_the_kernels_read() -> None:
     for module, reads in KERNEL_READS.items():
         assert set(reads) == _module_reads(f"envs.single.{module}"), module
     # The derivation finds what matters: the engine calls the other kernels, reads
-    # envs.data's step counts and envs.info_schema's lengths; the market kernels read the
-    # mechanism codes numbered from envs.market.MECHANISMS.
-    assert {"envs.data", "envs.info_schema", "envs.market",
+    # envs.data's step counts, envs.info_schema's lengths, envs.observations' layout and
+    # envs.rng's streams and noise counter; the market kernels read the mechanism codes
+    # numbered from envs.market.MECHANISMS; the RNG kernels envs.rng's hash constants.
+    assert {"envs.data", "envs.info_schema", "envs.market", "envs.observations", "envs.rng",
             "envs.single.rng"} <= _module_reads("envs.single.engine")
     assert _module_reads("envs.single.market") == {"envs.market"}
+    assert _module_reads("envs.single.rng") == {"envs.rng"}
 
 
 def test_stale_kernel_caches_are_dropped(tmp_path: Path) -> None:
@@ -206,5 +208,8 @@ def test_stale_kernel_caches_are_dropped(tmp_path: Path) -> None:
     os.utime(tmp_path / "envs" / "market.py", (3000, 3000))  # read by engine and market
     assert drop_stale_kernel_caches(tmp_path) == sorted(
         [files["market", "1.nbc"], files["market", "nbi"]])
-    assert sorted(cache.iterdir()) == sorted(files[module, suffix] for module in
-                                             ("network", "rng") for suffix in ("nbi", "1.nbc"))
+    os.utime(tmp_path / "envs" / "rng.py", (3000, 3000))  # read by engine and rng
+    assert drop_stale_kernel_caches(tmp_path) == sorted(
+        [files["rng", "1.nbc"], files["rng", "nbi"]])
+    assert sorted(cache.iterdir()) == sorted(files["network", suffix]
+                                             for suffix in ("nbi", "1.nbc"))

@@ -17,16 +17,19 @@ __all__ = ["KERNEL_READS", "drop_stale_kernel_caches"]
 
 KERNEL_READS: dict[str, tuple[str, ...]] = {
     "engine": ("envs.config", "envs.data", "envs.info_schema", "envs.market",
-               "envs.single.market", "envs.single.network", "envs.single.rng"),
+               "envs.observations", "envs.rng", "envs.single.market", "envs.single.network",
+               "envs.single.rng"),
     "market": ("envs.market",),
     "network": (),
-    "rng": (),
+    "rng": ("envs.rng",),
 }
 """For each module of this package with cached kernels, every other module that its
 compiled kernels depend on: the modules of the kernels they call (and, in turn, of what
 those read), of the globals they read, and of the values those globals are computed from
 (``engine``'s ``_N_ENV_INFO = len(ENV_INFO)`` reads ``envs.info_schema``, its
-``STEPS_PER_YEAR`` of ``envs.data`` is computed from ``envs.config.DAYS_PER_YEAR``).
+``STEPS_PER_YEAR`` of ``envs.data`` is computed from ``envs.config.DAYS_PER_YEAR``; the
+observation layout comes from ``envs.observations``, the random streams, the noise counter
+and the hash's constants from ``envs.rng``).
 ``tests/test_single_kernels.py`` derives this table from the kernels' code and fails when
 it differs."""
 

@@ -9,7 +9,13 @@ It is the core at ``B = 1`` in float64, not a second model:
 
 * everything precomputed (profiles, assets, tariffs, observation tables, the Z-bus matrices,
   sensitivities, electrical distances) is taken from a float64 ``BatchedP2PEnv`` built from
-  the same config, which the engine keeps as ``reference``;
+  the same config, which the engine keeps as ``reference``, through the core's public
+  contract only: ``BatchedP2PEnv.tables()`` (:class:`Tables` has the fields of
+  ``envs.core.CoreTables``) and its public attributes;
+* the names both implement are imported, never re-declared: the random streams and the noise
+  counter from ``envs.rng``, the observation layout from ``envs.observations``, the info keys
+  from ``envs.info_schema``, the state keys (``get_state``/``set_state``, the core's at
+  ``B = 1``) from ``envs.core.STATE_KEYS``;
 * the per-step kernels mirror the core's functions one to one (``envs.physics.battery_step``,
   ``envs.market.clear``, ``envs.network`` Z-bus solve and summary, ``envs.rng``, the
   battery rules of ``envs.rules`` (on the core's ``tou_schedule`` table),
@@ -37,25 +43,28 @@ import numpy as np
 import torch
 from numba import njit, typeof
 
-from envs import fees
+from envs import fees, observations
 from envs.config import INT64_MAX, OBSERVATION_RULES, EnvConfig
-from envs.core import BatchedP2PEnv, checked_days, checked_seed
+from envs.core import STATE_KEYS, BatchedP2PEnv, checked_days, checked_seed
 from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
 from envs.network import PowerFlowResult, network_penalty
+from envs.observations import (
+    N_PROFILE_FEATURES,
+    SHARED_FROM_STEP_TABLE,
+    SHARED_FROM_WEEKDAY_TABLE,
+    SHARED_LAST_PRICE,
+)
+from envs.rng import STREAM_FORECAST_NOISE, STREAM_START_DAY
 from envs.single.market import MECHANISM_CODE, clear_into
 from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_into
-from envs.single.rng import normal_at, stream_key, uniform_at
+from envs.single.rng import forecast_noise_counter, normal_at, stream_key, uniform_at
 
 # Codes of observation.rule (Params.rule), checked against envs.config.OBSERVATION_RULES.
 _RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE = 0, 1, 2
 if OBSERVATION_RULES != ("none", "self_consumption", "time_of_use"):
     raise ImportError(f"envs.single.engine's _RULE_* codes do not follow envs.config."
                       f"OBSERVATION_RULES {OBSERVATION_RULES}")
-
-# Random streams of envs.core.
-_STREAM_START_DAY = 1
-_STREAM_FORECAST_NOISE = 2
 
 # Rows of the agent buffer, in the order of envs.info_schema.AGENT_INFO (numba reads
 # module-level ints as constants; _check_buffer_layout asserts the order at import).
@@ -89,8 +98,8 @@ _E_RETAIL_PRICE = 7
 _E_FEED_IN_PRICE = 8
 _E_DAY = 9
 _E_STEP_OF_DAY = 10
-_E_V_MIN = 11
-_E_V_MAX = 12
+_E_V_MIN_PU = 11
+_E_V_MAX_PU = 12
 _E_MAX_LINE_LOADING = 13
 _E_MAX_TRAFO_LOADING = 14
 _E_VOLTAGE_VIOLATIONS = 15
@@ -115,7 +124,8 @@ _check_buffer_layout()
 
 
 class Tables(NamedTuple):
-    """Static per-feeder arrays, taken from the reference core (float64)."""
+    """Static per-feeder arrays: ``envs.core.CoreTables`` of the reference core (float64) as
+    numpy arrays, field for field (the engine builds it by name from ``core.tables()``)."""
 
     load_kw: np.ndarray  # [T, N]
     load_kvar: np.ndarray  # [T, N]
@@ -153,7 +163,12 @@ class Params(NamedTuple):
     dt_h: float
     forecast_steps: int
     forecast_noise: float
-    include_voltage: bool
+    soc_column: int  # columns of the observation: envs.observations.layout
+    pv_size_column: int
+    battery_size_column: int
+    shared_column: int
+    voltage_column: int  # -1 without observation.include_voltage
+    rule_column: int  # -1 with observation.rule none
     rule: int  # code of observation.rule: index in envs.config.OBSERVATION_RULES
     discrete: bool
     network: bool
@@ -188,16 +203,15 @@ _SEED, _EPISODE, _DAY, _STEP = 0, 1, 2, 3
 
 @njit(cache=True)
 def _shared_features(tables, params, ints, last_price, out, row, column):
-    """Mirrors ``BatchedP2PEnv._shared_features`` into ``out[row, column:column + 7]``."""
+    """Mirrors ``BatchedP2PEnv._shared_features``: ``envs.observations.SHARED_FEATURES`` into
+    ``out[row, column:column + 7]``."""
     step = min(ints[_STEP], STEPS_PER_DAY - 1)
     weekday = (ints[_DAY] + START_WEEKDAY) % 7
-    out[row, column] = tables.step_table[step, 0]
-    out[row, column + 1] = tables.step_table[step, 1]
-    out[row, column + 2] = tables.weekday_table[weekday, 0]
-    out[row, column + 3] = tables.weekday_table[weekday, 1]
-    out[row, column + 4] = tables.step_table[step, 2]
-    out[row, column + 5] = tables.step_table[step, 3]
-    out[row, column + 6] = last_price[0] / params.price_scale
+    for k in range(len(SHARED_FROM_STEP_TABLE)):
+        out[row, column + SHARED_FROM_STEP_TABLE[k]] = tables.step_table[step, k]
+    for k in range(len(SHARED_FROM_WEEKDAY_TABLE)):
+        out[row, column + SHARED_FROM_WEEKDAY_TABLE[k]] = tables.weekday_table[weekday, k]
+    out[row, column + SHARED_LAST_PRICE] = last_price[0] / params.price_scale
 
 
 @njit(cache=True)
@@ -225,35 +239,34 @@ def rule_fraction(tables, params, ints, soc, i):
 
 @njit(cache=True)
 def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
-    """Mirrors ``BatchedP2PEnv.observe``: local observations ``out [N, obs_dim]``."""
+    """Mirrors ``BatchedP2PEnv.observe``: local observations ``out [N, obs_dim]``, at the
+    columns of ``envs.observations.layout`` (``params.*_column``)."""
     n = soc.shape[0]
     steps = params.forecast_steps + 1
     now = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
     noisy = params.forecast_noise > 0.0
     key = np.uint64(0)
-    count = 2 * steps * n * 2
+    count = steps * n * N_PROFILE_FEATURES  # the core's draw: [steps, N, 2] normals
     if noisy:
-        key = stream_key(ints[_SEED], ints[_EPISODE] * 1000 + ints[_STEP],
-                         _STREAM_FORECAST_NOISE)
+        key = stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE], ints[_STEP]),
+                         STREAM_FORECAST_NOISE)
     for i in range(n):
         for s in range(steps):
             t = (now + s) % STEPS_PER_YEAR
-            for c in range(2):
+            for c in range(N_PROFILE_FEATURES):
                 value = tables.profile[t, i, c]
                 if noisy:
-                    z = normal_at(key, (s * n + i) * 2 + c, count // 2)
+                    z = normal_at(key, (s * n + i) * N_PROFILE_FEATURES + c, count)
                     value = value * max(1.0 + params.forecast_noise * z, 0.0)
-                out[i, 2 * s + c] = value
-        column = 2 * steps
-        out[i, column] = soc[i] * tables.inverse_capacity[i]
-        out[i, column + 1] = tables.sizes[i, 0]
-        out[i, column + 2] = tables.sizes[i, 1]
-        _shared_features(tables, params, ints, last_price, out, i, column + 3)
-        if params.include_voltage:
-            out[i, column + 10] = (last_voltage[i] - 1.0) * 10.0
+                out[i, N_PROFILE_FEATURES * s + c] = value
+        out[i, params.soc_column] = soc[i] * tables.inverse_capacity[i]
+        out[i, params.pv_size_column] = tables.sizes[i, 0]
+        out[i, params.battery_size_column] = tables.sizes[i, 1]
+        _shared_features(tables, params, ints, last_price, out, i, params.shared_column)
+        if params.voltage_column >= 0:
+            out[i, params.voltage_column] = (last_voltage[i] - 1.0) * 10.0
         if params.rule != _RULE_NONE:
-            out[i, column + 10 + int(params.include_voltage)] = rule_fraction(
-                tables, params, ints, soc, i)
+            out[i, params.rule_column] = rule_fraction(tables, params, ints, soc, i)
 
 
 @njit(cache=True)
@@ -274,7 +287,7 @@ def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_star
     """Mirrors ``BatchedP2PEnv._reset_where`` for one environment: draw the start day from
     the episode's stream, zero the step, initial SoC (kept as the episode's start SoC),
     midpoint price, flat voltage."""
-    u = uniform_at(stream_key(ints[_SEED], ints[_EPISODE], _STREAM_START_DAY), 0)
+    u = uniform_at(stream_key(ints[_SEED], ints[_EPISODE], STREAM_START_DAY), 0)
     n_days = tables.start_days.shape[0]
     ints[_DAY] = tables.start_days[min(int(u * n_days), n_days - 1)]
     ints[_STEP] = 0
@@ -428,7 +441,9 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
     return -1, done, needs_penalty
 
 
-def _numpy(tensor: torch.Tensor, dtype: Any = np.float64) -> np.ndarray:
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a contiguous numpy array: bool and int64 kept, floats as float64."""
+    dtype = {torch.bool: np.bool_, torch.int64: np.int64}.get(tensor.dtype, np.float64)
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
 
 
@@ -465,19 +480,9 @@ class SingleEnvEngine:
         self.n_discrete_actions = core.n_discrete_actions
         self.discrete = config.action.type == "discrete"
         n = self.n_agents
-        self.tables = Tables(
-            load_kw=_numpy(core.load_kw), load_kvar=_numpy(core.load_kvar),
-            pv_kw=_numpy(core.pv_kw), profile=_numpy(core._profile),
-            sizes=_numpy(core._sizes), capacity_kwh=_numpy(core.capacity_kwh),
-            inverse_capacity=_numpy(core._inverse_capacity), battery_kw=_numpy(core.battery_kw),
-            step_table=_numpy(core._step_table), weekday_table=_numpy(core._weekday_table),
-            retail_price=_numpy(core.retail_price), feed_in_price=_numpy(core.feed_in_price),
-            start_days=_numpy(core.start_days, np.int64),
-            battery_levels=_numpy(core._battery_levels),
-            price_levels=_numpy(core._price_levels),
-            tou_grid_charge=_numpy(core.tou_schedule.grid_charge, np.bool_),
-            tou_hold=_numpy(core.tou_schedule.hold, np.bool_),
-            tou_cheap_steps_left=_numpy(core.tou_schedule.cheap_steps_left))
+        self.tables = Tables(**{name: _numpy(table)
+                                for name, table in core.tables()._asdict().items()})
+        layout = observations.layout(config.observation)
         battery, network = config.battery, config.network
         values = dict(
             charge_efficiency=battery.charge_efficiency,
@@ -488,7 +493,9 @@ class SingleEnvEngine:
             reward_scale=config.reward_scale, price_scale=core.price_scale, dt_h=core.dt_h,
             forecast_steps=config.observation.forecast_steps,
             forecast_noise=config.observation.forecast_noise,
-            include_voltage=config.observation.include_voltage,
+            soc_column=layout.soc, pv_size_column=layout.pv_size,
+            battery_size_column=layout.battery_size, shared_column=layout.shared,
+            voltage_column=layout.voltage, rule_column=layout.rule_battery,
             rule=OBSERVATION_RULES.index(config.observation.rule), discrete=self.discrete,
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
             terminal_value=core.terminal_value, terminal_price=core.terminal_price,
@@ -517,7 +524,7 @@ class SingleEnvEngine:
         self._state = (self._ints, self._soc, self._last_voltage, self._last_price,
                        self._episode_start_soc)
         self._seeded = False
-        self._charges_p2p = core._charges_p2p
+        self._charges_p2p = core.charges_p2p
         # Actions are always copied to one dtype and layout, so the kernel is compiled (or
         # loaded from numba's cache) once here and called through its entry point, skipping
         # numba's per-call type dispatch (about 5 us of a ~15 us step).
@@ -547,6 +554,35 @@ class SingleEnvEngine:
         self._ints[_SEED] = int(seed)
         self._ints[_EPISODE] = 0
         self._seeded = True
+
+    def _state_views(self) -> dict[str, np.ndarray]:
+        """Views of the engine's state arrays in the layout of ``BatchedP2PEnv.get_state`` at
+        ``n_envs = 1``: every key of ``envs.core.STATE_KEYS`` but ``seeded``."""
+        ints = self._ints
+        return {"env_seed": ints[_SEED:_SEED + 1], "episode_count": ints[_EPISODE:_EPISODE + 1],
+                "day": ints[_DAY:_DAY + 1], "step_of_day": ints[_STEP:_STEP + 1],
+                "soc_kwh": self._soc[None], "episode_start_soc_kwh": self._episode_start_soc[None],
+                "last_price": self._last_price, "last_voltage": self._last_voltage[None]}
+
+    def get_state(self) -> dict[str, np.ndarray | bool]:
+        """A copy of the engine's state as ``BatchedP2PEnv.get_state`` of a core with
+        ``n_envs = 1`` gives it (keys ``envs.core.STATE_KEYS``, numpy arrays with a batch
+        dimension of 1): a core of the same config restores it with ``set_state``."""
+        views = self._state_views()
+        state: dict[str, np.ndarray | bool] = {
+            name: views[name].copy() for name in STATE_KEYS if name != "seeded"}
+        state["seeded"] = self._seeded
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`get_state`, or a ``BatchedP2PEnv.get_state`` of a core of the same
+        config with ``n_envs = 1``. Checked by the reference core's ``set_state`` (the one
+        check of a state: ValueError naming the key, before any state changes)."""
+        self.reference.set_state(state)
+        checked = self.reference.get_state()
+        for name, view in self._state_views().items():
+            view[...] = checked[name].numpy()
+        self._seeded = bool(checked["seeded"])
 
     def reset(self, seed: int | None = None, day: int | None = None) -> tuple[np.ndarray, int]:
         """Start an episode (on ``day`` if given, else a drawn one); returns (obs, day).

@@ -156,7 +156,7 @@ def abs_complex(value: complex) -> float:
 @njit(cache=True)
 def summarise_into(vm_pu, line_loading, trafo_loading, losses_kw, converged, v_min, v_max,
                    out) -> bool:
-    """``envs.network.network_summary`` of one environment into ``out [8]``: v_min, v_max,
+    """``envs.network.network_summary`` of one environment into ``out [8]``: v_min_pu, v_max_pu,
     max line loading, max trafo loading, voltage violations, line violations, losses (kW),
     converged (1.0/0.0). Returns whether there is anything to penalise (a violation or no
     convergence)."""

@@ -1,7 +1,8 @@
 """Counter-based random numbers of ``envs.rng`` for one environment, as numba kernels.
 
 Same SplitMix64 hashing of (env seed, counter, stream, element index), bit for bit: a draw
-here equals the batched core's draw for the environment with the same seed.
+here equals the batched core's draw for the environment with the same seed. The hash's
+constants, the stream ids and the noise counter are ``envs.rng``'s own, read from there.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import math
 import numpy as np
 from numba import njit
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX_2 = np.uint64(0x94D049BB133111EB)
-_STREAM_MULTIPLIER = np.uint64(0x1F3)
+from envs import rng
+
+_GOLDEN = np.uint64(rng.GOLDEN_GAMMA)
+_MIX_1 = np.uint64(rng.MIX_MULTIPLIER_1)
+_MIX_2 = np.uint64(rng.MIX_MULTIPLIER_2)
+_STREAM_MULTIPLIER = np.uint64(rng.STREAM_MULTIPLIER)
 _SHIFT_30 = np.uint64(30)
 _SHIFT_27 = np.uint64(27)
 _SHIFT_31 = np.uint64(31)
@@ -52,3 +55,7 @@ def normal_at(key: np.uint64, position: int, count: int) -> float:
     key = np.uint64(key)
     radius = math.sqrt(-2.0 * math.log1p(-uniform_at(key, position)))
     return radius * math.cos(2.0 * math.pi * uniform_at(key, count + position))
+
+
+forecast_noise_counter = njit(rng.forecast_noise_counter)
+"""``envs.rng.forecast_noise_counter`` itself, compiled for the engine's kernels."""
