@@ -45,6 +45,7 @@ from agents.actions import RulePrior, symmetric_to_env
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
+from agents.imitation import ImitationConfig, clone
 from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
@@ -59,7 +60,8 @@ class DDPGConfig:
     buffer_size: int = 50_000
     """Replay capacity in env-steps (every agent of one community at one step)."""
     learning_starts: int = 5_000
-    """Env-steps of uniformly random actions before the first update."""
+    """Env-steps before the first update, acting uniformly at random (with the actor and
+    its exploration noise once it has cloned the oracle, ``imitation``)."""
     batch_size: int = 1024
     """Agent-transitions per gradient step (ceil(batch_size / N) env-steps, all agents)."""
     rollout_steps: int = 1
@@ -68,6 +70,15 @@ class DDPGConfig:
     """Critic updates per iteration (once learning_starts env-steps are stored)."""
     policy_frequency: int = 2
     """Update the actor and the targets every this many critic updates."""
+    bc_alpha: float | None = None
+    """TD3+BC (Fujimoto & Gu 2021): the actor maximises ``alpha / mean|Q| * Q(s, pi(s)) -
+    (pi(s) - a)^2`` with ``a`` the replayed action, which keeps it near the actions it was
+    collected with (a clone fine-tuned rather than unlearnt; 2.5 in the paper). null = plain
+    DDPG."""
+    actor_delay: int = 0
+    """Critic updates before the first actor update: the critic first learns the value of
+    the actor it is given, so that an untrained critic's gradient does not undo a cloned
+    (``imitation``) or residual actor. 0 = update the actor from the start."""
     gamma: float = 0.99
     """Discount per 15-minute step."""
     tau: float = 0.005
@@ -92,6 +103,10 @@ class DDPGConfig:
     """Act as a residual on the rule in the observation (needs ``env.observation.rule``): the
     actor's output is added to the rule's battery action before the tanh, so the untrained
     actor (output near zero) is the rule (``agents.actions.RulePrior``)."""
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    """Behaviour-clone the perfect-foresight optimum before the first rollout
+    (``imitation.days`` > 0; ``agents.imitation``): the actor, and its target, start from
+    the clone."""
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layer widths of actor and critic."""
     activation: str = "relu"
@@ -106,6 +121,9 @@ class DDPGConfig:
                      "policy_frequency"):
             check(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
         check(self.learning_starts >= 0, "learning_starts", ">= 0", self.learning_starts)
+        check(self.actor_delay >= 0, "actor_delay", ">= 0", self.actor_delay)
+        check(self.bc_alpha is None or self.bc_alpha > 0.0, "bc_alpha", "> 0 or null",
+              self.bc_alpha)
         check(0.0 < self.gamma <= 1.0, "gamma", "a value in (0, 1]", self.gamma)
         check(0.0 < self.tau <= 1.0, "tau", "a value in (0, 1]", self.tau)
         for name in ("actor_lr", "critic_lr"):
@@ -192,6 +210,8 @@ class DDPG(Algorithm):
             [p for p in self.critic.parameters() if p.requires_grad], lr=config.critic_lr)
         self.buffer = ReplayBuffer(config.buffer_size, n, spec.obs_dim, spec.state_dim, (a,),
                                    torch.float32, device=device)
+        self.imitated = False
+        """Whether the actor has cloned the oracle (``imitation``; not repeated on resume)."""
         self.n_updates = 0
         """Critic updates so far (the actor is updated every policy_frequency-th)."""
         self.ou_state = torch.zeros(spec.n_envs, n, a, device=device)
@@ -253,10 +273,25 @@ class DDPG(Algorithm):
     # Training
     # ----------------------------------------------------------------------------------------
 
+    def imitate(self, env_config: Any) -> float:
+        """Behaviour cloning of the oracle (``imitation`` settings, ``agents.imitation``) into
+        the actor and its target; returns the last epoch's mean squared error."""
+        loss = clone(lambda obs: symmetric_to_env(self._policy(self.actor, obs)),
+                     self.actor.parameters(), self.config.imitation, env_config,
+                     self.generator, self.device,
+                     self.train_config.eval_reference)
+        self.target_actor.load_state_dict(self.actor.state_dict())
+        self.imitated = True
+        return loss
+
     def iterate(self, collector: Collector) -> dict[str, float]:
         config = self.config
+        cloned = {}
+        if config.imitation.days and not self.imitated:
+            cloned["losses/imitation_loss"] = self.imitate(collector.env.config)
         for _ in range(config.rollout_steps):
-            random = collector.global_step < config.learning_starts
+            # a cloned actor explores around itself from the start, not uniformly at random
+            random = collector.global_step < config.learning_starts and not self.imitated
             action = self._explore(collector.obs, random)
             transition = collector.step(symmetric_to_env(action))
             self.buffer.add(dataclasses.replace(transition, action=action))
@@ -264,14 +299,14 @@ class DDPG(Algorithm):
                 done = transition.terminated | transition.truncated
                 self.ou_state = self.ou_state * (~done).to(self.ou_state.dtype)[:, None, None]
         if collector.global_step < config.learning_starts:
-            return {}
+            return cloned
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for _ in range(config.gradient_steps):
             for key, value in self._update().items():
                 sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + 1
-        return {f"losses/{key}": sums[key] / counts[key] for key in sums}
+        return {**cloned, **{f"losses/{key}": sums[key] / counts[key] for key in sums}}
 
     def _update(self) -> dict[str, float]:
         """One critic update, and an actor and target update every policy_frequency-th."""
@@ -296,18 +331,25 @@ class DDPG(Algorithm):
         scalars = {"critic_loss": float(critic_loss.detach()),
                    "q_values": float(q_values.detach().mean())}
         if self.n_updates % config.policy_frequency == 0:
-            trainable = [p for p in self.critic.parameters() if p.requires_grad]
-            for parameter in trainable:  # the actor's gradient only flows through the critic
-                parameter.requires_grad_(False)
-            policy_actions = self._policy(self.actor, obs)
-            actor_loss = -self._q_values(self.critic, state, obs, actions,
-                                         own_actions=policy_actions).mean()
-            self._step(self.actor_optimizer, actor_loss, self.actor)
-            for parameter in trainable:
-                parameter.requires_grad_(True)
-            polyak_update(self.actor, self.target_actor, config.tau)
+            if self.n_updates > config.actor_delay:
+                trainable = [p for p in self.critic.parameters() if p.requires_grad]
+                for parameter in trainable:  # the actor's gradient only flows through the critic
+                    parameter.requires_grad_(False)
+                policy_actions = self._policy(self.actor, obs)
+                q_policy = self._q_values(self.critic, state, obs, actions,
+                                          own_actions=policy_actions)
+                if config.bc_alpha is None:
+                    actor_loss = -q_policy.mean()
+                else:  # TD3+BC: Q scaled to unit magnitude, plus regression on replayed actions
+                    scale = config.bc_alpha / q_policy.detach().abs().mean().clamp_min(1e-8)
+                    actor_loss = (-scale * q_policy.mean()
+                                  + (policy_actions - actions).square().mean())
+                self._step(self.actor_optimizer, actor_loss, self.actor)
+                for parameter in trainable:
+                    parameter.requires_grad_(True)
+                polyak_update(self.actor, self.target_actor, config.tau)
+                scalars["actor_loss"] = float(actor_loss.detach())
             polyak_update(self.critic, self.target_critic, config.tau)
-            scalars["actor_loss"] = float(actor_loss.detach())
         return scalars
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, network: nn.Module
@@ -325,11 +367,12 @@ class DDPG(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "n_updates": self.n_updates,
-                "ou_state": self.ou_state.clone()}
+                "ou_state": self.ou_state.clone(), "imitated": self.imitated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.n_updates = int(state["n_updates"])
+        self.imitated = bool(state.get("imitated", False))
         if state["ou_state"].shape == self.ou_state.shape:  # else: acting with another B
             self.ou_state = state["ou_state"].to(self.device)
 

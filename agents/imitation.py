@@ -12,6 +12,10 @@ has no market).
 Demonstrations depend only on the env config and the days, so they are cached in
 ``envs.data.cache_dir()/demonstrations`` (written atomically, keyed by a hash of both):
 solving takes about a second per day on a 13-agent feeder.
+
+:class:`ImitationConfig` is the ``imitation`` section of the algorithms that can clone
+(``mappo.imitation``, ``ddpg.imitation``, ``maddpg.imitation``) and :func:`clone` the one
+behaviour-cloning loop they share.
 """
 
 from __future__ import annotations
@@ -20,19 +24,55 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from envs.config import EnvConfig, to_dict
+from envs.config import EnvConfig, check, to_dict
 from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
 
-__all__ = ["CACHE_VERSION", "oracle_demonstrations", "training_days"]
+__all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "ImitationConfig", "clone", "imitated_oracle",
+           "oracle_demonstrations", "training_days"]
 
 CACHE_VERSION = 1
+IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
+MIDPOINT = 0.5
+"""Price fraction the clone is taught (the oracle has no market; the rules bid it too)."""
+
+
+@dataclass(frozen=True)
+class ImitationConfig:
+    """Behaviour cloning of the perfect-foresight optimum before RL (the ``imitation``
+    section of an algorithm's config)."""
+
+    days: int = 0
+    """Training days of demonstrations the actor regresses before the first rollout
+    (0 = off)."""
+    epochs: int = 30
+    """Passes over the demonstrations."""
+    lr: float = 1e-3
+    """Adam learning rate of cloning (its own optimiser; the RL optimisers are untouched)."""
+    minibatch: int = 512
+    """Agent-steps per gradient step (rounded up to whole steps of every agent)."""
+    oracle: str = "auto"
+    """Which optimum to imitate: oracle, oracle_network (the feeder's linearised limits),
+    oracle_household (each home alone), or auto: the run's reference oracle
+    (``train.eval_reference``: ``oracle_network`` on the tasks whose limits bind), else
+    oracle."""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.days <= 366, "days", "an integer in [0, 366]", self.days)
+        check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        check(self.lr > 0.0, "lr", "> 0", self.lr)
+        check(self.minibatch >= 1, "minibatch", ">= 1", self.minibatch)
+        check(self.oracle in IMITATED_ORACLES, "oracle", f"one of {IMITATED_ORACLES}",
+              self.oracle)
 
 
 def training_days(config: EnvConfig, n_days: int) -> list[int]:
@@ -97,3 +137,42 @@ def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
         except OSError:
             pass  # a cache that cannot be written costs time, not results
     return torch.as_tensor(data["obs"]), torch.as_tensor(data["battery"])
+
+
+def imitated_oracle(config: ImitationConfig, eval_reference: str) -> str:
+    """The oracle ``config`` imitates in a run whose ``train.eval_reference`` is
+    ``eval_reference``."""
+    if config.oracle != "auto":
+        return config.oracle
+    return eval_reference if eval_reference in IMITATED_ORACLES else "oracle"
+
+
+def clone(act: Callable[[Tensor], Tensor], parameters: Iterable[torch.nn.Parameter],
+          config: ImitationConfig, env_config: EnvConfig, generator: torch.Generator,
+          device: torch.device | str = "cpu", eval_reference: str = "oracle") -> float:
+    """Regress ``act`` (observations ``[S, N, obs_dim]`` -> the core's continuous actions
+    ``[S, N, 2]``, differentiable in ``parameters``) onto the battery actions of the oracle
+    (:func:`imitated_oracle`) and the midpoint price, on ``config.days`` training days of
+    ``env_config``. Returns the last epoch's mean squared error (action units, both
+    parts)."""
+    obs, battery = oracle_demonstrations(env_config, config.days,
+                                         imitated_oracle(config, eval_reference))
+    n_agents = obs.shape[2]
+    obs = obs.reshape(-1, n_agents, obs.shape[-1]).to(device)  # [S, N, O], S = days * steps
+    target = battery.reshape(-1, n_agents).to(device)
+    rows = math.ceil(config.minibatch / n_agents)
+    optimizer = torch.optim.Adam([p for p in parameters if p.requires_grad], lr=config.lr)
+    mean_loss = math.nan
+    for _ in range(config.epochs):
+        order = torch.randperm(obs.shape[0], generator=generator, device=generator.device)
+        total = 0.0
+        for index in order.to(device).split(rows):
+            action = act(obs[index])
+            loss = ((action[..., 0] - target[index]).square()
+                    + (action[..., 1] - MIDPOINT).square()).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+        mean_loss = total / obs.shape[0]
+    return mean_loss

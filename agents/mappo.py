@@ -39,12 +39,12 @@ from agents.actions import RulePrior, squash_actions
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
+from agents.imitation import ImitationConfig, clone
 from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, mlp
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-IMITATED_ORACLES = ("oracle", "oracle_network", "oracle_household")
 
 
 @dataclass(frozen=True)
@@ -97,18 +97,10 @@ class MAPPOConfig:
     """Map of Gaussian samples into the action box: tanh or clip."""
     target_kl: float | None = None
     """Stop an update's epochs early once the approximate KL exceeds this (null = never)."""
-    imitation_days: int = 0
-    """Behaviour-clone the perfect-foresight optimum before RL: the actor first regresses
-    the oracle's battery actions (price: the midpoint) on this many training days
-    (``agents.imitation``; 0 = off), then PPO fine-tunes it."""
-    imitation_epochs: int = 30
-    """Passes over the demonstrations."""
-    imitation_lr: float = 1e-3
-    """Adam learning rate of behaviour cloning (its own optimiser)."""
-    imitation_minibatch: int = 512
-    """Agent-steps per gradient step of behaviour cloning."""
-    imitation_oracle: str = "oracle"
-    """Which oracle to imitate: oracle, oracle_network or oracle_household."""
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    """Behaviour-clone the perfect-foresight optimum before PPO (``imitation.days`` > 0,
+    continuous actions; ``agents.imitation``): the actor regresses the oracle's battery actions
+    once, before the first rollout, then PPO fine-tunes it."""
     residual: bool = False
     """Act as a residual on the rule in the observation (continuous actions; needs
     ``env.observation.rule``): the Gaussian's mean is the rule's battery action (before the
@@ -134,14 +126,6 @@ class MAPPOConfig:
               self.action_squash)
         check(self.target_kl is None or self.target_kl > 0.0, "target_kl", "> 0 or null",
               self.target_kl)
-        check(0 <= self.imitation_days <= 366, "imitation_days", "an integer in [0, 366]",
-              self.imitation_days)
-        check(self.imitation_epochs >= 1, "imitation_epochs", ">= 1", self.imitation_epochs)
-        check(self.imitation_lr > 0.0, "imitation_lr", "> 0", self.imitation_lr)
-        check(self.imitation_minibatch >= 1, "imitation_minibatch", ">= 1",
-              self.imitation_minibatch)
-        check(self.imitation_oracle in IMITATED_ORACLES, "imitation_oracle",
-              f"one of {IMITATED_ORACLES}", self.imitation_oracle)
 
 
 class MAPPO(Algorithm):
@@ -178,6 +162,10 @@ class MAPPO(Algorithm):
              "name": "critic"}], eps=1e-5)
         self.value_normalizer = RunningMeanStd(device=device)
         self.imitated = False
+        """Whether the actor has cloned the oracle (``imitation``; not repeated on resume)."""
+        if config.imitation.days and not self.continuous:
+            raise ConfigError("config key 'mappo.imitation.days': allowed: 0 with discrete "
+                              "actions (cloning needs env.action.type=continuous)")
         action_shape = (spec.action_dim,) if self.continuous else ()
         self.buffer = RolloutBuffer(
             config.rollout_steps, spec.n_envs, n, spec.obs_dim, spec.state_dim, action_shape,
@@ -248,43 +236,19 @@ class MAPPO(Algorithm):
         self.imitated = bool(state.get("imitated", False))
 
     def imitate(self, env_config: Any) -> float:
-        """Behaviour cloning of the oracle's battery actions (``imitation_*`` settings); returns
-        the last epoch's mean squared error in action units."""
-        from agents.imitation import oracle_demonstrations
-
-        config = self.config
-        if not self.continuous:
-            raise ConfigError("config key 'mappo.imitation_days': allowed: > 0 only with "
-                              "continuous actions")
-        obs, battery = oracle_demonstrations(env_config, config.imitation_days,
-                                             config.imitation_oracle)
-        n = self.spec.n_agents
-        obs = obs.reshape(-1, obs.shape[-1]).to(self.device)
-        target = battery.reshape(-1).to(self.device)
-        agent = torch.arange(obs.shape[0], device=self.device) % n
-        optimizer = torch.optim.Adam([p for p in self.actor.parameters() if p.requires_grad],
-                                     lr=config.imitation_lr)
-        batch = config.imitation_minibatch
-        mean_loss = float("nan")
-        for _ in range(config.imitation_epochs):
-            order = torch.randperm(obs.shape[0], generator=self.generator, device=self.device)
-            total, count = 0.0, 0
-            for index in order.split(batch):
-                action = self._to_env(self._policy_output(obs[index], agent[index]))
-                loss = ((action[:, 0] - target[index]).square()
-                        + (action[:, 1] - 0.5).square()).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, count = total + loss.item() * len(index), count + len(index)
-            mean_loss = total / count
+        """Behaviour cloning of the oracle (``imitation`` settings, ``agents.imitation``);
+        returns the last epoch's mean squared error in action units."""
+        loss = clone(lambda obs: self._to_env(self._policy_output(obs)),
+                     self.actor.parameters(), self.config.imitation, env_config,
+                     self.generator, self.device,
+                     self.train_config.eval_reference)
         self.imitated = True
-        return mean_loss
+        return loss
 
     def iterate(self, collector: Collector) -> dict[str, float]:
         config, buffer = self.config, self.buffer
         scalars_before: dict[str, float] = {}
-        if config.imitation_days and not self.imitated:
+        if config.imitation.days and not self.imitated:
             scalars_before["losses/imitation_loss"] = self.imitate(collector.env.config)
         progress = collector.global_step / self.train_config.total_steps
         fraction = max(1.0 - progress, 0.0) if config.anneal_lr else 1.0

@@ -15,7 +15,9 @@ For each task (``envs/tasks.py``):
 2. **Cells**, one per algorithm x seed: ``train.Trainer`` trains ``configs/<algo>.yaml`` on the
    task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``, with
    ``train.total_steps=--steps`` when given and the trailing overrides) into
-   ``<out>/runs/<task>/``; ``evaluate.Evaluator`` then scores the run's best checkpoint in the
+   ``<out>/runs/<task>/``; ``evaluate.Evaluator`` then scores the run's final checkpoint
+   (``checkpoint_latest.pt``; not the best one, which ``train.py`` picks by evaluations on
+   test days: choosing on the scored days would flatter the learners) in the
    run's own env config (the task's, plus the algorithm's inline env keys such as dqn's
    discrete actions) on the same days with the same seed. Saved as
    ``<out>/cells/<task>/<algo>__<seed>.json``.
@@ -57,20 +59,31 @@ from agents import leaderboard, registry  # noqa: E402
 from agents.leaderboard import rule_names  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
 from envs import metrics  # noqa: E402
-from envs.config import ConfigError, to_dict  # noqa: E402
+from envs.config import ConfigError, load_yaml, to_dict  # noqa: E402
 from envs.files import atomic_write, atomic_write_text  # noqa: E402
 from envs.tasks import get_task, task_env_config, task_names  # noqa: E402
 
 CONFIGS = ROOT / "configs"
+
+SCORED_CHECKPOINT = "checkpoint_latest.pt"
+"""The checkpoint a cell is scored with: the final policy, never one selected on test days."""
 
 FORMATS = {"community_cost": ".2f", "oracle_share": ".3f", "gain_vs_best_rule": "+.2f",
            "violations": ".1f", "savings_gini": ".3f", "worse_off_share": ".2f"}
 """How each column prints in the markdown table."""
 
 
-def shipped_algorithms() -> list[str]:
-    """Every registered algorithm with a shipped config ``configs/<algo>.yaml``."""
-    return [name for name in registry.names() if (CONFIGS / f"{name}.yaml").is_file()]
+def shipped_algorithms() -> dict[str, str]:
+    """Every shipped run config ``configs/<name>.yaml`` of a registered algorithm, by name
+    (the file's stem): its ``algo``. Variants of one algorithm (``mappo_imitation``: MAPPO
+    with options) are rows of their own next to the pure learner (``mappo``)."""
+    found = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        data = load_yaml(path)
+        if isinstance(data, dict) and data.get("algo") in registry.names():
+            found[path.stem] = data["algo"]
+    order = {algo: index for index, algo in enumerate(registry.names())}
+    return dict(sorted(found.items(), key=lambda item: (order[item[1]], item[0])))
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,7 +103,8 @@ def reference_settings(task: str, days: list[int], eval_seed: int) -> dict[str, 
 
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
     """What a cell depends on: its resolved run config, the scored days and the seed."""
-    return {"run_config": config.to_dict(), "days": days, "eval_seed": eval_seed}
+    return {"run_config": config.to_dict(), "days": days, "eval_seed": eval_seed,
+            "checkpoint": SCORED_CHECKPOINT}
 
 
 def scored(result: evaluate.PolicyResult) -> dict[str, Any]:
@@ -157,7 +171,8 @@ def cell(task: str, algo: str, seed: int, steps: int | None, overrides: list[str
               + (f", {' '.join(overrides)}" if overrides else ""))
     run_dir, train_metrics = train_cell(config, out / "runs" / task, header)
     train_wall = time.perf_counter() - start
-    result = evaluate.Evaluator(config.env, days, seed=eval_seed).run(str(run_dir))
+    result = evaluate.Evaluator(config.env, days, seed=eval_seed).run(
+        str(run_dir / SCORED_CHECKPOINT))
     leaderboard.write_record(path, {
         "task": task, "algo": algo, "seed": seed, "settings": settings, "run_dir": str(run_dir),
         "train": {key: train_metrics.get(key) for key in
@@ -322,7 +337,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(task_names()),
                         help="comma-separated task names (envs/tasks.py)")
     parser.add_argument("--algos", default=",".join(shipped_algorithms()),
-                        help="comma-separated algorithms, each trained with configs/<algo>.yaml")
+                        help="comma-separated shipped run configs, each trained with "
+                             "configs/<name>.yaml (an algorithm or a variant of one)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--steps", type=int, default=None,
                         help="train.total_steps of every cell (default: each shipped config's)")
@@ -350,8 +366,10 @@ def _split_list(text: str, what: str) -> list[str]:
 
 
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:
-    """Each algorithm's overrides; only ``train.*`` and ``<algo>.*`` keys (the task fixes
-    the env, ``--seeds`` the seed)."""
+    """Each shipped config's overrides; only ``train.*`` and ``<algo>.*`` keys (the task
+    fixes the env, ``--seeds`` the seed); ``<algo>.*`` applies to every config of that
+    algorithm."""
+    shipped = shipped_algorithms()
     per_algo: dict[str, list[str]] = {algo: [] for algo in algos}
     for item in overrides:
         key = item.split("=", 1)[0].strip()
@@ -362,7 +380,7 @@ def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[s
                               f"or <algo>.<key>=<value> (the task fixes the env, --seeds the "
                               f"seed, --steps train.total_steps)")
         for algo in algos:
-            if section in ("train", algo):
+            if section in ("train", shipped[algo]):
                 per_algo[algo].append(item)
     return per_algo
 

@@ -84,6 +84,35 @@ def test_warm_up_then_finite_losses_and_bounded_actions():
     assert bool((stored.abs() <= 1).all()) and bool((stored[..., 1] < 0).any())
 
 
+def test_actor_delay_holds_the_actor_while_the_critic_learns():
+    algorithm, collector = build(run_config(learning_starts=0, actor_delay=6))
+    actor_before = [p.clone() for p in algorithm.actor.parameters()]
+    critic_before = [p.clone() for p in algorithm.critic.parameters()]
+    for _ in range(3):  # 6 critic updates: the actor waits
+        assert "losses/actor_loss" not in algorithm.iterate(collector)
+    assert all(torch.equal(a, b) for a, b in zip(
+        actor_before, algorithm.actor.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(
+        critic_before, algorithm.critic.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(  # the critic's target still follows
+        critic_before, algorithm.target_critic.parameters(), strict=True))
+    assert "losses/actor_loss" in algorithm.iterate(collector)  # updates 7 and 8
+
+
+def test_bc_alpha_pulls_the_actor_onto_the_replayed_actions():
+    """TD3+BC with a negligible Q term is regression onto the replayed actions: an actor
+    trained on a buffer of one constant action learns that action."""
+    algorithm, collector = build(run_config(learning_starts=0, bc_alpha=1e-6,
+                                            exploration_noise=0.0, actor_lr=3e-3,
+                                            policy_frequency=1))
+    constant = torch.tensor([0.6, -0.4])
+    algorithm._explore = lambda obs, random: constant.expand(*obs.shape[:-1], 2).clone()
+    for _ in range(150):
+        algorithm.iterate(collector)
+    actions = algorithm._policy(algorithm.actor, collector.obs)
+    torch.testing.assert_close(actions, constant.expand_as(actions), atol=0.05, rtol=0.0)
+
+
 def test_ou_noise_and_independent_networks():
     algorithm, collector = build(run_config(noise_type="ou", parameter_sharing=False,
                                             learning_starts=0))

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import envs
-from agents import imitation
+from agents import imitation, registry
 from agents.actions import env_actions
 from agents.algorithm import EnvSpec
 from agents.baselines import make_oracle
+from agents.collector import Collector
 from agents.evaluation import evaluate_policy, metric_scalars
 from agents.mappo import MAPPO
 from agents.run_config import build_run_config, make_generator
@@ -28,11 +29,12 @@ ENV = {"community": {"feeder": "synthetic", "n_agents": 4, "battery_share": 1.0}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def run_config(**mappo):
+def run_config(imitation=None, **mappo):
     return build_run_config({
         "algo": "mappo", "seed": 0, "env": ENV,
         "train": {"total_steps": 4096, "n_envs": 4, "eval_episodes": 4, "torch_threads": 1},
-        "mappo": {"rollout_steps": 16, "hidden_sizes": [32, 32], **mappo}})
+        "mappo": {"rollout_steps": 16, "hidden_sizes": [32, 32], **mappo,
+                  "imitation": imitation or {}}})
 
 
 @pytest.fixture
@@ -65,6 +67,7 @@ def test_training_days_are_training_days():
     assert all(day % config.episode.test_every != config.episode.test_every - 1 for day in days)
 
 
+@pytest.mark.slow
 def test_demonstrations_replay_the_optimum(cache):
     """Played open loop in the core, the demonstrated actions cost what the oracle LP says."""
     config = run_config().env
@@ -100,9 +103,10 @@ def test_demonstrations_are_cached_and_damage_is_solved_again(cache, monkeypatch
     assert len(list((cache / "demonstrations").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_cloning_moves_the_actor_onto_the_optimum(cache):
-    config = run_config(imitation_days=4, imitation_epochs=200, imitation_minibatch=128,
-                        imitation_lr=3e-3, hidden_sizes=[64, 64])
+    config = run_config({"days": 4, "epochs": 200, "minibatch": 128, "lr": 3e-3},
+                        hidden_sizes=[64, 64])
     env = envs.make_batched_env(config.env)
     algorithm = MAPPO(config.hyperparameters, EnvSpec.from_env(env), config.train,
                       make_generator(0))
@@ -123,25 +127,59 @@ def test_cloning_moves_the_actor_onto_the_optimum(cache):
     assert fresh.imitated  # a resumed run does not clone again
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ("mappo.imitation_days=-1", "mappo.imitation_days"),
-    ("mappo.imitation_days=400", "mappo.imitation_days"),
-    ("mappo.imitation_epochs=0", "mappo.imitation_epochs"),
-    ("mappo.imitation_lr=0", "mappo.imitation_lr"),
-    ("mappo.imitation_minibatch=0", "mappo.imitation_minibatch"),
-    ("mappo.imitation_oracle=lp", "mappo.imitation_oracle"),
-])
-def test_bad_imitation_settings_name_the_key(override, named):
-    with pytest.raises(ConfigError, match=named):
-        build_run_config({"algo": "mappo", "env": ENV}, [override])
+@pytest.mark.parametrize("algo", ["mappo", "ddpg", "maddpg"])
+@pytest.mark.parametrize(("key", "value"), [
+    ("days", -1), ("days", 400), ("epochs", 0), ("lr", 0), ("minibatch", 0), ("oracle", "lp")])
+def test_bad_imitation_settings_name_the_key(algo, key, value):
+    with pytest.raises(ConfigError, match=rf"'{algo}\.imitation\.{key}'"):
+        build_run_config({"algo": algo, "env": ENV}, [f"{algo}.imitation.{key}={value}"])
 
 
-def test_imitation_needs_continuous_actions(cache):
+def test_imitation_needs_continuous_actions():
     config = build_run_config({"algo": "mappo", "env": {**ENV, "action": {"type": "discrete"}},
                                "train": {"n_envs": 2},
-                               "mappo": {"imitation_days": 2}})
+                               "mappo": {"imitation": {"days": 2}}})
     env = envs.make_batched_env(config.env)
-    algorithm = MAPPO(config.hyperparameters, EnvSpec.from_env(env), config.train,
-                      make_generator(0))
-    with pytest.raises(ConfigError, match="imitation_days"):
-        algorithm.imitate(config.env)
+    with pytest.raises(ConfigError, match="mappo.imitation.days"):
+        MAPPO(config.hyperparameters, EnvSpec.from_env(env), config.train, make_generator(0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ddpg", "maddpg"])
+def test_ddpg_family_clones_into_actor_and_target(cache, algo):
+    """One iteration of a cloning DDPG/MADDPG run clones the oracle once: its deterministic
+    actions move onto the demonstrations and the target actor equals the actor."""
+    config = build_run_config({
+        "algo": algo, "seed": 0, "env": ENV,
+        "train": {"total_steps": 64, "n_envs": 4, "eval_episodes": 4, "torch_threads": 1},
+        algo: {"learning_starts": 0, "batch_size": 64, "hidden_sizes": [64, 64],
+               "imitation": {"days": 4, "epochs": 200, "minibatch": 128, "lr": 3e-3}}})
+    env = envs.make_batched_env(config.env)
+    algorithm = registry.get(algo)(config.hyperparameters, EnvSpec.from_env(env),
+                                   config.train, make_generator(0))
+    obs, battery = imitation.oracle_demonstrations(config.env, 4)
+
+    def error() -> float:
+        action = algorithm.act(obs.reshape(-1, 4, obs.shape[-1]), None, deterministic=True)
+        return float((action[..., 0] - battery.reshape(-1, 4)).square().mean())
+
+    before = error()
+    scalars = algorithm.iterate(Collector(env, seed=0))
+    assert "losses/imitation_loss" in scalars and algorithm.imitated
+    assert error() < 0.25 * before
+    for online, target in zip(algorithm.actor.parameters(),
+                              algorithm.target_actor.parameters(), strict=True):
+        torch.testing.assert_close(online, target)
+    assert "losses/imitation_loss" not in algorithm.iterate(Collector(env, seed=0))
+
+
+def test_auto_imitates_the_runs_reference_oracle():
+    auto = imitation.ImitationConfig(days=1)
+    assert imitation.imitated_oracle(auto, "oracle_network") == "oracle_network"
+    assert imitation.imitated_oracle(auto, "oracle") == "oracle"
+    assert imitation.imitated_oracle(auto, "none") == "oracle"
+    household = imitation.ImitationConfig(days=1, oracle="oracle_household")
+    assert imitation.imitated_oracle(household, "oracle_network") == "oracle_household"
+    grid = build_run_config({"algo": "mappo", "env": {"task": "Grid-Rebound"}})
+    assert imitation.imitated_oracle(grid.hyperparameters.imitation,
+                                     grid.train.eval_reference) == "oracle_network"
