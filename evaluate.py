@@ -4,10 +4,13 @@
         --policies no_p2p,self_consumption,zi,fixed_price,oracle,oracle_network,runs/<run>/ \\
         --days test --episodes 8 --out results/<name>/ [--mechanisms all] [key=value ...]
 
-Every policy runs one episode (one day) on each evaluated day; ``--batch-size`` days at once
-in one batched env (``env.reset(days=...)``). Days: ``--days test|train|all`` (the config's
-split, ``episode.test_every``) or a comma list of day indices; ``--episodes N`` takes N days
-evenly spaced over the split (0: all of them), so that every season is represented.
+Every policy runs one episode on each evaluated day, the episode's start day (one day, or
+``episode.length_days`` consecutive days from it); ``--batch-size`` episodes at once in one
+batched env (``env.reset(days=...)``). Sums over an episode (costs, savings, energy,
+violations, the return) are reported per day: the episode's total / ``length_days``.
+Days: ``--days test|train|all`` (the config's split, ``episode.test_every``) or a comma list
+of day indices; ``--episodes N`` takes N days evenly spaced over the split (0: all of them),
+so that every season is represented.
 
 Policies (comma separated): rule-based ones by spec (``agents/baselines.py``:
 ``no_p2p``, ``self_consumption``, ``time_of_use``, ``zi``, ``fixed_price[:price_fraction=0.7]``,
@@ -23,9 +26,10 @@ Trailing ``key=value`` overrides apply to the env config (``network.model=none``
 
 Writes into ``--out``: ``results.csv`` (one row per policy and mechanism: mean and std over
 days of every metric of ``envs.metrics.evaluation_summary``, plus the share of the oracle's
-savings captured), ``results.json`` (the same, per-day values, per-agent savings, the config
-and the days), both atomically, and PNG plots. Prints markdown tables. Deterministic for a
-given ``--seed`` (and ``--batch-size``).
+savings captured), ``results.json`` (the same, the values of each evaluated day's episode
+(per episode, not divided by ``length_days``), per-agent savings, the config and the days),
+both atomically, and PNG plots. Prints markdown tables. Deterministic for a given ``--seed``
+(and ``--batch-size``).
 """
 
 from __future__ import annotations
@@ -170,8 +174,13 @@ class PolicyResult:
     """Mechanism it ran under; ``-`` for the oracles (no market)."""
     totals: metrics.EpisodeTotals
     per_day: dict[str, np.ndarray]
-    """``envs.metrics.evaluation_summary`` values, each ``[days]``."""
+    """``envs.metrics.evaluation_summary`` values of each evaluated day's episode, each
+    ``[days]``: per episode (``episode.length_days`` days; :func:`summarise` turns the sums
+    into per-day values for the tables, ``train.py``'s references compare these with its own
+    episode totals)."""
     trajectory: dict[str, np.ndarray] | None = None
+    episode_days: int = 1
+    """Days per episode (``episode.length_days``)."""
 
 
 class Evaluator:
@@ -214,20 +223,22 @@ class Evaluator:
             profile = _oracle_profile(env, self.days[self.record_day])
             trajectory = oracle.trajectory(schedules[self.record_day], profile, env.dt_h)
             trajectory["day"] = np.asarray(self.days[self.record_day])
-            return PolicyResult(spec, "-", totals, _per_day(totals), trajectory)
+            return PolicyResult(spec, "-", totals, _per_day(totals), trajectory,
+                                self.config.episode.length_days)
         policy = load_policy(spec) if is_run_spec(spec) else make_policy(spec)
         mechanism = policy.mechanism or mechanism or self.config.market.mechanism
         self._describe(f"{policy.name} ({mechanism})")
         totals, trajectory = evaluate_policy(self.env(mechanism), policy, self.days,
                                              seed=self.seed, record_day=self.record_day,
                                              progress=self.progress)
-        return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory)
+        return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory,
+                            self.config.episode.length_days)
 
 
 def _oracle_profile(env: BatchedP2PEnv, day: int) -> dict[str, np.ndarray]:
     from agents.baselines import day_profiles
 
-    return day_profiles(env, day)
+    return day_profiles(env, day, env.episode_days)
 
 
 def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
@@ -237,18 +248,21 @@ def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
 
 def summarise(result: PolicyResult, oracle: PolicyResult | None) -> dict[str, Any]:
     """One table row: mean and std over days of every metric, the oracle share, and each
-    agent's mean daily saving."""
+    agent's mean daily saving. Sums over an episode (``envs.metrics.EPISODE_SUMS``) are per
+    day: the episode's value / ``episode.length_days``."""
     row: dict[str, Any] = {"policy": result.name, "mechanism": result.mechanism,
                            "days": len(result.totals)}
-    for key, values in result.per_day.items():
-        row[f"{key}_mean"], row[f"{key}_std"] = metrics.mean_std(torch.as_tensor(values))
+    daily = metrics.per_day({key: torch.as_tensor(values)
+                             for key, values in result.per_day.items()}, result.episode_days)
+    for key, values in daily.items():
+        row[f"{key}_mean"], row[f"{key}_std"] = metrics.mean_std(values)
     share = float("nan")
     if oracle is not None:
         share = float(metrics.captured_savings_share(
             torch.as_tensor(result.per_day["savings_vs_no_p2p"]),
             torch.as_tensor(oracle.per_day["savings_vs_no_p2p"])))
     row["captured_savings_share_mean"], row["captured_savings_share_std"] = share, float("nan")
-    savings = metrics.agent_savings(result.totals).double()
+    savings = metrics.agent_savings(result.totals).double() / result.episode_days
     row["agent_savings"] = savings.nanmean(0).tolist() if savings.numel() else []
     return row
 

@@ -35,15 +35,17 @@ name                  behaviour
 ====================  =============================================================================
 
 The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linear program of
-``agents/oracle.py`` for each evaluated day with the env's own profiles, tariffs and battery
-parameters, in float64 whatever the env's dtype (:func:`float64_tables`): ``oracle`` (free
-P2P inside the community, batteries controlled centrally) and
+``agents/oracle.py`` for each evaluated episode (a day, or the ``episode.length_days``
+consecutive days of a multi-day episode planned as one, the terminal value at its end) with
+the env's own profiles, tariffs and battery parameters, in float64 whatever the env's dtype
+(:func:`float64_tables`): ``oracle`` (free P2P inside the community, batteries controlled
+centrally) and
 ``oracle_network`` (the same within the feeder's voltage and loading limits, linearised around
 the no-load point by :func:`network_linearisation`). It is charged the env's terminal value
-(``env.terminal_price`` per kWh taken from the batteries over the day, ``env.
+(``env.terminal_price`` per kWh taken from the batteries over the episode, ``env.
 terminal_credit_price`` credited per kWh added, see ``envs.config.EpisodeConfig``) as every
 policy is, so its cost is a lower bound on any policy's community cost under any mechanism on
-the same day, without network penalties. ``oracle_household`` is the per-household optimum:
+the same episode, without network penalties. ``oracle_household`` is the per-household optimum:
 each home plans its own battery alone with perfect foresight of its own load and PV and the
 tariff, imports at retail and exports at feed-in on its own (no sharing), with the same
 terminal value; the community's cost is the sum over homes. ``oracle_household - oracle`` is
@@ -64,7 +66,7 @@ from agents.actions import env_actions
 from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
 from agents.policy import Policy
 from envs import metrics
-from envs.data import STEPS_PER_DAY
+from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.rules import current_load_pv_kw, self_consumption_fraction, time_of_use_fraction
 
 __all__ = ["BASELINES", "FixedPrice", "NoP2P", "ORACLES", "PerfectForesightOracle",
@@ -278,10 +280,13 @@ def battery_fleet(env: Any) -> BatteryFleet:
                         degradation_cost=cfg.degradation_cost)
 
 
-def day_profiles(env: Any, day: int) -> dict[str, np.ndarray]:
-    """Day ``day``'s ``load_kwh``, ``pv_kwh``, ``load_kvar`` ``[T, N]`` and ``retail_price``,
-    ``feed_in_price`` ``[T]`` (float64 numpy), exactly what the env steps through."""
-    index = torch.arange(STEPS_PER_DAY, device=env.device) + int(day) * STEPS_PER_DAY
+def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
+    """The ``load_kwh``, ``pv_kwh``, ``load_kvar`` ``[T, N]`` and ``retail_price``,
+    ``feed_in_price`` ``[T]`` (float64 numpy) of ``n_days`` consecutive days from day ``day``
+    (``T = 96 n_days``; wrapping from the year's last day to its first), exactly what the
+    env steps through in an episode of ``n_days`` days starting on ``day``."""
+    index = (torch.arange(STEPS_PER_DAY * n_days, device=env.device)
+             + int(day) * STEPS_PER_DAY) % STEPS_PER_YEAR
 
     def numpy(tensor: Tensor) -> np.ndarray:
         return tensor.detach().double().cpu().numpy()
@@ -289,7 +294,8 @@ def day_profiles(env: Any, day: int) -> dict[str, np.ndarray]:
     return {"load_kwh": numpy(env.load_kw[index]) * env.dt_h,
             "pv_kwh": numpy(env.pv_kw[index]) * env.dt_h,
             "load_kvar": numpy(env.load_kvar[index]),
-            "retail_price": numpy(env.retail_price), "feed_in_price": numpy(env.feed_in_price)}
+            "retail_price": np.tile(numpy(env.retail_price), n_days),
+            "feed_in_price": np.tile(numpy(env.feed_in_price), n_days)}
 
 
 class _FeederSensitivity:
@@ -322,8 +328,10 @@ class _FeederSensitivity:
 
 
 def network_linearisation(env: Any, day: int,
-                          sensitivity: _FeederSensitivity | None = None) -> NetworkLinearisation:
-    """The feeder's voltage and loading limits of day ``day``, linearised for the oracle.
+                          sensitivity: _FeederSensitivity | None = None,
+                          n_days: int = 1) -> NetworkLinearisation:
+    """The feeder's voltage and loading limits of ``n_days`` days from day ``day``
+    (:func:`day_profiles`), linearised for the oracle.
 
     From ``envs.network.BatchedPowerFlow`` (the env's own Z-bus model of ``env.data.net()``)
     at the no-load point: bus voltages ``v[t] = v_no_load + dv_dq @ q_kvar[t] + dv_dp @
@@ -333,7 +341,7 @@ def network_linearisation(env: Any, day: int,
     Limits: ``config.network.v_min``/``v_max`` and 100 % loading. Isolated buses are left out.
     """
     sensitivity = sensitivity or _FeederSensitivity(env)
-    profile = day_profiles(env, day)
+    profile = day_profiles(env, day, n_days)
     v0 = sensitivity.v_no_load[None, :] + profile["load_kvar"] @ sensitivity.dv_dq.T
     cfg = env.config.network
     return NetworkLinearisation(v0_pu=v0, dv_dp=sensitivity.dv_dp, v_min=cfg.v_min,
@@ -365,17 +373,31 @@ class PerfectForesightOracle:
         self._tables: tuple[Any, Any] | None = None  # (env, float64_tables(env))
 
     def solve_day(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
-        """The optimal schedule of day ``day`` and the day's profiles, from ``env``'s tables in
-        float64 (:func:`float64_tables`)."""
+        """The optimal schedule of day ``day`` alone (96 steps, the terminal value at its
+        end) and the day's profiles, from ``env``'s tables in float64
+        (:func:`float64_tables`)."""
+        return self.solve_days(env, day, 1)
+
+    def solve_episode(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
+        """The optimal schedule of ``env``'s episode starting on day ``day``
+        (``env.episode_days`` consecutive days, :meth:`solve_days`): what :meth:`evaluate`
+        compares with a policy's episode; :meth:`solve_day` for one-day episodes."""
+        return self.solve_days(env, day, env.episode_days)
+
+    def solve_days(self, env: Any, day: int, n_days: int
+                   ) -> tuple[OracleResult, dict[str, np.ndarray]]:
+        """One plan over ``n_days`` consecutive days from day ``day`` (:func:`day_profiles`;
+        ``T = 96 n_days`` steps, one SoC trajectory, the terminal value charged at the end
+        only) and their profiles, from ``env``'s tables in float64 (:func:`float64_tables`)."""
         if self._tables is None or self._tables[0] is not env:
             self._tables = (env, float64_tables(env))
         tables = self._tables[1]
-        profile = day_profiles(tables, day)
+        profile = day_profiles(tables, day, n_days)
         linearisation = None
         if self.network:
             if self._sensitivity is None:
                 self._sensitivity = _FeederSensitivity(tables)
-            linearisation = network_linearisation(tables, day, self._sensitivity)
+            linearisation = network_linearisation(tables, day, self._sensitivity, n_days)
         result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
                               profile["feed_in_price"], battery_fleet(tables), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
@@ -406,10 +428,11 @@ class PerfectForesightOracle:
 
     def evaluate(self, env: Any, days: list[int], progress: Any = None
                  ) -> tuple[metrics.EpisodeTotals, list[OracleResult]]:
-        """Totals (:func:`envs.metrics.schedule_totals`) and schedules of ``days``."""
+        """Totals (:func:`envs.metrics.schedule_totals`) and schedules of the episodes
+        starting on ``days`` (each ``env.episode_days`` days, :meth:`solve_episode`)."""
         results, profiles = [], []
         for day in days:
-            result, profile = self.solve_day(env, int(day))
+            result, profile = self.solve_episode(env, int(day))
             results.append(result)
             profiles.append(profile)
             if progress is not None:
@@ -425,7 +448,7 @@ class PerfectForesightOracle:
             loading = stack([r.line_loading_percent for r in results]).abs()  # [E, T, n_line]
             tolerance = 1e-6
             network = {
-                "network_steps": torch.full((len(days),), float(STEPS_PER_DAY),
+                "network_steps": torch.full((len(days),), float(env.episode_steps),
                                             dtype=torch.float64),
                 "voltage_violations": ((voltage < cfg.v_min - tolerance)
                                        | (voltage > cfg.v_max + tolerance)).sum((1, 2)).double(),

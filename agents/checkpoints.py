@@ -34,9 +34,10 @@ from envs.files import atomic_write_bytes
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "REQUIRED_KEYS", "load_checkpoint",
            "save_checkpoint"]
 
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 """Version of the file layout (1: an unverified ``torch.save`` of the checkpoint; 2: the
-collector kept its own list of core attributes; 3: the core's ``get_state``)."""
+collector kept its own list of core attributes; 3: the core's ``get_state``; 4: the core's
+state holds ``day_of_episode``, multi-day episodes)."""
 
 REQUIRED_KEYS = ("format", "config", "global_step", "algorithm", "collector", "generator",
                  "trainer")

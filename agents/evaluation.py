@@ -49,14 +49,18 @@ def _trajectory_step(env: Any, info: dict[str, Tensor], b: int) -> dict[str, Any
 def evaluate_policy(env: Any, policy: Policy, days: list[int] | np.ndarray, seed: int = 0,
                     record_day: int | None = None, progress: Any = None
                     ) -> tuple[metrics.EpisodeTotals, dict[str, np.ndarray] | None]:
-    """Run ``policy`` for one episode on each of ``days`` in ``env``, ``env.n_envs`` days at
-    a time (the last batch padded by repeating its last day; padding is dropped).
+    """Run ``policy`` for one episode starting on each of ``days`` in ``env`` (each
+    ``env.episode_steps`` steps: ``episode.length_days`` days from its start day),
+    ``env.n_envs`` episodes at a time (the last batch padded by repeating its last day;
+    padding is dropped). Totals are per episode (``envs.metrics.per_day`` makes them per
+    day).
 
     Batch ``c`` resets the env with ``seed + c * n_envs`` (environment b of it gets one more
     per b, ``envs.core``) and the policy with :func:`chunk_seed` ``(seed, c)``; hence results
     are deterministic for a given seed and batch size. ``record_day``: position in ``days``
     whose per-step trajectory is returned (community load and PV kW, SoC per agent kWh, prices
-    currency/kWh, volumes kWh, extreme voltages p.u.), as numpy arrays over the 96 steps.
+    currency/kWh, volumes kWh, extreme voltages p.u.), as numpy arrays over the
+    episode's ``env.episode_steps`` steps.
     ``progress``: anything with ``update(n)`` (a tqdm bar), advanced by the days done.
 
     Returns ``(totals of len(days) episodes in the order of days, trajectory or None)``.

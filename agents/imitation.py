@@ -3,8 +3,9 @@
 "Imitate the optimum, then fine-tune with RL" (Wohlgenannt et al. 2026 report imitation of a
 MILP reaching 92 % of the optimum and RL fine-tuning 93 %, against 68 % for the best
 heuristic, under dynamic prices). :func:`oracle_demonstrations` solves the oracle LP
-(``agents.baselines``'s ``oracle``) on training days, replays each day's optimal battery
-schedule in the batched core, and returns the observations the agents saw with the battery
+(``agents.baselines``'s ``oracle``) on training days, replays each episode's optimal battery
+schedule (from that start day, ``episode.length_days`` days planned as one) in the batched
+core, and returns the observations the agents saw with the battery
 action the optimum took: ``(charge - discharge) / (battery_kw * dt)``, the core's battery
 fraction, 0 for agents without a battery. The price part is the tariff midpoint (the oracle
 has no market).
@@ -95,7 +96,8 @@ def _solve(config: EnvConfig, days: list[int], oracle: str) -> dict[str, np.ndar
     from envs.core import BatchedP2PEnv
 
     solver_env = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu"))
-    schedules = [make_oracle(oracle).solve_day(solver_env, day)[0] for day in days]
+    # One plan per episode (episode.length_days days from each start day).
+    schedules = [make_oracle(oracle).solve_episode(solver_env, day)[0] for day in days]
     env = BatchedP2PEnv(dataclasses.replace(config, n_envs=len(days), device="cpu"),
                         solver_env.data)
     power = (env.battery_kw * env.dt_h).double().numpy()  # [N] kWh per step at full power

@@ -53,7 +53,8 @@ class MAPPOConfig:
 
     rollout_steps: int = 96
     """Steps of every environment per rollout (T); a rollout is T * n_envs * N agent-steps.
-    96 = one day: all environments start their days together, so a rollout is one episode."""
+    96 = one day: all environments start their days together, so a rollout is one episode of
+    the default one-day length (``env.episode.length_days``)."""
     update_epochs: int = 4
     """Passes over each rollout."""
     n_minibatches: int = 4

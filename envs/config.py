@@ -48,6 +48,11 @@ def check(condition: bool, key: str, allowed: str, value: Any) -> None:
 # Environment config sections
 # --------------------------------------------------------------------------------------------
 
+MAX_EPISODE_DAYS = 10
+"""Most days of one episode (``episode.length_days``): the observation noise of an episode
+is counted over its steps (``envs.rng.forecast_noise_counter``), 96 per day plus the final
+observation, within the ``envs.rng.NOISE_COUNTER_STRIDE`` = 1000 counters of an episode."""
+
 MAX_AGENTS = 1000
 """Most prosumers of the ``synthetic`` community (a year of profiles is about 0.4 MB per
 agent; the power flow's matrices grow with the square)."""
@@ -313,6 +318,12 @@ class EpisodeConfig:
 
     days: str = "train"
     """Which days episodes start on: ``train``, ``test`` or ``all``."""
+    length_days: int = 1
+    """Days per episode (1..10, ``MAX_EPISODE_DAYS``): an episode is ``96 * length_days``
+    steps. Only its start day is drawn from the split (``days``); it then runs over the
+    following calendar days, whether they belong to the split or not (wrapping from the last
+    day of the year to the first, as the profiles do). The SoC carries over midnight and the
+    terminal value is charged on the episode's last step only."""
     test_every: int = 7
     """Every ``test_every``-th day of the year (day index % test_every == test_every - 1) is a
     test day; 0 makes every day a training day."""
@@ -334,6 +345,9 @@ class EpisodeConfig:
 
     def __post_init__(self) -> None:
         check(self.days in DAY_SPLITS, "days", f"one of {DAY_SPLITS}", self.days)
+        check(isinstance(self.length_days, int) and not isinstance(self.length_days, bool)
+              and 1 <= self.length_days <= MAX_EPISODE_DAYS, "length_days",
+              f"an integer in [1, {MAX_EPISODE_DAYS}]", self.length_days)
         check(self.test_every == 0 or self.test_every >= 2, "test_every",
               "0 (no test days) or an integer >= 2", self.test_every)
         for name in ("terminal_price", "terminal_credit_price"):

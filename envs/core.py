@@ -19,8 +19,11 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
 7. reward = -(payment + degradation + network penalty + network fee + terminal value)
    * reward_scale.
 
-Episodes are one day (96 steps) starting at a day drawn from the configured split; finished
-environments are reset automatically (the last observation is in ``info["final_observation"]``).
+Episodes are ``episode.length_days`` days (``96 * length_days`` steps, one day by default)
+starting at a day drawn from the configured split and running over the following calendar
+days (``day`` advances at midnight, wrapping at the year's end; the SoC, last price and
+voltage carry over); finished environments are reset automatically (the last observation is
+in ``info["final_observation"]``).
 Environment b draws its random numbers from its own counter-based stream keyed by
 ``seed + b`` (``envs.rng``), so a batch of B environments reproduces B single environments
 with the same seeds exactly.
@@ -60,8 +63,8 @@ from envs.data import (
 )
 
 STATE_KEYS: tuple[str, ...] = (
-    "env_seed", "episode_count", "day", "step_of_day", "soc_kwh", "episode_start_soc_kwh",
-    "last_price", "last_voltage", "seeded")
+    "env_seed", "episode_count", "day", "step_of_day", "day_of_episode", "soc_kwh",
+    "episode_start_soc_kwh", "last_price", "last_voltage", "seeded")
 """Keys of :meth:`BatchedP2PEnv.get_state`: everything of the core that changes after
 construction (its random draws are counter-based, keyed by ``env_seed`` and
 ``episode_count``, so this is all a resumed run or the numba engine needs)."""
@@ -164,7 +167,10 @@ class BatchedP2PEnv:
         self.obs_dim = observations.obs_dim(config.observation)
         self.state_dim = observations.state_dim(self.n_agents)
         self.feature_names = observations.feature_names(config.observation)
-        self.episode_steps = STEPS_PER_DAY
+        self.episode_days = config.episode.length_days
+        """Days per episode (``episode.length_days``)."""
+        self.episode_steps = STEPS_PER_DAY * self.episode_days
+        """Steps per episode, ``96 * episode_days``."""
         self.dt_h = STEP_HOURS
 
         def tensor(array: Any, dtype: torch.dtype | None = None) -> Tensor:
@@ -236,6 +242,9 @@ class BatchedP2PEnv:
         self.episode_count = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.day = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.step_of_day = torch.zeros(b, dtype=torch.int64, device=self.device)
+        # Day of each environment's episode, 0..episode_days - 1 (the episode ends after the
+        # last step of day episode_days - 1).
+        self.day_of_episode = torch.zeros(b, dtype=torch.int64, device=self.device)
         self.soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
         # SoC at the start of each environment's episode (kWh), for the terminal value.
         self.episode_start_soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
@@ -286,9 +295,10 @@ class BatchedP2PEnv:
 
     def get_state(self) -> dict[str, Tensor | bool]:
         """A copy of everything that changes after construction, keyed by
-        :data:`STATE_KEYS`: int64 ``env_seed``, ``episode_count``, ``day`` (0..365) and
-        ``step_of_day`` (0..95), each ``[B]``; ``soc_kwh`` and ``episode_start_soc_kwh``
-        ``[B, N]`` (kWh), ``last_price [B]`` (currency/kWh), ``last_voltage [B, N]`` (p.u.);
+        :data:`STATE_KEYS`: int64 ``env_seed``, ``episode_count``, ``day`` (0..365),
+        ``step_of_day`` (0..95) and ``day_of_episode`` (0..episode_days - 1), each ``[B]``;
+        ``soc_kwh`` and ``episode_start_soc_kwh`` ``[B, N]`` (kWh), ``last_price [B]``
+        (currency/kWh), ``last_voltage [B, N]`` (p.u.);
         ``seeded``: whether :meth:`seed` ran (else the next reset seeds with
         ``config.seed``). :meth:`set_state` of a core of the same config restores it."""
         state: dict[str, Tensor | bool] = {
@@ -300,8 +310,8 @@ class BatchedP2PEnv:
         """Restore a :meth:`get_state` (tensors or arrays, from any device; floats are cast
         to the core's dtype). Raises ValueError naming the key, before any state changes,
         unless ``state`` has exactly :data:`STATE_KEYS` with the shapes of this core's,
-        integers where the core holds integers, finite floats, ``day`` in 0..365 and
-        ``step_of_day`` in 0..95."""
+        integers where the core holds integers, finite floats, ``day`` in 0..365,
+        ``step_of_day`` in 0..95 and ``day_of_episode`` in 0..episode_days - 1."""
         if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"core state: got keys {keys}; allowed: exactly {list(STATE_KEYS)}")
@@ -321,7 +331,8 @@ class BatchedP2PEnv:
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"core state {name!r}: got non-finite values")
             values[name] = value.to(device=self.device, dtype=current.dtype, copy=True)
-        for name, high in (("day", DAYS_PER_YEAR), ("step_of_day", STEPS_PER_DAY)):
+        for name, high in (("day", DAYS_PER_YEAR), ("step_of_day", STEPS_PER_DAY),
+                           ("day_of_episode", self.episode_days)):
             if not bool(((values[name] >= 0) & (values[name] < high)).all()):
                 raise ValueError(f"core state {name!r}: got {values[name].tolist()}; allowed: "
                                  f"integers in [0, {high - 1}]")
@@ -377,6 +388,8 @@ class BatchedP2PEnv:
         self.day = torch.where(mask, day, self.day)
         self.step_of_day = torch.where(mask, torch.zeros_like(self.step_of_day),
                                        self.step_of_day)
+        self.day_of_episode = torch.where(mask, torch.zeros_like(self.day_of_episode),
+                                          self.day_of_episode)
         initial = self.config.battery.initial_soc * self.capacity_kwh
         self.soc_kwh = torch.where(mask[:, None], initial.expand_as(self.soc_kwh),
                                    self.soc_kwh)
@@ -426,7 +439,10 @@ class BatchedP2PEnv:
             index = (self.time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR
             profile = self._profile[index]  # [B, S, N, 2]
         if cfg.forecast_noise > 0.0:
-            counter = rng.forecast_noise_counter(self.episode_count, self.step_of_day)
+            # Counted over the episode's steps (day_of_episode * 96 + step_of_day), so the
+            # days of a multi-day episode draw different noise.
+            counter = rng.forecast_noise_counter(
+                self.episode_count, self.day_of_episode * STEPS_PER_DAY + self.step_of_day)
             noise = rng.normal(self.env_seed, counter, rng.STREAM_FORECAST_NOISE,
                                (steps, n, observations.N_PROFILE_FEATURES), self.dtype)
             profile = physics.noisy(profile, cfg.forecast_noise, noise)
@@ -493,11 +509,14 @@ class BatchedP2PEnv:
         """Each agent's terminal value of the step being taken, ``[B, N]`` currency:
         ``terminal_price * max(taken, 0) - terminal_credit_price * max(-taken, 0)`` with
         ``taken = episode_start_soc_kwh - soc_kwh`` (kWh) in the environments whose episode
-        ends with this step, 0 elsewhere and when ``episode.terminal_value`` is false.
+        ends with this step (the last step of the episode's last day), 0 elsewhere (also at
+        the midnights inside a multi-day episode) and when ``episode.terminal_value`` is
+        false.
         ``soc_kwh [B, N]`` is the SoC after the step."""
         if not self.terminal_value:
             return torch.zeros_like(soc_kwh)
-        last_step = (self.step_of_day == STEPS_PER_DAY - 1)[:, None]
+        last_step = ((self.step_of_day == STEPS_PER_DAY - 1)
+                     & (self.day_of_episode == self.episode_days - 1))[:, None]
         taken = self.episode_start_soc_kwh - soc_kwh
         # The numba engine computes the same two products in the same order.
         value = (self.terminal_price * taken.clamp_min(0.0)
@@ -586,7 +605,16 @@ class BatchedP2PEnv:
             **grid.info,
         }
 
-        done = self.step_of_day >= STEPS_PER_DAY
+        midnight = self.step_of_day >= STEPS_PER_DAY
+        done = midnight & (self.day_of_episode >= self.episode_days - 1)
+        if self.episode_days > 1:
+            # Midnight inside an episode: the next calendar day (the profiles wrap at the
+            # year's end, and so does the day); SoC, last price and voltage carry over.
+            advance = midnight & ~done
+            self.day = torch.where(advance, (self.day + 1) % DAYS_PER_YEAR, self.day)
+            self.step_of_day = torch.where(advance, torch.zeros_like(self.step_of_day),
+                                           self.step_of_day)
+            self.day_of_episode = self.day_of_episode + advance.long()
         terminated = done
         truncated = torch.zeros_like(done)
         if bool(done.any()):

@@ -59,7 +59,8 @@ currency per kWh, NaN when nothing traded; ``operator_surplus``: what the market
 keeps (0 but for ``mcafee``), money; ``community_cost``: the sum of the agents' ``cost``;
 ``p2p_volume_kwh``, ``grid_import_kwh``, ``grid_export_kwh``: kWh (all >= 0);
 ``retail_price``, ``feed_in_price``: tariffs of the step, currency per kWh; ``day``: day of
-the year of the episode (0..365); ``step_of_day``: index of the step just taken (0..95)."""
+the year of the step (0..365; it advances at midnight inside a multi-day episode,
+``episode.length_days``); ``step_of_day``: index of the step just taken (0..95)."""
 
 NETWORK_INFO: tuple[str, ...] = (
     "v_min_pu", "v_max_pu", "max_line_loading", "max_trafo_loading", "voltage_violations",

@@ -7,7 +7,9 @@ totals from a centrally optimised schedule (the perfect-foresight oracle of
 reports; :func:`evaluation_summary` is the full set ``evaluate.py`` tabulates. Money in
 currency, energy in kWh.
 
-Metric definitions (per episode = one day, ``E`` episodes, ``N`` agents, ``t`` steps):
+Metric definitions (per episode, ``E`` episodes, ``N`` agents, ``t`` steps; an episode is
+``episode.length_days`` days, one by default, and every total below is over the whole
+episode: per day is the total divided by ``length_days``):
 
 ==========================  ===================================================================
 metric                      formula
@@ -88,7 +90,8 @@ def network_info(info: dict[str, Tensor], name: str) -> Tensor | None:
 @dataclass(frozen=True)
 class EpisodeTotals:
     """Totals of finished episodes: per agent ``[E, N]`` and per env ``[E]`` tensors, E the
-    number of finished episodes, plus ``day [E]``."""
+    number of finished episodes, plus ``day [E]``, each episode's start day (its first
+    day: a multi-day episode runs over the following days)."""
 
     agent: dict[str, Tensor]
     env: dict[str, Tensor]
@@ -134,11 +137,18 @@ class EpisodeAccumulator:
         self.env = {key: torch.zeros(n_envs, dtype=dtype, device=device) for key in _ENV_KEYS}
         self.extreme = {key: torch.full((n_envs,), start, dtype=dtype, device=device)
                         for key, (_, start) in _ENV_EXTREMES.items()}
+        # The day of each env's first accumulated step of its episode (its start day).
+        self.start_day = torch.zeros(n_envs, dtype=torch.int64, device=device)
+        self._fresh = torch.ones(n_envs, dtype=torch.bool, device=device)
 
     def update(self, info: dict[str, Tensor], reward: Tensor) -> EpisodeTotals | None:
         """Add one step's ``info`` and ``reward [B, N]``; return the totals of the episodes
-        that ended at this step (None if none ended)."""
+        that ended at this step (None if none ended), ``day`` the day of each episode's first
+        step accumulated (its start day when the accumulator saw the whole episode)."""
         a, e = self.agent, self.env
+        day = info["day"].to(self.start_day.device)
+        self.start_day = torch.where(self._fresh, day, self.start_day)
+        self._fresh = torch.zeros_like(self._fresh)
         dtype = a["cost"].dtype
         a["cost"] += info["cost"].to(dtype)
         a["payment"] += info["payment"].to(dtype)
@@ -187,7 +197,8 @@ class EpisodeAccumulator:
                     for k, v in self.extreme.items()}
         totals = EpisodeTotals({k: v[done].clone() for k, v in a.items()},
                                {**{k: v[done].clone() for k, v in e.items()}, **extremes},
-                               info["day"][done])
+                               self.start_day[done].clone())
+        self._fresh = done.to(self._fresh.device).clone()
         for value in (*a.values(), *e.values()):
             value[done] = 0.0
         for key, (_, start) in _ENV_EXTREMES.items():
@@ -379,6 +390,25 @@ def evaluation_summary(totals: EpisodeTotals) -> dict[str, Tensor]:
     for key in ("voltage_violations", "line_violations", "losses_kwh", *_ENV_EXTREMES):
         metrics[key] = torch.where(has_network, metrics[key], nan)
     return metrics
+
+
+EPISODE_SUMS: tuple[str, ...] = (
+    "community_cost", "savings_vs_no_p2p", "episodic_return", "p2p_volume_kwh",
+    "voltage_violations", "line_violations", "losses_kwh", "battery_throughput_kwh",
+    "degradation_cost", "network_penalty", "terminal_value_cost", "operator_surplus",
+    "no_p2p_cost", "grid_import_kwh", "grid_export_kwh", "network_fee")
+"""Metrics of :func:`evaluation_summary` that are sums over an episode's steps (money,
+energy, counts, the return); the others are ratios, prices or extremes."""
+
+
+def per_day(values: dict[str, Tensor], episode_days: int) -> dict[str, Tensor]:
+    """``values`` (of :func:`evaluation_summary`, per episode) per day of an episode of
+    ``episode_days`` days: the :data:`EPISODE_SUMS` divided by ``episode_days``, the rest as
+    they are (unchanged for one-day episodes)."""
+    if episode_days == 1:
+        return dict(values)
+    return {key: value / episode_days if key in EPISODE_SUMS else value
+            for key, value in values.items()}
 
 
 def concat_totals(parts: list[EpisodeTotals]) -> EpisodeTotals:

@@ -12,7 +12,8 @@ observation            ``Box(-inf, inf, (obs_dim,), float32)``, 12 features by
                        default, 1 more with ``observation.rule``
                        (``envs.observations``)
 state                  ``Box(-inf, inf, (3 N + 7,), float32)``
-episode                96 steps of 15 minutes (one day); all agents end together
+episode                96 steps of 15 minutes per day, ``episode.length_days``
+                       days (one by default); all agents end together
 =====================  ==========================================================
 
 Observations

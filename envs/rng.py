@@ -36,13 +36,13 @@ NOISE_COUNTER_STRIDE = 1000
 """Counters of :data:`STREAM_FORECAST_NOISE` per episode (more than the 96 steps of a day)."""
 
 
-def forecast_noise_counter(episode_count: Tensor | int, step_of_day: Tensor | int
+def forecast_noise_counter(episode_count: Tensor | int, step_of_episode: Tensor | int
                            ) -> Tensor | int:
-    """The counter of the observation noise drawn at ``step_of_day`` of episode number
-    ``episode_count``: ``episode_count * NOISE_COUNTER_STRIDE + step_of_day``. Plain
-    arithmetic, so the same function serves int64 tensors ``[B]`` (the core) and ints (the
-    numba engine compiles it)."""
-    return episode_count * NOISE_COUNTER_STRIDE + step_of_day
+    """The counter of the observation noise drawn at ``step_of_episode`` (``day_of_episode *
+    96 + step_of_day``) of episode number ``episode_count``: ``episode_count *
+    NOISE_COUNTER_STRIDE + step_of_episode``. Plain arithmetic, so the same function serves
+    int64 tensors ``[B]`` (the core) and ints (the numba engine compiles it)."""
+    return episode_count * NOISE_COUNTER_STRIDE + step_of_episode
 
 
 _MASK_64 = (1 << 64) - 1

@@ -50,6 +50,10 @@ def test_dotted_overrides_and_yaml_values():
     (["nonsense=1"], "unknown config key 'nonsense'; allowed keys in '<root>'"),
     (["network.model=dc"], "config key 'network.model': got 'dc'; allowed: one of"),
     (["episode.test_every=1"], "config key 'episode.test_every'"),
+    (["episode.length_days=0"], "config key 'episode.length_days': got 0; allowed: an "
+                                "integer in [1, 10]"),
+    (["episode.length_days=11"], "config key 'episode.length_days': got 11"),
+    (["episode.length_days=1.5"], "config key 'episode.length_days'"),
     (["observation.include_voltage=3"], "config key 'observation.include_voltage': got 3; "
                                         "allowed: true or false"),
     (["market.k=high"], "config key 'market.k': got 'high'; allowed: a finite number"),

@@ -138,6 +138,59 @@ def test_episode_length_autoreset_and_day_split(synthetic_config):
     assert set(info["day"].tolist()) <= set(test.tolist())
 
 
+def test_multi_day_episodes_run_on_over_the_following_days(synthetic_config):
+    """Three-day episodes: the day advances at midnight (365 wraps to 0) and the weekday and
+    time of day of the observations follow it, the SoC carries over, the terminal value is
+    charged on the episode's last step only (against the SoC at its start), the episode ends
+    after 3 * 96 steps and the accumulator's totals carry the start day. Start days drawn
+    from the test split; the following days need not be test days."""
+    from envs.metrics import EpisodeAccumulator
+
+    config = {**synthetic_config, "episode": {"length_days": 3, "days": "test"}}
+    env = envs.make_batched_env(config, n_envs=2, dtype="float64")
+    assert env.episode_steps == 3 * STEPS_PER_DAY
+    _, info = env.reset(seed=0)
+    assert set(info["day"].tolist()) <= set(day_split(7)[1].tolist())
+    env.reset(seed=1, days=[100, 364])
+    names = env.feature_names
+    dow, tod = names.index("dow_sin"), names.index("tod_sin")
+    generator = torch.Generator().manual_seed(3)
+    accumulator = EpisodeAccumulator(2, env.n_agents)
+    start = 0.5 * env.capacity_kwh
+    days, soc = [], env.soc_kwh.clone()
+    for t in range(env.episode_steps):
+        last = t == env.episode_steps - 1
+        obs, reward, terminated, truncated, info = env.step(random_actions(env, generator))
+        assert bool(terminated.all()) == last and not bool(truncated.any()), t
+        days.append(info["day"].tolist())
+        # The SoC moves on from the last step's by the step's battery energy, across
+        # midnight too (no reset in between).
+        energy = info["battery_energy_kwh"]
+        battery = env.config.battery
+        moved = (battery.charge_efficiency * energy.clamp_min(0.0)
+                 - (-energy).clamp_min(0.0) / battery.discharge_efficiency)
+        torch.testing.assert_close(info["soc_kwh"], soc + moved, rtol=0, atol=1e-12)
+        soc = info["soc_kwh"]
+        taken = start - info["soc_kwh"]
+        value = torch.where(taken > 0, DEFAULT_TERMINAL_PRICE * taken,
+                            DEFAULT_TERMINAL_CREDIT_PRICE * taken)
+        expected = value if last else torch.zeros_like(value)
+        torch.testing.assert_close(info["terminal_value_cost"], expected, rtol=0, atol=1e-12)
+        if t == STEPS_PER_DAY - 1:  # midnight: the next day's first step is observed
+            assert env.step_of_day.tolist() == [0, 0] and env.day.tolist() == [101, 365]
+            for b, day in enumerate((101, 365)):
+                weekday = (day + 4) % 7  # day 0 (2016-01-01) was a Friday
+                assert float(obs[b, 0, dow]) == pytest.approx(np.sin(2 * np.pi * weekday / 7))
+                assert float(obs[b, 0, tod]) == pytest.approx(0.0, abs=1e-12)
+        totals = accumulator.update(info, reward)
+        assert (totals is not None) == last
+    assert [d[0] for d in days] == [100] * 96 + [101] * 96 + [102] * 96
+    assert [d[1] for d in days] == [364] * 96 + [365] * 96 + [0] * 96
+    assert totals.day.tolist() == [100, 364]
+    assert env.step_of_day.tolist() == [0, 0] and env.day_of_episode.tolist() == [0, 0]
+    torch.testing.assert_close(env.soc_kwh, start.expand(2, -1))  # reset after the episode
+
+
 def test_reset_env_index_resets_only_those(synthetic_config):
     env = envs.make_batched_env(synthetic_config, n_envs=3)
     env.reset(seed=0)
@@ -416,8 +469,10 @@ def test_terminal_value_off_reproduces_v1_and_on_changes_only_last_steps():
         torch.testing.assert_close(on, off - info["terminal_value_cost"], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("length_days", [1, 2])
 @pytest.mark.parametrize("tariff", [{}, {"retail_tou": [0.2] * 8 + [0.3] * 10 + [0.4] * 6}])
-def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tariff):
+def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tariff,
+                                                           length_days):
     """Discharging at full power all day never costs an agent less than idling (mechanism
     none: each agent settles with the grid). A kWh taken from the cells reaches the AC side
     as 0.95 kWh, pays degradation on it and displaces an import at retail r_t or is exported
@@ -426,8 +481,10 @@ def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tar
         cost(drain) - cost(idle) = sum_t (max r - r_t) displaced_t + (max r - f_t) exported_t
 
     (AC kWh), >= 0, and 0 for a battery that only displaces imports at the highest retail
-    price. With the option off draining pays (v1)."""
-    config = {**synthetic_config, "market": {"mechanism": "none"}, "tariff": tariff}
+    price. With the option off draining pays (v1). The same over a two-day episode (the
+    terminal value at its end only)."""
+    config = {**synthetic_config, "market": {"mechanism": "none"}, "tariff": tariff,
+              "episode": {"length_days": length_days}}
 
     def run(battery_fraction: float, **overrides) -> tuple[torch.Tensor, torch.Tensor, Any]:
         env = envs.make_batched_env({**config, **overrides}, dtype="float64")
@@ -436,10 +493,11 @@ def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tar
         actions[..., 0] = battery_fraction
         cost = torch.zeros(env.n_agents, dtype=torch.float64)
         grid = []
-        for _ in range(STEPS_PER_DAY):
-            _, _, _, _, info = env.step(actions)
+        for _ in range(env.episode_steps):
+            _, _, terminated, _, info = env.step(actions)
             cost += info["cost"][0]
             grid.append(info["grid_energy_kwh"][0])
+        assert bool(terminated[0])
         return cost, torch.stack(grid), env
 
     idle_cost, idle_grid, env = run(0.0)
@@ -447,15 +505,17 @@ def test_draining_the_battery_gains_nothing_against_idling(synthetic_config, tar
     peak = env.retail_price.max()
     displaced = idle_grid.clamp_min(0.0) - drain_grid.clamp_min(0.0)  # [T, N] kWh
     exported = (-drain_grid).clamp_min(0.0) - (-idle_grid).clamp_min(0.0)
-    expected = ((peak - env.retail_price[:, None]) * displaced
-                + (peak - env.feed_in_price[:, None]) * exported).sum(0)
+    retail = env.retail_price.repeat(length_days)[:, None]
+    feed_in = env.feed_in_price.repeat(length_days)[:, None]
+    expected = ((peak - retail) * displaced + (peak - feed_in) * exported).sum(0)
     torch.testing.assert_close(drain_cost - idle_cost, expected, rtol=0, atol=1e-12)
     has_battery = env.capacity_kwh > 0
     assert bool(has_battery.any()) and bool((expected >= 0.0).all())
     assert bool((displaced[:, has_battery].sum(0) > 0).all())  # the batteries did drain
     # Without the terminal value, draining is free money.
-    idle_v1, _, _ = run(0.0, episode={"terminal_value": False})
-    drain_v1, _, _ = run(-1.0, episode={"terminal_value": False})
+    v1 = {"length_days": length_days, "terminal_value": False}
+    idle_v1, _, _ = run(0.0, episode=v1)
+    drain_v1, _, _ = run(-1.0, episode=v1)
     torch.testing.assert_close(idle_v1, idle_cost, rtol=0, atol=0)
     assert bool((drain_v1[has_battery] < idle_v1[has_battery]).all())
 

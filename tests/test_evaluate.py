@@ -69,6 +69,39 @@ def test_cli_writes_tables_and_plots_deterministically(config_path, tmp_path, ca
     assert again["per_day"] == report["per_day"]
 
 
+def test_two_day_episodes_are_reported_per_day():
+    """With episode.length_days = 2 each evaluated day starts a two-day episode: the table
+    rows report sums over the episode (cost, savings, volumes, the return) per day (episode
+    total / 2) and ratios as they are, while ``per_day`` keeps each episode's values (as
+    train.py's references compare them with episode totals); the recorded trajectory
+    covers the 192 steps; the oracle plans the whole episode and stays below the rule."""
+    from envs import metrics
+
+    config = env_config({**CONFIG, "episode": {"length_days": 2}})
+    evaluator = evaluate.Evaluator(config, [6, 13], batch_size=2)
+    rule = evaluator.run("self_consumption", "uniform")
+    oracle = evaluator.run("oracle")
+    for result in (rule, oracle):
+        assert result.episode_days == 2
+        assert len(result.trajectory["load_kw"]) == 192
+        episode = metrics.evaluation_summary(result.totals)
+        assert result.per_day["community_cost"].tolist() == episode["community_cost"].tolist()
+        row = evaluate.summarise(result, oracle)
+        for key in ("community_cost", "savings_vs_no_p2p", "p2p_volume_kwh", "no_p2p_cost",
+                    "episodic_return"):
+            assert row[f"{key}_mean"] == pytest.approx(float(episode[key].mean()) / 2,
+                                                       nan_ok=True), key  # oracle: no return
+        for key in ("savings_percent", "self_sufficiency"):
+            assert row[f"{key}_mean"] == pytest.approx(float(episode[key].mean())), key
+    assert (oracle.per_day["community_cost"] <= rule.per_day["community_cost"] + 1e-6).all()
+    row = evaluate.summarise(rule, oracle)
+    assert row["captured_savings_share_mean"] == pytest.approx(float(
+        metrics.savings_vs_no_p2p(rule.totals).sum()
+        / metrics.savings_vs_no_p2p(oracle.totals).sum()))
+    assert row["agent_savings"] == pytest.approx(
+        (metrics.agent_savings(rule.totals).double().mean(0) / 2).tolist())
+
+
 def test_select_days():
     config = env_config(CONFIG)
     test_days = evaluate.select_days(config, "test", 0)

@@ -87,6 +87,23 @@ def test_demonstrations_replay_the_optimum(cache):
     torch.testing.assert_close(obs[:, 0], first.float().cpu())
 
 
+def test_demonstrations_of_two_day_episodes_replay_the_episode_optimum(cache):
+    """episode.length_days = 2: one plan per episode (``solve_episode``, 192 steps), replayed
+    open loop in the core at the cost the LP says."""
+    config = dataclasses.replace(run_config().env, episode=dataclasses.replace(
+        run_config().env.episode, length_days=2))
+    obs, battery = imitation.oracle_demonstrations(config, 2)
+    days = imitation.training_days(config, 2)
+    env = envs.make_batched_env(dataclasses.replace(config, n_envs=len(days)))
+    assert env.episode_steps == 192
+    assert obs.shape == (2, 192, 4, env.obs_dim) and battery.shape == (2, 192, 4)
+    totals, _ = evaluate_policy(env, Replay(battery), days)
+    replay = metric_scalars(totals)["community_cost"]
+    solver = envs.make_batched_env(dataclasses.replace(config, n_envs=1))
+    oracle = np.mean([make_oracle("oracle").solve_episode(solver, day)[0].cost for day in days])
+    assert replay == pytest.approx(oracle, rel=1e-4)
+
+
 def test_demonstrations_are_cached_and_damage_is_solved_again(cache, monkeypatch):
     config = run_config().env
     obs, battery = imitation.oracle_demonstrations(config, 2)

@@ -455,6 +455,57 @@ def test_oracle_bounds_the_baselines_with_the_terminal_value(tariff: dict) -> No
             assert bool((terminal != 0).any()), spec
 
 
+TWO_DAY_CASES = {
+    "synthetic-tou": {**ENV_CONFIG, "tariff": {"retail_tou": TOU_RETAIL}},
+    "rural1-strong-tou": {"community": {"battery_share": 1.0},
+                          "tariff": {"retail_tou": STRONG_TOU_RETAIL}},
+}
+"""Two-day episodes: a small synthetic community, and the default feeder (with its network)
+under the strong time-of-use tariff with a battery in every home."""
+TWO_DAY_STARTS = [97, 365]
+"""Start days of the two-day episodes: spring, and the year's last day (on into day 0)."""
+
+
+@pytest.mark.parametrize("case", list(TWO_DAY_CASES))
+def test_two_day_oracle_plans_the_episode_and_bounds_every_baseline(case: str) -> None:
+    """With episode.length_days = 2 the oracle plans each episode as one LP over its 192
+    steps (one SoC trajectory, the terminal value at the end only), from exactly the profiles
+    the env steps through (the idle, no-P2P oracle reproduces ``no_p2p`` episode by episode,
+    across the year's end too), and every baseline's episode costs at least as much."""
+    import envs
+    from agents.baselines import BASELINES, make_oracle, make_policy
+    from agents.evaluation import evaluate_policy
+    from envs import metrics
+
+    config = {**TWO_DAY_CASES[case], "episode": {"length_days": 2}}
+    env = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    assert env.episode_steps == 192
+    oracle, schedules = make_oracle("oracle").evaluate(env, TWO_DAY_STARTS)
+    bound = metrics.community_cost(oracle)
+    assert oracle.day.tolist() == TWO_DAY_STARTS
+    for schedule in schedules:
+        assert schedule.soc_kwh.shape[0] == 192 + 1
+        expected = terminal_value(schedule.soc_kwh[0], schedule.soc_kwh[-1], env.terminal_price,
+                                  env.terminal_credit_price)
+        assert schedule.terminal_value_cost == pytest.approx(expected, abs=1e-9)
+    idle, _ = make_oracle("oracle_no_p2p_idle").evaluate(env, TWO_DAY_STARTS)
+    batch = len(TWO_DAY_STARTS)
+    for spec in BASELINES:  # every rule-based policy, random and time_of_use included
+        policy = make_policy(spec)
+        mechanism = policy.mechanism or "uniform"
+        env = envs.make_batched_env(config, n_envs=batch, dtype="float64",
+                                    **{"market.mechanism": mechanism})
+        totals, _ = evaluate_policy(env, policy, TWO_DAY_STARTS, seed=0)
+        assert totals.day.tolist() == TWO_DAY_STARTS
+        cost = metrics.community_cost(totals)
+        assert bool((cost >= bound - 1e-6).all()), (spec, (cost - bound).tolist())
+        if spec == "no_p2p":
+            np.testing.assert_allclose(cost.numpy(), metrics.community_cost(idle).numpy(),
+                                       rtol=0, atol=1e-9)
+            np.testing.assert_allclose(totals.agent["no_p2p_cost"].sum(1).numpy(),
+                                       idle.agent["no_p2p_cost"].sum(1).numpy(), atol=1e-9)
+
+
 @pytest.mark.parametrize("tariff", list(TARIFFS.values()), ids=list(TARIFFS))
 def test_household_optimum_lies_between_the_oracle_and_the_rule_alone(tariff: dict) -> None:
     """oracle <= oracle_household <= self_consumption under mechanism none (each home with

@@ -156,6 +156,23 @@ def test_episode_ends_after_one_day_and_agents_empty():
         env.step({})
 
 
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_two_day_episode_ends_after_two_days(engine):
+    """episode.length_days = 2: the agents live 192 steps; the day advances at midnight
+    without termination, which only the last step reports."""
+    env = envs.make_env({**SMALL, "episode": {"length_days": 2}}, engine=engine)
+    _, infos = env.reset(seed=1, options={"day": 365})
+    days, ended = [], []
+    while env.agents:
+        actions = {agent: env.action_space(agent).sample() for agent in env.agents}
+        _, _, terminations, truncations, infos = env.step(actions)
+        days.append(infos[env.possible_agents[0]]["day"])
+        ended.append(all(terminations.values()))
+        assert not any(truncations.values())
+    assert days == [365.0] * 96 + [0.0] * 96
+    assert ended == [False] * 191 + [True]
+
+
 def test_missing_agent_action_is_an_error():
     env = envs.make_env(SMALL)
     env.reset(seed=0)

@@ -8,13 +8,30 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecMonitor
+from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor
 
 import envs
 from envs.info_schema import INFO_KEYS, NETWORK_INFO
 from envs.sb3_vec_env import SB3VecEnv
 
 SMALL = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
+
+
+def test_vec_check_nan_passes_a_whole_episode_and_catches_nan_actions():
+    """SB3's own VecCheckNan around the adapter: a full episode with a network model (NaN is
+    only allowed in infos, never in observations or rewards), then a NaN action is caught by
+    the wrapper before it reaches the core."""
+    vec = VecCheckNan(envs.make_vec_env({**SMALL, "network": {"model": "zbus"}}, n_envs=2),
+                      raise_exception=True)
+    vec.reset()
+    generator = np.random.default_rng(1)
+    for _ in range(96):
+        _, _, dones, _ = vec.step(generator.uniform(-1.0, 1.0, (8, 2)).astype(np.float32))
+    assert dones.all()
+    actions = np.zeros((8, 2), dtype=np.float32)
+    actions[3, 0] = np.nan
+    with pytest.raises(ValueError, match="found nan in actions"):
+        vec.step(actions)
 
 
 def test_vec_env_shapes_and_terminal_observation():
@@ -57,6 +74,24 @@ def test_vec_env_shapes_and_terminal_observation():
     new_days = vec.core.day.tolist()
     assert [(info["day"], info["step_of_day"]) for info in vec.reset_infos] == [
         (float(new_days[i // 4]), -1.0) for i in range(12)]
+
+
+def test_vec_env_two_day_episodes_end_after_192_steps():
+    """episode.length_days = 2: every sub-environment is done after 192 steps (not at the
+    first midnight), with its terminal observation and the day advanced in between."""
+    vec = envs.make_vec_env({**SMALL, "episode": {"length_days": 2}}, n_envs=2)
+    vec.reset()
+    start = vec.core.day.tolist()
+    generator = np.random.default_rng(0)
+    for step in range(192):
+        actions = generator.uniform(-1.0, 1.0, (8, 2)).astype(np.float32)
+        _, _, dones, infos = vec.step(actions)
+        assert dones.all() == (step == 191) and (dones.any() == dones.all()), step
+        if step == 96:
+            assert [info["day"] for info in infos] == [
+                float((start[i // 4] + 1) % 366) for i in range(8)]
+    assert all("terminal_observation" in info for info in infos)
+    assert not any(info["TimeLimit.truncated"] for info in infos)
 
 
 def test_symmetric_price_action_maps_to_band():

@@ -1,7 +1,8 @@
 """The numba single-environment engine (envs/single/) steps exactly like the torch core at B=1.
 
 Each case runs the engine and a float64 ``BatchedP2PEnv`` with ``n_envs=1`` side by side over
-more than one day (so an automatic reset is crossed) with the same random actions, and checks
+more than one episode (so an automatic reset is crossed; episodes of one day, and of two
+days in one case) with the same random actions, and checks
 observations, rewards, every info key, the global state and the episode ends. The cases are
 driven by the config schema: every leaf field of ``EnvConfig`` is set to a non-default value
 by some case or listed in :data:`ENGINE_IRRELEVANT` with the reason it cannot matter.
@@ -57,6 +58,13 @@ CASES = {
                            "reward_scale": 0.5, "episode": {"days": "test"}},
     "case33bw": {"community": {"feeder": "case33bw"}, "market": {"mechanism": "sdr"},
                  "network": {"max_iterations": 30}},
+    # Two-day episodes: the midnight inside the episode (next day, SoC, last price and
+    # voltage kept, the noise counted on over the episode), the terminal value at its end.
+    "rural1-two-day-episodes": {
+        "episode": {"length_days": 2},
+        "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
+        "observation": {"rule": "time_of_use", "forecast_steps": 1, "forecast_noise": 0.1,
+                        "include_voltage": True}},
     "synthetic-no-network": SYNTHETIC,
     "synthetic-discrete": {**SYNTHETIC, "action": {"type": "discrete"},
                            "market": {"mechanism": "pay_as_bid"}},
@@ -100,10 +108,10 @@ BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou
 """Cases whose actions are biased (even agents charge, odd ones discharge) so that each day
 ends with some agent above and some below its start SoC: both the charge and the credit of
 the terminal value are compared (asserted)."""
-FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete")
+FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete", "rural1-two-day-episodes")
 """The cases of the fast loop (``pytest -m "not slow"``): the default feeder with its network,
-the fee path, discrete actions; each case steps more than a day (2 to 5 s), the others are
-marked slow."""
+the fee path, discrete actions, two-day episodes; each case steps more than an episode (2 to
+5 s), the others are marked slow."""
 
 
 def _actions(engine: SingleEnvEngine, rng: np.random.Generator) -> np.ndarray:
@@ -149,7 +157,7 @@ def test_engine_steps_like_the_core(name: str) -> None:
     rng = np.random.default_rng(0)
     penalised = 0
     fee_steps, distance_fees = 0, 0.0
-    for step in range(STEPS_PER_DAY + 30):
+    for step in range(core.episode_steps + 30):
         actions = _actions(engine, rng)
         if name in BOTH_SIDES:  # even agents tend to charge, odd ones to discharge
             bias = np.where(np.arange(engine.n_agents) % 2 == 0, 0.5, -0.5)
@@ -260,6 +268,51 @@ def test_engine_and_core_take_over_from_each_other_mid_episode(network: str) -> 
     np.testing.assert_array_equal(successor.step(actions)[0], engine.step(actions)[0])
     with pytest.raises(ValueError, match="'step_of_day'"):
         successor.set_state({**core.get_state(), "step_of_day": torch.tensor([96])})
+    with pytest.raises(ValueError, match="'day_of_episode'"):  # one-day episodes: only 0
+        successor.set_state({**core.get_state(), "day_of_episode": torch.tensor([1])})
+
+
+def test_two_day_episode_over_the_year_end_matches_the_core() -> None:
+    """A two-day episode from the year's last day runs on into day 0 (as the profiles wrap),
+    on both engines alike: the day advances at midnight, the episode ends after 192 steps
+    with the terminal value, and an engine set to the core's state mid-episode (on its
+    second day) continues it."""
+    config = env_config({**SYNTHETIC, "episode": {"length_days": 2},
+                         "observation": {"forecast_noise": 0.1}})
+    engine = SingleEnvEngine(config)
+    core = envs.make_batched_env(config, n_envs=1, dtype="float64")
+    engine.reset(seed=5, day=365)
+    core.reset(seed=5, days=[365])
+    rng = np.random.default_rng(2)
+    days, ends = [], []
+    for step in range(2 * STEPS_PER_DAY + 5):
+        actions = _actions(engine, rng)
+        obs, reward, done, info = engine.step(actions)
+        core_obs, core_reward, terminated, _, core_info = core.step(
+            torch.as_tensor(actions)[None])
+        assert done == bool(terminated[0]), step
+        np.testing.assert_allclose(obs, core_obs[0].numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(reward, core_reward[0].numpy(), rtol=1e-9, atol=1e-12)
+        days.append(int(info["day"]))
+        if done:
+            ends.append(step)
+            assert np.any(info["terminal_value_cost"] != 0.0)
+        else:
+            assert not np.any(info["terminal_value_cost"]), step
+    assert days[:2 * STEPS_PER_DAY] == [365] * STEPS_PER_DAY + [0] * STEPS_PER_DAY
+    assert ends == [2 * STEPS_PER_DAY - 1]
+    engine.reset(seed=6, day=100)
+    for _ in range(STEPS_PER_DAY + 10):
+        engine.step(_actions(engine, rng))
+    state = engine.get_state()
+    assert int(state["day"][0]) == 101 and int(state["day_of_episode"][0]) == 1
+    core.set_state(state)
+    for step in range(STEPS_PER_DAY):
+        actions = _actions(engine, rng)
+        obs, reward, done, _ = engine.step(actions)
+        core_obs, core_reward, terminated, _, _ = core.step(torch.as_tensor(actions)[None])
+        assert done == bool(terminated[0]) == (step == STEPS_PER_DAY - 11), step
+        np.testing.assert_allclose(reward, core_reward[0].numpy(), rtol=1e-9, atol=1e-12)
 
 
 def test_fixed_day_and_reseeding_match_the_core() -> None:

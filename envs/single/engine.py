@@ -46,7 +46,7 @@ from numba import njit, typeof
 from envs import fees, observations
 from envs.config import INT64_MAX, OBSERVATION_RULES, EnvConfig
 from envs.core import STATE_KEYS, BatchedP2PEnv, checked_days, checked_seed
-from envs.data import START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
+from envs.data import DAYS_PER_YEAR, START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
 from envs.network import PowerFlowResult, network_penalty
 from envs.observations import (
@@ -177,6 +177,7 @@ class Params(NamedTuple):
     terminal_value: bool
     terminal_price: float
     terminal_credit_price: float
+    episode_days: int  # episode.length_days
 
 
 class Buffers(NamedTuple):
@@ -196,9 +197,10 @@ class Buffers(NamedTuple):
     trafo_p_hv_kw: np.ndarray  # [n_trafo]
 
 
-# State layout: ints [env_seed, episode_count, day, step_of_day]; floats soc [N],
-# last_voltage [N], last_price [1], episode_start_soc [N] (kWh, for the terminal value).
-_SEED, _EPISODE, _DAY, _STEP = 0, 1, 2, 3
+# State layout: ints [env_seed, episode_count, day, step_of_day, day_of_episode]; floats
+# soc [N], last_voltage [N], last_price [1], episode_start_soc [N] (kWh, for the terminal
+# value).
+_SEED, _EPISODE, _DAY, _STEP, _EPISODE_DAY = 0, 1, 2, 3, 4
 
 
 @njit(cache=True)
@@ -248,7 +250,8 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
     key = np.uint64(0)
     count = steps * n * N_PROFILE_FEATURES  # the core's draw: [steps, N, 2] normals
     if noisy:
-        key = stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE], ints[_STEP]),
+        step_of_episode = ints[_EPISODE_DAY] * STEPS_PER_DAY + ints[_STEP]
+        key = stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE], step_of_episode),
                          STREAM_FORECAST_NOISE)
     for i in range(n):
         for s in range(steps):
@@ -291,6 +294,7 @@ def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_star
     n_days = tables.start_days.shape[0]
     ints[_DAY] = tables.start_days[min(int(u * n_days), n_days - 1)]
     ints[_STEP] = 0
+    ints[_EPISODE_DAY] = 0
     for i in range(soc.shape[0]):
         soc[i] = params.initial_soc * tables.capacity_kwh[i]
         episode_start_soc[i] = soc[i]
@@ -332,10 +336,11 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
                 actions, buffers):
     """One 15-minute step; mirrors ``BatchedP2PEnv.step`` at ``B = 1`` without the network
     penalty and fees (the caller adds those when the returned flag asks for them), with the
-    terminal value (``BatchedP2PEnv.terminal_value_cost``) on the last step of a day.
+    terminal value (``BatchedP2PEnv.terminal_value_cost``) on the last step of an episode,
+    and the midnight inside a multi-day episode (next day, SoC kept).
 
     Returns ``(bad_agent, done, needs_penalty)``: ``bad_agent >= 0`` when that agent's action
-    is invalid (nothing changed), ``done`` when the day ended (``buffers.final_obs`` and
+    is invalid (nothing changed), ``done`` when the episode ended (``buffers.final_obs`` and
     ``final_state`` hold the last observation and the env was reset), ``needs_penalty`` when
     the power flow found a violation or did not converge.
     """
@@ -394,7 +399,8 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
             v = buffers.vm_pu[grid.agent_bus[i]]
             last_voltage[i] = 1.0 if math.isnan(v) else v
 
-    last_step = params.terminal_value and ints[_STEP] == STEPS_PER_DAY - 1
+    last_step = (params.terminal_value and ints[_STEP] == STEPS_PER_DAY - 1
+                 and ints[_EPISODE_DAY] == params.episode_days - 1)
     volume, imports, exports, community_cost = 0.0, 0.0, 0.0, 0.0
     for i in range(n):
         for row in range(5):  # p2p_energy, grid_energy, payment, p2p_payment, grid_payment
@@ -432,7 +438,12 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
     env[_E_STEP_OF_DAY] = ints[_STEP]
     ints[_STEP] += 1
 
-    done = ints[_STEP] >= STEPS_PER_DAY
+    midnight = ints[_STEP] >= STEPS_PER_DAY
+    done = midnight and ints[_EPISODE_DAY] >= params.episode_days - 1
+    if midnight and not done:  # BatchedP2PEnv.step: the next calendar day of the episode
+        ints[_DAY] = (ints[_DAY] + 1) % DAYS_PER_YEAR
+        ints[_STEP] = 0
+        ints[_EPISODE_DAY] += 1
     if done:
         observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.final_obs)
         state_into(tables, params, ints, soc, last_price, buffers.final_state)
@@ -462,7 +473,7 @@ class SingleEnvEngine:
     Arrays have no batch dimension: observations ``[N, obs_dim]`` float32, rewards ``[N]``,
     continuous actions ``[N, 2]``, discrete ``[N]``. ``info`` maps each of :data:`AGENT_INFO`
     to an ``[N]`` array and each per-community key to a float, plus ``final_observation``
-    and ``final_state`` on the step that ends a day (the engine has then reset itself, as the
+    and ``final_state`` on the step that ends an episode (the engine has then reset itself, as the
     core does).
     """
 
@@ -499,7 +510,8 @@ class SingleEnvEngine:
             rule=OBSERVATION_RULES.index(config.observation.rule), discrete=self.discrete,
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
             terminal_value=core.terminal_value, terminal_price=core.terminal_price,
-            terminal_credit_price=core.terminal_credit_price)
+            terminal_credit_price=core.terminal_credit_price,
+            episode_days=core.episode_days)
         # Exact Python types, so that every config compiles to the same kernel signature.
         types = get_type_hints(Params)
         self.params = Params(**{name: types[name](value) for name, value in values.items()})
@@ -516,7 +528,7 @@ class SingleEnvEngine:
             line_loading=np.zeros(n_line), trafo_loading=np.zeros(n_trafo),
             line_p_from_kw=np.zeros(n_line), trafo_p_hv_kw=np.zeros(n_trafo))
         self.env_keys = ENV_INFO + (NETWORK_INFO if self.params.network else ())
-        self._ints = np.zeros(4, np.int64)
+        self._ints = np.zeros(5, np.int64)
         self._soc = np.zeros(n)
         self._last_voltage = np.ones(n)
         self._last_price = np.zeros(1)
@@ -561,6 +573,7 @@ class SingleEnvEngine:
         ints = self._ints
         return {"env_seed": ints[_SEED:_SEED + 1], "episode_count": ints[_EPISODE:_EPISODE + 1],
                 "day": ints[_DAY:_DAY + 1], "step_of_day": ints[_STEP:_STEP + 1],
+                "day_of_episode": ints[_EPISODE_DAY:_EPISODE_DAY + 1],
                 "soc_kwh": self._soc[None], "episode_start_soc_kwh": self._episode_start_soc[None],
                 "last_price": self._last_price, "last_voltage": self._last_voltage[None]}
 
