@@ -74,8 +74,9 @@ class TrainConfig:
     """Score each evaluation against references on the same days: ``eval/oracle_share`` (share
     of this oracle's savings against no P2P captured) and ``eval/gain_vs_best_rule`` (the best
     rule-based baseline's community cost minus the policy's, currency per episode, that is
-    per day with the default one-day episodes; > 0 = the policy wins). ``oracle`` or ``oracle_network``; ``auto`` = the task's reference oracle
-    (``envs.tasks``) when ``env.task`` names one, else ``oracle``; ``none`` = no references.
+    per day with the default one-day episodes; > 0 = the policy wins). ``oracle`` or
+    ``oracle_network``; ``auto`` = the task's reference oracle (``envs.tasks``) when
+    ``env.task`` names one, else ``oracle``; ``none`` = no references.
     The references are evaluated once per run (cached, ``train.py``)."""
 
     def __post_init__(self) -> None:
