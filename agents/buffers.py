@@ -124,6 +124,38 @@ class ReplayBuffer:
         index = index.to(self.rewards.device)
         return {name: getattr(self, name)[index] for name in self._tensors()}
 
+    def sample_n_step(self, batch_size: int, generator: torch.Generator, n_step: int,
+                      gamma: float, stride: int) -> dict[str, Tensor]:
+        """Like :meth:`sample`, with ``n_step``-step returns: ``rewards`` is the discounted
+        sum of the rewards of the next up to ``n_step`` steps of the same environment
+        (``stride`` = environments per collector step, the slots between its consecutive
+        steps), stopping after the episode's last step or at the newest stored step;
+        ``next_obs``/``next_state`` are those after the last step summed and ``discount`` is
+        ``gamma ** steps`` (0 after the episode's last step), so the target is ``rewards +
+        discount * Q'(next)``."""
+        index = torch.randint(self.size, (batch_size,), generator=generator,
+                              device=generator.device).to(self.rewards.device)
+        age = (self.position - 1 - index) % self.capacity  # 0 = the newest slot
+        batch = {name: getattr(self, name)[index] for name in ("obs", "state", "actions")}
+        total = torch.zeros_like(self.rewards[index])
+        discount = torch.ones(batch_size, dtype=self.rewards.dtype, device=index.device)
+        last = index.clone()
+        alive = torch.ones(batch_size, dtype=torch.bool, device=index.device)
+        for k in range(n_step):
+            alive &= age >= k * stride  # a step not stored yet ends the sum
+            if k and not bool(alive.any()):
+                break
+            slot = (index + k * stride) % self.capacity
+            total += torch.where(alive[:, None], discount[:, None] * self.rewards[slot], 0.0)
+            last = torch.where(alive, slot, last)
+            discount = torch.where(alive, discount * gamma, discount)
+            alive &= ~self.terminated[slot]
+        ended = self.terminated[last]
+        batch.update(rewards=total, next_obs=self.next_obs[last],
+                     next_state=self.next_state[last], terminated=ended,
+                     discount=torch.where(ended, 0.0, discount))
+        return batch
+
     @staticmethod
     def _tensors() -> tuple[str, ...]:
         return ("obs", "next_obs", "state", "next_state", "actions", "rewards", "terminated")

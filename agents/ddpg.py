@@ -81,6 +81,10 @@ class DDPGConfig:
     (``imitation``) or residual actor. 0 = update the actor from the start."""
     gamma: float = 0.99
     """Discount per 15-minute step."""
+    n_step: int = 1
+    """Critic targets from the rewards of the next ``n_step`` steps of the same environment
+    before bootstrapping (96 = the rest of the day: Monte-Carlo returns of a one-day episode,
+    which price the end-of-day value of stored energy without relying on the critic)."""
     tau: float = 0.005
     """Polyak factor of the target networks: target <- (1 - tau) target + tau online."""
     actor_lr: float = 3e-4
@@ -122,6 +126,7 @@ class DDPGConfig:
             check(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))
         check(self.learning_starts >= 0, "learning_starts", ">= 0", self.learning_starts)
         check(self.actor_delay >= 0, "actor_delay", ">= 0", self.actor_delay)
+        check(1 <= self.n_step <= 960, "n_step", "an integer in [1, 960]", self.n_step)
         check(self.bc_alpha is None or self.bc_alpha > 0.0, "bc_alpha", "> 0 or null",
               self.bc_alpha)
         check(0.0 < self.gamma <= 1.0, "gamma", "a value in (0, 1]", self.gamma)
@@ -312,7 +317,11 @@ class DDPG(Algorithm):
         """One critic update, and an actor and target update every policy_frequency-th."""
         config = self.config
         env_steps = math.ceil(config.batch_size / self.spec.n_agents)
-        batch = self.buffer.sample(env_steps, self.generator)
+        if config.n_step > 1:
+            batch = self.buffer.sample_n_step(env_steps, self.generator, config.n_step,
+                                              config.gamma, self.spec.n_envs)
+        else:
+            batch = self.buffer.sample(env_steps, self.generator)
         obs, state, actions = batch["obs"], batch["state"], batch["actions"]
         with torch.no_grad():
             next_actions = self._policy(self.target_actor, batch["next_obs"])
@@ -322,8 +331,11 @@ class DDPG(Algorithm):
                 next_actions = (next_actions + smoothing).clamp(-1.0, 1.0)
             next_q = self._q_values(self.target_critic, batch["next_state"], batch["next_obs"],
                                     next_actions)
-            not_done = (~batch["terminated"]).to(next_q.dtype)[:, None]
-            target = batch["rewards"] + config.gamma * not_done * next_q
+            if "discount" in batch:  # n-step: the sum's discount, 0 after the episode's end
+                discount = batch["discount"].to(next_q.dtype)[:, None]
+            else:
+                discount = config.gamma * (~batch["terminated"]).to(next_q.dtype)[:, None]
+            target = batch["rewards"] + discount * next_q
         q_values = self._q_values(self.critic, state, obs, actions)
         critic_loss = (q_values - target).square().mean()
         self._step(self.critic_optimizer, critic_loss, self.critic)

@@ -319,6 +319,34 @@ def test_replay_buffer_wraps_samples_and_restores():
     assert torch.equal(first["next_obs"][:, 0, 0], first["obs"][:, 0, 0] + 1)
 
 
+def test_replay_buffer_n_step_returns_by_hand(monkeypatch):
+    """Two environments, one agent, rewards 10 * step + env; environment 0's episode ends at
+    step 1. From env 1's step 0, three steps sum 1 + g * 11 + g^2 * 21 and bootstrap from
+    step 2's next state with g^3; from env 0's step 0 the sum stops at its episode's end;
+    from step 2 only the stored steps count (2 of 3)."""
+    from agents.buffers import ReplayBuffer
+
+    gamma, b = 0.5, 2
+    buffer = ReplayBuffer(16, n_agents=1, obs_dim=1, state_dim=1, action_shape=(1,),
+                          action_dtype=torch.float32)
+    for step in range(4):
+        reward = torch.tensor([[10.0 * step], [10.0 * step + 1]])
+        value = torch.tensor([[[step * 1.0]], [[step * 1.0]]])
+        buffer.add(Transition(value, value[:, 0], value, reward, value + 1, value[:, 0] + 1,
+                              torch.tensor([step == 1, False]), torch.zeros(b, dtype=torch.bool),
+                              {}))
+
+    slots = torch.tensor([1, 0, 4, 5])  # env 1 step 0, env 0 step 0, env 0 step 2, env 1 step 2
+    monkeypatch.setattr(torch, "randint", lambda *args, **kwargs: slots)  # the start slots
+    batch = buffer.sample_n_step(4, torch.Generator(), n_step=3, gamma=gamma, stride=b)
+    expected = [1 + gamma * 11 + gamma**2 * 21, 0 + gamma * 10, 20 + gamma * 30,
+                21 + gamma * 31]
+    assert batch["rewards"][:, 0].tolist() == pytest.approx(expected)
+    assert batch["discount"].tolist() == pytest.approx([gamma**3, 0.0, gamma**2, gamma**2])
+    assert batch["next_obs"][:, 0, 0].tolist() == [3.0, 2.0, 4.0, 4.0]  # after the last step
+    assert batch["obs"][:, 0, 0].tolist() == [0.0, 0.0, 2.0, 2.0]
+
+
 @pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_algorithm_config_builds(path):
