@@ -21,6 +21,12 @@ name                  behaviour
                       the own deficit); at every other price hold (charge PV surplus only).
                       Under a flat tariff it is ``self_consumption``. Bids and asks at the
                       tariff midpoint.
+``community_self_     self-consumption of the whole community (``envs.rules``): each battery
+consumption``         covers its own home as ``self_consumption``, then the surplus (deficit)
+                      the community still has is absorbed by (covered from) all batteries with
+                      room, in proportion to the AC power each can still take (give); it
+                      reads the community's net load, as agents do with
+                      ``observation.community``. Bids and asks at the tariff midpoint.
 ``zi``                zero-intelligence constrained traders (Gode & Sunder 1993, "Allocative
                       efficiency of markets with zero-intelligence traders", J. Political
                       Economy 101(1)): each step every agent draws its price uniformly in
@@ -56,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,10 +74,16 @@ from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solv
 from agents.policy import Policy
 from envs import metrics
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
-from envs.rules import current_load_pv_kw, self_consumption_fraction, time_of_use_fraction
+from envs.rules import (
+    community_self_consumption_fraction,
+    current_load_pv_kw,
+    self_consumption_fraction,
+    time_of_use_fraction,
+)
 
-__all__ = ["BASELINES", "FixedPrice", "NoP2P", "ORACLES", "PerfectForesightOracle",
-           "RandomPolicy", "SelfConsumption", "TimeOfUse", "ZeroIntelligence", "battery_fleet",
+__all__ = ["BASELINES", "CommunitySelfConsumption", "FixedPrice", "MidpointRule", "NoP2P",
+           "ORACLES", "PerfectForesightOracle", "RandomPolicy", "SelfConsumption", "TimeOfUse",
+           "ZeroIntelligence", "battery_fleet",
            "current_load_pv_kw", "float64_tables", "make_oracle", "make_policy",
            "network_linearisation", "self_consumption_fraction", "time_of_use_fraction"]
 
@@ -107,37 +120,48 @@ class NoP2P:
         return env_actions(zeros, zeros + MIDPOINT, env)
 
 
-class SelfConsumption:
-    """Self-consumption battery rule; truthful bids and asks at the tariff midpoint."""
+class MidpointRule:
+    """A battery rule of ``envs.rules`` (``rule(env) -> [B, N]`` fraction); truthful bids and
+    asks at the tariff midpoint. Subclasses name the rule."""
 
     mechanism = None
+    default_name = ""
+    rule: Callable[[Any], Tensor]
 
-    def __init__(self, name: str = "self_consumption") -> None:
-        self.name = name
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or self.default_name
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         pass
 
     def act(self, obs: Tensor, env: Any) -> Tensor:
-        battery = self_consumption_fraction(env)
+        battery = type(self).rule(env)
         return env_actions(battery, torch.full_like(battery, MIDPOINT), env)
 
 
-class TimeOfUse:
+class SelfConsumption(MidpointRule):
+    """Self-consumption battery rule (``envs.rules.self_consumption``); bids and asks at the
+    midpoint."""
+
+    default_name = "self_consumption"
+    rule = staticmethod(self_consumption_fraction)
+
+
+class TimeOfUse(MidpointRule):
     """Time-of-use battery rule (``envs.rules.time_of_use``: grid charge spread over the
     cheapest hours, hold, self-consumption at the peak); bids and asks at the midpoint."""
 
-    mechanism = None
+    default_name = "time_of_use"
+    rule = staticmethod(time_of_use_fraction)
 
-    def __init__(self, name: str = "time_of_use") -> None:
-        self.name = name
 
-    def reset(self, env: Any, seed: int | None = None) -> None:
-        pass
+class CommunitySelfConsumption(MidpointRule):
+    """Community self-consumption (``envs.rules.community_self_consumption``: every battery
+    covers its own home, then the community's remaining surplus or deficit is shared among
+    the batteries with room); bids and asks at the midpoint."""
 
-    def act(self, obs: Tensor, env: Any) -> Tensor:
-        battery = time_of_use_fraction(env)
-        return env_actions(battery, torch.full_like(battery, MIDPOINT), env)
+    default_name = "community_self_consumption"
+    rule = staticmethod(community_self_consumption_fraction)
 
 
 class FixedPrice:
@@ -212,6 +236,7 @@ BASELINES: dict[str, type] = {
     "no_p2p": NoP2P,
     "self_consumption": SelfConsumption,
     "time_of_use": TimeOfUse,
+    "community_self_consumption": CommunitySelfConsumption,
     "zi": ZeroIntelligence,
     "fixed_price": FixedPrice,
     "random": RandomPolicy,

@@ -295,6 +295,11 @@ class ObservationConfig:
     being traded and of the forecasts (0 = exact)."""
     include_voltage: bool = False
     """Add the agent's own bus voltage of the last step (p.u. - 1) to its observation."""
+    community: bool = False
+    """Add the community's aggregates, the same for every agent (what a P2P platform
+    publishes): its net load (load - PV summed over the homes) of the step being traded and of
+    each forecast step, / the sum of the homes' peak loads, and its batteries' state of
+    charge (stored kWh / capacity kWh, summed over the homes); true values, never noisy."""
     rule: str = "none"
     """Add a rule's battery fraction of this step in [-1, 1] as the last feature,
     ``rule_battery`` (``envs.rules``, from the true load and PV): ``none``,

@@ -107,6 +107,9 @@ class CoreTables(NamedTuple):
     """``[Lb]`` the battery fractions of the discrete actions."""
     price_levels: Tensor
     """``[Lp]`` the price fractions of the discrete actions."""
+    community_net: Tensor
+    """``[T]`` the community's net load (load - PV summed over agents) / the sum of peak
+    loads (the ``community_net`` observation feature)."""
     tou_grid_charge: Tensor
     """``[96]`` bool: ``envs.rules.TouSchedule.grid_charge``."""
     tou_hold: Tensor
@@ -204,6 +207,10 @@ class BatchedP2PEnv:
                                      self.pv_kw / self.peak_load_kw], dim=-1)  # [T, N, 2]
         self._sizes = torch.stack([self.pv_kwp, self.capacity_kwh], dim=1) / self.peak_load_kw[
             :, None]
+        self._community_net = ((self.load_kw - self.pv_kw).sum(dim=1)
+                               / self.peak_load_kw.sum())  # [T]
+        self._inverse_total_capacity = (1.0 / float(self.capacity_kwh.sum())
+                                        if float(self.capacity_kwh.sum()) > 0 else 0.0)
         self._inverse_capacity = torch.where(
             self.capacity_kwh > 0, 1.0 / self.capacity_kwh.clamp_min(1e-9),
             torch.zeros_like(self.capacity_kwh))
@@ -290,7 +297,8 @@ class BatchedP2PEnv:
             step_table=self._step_table, weekday_table=self._weekday_table,
             retail_price=self.retail_price, feed_in_price=self.feed_in_price,
             start_days=self.start_days, battery_levels=self._battery_levels,
-            price_levels=self._price_levels, tou_grid_charge=schedule.grid_charge,
+            price_levels=self._price_levels, community_net=self._community_net,
+            tou_grid_charge=schedule.grid_charge,
             tou_hold=schedule.hold, tou_cheap_steps_left=schedule.cheap_steps_left)
 
     def get_state(self) -> dict[str, Tensor | bool]:
@@ -432,12 +440,9 @@ class BatchedP2PEnv:
         cfg = self.config.observation
         b, n = self.n_envs, self.n_agents
         steps = cfg.forecast_steps + 1
-        if steps == 1:
-            profile = self._profile[self.time_index()][:, None]  # [B, 1, N, 2]
-        else:
-            offsets = torch.arange(steps, device=self.device)
-            index = (self.time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR
-            profile = self._profile[index]  # [B, S, N, 2]
+        offsets = torch.arange(steps, device=self.device)
+        index = (self.time_index()[:, None] + offsets[None, :]) % STEPS_PER_YEAR  # [B, S]
+        profile = self._profile[index]  # [B, S, N, 2]
         if cfg.forecast_noise > 0.0:
             # Counted over the episode's steps (day_of_episode * 96 + step_of_day), so the
             # days of a multi-day episode draw different noise.
@@ -450,6 +455,10 @@ class BatchedP2PEnv:
         shared = self._shared_features()
         parts = [profile, self._soc_fraction()[..., None], self._sizes.expand(b, n, 2),
                  shared[:, None, :].expand(b, n, shared.shape[1])]
+        if cfg.community:
+            soc = self.soc_kwh.sum(dim=1, keepdim=True) * self._inverse_total_capacity
+            community = torch.cat([self._community_net[index], soc], dim=1)  # [B, S + 1]
+            parts.append(community[:, None, :].expand(b, n, steps + 1))
         if cfg.include_voltage:
             parts.append(((self.last_voltage - 1.0) * 10.0)[..., None])
         if cfg.rule != "none":

@@ -16,6 +16,11 @@ day of week (2)        sin, cos of 2 pi weekday / 7
 retail, feed_in        this step's tariffs / highest retail price of the day
 last_price             last clearing price / highest retail (tariff midpoint when no
                        trade happened)
+community (optional,   ``observation.community``: the community's net load (load - PV
+k + 2)                 summed over the homes, kW) of the step being traded and of the next
+                       k forecast steps / the sum of the homes' peak loads, then the
+                       community's SoC (stored kWh / capacity kWh over all homes, 0 without
+                       batteries); true values, the same for every agent
 voltage (optional)     own bus voltage of the last step, (V - 1 p.u.) * 10
 rule_battery           the battery fraction in [-1, 1] (> 0 charges) that the rule
 (optional)             ``observation.rule`` (``self_consumption`` or ``time_of_use``,
@@ -66,6 +71,10 @@ SHARED_FROM_WEEKDAY_TABLE: tuple[int, ...] = tuple(SHARED_FEATURES.index(name)
 """Index in :data:`SHARED_FEATURES` of each column of the weekday table."""
 SHARED_LAST_PRICE = SHARED_FEATURES.index("last_price")
 """Index of the last clearing price in :data:`SHARED_FEATURES`."""
+COMMUNITY_NET = "community_net"
+"""Name of the community's net load feature (``_t+s`` appended for forecast step ``s``)."""
+COMMUNITY_SOC = "community_soc"
+"""Name of the community's SoC feature, after the net loads."""
 
 
 class ObservationLayout(NamedTuple):
@@ -76,6 +85,8 @@ class ObservationLayout(NamedTuple):
     battery_size: int
     shared: int
     """First of the :data:`N_SHARED_FEATURES` shared features."""
+    community: int
+    """First of the ``forecast_steps + 2`` community features (net loads, then SoC)."""
     voltage: int
     rule_battery: int
     obs_dim: int
@@ -87,6 +98,10 @@ def feature_names(config: ObservationConfig) -> list[str]:
     for step in range(1, config.forecast_steps + 1):
         names += [f"{name}_t+{step}" for name in PROFILE_FEATURES]
     names += [*AGENT_FEATURES, *SHARED_FEATURES]
+    if config.community:
+        names.append(COMMUNITY_NET)
+        names += [f"{COMMUNITY_NET}_t+{step}" for step in range(1, config.forecast_steps + 1)]
+        names.append(COMMUNITY_SOC)
     if config.include_voltage:
         names.append("voltage")
     if config.rule != "none":
@@ -103,7 +118,8 @@ def layout(config: ObservationConfig) -> ObservationLayout:
 
     return ObservationLayout(
         soc=column("soc"), pv_size=column("pv_size"), battery_size=column("battery_size"),
-        shared=column(SHARED_FEATURES[0]), voltage=column("voltage"),
+        shared=column(SHARED_FEATURES[0]), community=column(COMMUNITY_NET),
+        voltage=column("voltage"),
         rule_battery=column("rule_battery"), obs_dim=len(names))
 
 

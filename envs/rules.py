@@ -27,6 +27,14 @@ rule                   battery fraction
 
                        With a flat tariff every step is at the maximum, so the rule is
                        exactly ``self_consumption``.
+``community_self_``    :func:`community_self_consumption`: self-consumption of the whole
+``consumption``        community. Each battery first covers its own home as
+                       ``self_consumption``; the PV surplus (or deficit) the community
+                       still has after that is then absorbed by (covered from) every battery
+                       with room left, shared in proportion to the AC power each can still
+                       take (give) this step. Needs the community's net load, which a P2P
+                       platform publishes (``observation.community``); a baseline only, not
+                       an ``observation.rule``.
 =====================  =====================================================================
 
 **Time of use, in detail.** Cheap steps charge from the grid only if a kWh bought at the
@@ -63,8 +71,10 @@ from torch import Tensor
 from envs.config import OBSERVATION_RULES, BatteryConfig
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 
-__all__ = ["RULES", "TouSchedule", "current_load_pv_kw", "rule_fraction", "self_consumption",
-           "self_consumption_fraction", "time_of_use", "time_of_use_fraction", "tou_schedule"]
+__all__ = ["RULES", "TouSchedule", "community_self_consumption",
+           "community_self_consumption_fraction", "current_load_pv_kw", "rule_fraction",
+           "self_consumption", "self_consumption_fraction", "time_of_use",
+           "time_of_use_fraction", "tou_schedule"]
 
 
 class TouSchedule(NamedTuple):
@@ -103,6 +113,41 @@ def self_consumption(load_kw: Tensor, pv_kw: Tensor, battery_kw: Tensor) -> Tens
     and PV ``[B, N]`` (kW) and the power limits ``battery_kw [N]``."""
     has_battery = battery_kw > 0
     fraction = (pv_kw - load_kw) / torch.where(has_battery, battery_kw, 1.0)
+    return torch.where(has_battery, fraction, 0.0).clamp(-1.0, 1.0)
+
+
+def community_self_consumption(load_kw: Tensor, pv_kw: Tensor, soc_kwh: Tensor,
+                               battery_kw: Tensor, capacity_kwh: Tensor,
+                               battery: BatteryConfig, dt_h: float) -> Tensor:
+    """The community self-consumption battery fraction ``[B, N]`` (module docstring).
+
+    Args:
+        load_kw, pv_kw: this step's load and PV ``[B, N]``, kW.
+        soc_kwh: state of charge ``[B, N]``, kWh in the cells.
+        battery_kw, capacity_kwh: power limits and capacities ``[N]``.
+        battery: SoC band and efficiencies (the limits of ``envs.physics.battery_step``).
+        dt_h: step length, hours.
+    """
+    has_battery = battery_kw > 0
+    own_kw = self_consumption(load_kw, pv_kw, battery_kw) * battery_kw
+    # AC power each battery can still take / give this step beyond its own home's share.
+    charge_kw = torch.minimum(
+        battery_kw, (battery.soc_max * capacity_kwh - soc_kwh).clamp_min(0.0)
+        / battery.charge_efficiency / dt_h)
+    discharge_kw = torch.minimum(
+        battery_kw, (soc_kwh - battery.soc_min * capacity_kwh).clamp_min(0.0)
+        * battery.discharge_efficiency / dt_h)
+    room_in = torch.where(has_battery, (charge_kw - own_kw.clamp_min(0.0)).clamp_min(0.0), 0.0)
+    room_out = torch.where(has_battery, (discharge_kw + own_kw.clamp_max(0.0)).clamp_min(0.0),
+                           0.0)
+    surplus_kw = (pv_kw - load_kw - own_kw).sum(dim=1, keepdim=True)  # [B, 1], < 0: deficit
+    total_in = room_in.sum(dim=1, keepdim=True)
+    total_out = room_out.sum(dim=1, keepdim=True)
+    extra_kw = torch.where(
+        surplus_kw > 0,
+        room_in * (surplus_kw.clamp_max(total_in) / total_in.clamp_min(1e-12)),
+        -room_out * ((-surplus_kw).clamp_max(total_out) / total_out.clamp_min(1e-12)))
+    fraction = (own_kw + extra_kw) / torch.where(has_battery, battery_kw, 1.0)
     return torch.where(has_battery, fraction, 0.0).clamp(-1.0, 1.0)
 
 
@@ -147,6 +192,13 @@ def self_consumption_fraction(env: Any) -> Tensor:
     """:func:`self_consumption` on a core's (``envs.core.BatchedP2PEnv``) current step."""
     load_kw, pv_kw = current_load_pv_kw(env)
     return self_consumption(load_kw, pv_kw, env.battery_kw)
+
+
+def community_self_consumption_fraction(env: Any) -> Tensor:
+    """:func:`community_self_consumption` on a core's current step and SoC."""
+    load_kw, pv_kw = current_load_pv_kw(env)
+    return community_self_consumption(load_kw, pv_kw, env.soc_kwh, env.battery_kw,
+                                      env.capacity_kwh, env.config.battery, env.dt_h)
 
 
 def time_of_use_fraction(env: Any) -> Tensor:

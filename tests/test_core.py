@@ -237,6 +237,39 @@ def test_observation_columns_follow_the_shared_layout(synthetic_config):
     torch.testing.assert_close(env.state()[:, -observations.N_SHARED_FEATURES:], shared)
 
 
+def test_community_features_are_the_communitys_net_load_and_soc(synthetic_config):
+    """observation.community: after the shared block, the community's net load of the traded
+    step and each forecast step (sum of load - PV over homes / sum of peak loads, true values
+    even with forecast noise), then stored kWh / capacity kWh over all homes; the same for
+    every agent; nothing else moves."""
+    base = {**synthetic_config, "observation": {"forecast_steps": 2, "forecast_noise": 0.1}}
+    config = {**base, "observation": {**base["observation"], "community": True}}
+    env = envs.make_batched_env(config, n_envs=2, dtype="float64")
+    plain = envs.make_batched_env(base, n_envs=2, dtype="float64")
+    env.reset(seed=1)
+    plain.reset(seed=1)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(95):  # across midnight: the forecasts wrap into the next day
+        action = random_actions(env, generator).double()
+        obs, *_ = env.step(action)
+        plain_obs, *_ = plain.step(action)
+    layout = observations.layout(env.config.observation)
+    names = env.feature_names
+    assert names[layout.community:layout.community + 4] == [
+        "community_net", "community_net_t+1", "community_net_t+2", "community_soc"]
+    assert env.obs_dim == plain.obs_dim + 4
+    for s in range(3):
+        index = (env.day * 96 + env.step_of_day + s) % (365 * 96)
+        net = (env.load_kw[index] - env.pv_kw[index]).sum(dim=1) / env.peak_load_kw.sum()
+        torch.testing.assert_close(obs[:, :, layout.community + s], net[:, None].expand(2, 6))
+    soc = env.soc_kwh.sum(dim=1) / env.capacity_kwh.sum()
+    assert float(soc.min()) > 0.0
+    torch.testing.assert_close(obs[:, :, layout.community + 3], soc[:, None].expand(2, 6))
+    community = list(range(layout.community, layout.community + 4))
+    rest = [c for c in range(env.obs_dim) if c not in community]
+    torch.testing.assert_close(obs[..., rest], plain_obs, rtol=0, atol=0)
+
+
 def test_state_round_trip_continues_the_same_episodes(synthetic_config):
     """get_state holds everything that changes: a fresh core given it steps on exactly as the
     original does, across the end of the day (terminal value, automatic reset, new start day

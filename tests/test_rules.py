@@ -122,6 +122,39 @@ def test_time_of_use_beats_self_consumption_on_strong():
     assert bool((cost["time_of_use"] < cost["no_p2p"] - 15.0).all()), cost
 
 
+def test_community_self_consumption_by_hand():
+    """Three homes (batteries 1 kW / 10 kWh in the first two, none in the third), SoC band
+    0.1-0.9, lossless, 15 min.
+    Step 1: home 0 is 2 kW short (its battery gives its 1 kW), home 1 has 2.5 kW surplus (its
+    battery takes 1 kW), home 2 is 0.2 kW short: the community has 0.3 kW surplus left, and
+    only home 0's battery has room for it: [-1 + 0.3, 1, 0].
+    Step 2: home 0 has 0.4 kW surplus (its battery takes it), home 1 is 0.5 kW short (its
+    battery, 0.1 kWh above the floor, can give 0.4 kW for a quarter hour; the rule asks 0.5
+    and the physics would cut it), home 2 is 1 kW short: 1 kW deficit left. Home 1 has no
+    room to give beyond its own share (0.4 - 0.5 < 0), home 0 has 1 kW: it gives all of it,
+    0.4 - 1 = -0.6."""
+    battery = BatteryConfig(soc_min=0.1, soc_max=0.9, charge_efficiency=1.0,
+                            discharge_efficiency=1.0)
+    battery_kw = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    capacity = torch.tensor([10.0, 10.0, 0.0], dtype=torch.float64)
+    load = torch.tensor([[2.0, 0.5, 0.2], [0.6, 0.5, 1.0]], dtype=torch.float64)
+    pv = torch.tensor([[0.0, 3.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    soc = torch.tensor([[5.0, 5.0, 0.0], [5.0, 1.1, 0.0]], dtype=torch.float64)
+    fraction = rules.community_self_consumption(load, pv, soc, battery_kw, capacity, battery,
+                                                0.25)
+    torch.testing.assert_close(fraction, torch.tensor([[-0.7, 1.0, 0.0], [-0.6, -0.5, 0.0]],
+                                                      dtype=torch.float64))
+    # With room to spare the community exchanges nothing with the grid: the batteries take
+    # (give) exactly the net surplus (deficit) of all homes.
+    soc = torch.full((2, 3), 5.0, dtype=torch.float64)
+    load = torch.tensor([[0.9, 0.2, 0.3], [0.4, 0.9, 0.5]], dtype=torch.float64)
+    pv = torch.tensor([[0.0, 1.1, 0.9], [0.3, 0.0, 0.0]], dtype=torch.float64)
+    fraction = rules.community_self_consumption(load, pv, soc, battery_kw, capacity, battery,
+                                                0.25)
+    torch.testing.assert_close((fraction * battery_kw).sum(dim=1), (pv - load).sum(dim=1))
+    assert float(fraction[:, 2].abs().max()) == 0.0
+
+
 def test_observation_rule_is_validated():
     with pytest.raises(ConfigError, match=r"observation.rule.*self_consumption.*time_of_use"):
         envs.make_batched_env(None, **{"observation.rule": "greedy"})

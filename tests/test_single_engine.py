@@ -35,7 +35,8 @@ CASES = {
                                    "price_levels": 4}},
     "rural1-observation-options": {"observation": {"forecast_steps": 2,
                                                    "forecast_noise": 0.1,
-                                                   "include_voltage": True}},
+                                                   "include_voltage": True,
+                                                   "community": True}},
     # observation.rule: the rule_battery feature, after the voltage, from envs.rules'
     # kernels mirrored in the engine; under STRONG every branch of time_of_use runs (grid
     # charge in two cheap blocks, hold, the peak) on a battery in every home.
@@ -60,11 +61,12 @@ CASES = {
                  "network": {"max_iterations": 30}},
     # Two-day episodes: the midnight inside the episode (next day, SoC, last price and
     # voltage kept, the noise counted on over the episode), the terminal value at its end.
+    # (and the community features, with a forecast, over the midnight and the year's end).
     "rural1-two-day-episodes": {
         "episode": {"length_days": 2},
         "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
         "observation": {"rule": "time_of_use", "forecast_steps": 1, "forecast_noise": 0.1,
-                        "include_voltage": True}},
+                        "include_voltage": True, "community": True}},
     "synthetic-no-network": SYNTHETIC,
     "synthetic-discrete": {**SYNTHETIC, "action": {"type": "discrete"},
                            "market": {"mechanism": "pay_as_bid"}},

@@ -142,6 +142,7 @@ class Tables(NamedTuple):
     start_days: np.ndarray  # [D] int64
     battery_levels: np.ndarray  # [Lb] discrete battery fractions
     price_levels: np.ndarray  # [Lp] discrete price fractions
+    community_net: np.ndarray  # [T] community net load / sum of peak loads
     tou_grid_charge: np.ndarray  # [96] bool: envs.rules.TouSchedule.grid_charge
     tou_hold: np.ndarray  # [96] bool: TouSchedule.hold
     tou_cheap_steps_left: np.ndarray  # [96] TouSchedule.cheap_steps_left
@@ -167,6 +168,8 @@ class Params(NamedTuple):
     pv_size_column: int
     battery_size_column: int
     shared_column: int
+    community_column: int  # -1 without observation.community
+    inverse_total_capacity: float  # 1 / community battery capacity, 1/kWh (0 without)
     voltage_column: int  # -1 without observation.include_voltage
     rule_column: int  # -1 with observation.rule none
     rule: int  # code of observation.rule: index in envs.config.OBSERVATION_RULES
@@ -253,6 +256,11 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
         step_of_episode = ints[_EPISODE_DAY] * STEPS_PER_DAY + ints[_STEP]
         key = stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE], step_of_episode),
                          STREAM_FORECAST_NOISE)
+    community_soc = 0.0
+    if params.community_column >= 0:
+        for i in range(n):
+            community_soc += soc[i]
+        community_soc *= params.inverse_total_capacity
     for i in range(n):
         for s in range(steps):
             t = (now + s) % STEPS_PER_YEAR
@@ -266,6 +274,11 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
         out[i, params.pv_size_column] = tables.sizes[i, 0]
         out[i, params.battery_size_column] = tables.sizes[i, 1]
         _shared_features(tables, params, ints, last_price, out, i, params.shared_column)
+        if params.community_column >= 0:
+            for s in range(steps):
+                out[i, params.community_column + s] = tables.community_net[
+                    (now + s) % STEPS_PER_YEAR]
+            out[i, params.community_column + steps] = community_soc
         if params.voltage_column >= 0:
             out[i, params.voltage_column] = (last_voltage[i] - 1.0) * 10.0
         if params.rule != _RULE_NONE:
@@ -506,6 +519,8 @@ class SingleEnvEngine:
             forecast_noise=config.observation.forecast_noise,
             soc_column=layout.soc, pv_size_column=layout.pv_size,
             battery_size_column=layout.battery_size, shared_column=layout.shared,
+            community_column=layout.community,
+            inverse_total_capacity=core._inverse_total_capacity,
             voltage_column=layout.voltage, rule_column=layout.rule_battery,
             rule=OBSERVATION_RULES.index(config.observation.rule), discrete=self.discrete,
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
