@@ -16,8 +16,18 @@ Policies (comma separated): rule-based ones by spec (``agents/baselines.py``:
 ``no_p2p``, ``self_consumption``, ``time_of_use``, ``zi``, ``fixed_price[:price_fraction=0.7]``,
 ``random``),
 the oracles (``oracle``, ``oracle_network``, ``oracle_household``: each home's own optimum
-without sharing, ``oracle_no_p2p_idle``), or a run folder /
-checkpoint (``agents.policy.load_policy``). ``no_p2p`` always runs under mechanism ``none``.
+without sharing, ``oracle_no_p2p_idle``), a run folder /
+checkpoint (``agents.policy.load_policy``), or a policy of your own (``agents.external``):
+``my_package.my_module:MyPolicy[:key=value...]`` or ``path/to/my_policy.py:MyPolicy[:...]``
+(a PettingZoo-level callable or a batched object with ``act``), ``sb3:path/to/model.zip`` or
+``sb3:ppo:path/to/model.zip`` (a stable-baselines3 model trained on ``envs.make_vec_env``).
+``no_p2p`` always runs under mechanism ``none``.
+
+A spec that cannot be loaded (unknown name, a module that does not import, constructor
+arguments it does not take) stops the command before anything runs (exit code 2). A policy
+that fails while evaluated (it does not fit the env, returns wrong actions, raises) is reported
+as ``policy <spec> failed: ...``; the other policies are evaluated and written, the failure
+is listed under ``failed`` in ``results.json``, and the exit code is 2.
 
 ``--config``: an env YAML or a run folder (its ``config.yaml``; the ``env`` section if it has
 one); without it, a run folder among the policies supplies it, else ``configs/env/default.yaml``.
@@ -50,7 +60,8 @@ from tqdm.auto import tqdm
 
 from agents.baselines import ORACLES, make_oracle, make_policy
 from agents.evaluation import evaluate_policy
-from agents.policy import PolicyLoadError, load_policy
+from agents.external import is_external_spec, load_external_policy
+from agents.policy import Policy, PolicyLoadError, load_policy
 from agents.run_config import find_config_file
 from envs import metrics
 from envs.config import (
@@ -136,8 +147,37 @@ def config_source(path: str | Path) -> dict[str, Any]:
 
 
 def is_run_spec(spec: str) -> bool:
-    """Whether a policy spec names a run folder or checkpoint rather than a built-in."""
+    """Whether a policy spec names a run folder or checkpoint rather than a built-in or an
+    external policy (``agents.external``)."""
+    if is_external_spec(spec):
+        return False
     return "/" in spec or spec.endswith(".pt") or Path(spec).exists()
+
+
+def build_policy(spec: str) -> Policy:
+    """The :class:`~agents.policy.Policy` of any spec but an oracle's: an external policy
+    (``agents.external``), a run folder or checkpoint, or a rule-based baseline. Raises
+    :class:`~agents.policy.PolicyLoadError` or ValueError (a bad built-in spec)."""
+    if is_external_spec(spec):
+        return load_external_policy(spec)
+    if is_run_spec(spec):
+        return load_policy(spec)
+    return make_policy(spec)
+
+
+def failure_message(spec: str, error: BaseException) -> str:
+    """``policy <spec> failed: <error>``, with the line that raised for an error that is not
+    one of peergrid's own messages (an exception inside a user's policy)."""
+    text, named = str(error), f"policy {spec!r}"
+    if text.startswith(named):  # the adapters' own messages name the policy already
+        return f"{named} failed{text[len(named):]}"
+    if not isinstance(error, ConfigError | PolicyLoadError | ValueError):
+        import traceback
+
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        text = f"{type(error).__name__}: {text}{where}"
+    return f"{named} failed: {text}"
 
 
 def select_days(config: EnvConfig, days: str, episodes: int) -> list[int]:
@@ -198,6 +238,8 @@ class Evaluator:
         self.data = load_feeder(community.feeder, n_agents=community.n_agents,
                                 seed=community.seed)
         self._envs: dict[tuple[str, int], BatchedP2PEnv] = {}
+        self.policies: dict[str, Policy] = {}
+        """Policies by spec, built once (:meth:`policy`)."""
 
     def env(self, mechanism: str | None = None, n_envs: int | None = None) -> BatchedP2PEnv:
         """The batched env under ``mechanism`` (None: the config's), cached."""
@@ -213,6 +255,12 @@ class Evaluator:
         if self.progress is not None:
             self.progress.set_description(text)
 
+    def policy(self, spec: str) -> Policy:
+        """The policy of ``spec`` (:func:`build_policy`), built on first use."""
+        if spec not in self.policies:
+            self.policies[spec] = build_policy(spec)
+        return self.policies[spec]
+
     def run(self, spec: str, mechanism: str | None = None) -> PolicyResult:
         """Evaluate the policy ``spec`` (see the module docstring) under ``mechanism``."""
         if spec in ORACLES:
@@ -225,7 +273,7 @@ class Evaluator:
             trajectory["day"] = np.asarray(self.days[self.record_day])
             return PolicyResult(spec, "-", totals, _per_day(totals), trajectory,
                                 self.config.episode.length_days)
-        policy = load_policy(spec) if is_run_spec(spec) else make_policy(spec)
+        policy = self.policy(spec)
         mechanism = policy.mechanism or mechanism or self.config.market.mechanism
         self._describe(f"{policy.name} ({mechanism})")
         totals, trajectory = evaluate_policy(self.env(mechanism), policy, self.days,
@@ -325,7 +373,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="evaluate on a named task of envs/tasks.py (its env YAML; "
                              "not with --config)")
     parser.add_argument("--policies", default="no_p2p,self_consumption,zi,fixed_price,oracle",
-                        help="comma-separated policy specs, oracles and run folders")
+                        help="comma-separated policy specs, oracles, run folders and your "
+                             "own policies: module.path:Name[:key=value...], "
+                             "path/to/file.py:Name[:key=value...], sb3:[algo:]model.zip")
     parser.add_argument("--days", default="test",
                         help="train, test, all, or comma-separated day indices")
     parser.add_argument("--episodes", type=int, default=0,
@@ -438,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ConfigError(f"--out {args.out}: exists and is not a folder")
-    except (ConfigError, ValueError) as error:
+        # Every policy is built before anything runs: a spec that cannot be loaded stops here.
+        policies = {spec: build_policy(spec) for spec in specs if spec not in ORACLES}
+    except (ConfigError, PolicyLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -451,15 +503,31 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(total=total, unit="day", disable=args.no_progress, file=sys.stderr)
     evaluator = Evaluator(config, days, seed=args.seed, batch_size=args.batch_size,
                           record_day=args.plot_day, progress=progress)
-    try:
-        results = [evaluator.run(spec) for spec in specs]
-        comparison = [evaluator.run(spec, mechanism) for mechanism in mechanisms
-                      for spec in compared]
-    except (PolicyLoadError, ValueError, NotImplementedError) as error:
-        progress.close()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    evaluator.policies.update(policies)
+    failed: list[dict[str, str | None]] = []
+
+    def run(spec: str, mechanism: str | None = None) -> PolicyResult | None:
+        """The policy's result, or None when it failed (reported, listed in ``failed``)."""
+        try:
+            return evaluator.run(spec, mechanism)
+        except Exception as error:  # a policy's failure must not end the others' evaluation
+            message = failure_message(spec, error)
+            tqdm.write(f"error: {message}", file=sys.stderr)
+            failed.append({"policy": spec, "mechanism": mechanism, "error": message})
+            return None
+
+    results = [result for result in map(run, specs) if result is not None]
+    broken = {entry["policy"] for entry in failed}
+    comparison = [result for mechanism in mechanisms for spec in compared
+                  if spec not in broken and (result := run(spec, mechanism)) is not None]
     progress.close()
+    if not results:
+        atomic_write_text(out / "results.json", json.dumps(plain_json(
+            {"config": to_dict(config), "seed": args.seed, "days": days, "split": args.days,
+             "policies": specs, "results": [], "failed": failed}), indent=1) + "\n")
+        print(f"error: no policy could be evaluated (failures under 'failed' in "
+              f"{out / 'results.json'})", file=sys.stderr)
+        return 2
 
     oracle = next((r for r in results if r.name == "oracle"), None)
     rows = [summarise(result, oracle) for result in results]
@@ -487,12 +555,17 @@ def main(argv: list[str] | None = None) -> int:
         "agent_names": list(evaluator.data.agent_names),
         "results": rows, "mechanisms": mechanism_rows,
         "per_day": {f"{r.name}@{r.mechanism}": r.per_day for r in results + comparison},
-        "plots": [Path(p).name for p in plot_paths],
+        "plots": [Path(p).name for p in plot_paths], "failed": failed,
     }
     atomic_write_text(out / "results.csv", csv_text(rows + mechanism_rows))
     atomic_write_text(out / "results.json", json.dumps(plain_json(report), indent=1) + "\n")
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}"
           + (f" and {len(plot_paths)} plots: " + ", ".join(plot_paths) if plot_paths else ""))
+    if failed:
+        print(f"error: {len(failed)} evaluation(s) failed (above, and under 'failed' in "
+              f"results.json): " + ", ".join(sorted({entry["policy"] for entry in failed})),
+              file=sys.stderr)
+        return 2
     return 0
 
 

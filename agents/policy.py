@@ -20,7 +20,9 @@ member                 meaning
 Rule-based traders (``agents.baselines``) may read the env (``env.load_kw``,
 ``env.soc_kwh``, ...) as traders with perfect knowledge of the current step do; a trained
 algorithm acts on ``obs`` and the global ``env.state()`` only, behind :class:`TrainedPolicy`.
-``agents.evaluation.evaluate_policy`` rolls any of them out.
+Policies written outside peergrid (a PettingZoo-level callable on observation and action
+dicts, a batched object with ``act``, a stable-baselines3 model file) become one through the
+adapters of ``agents.external``. ``agents.evaluation.evaluate_policy`` rolls any of them out.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class Policy(Protocol):
 
 
 class PolicyLoadError(RuntimeError):
-    """A checkpoint or run folder cannot be turned into a policy."""
+    """A checkpoint, run folder or external policy spec (``agents.external``) cannot be
+    turned into a policy; the message names what was expected."""
 
 
 class TrainedPolicy:

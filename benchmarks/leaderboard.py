@@ -2,7 +2,8 @@
 rule-based baseline and the task's oracle on the task's held-out test days.
 
     python benchmarks/leaderboard.py [--tasks Flat,Peak-Storage] [--algos mappo,maddpg]
-        [--seeds 0,1,2] [--steps N] [--episodes 0] [--out results/leaderboard] [--force]
+        [--policies my_pkg.my_mod:MyPolicy,sb3:model.zip] [--seeds 0,1,2] [--steps N]
+        [--episodes 0] [--out results/leaderboard] [--force]
         [train.n_envs=64 mappo.actor_lr=1e-3 ...]
 
 For each task (``envs/tasks.py``):
@@ -21,6 +22,18 @@ For each task (``envs/tasks.py``):
    run's own env config (the task's, plus the algorithm's inline env keys such as dqn's
    discrete actions) on the same days with the same seed. Saved as
    ``<out>/cells/<task>/<algo>__<seed>.json``.
+3. **Submitted policies** (``--policies``), one per spec, no training: any spec that
+   ``evaluate.py --policies`` takes but the oracles (a policy of your own, ``agents.external``:
+   ``module.path:Name``, ``path/to/file.py:Name``, ``sb3:model.zip``; a variant of a rule such
+   as ``fixed_price:price_fraction=0.7``; a run folder), scored by ``evaluate.Evaluator`` in the
+   task's env config on the same days with the same seed, one row each (seeds 1: one
+   deterministic evaluation). Saved as ``<out>/cells/<task>/policy__<spec>.json``; the record
+   depends on the spec and, for a file spec, the file's SHA-256 (a retrained model is a record
+   with other settings: ``--force``). With ``--policies`` and no ``--algos`` nothing is
+   trained; give ``--algos`` too to have the learners' rows beside them (finished cells are
+   read from their records, not retrained). A spec that cannot be loaded stops the command
+   before anything runs; a policy that fails on a task (it does not fit the task's env, or
+   raises) is reported with its name, the other rows are made, and the exit code is 2.
 
 Every record is written atomically when it is finished; rerunning the same command skips the
 finished ones (an interrupted leaderboard resumes; a run folder of an unfinished cell is left
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import math
 import sys
@@ -56,7 +70,10 @@ import torch  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
 from agents import leaderboard, registry  # noqa: E402
+from agents.baselines import ORACLES  # noqa: E402
+from agents.external import file_sha256, spec_source_file  # noqa: E402
 from agents.leaderboard import rule_names  # noqa: E402
+from agents.policy import PolicyLoadError  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
 from envs import metrics  # noqa: E402
 from envs.config import ConfigError, load_yaml, to_dict  # noqa: E402
@@ -93,6 +110,22 @@ def shipped_algorithms() -> dict[str, str]:
 
 def cell_folder(out: Path, task: str) -> Path:
     return out / "cells" / task
+
+
+def policy_record_path(out: Path, task: str, spec: str) -> Path:
+    """The record of a submitted policy: ``policy__<spec, as a file name>__<hash>.json``
+    (the hash keeps specs apart that differ only in characters a file name cannot hold)."""
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    return cell_folder(out, task) / f"policy__{evaluate._file_name(spec)[:80]}__{digest}.json"
+
+
+def policy_settings(task: str, spec: str, days: list[int], eval_seed: int) -> dict[str, Any]:
+    """What a submitted policy's score depends on: the task's env config, the days, the seed,
+    the spec and, for a file spec (``.py`` or SB3 ``.zip``), the file's SHA-256."""
+    source = spec_source_file(spec)
+    return {"env": to_dict(task_env_config(task)), "days": days, "eval_seed": eval_seed,
+            "policy": spec, "source_sha256": file_sha256(source) if source is not None
+            and source.is_file() else None}
 
 
 def reference_settings(task: str, days: list[int], eval_seed: int) -> dict[str, Any]:
@@ -185,6 +218,33 @@ def cell(task: str, algo: str, seed: int, steps: int | None, overrides: list[str
     return record
 
 
+def policy_cell(task: str, spec: str, refs: dict[str, Any], out: Path, force: bool,
+                evaluator: evaluate.Evaluator) -> dict[str, Any] | None:
+    """Score one submitted policy on the task's days (cached); None when it failed (the
+    failure is printed, naming the policy)."""
+    days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
+    settings = policy_settings(task, spec, days, eval_seed)
+    path = policy_record_path(out, task, spec)
+    record = None if force else leaderboard.read_record(path, settings)
+    if record is not None:
+        print(f"[{task}] policy {spec}: done ({path})", flush=True)
+        return record
+    start = time.perf_counter()
+    try:
+        result = evaluator.run(spec)
+    except Exception as error:  # one policy's failure must not end the leaderboard
+        print(f"leaderboard.py: error: [{task}] {evaluate.failure_message(spec, error)}",
+              file=sys.stderr, flush=True)
+        return None
+    leaderboard.write_record(path, {"task": task, "policy": spec, "settings": settings,
+                                    "wall_s": time.perf_counter() - start, **scored(result)})
+    record = leaderboard.read_record(path, settings)
+    row = columns(record, refs)
+    print(f"[{task}] policy {spec}: {row['community_cost']:.2f}/day, oracle share "
+          f"{row['oracle_share']:.3f} ({record['wall_s']:.0f} s)", flush=True)
+    return record
+
+
 # --------------------------------------------------------------------------------------------
 # Aggregation and output
 # --------------------------------------------------------------------------------------------
@@ -211,19 +271,25 @@ def columns(entry: dict[str, Any], refs: dict[str, Any]) -> dict[str, float]:
     return leaderboard.cell_metrics(entry["summary"], best_rule(refs)[1], float(share))
 
 
-def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], list[dict]]
+def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], list[dict]],
+               submitted: dict[tuple[str, str], dict[str, Any]] | None = None
                ) -> list[dict[str, Any]]:
-    """One row per task and policy: references as measured (one evaluation), learners
-    aggregated over seeds (IQM and 95 % bootstrap CI per column)."""
+    """One row per task and policy: references and submitted policies (``submitted``:
+    (task, spec) -> record) as measured (one evaluation), learners aggregated over seeds
+    (IQM and 95 % bootstrap CI per column)."""
     rows = []
+
+    def measured(task: str, name: str, kind: str, entry: dict[str, Any]) -> dict[str, Any]:
+        values = columns(entry, refs[task])
+        return {"task": task, "policy": name, "kind": kind, "seeds": 1,
+                **{key: {"iqm": values[key], "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+                   for key, _ in leaderboard.COLUMNS}}
+
     for task, ref in refs.items():
         oracle = ref["settings"]["oracle"]
         for name in (*rule_names(), oracle):
-            values = columns(ref["policies"][name], ref)
-            rows.append({"task": task, "policy": name, "kind": "oracle" if name == oracle
-                         else "rule", "seeds": 1,
-                         **{key: {"iqm": values[key], "ci_low": math.nan, "ci_high": math.nan,
-                                  "n": 1} for key, _ in leaderboard.COLUMNS}})
+            rows.append(measured(task, name, "oracle" if name == oracle else "rule",
+                                 ref["policies"][name]))
         for (cell_task, algo), records in cells.items():
             if cell_task != task:
                 continue
@@ -233,6 +299,9 @@ def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], lis
             for key, _ in leaderboard.COLUMNS:
                 row[key] = leaderboard.aggregate([values[key] for values in per_seed])
             rows.append(row)
+        for (policy_task, spec), record in (submitted or {}).items():
+            if policy_task == task:
+                rows.append(measured(task, spec, "submitted", record))
     return rows
 
 
@@ -297,7 +366,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     lines = math.ceil(len(tasks) / columns)
     fig, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 0.4 + 2.6 * lines),
                              squeeze=False)
-    colours = {"rule": "tab:gray", "oracle": "black", "learner": "tab:blue"}
+    colours = {"rule": "tab:gray", "oracle": "black", "learner": "tab:blue",
+               "submitted": "tab:orange"}
     for ax, task in zip(axes.flat, tasks, strict=False):
         task_rows = [row for row in rows if row["task"] == task]
         share = np.array([row["oracle_share"]["iqm"] for row in task_rows])
@@ -336,9 +406,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tasks", default=",".join(task_names()),
                         help="comma-separated task names (envs/tasks.py)")
-    parser.add_argument("--algos", default=",".join(shipped_algorithms()),
+    parser.add_argument("--algos", default=None,
                         help="comma-separated shipped run configs, each trained with "
-                             "configs/<name>.yaml (an algorithm or a variant of one)")
+                             "configs/<name>.yaml (an algorithm or a variant of one); default: "
+                             "all of them, none when --policies is given")
+    parser.add_argument("--policies", default="",
+                        help="comma-separated policies scored without training, as evaluate.py "
+                             "--policies takes them (module.path:Name[:key=value...], "
+                             "path/to/file.py:Name, sb3:[algo:]model.zip, rule variants, run "
+                             "folders; not the oracles)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--steps", type=int, default=None,
                         help="train.total_steps of every cell (default: each shipped config's)")
@@ -390,11 +466,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tasks = [get_task(name, where="--tasks").name for name in _split_list(args.tasks,
                                                                                 "tasks")]
-        algos = _split_list(args.algos, "algos")
+        policies = _split_list(args.policies, "policies") if args.policies.strip() else []
+        if args.algos is None:
+            algos = [] if policies else list(shipped_algorithms())
+        else:
+            algos = _split_list(args.algos, "algos")
         unknown = [algo for algo in algos if algo not in shipped_algorithms()]
         if unknown:
             raise ConfigError(f"--algos: unknown {unknown}; allowed: "
                               f"{', '.join(shipped_algorithms())}")
+        oracles = [spec for spec in policies if spec in ORACLES]
+        if oracles:
+            raise ConfigError(f"--policies: {oracles} are references of every task already; "
+                              f"give policies to score")
+        for spec in policies:  # a spec that cannot be loaded stops here, before any work
+            evaluate.build_policy(spec)
         try:
             seeds = [int(seed) for seed in _split_list(args.seeds, "seeds")]
         except ValueError:
@@ -418,7 +504,12 @@ def main(argv: list[str] | None = None) -> int:
                         leaderboard.read_record(cell_folder(out, task) / f"{algo}__{seed}.json",
                                                 cell_settings(config, days[task],
                                                               args.eval_seed))
-    except ConfigError as error:
+            for spec in policies:
+                if not args.force:
+                    leaderboard.read_record(policy_record_path(out, task, spec),
+                                            policy_settings(task, spec, days[task],
+                                                            args.eval_seed))
+    except (ConfigError, PolicyLoadError, ValueError) as error:
         print(f"leaderboard.py: error: {error}", file=sys.stderr)
         return 2
 
@@ -428,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     refs: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    submitted: dict[tuple[str, str], dict[str, Any]] = {}
+    failed: list[str] = []
     try:
         for task in tasks:
             refs[task] = references(task, days[task], args.eval_seed, out, args.force)
@@ -435,6 +528,15 @@ def main(argv: list[str] | None = None) -> int:
                 cells[(task, algo)] = [
                     cell(task, algo, seed, args.steps, overrides[algo], refs[task], out,
                          args.force) for seed in seeds]
+            if policies:
+                evaluator = evaluate.Evaluator(task_env_config(task), days[task],
+                                               seed=args.eval_seed)
+                for spec in policies:
+                    record = policy_cell(task, spec, refs[task], out, args.force, evaluator)
+                    if record is None:
+                        failed.append(f"{spec} on {task}")
+                    else:
+                        submitted[(task, spec)] = record
     except ConfigError as error:
         print(f"leaderboard.py: error: {error}", file=sys.stderr)
         return 2
@@ -442,12 +544,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(previous_threads)
     wall = time.perf_counter() - start
 
-    rows = table_rows(refs, cells)
+    rows = table_rows(refs, cells, submitted)
     budget = "each shipped config's train.total_steps" if args.steps is None else (
         f"train.total_steps={args.steps}")
     n_days = ", ".join(f"{task} {len(days[task])}" for task in tasks)
     title = (f"{len(seeds)} seeds ({args.seeds}), {budget}, test days: {n_days}; learners: "
-             f"IQM [95 % bootstrap CI] over seeds")
+             f"IQM [95 % bootstrap CI] over seeds" if algos else
+             f"no training, test days: {n_days}")
+    if policies:
+        title += f"; submitted policies ({len(policies)}): one evaluation each"
     table = markdown(rows)
     text = (f"# peergrid leaderboard\n\n{title}.\n\n{table}\n\n"
             + "".join(f"- {task}: reference oracle `{refs[task]['settings']['oracle']}`, best "
@@ -458,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(rows, out / "leaderboard.png", title)
     print(f"\n{text}\nwrote {out / 'leaderboard.md'}, {out / 'leaderboard.csv'}, "
           f"{out / 'leaderboard.png'} ({wall:.0f} s)")
+    if failed:
+        print(f"leaderboard.py: error: failed (above): {', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0
 
 

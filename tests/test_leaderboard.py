@@ -4,6 +4,7 @@ on a tiny synthetic task."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -184,3 +185,45 @@ def test_bad_input_is_refused(extra, message, tmp_path, capsys):
     assert cli.main(["--tasks", "Flat", "--algos", "mappo", "--out", str(tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+PLUGIN_FILE = ROOT / "tests" / "plugins" / "peergrid_test_plugins.py"
+
+
+def test_submitted_policies_are_scored_beside_the_references_without_training(
+        tiny_task, tmp_path, monkeypatch, capsys):
+    """``--policies``: a policy of one's own (a file spec) and a rule variant are scored on
+    the task's test days with no training, one row each beside the references; a copy of
+    ``no_p2p`` scores as ``no_p2p``; a policy that fails is reported by name while the others'
+    rows are made (exit code 2); a rerun reuses the records; a spec that cannot be loaded or
+    an oracle is refused before anything runs."""
+    cli = load_cli()
+    monkeypatch.setattr(cli, "train_cell", lambda *_: pytest.fail("nothing is trained"))
+    out = tmp_path / "lb"
+    copy, variant, broken = (f"{PLUGIN_FILE}:NoMarket", "fixed_price:price_fraction=0.7",
+                             f"{PLUGIN_FILE}:Raises")
+    argv = ["--tasks", tiny_task, "--episodes", "2", "--out", str(out)]
+    assert cli.main([*argv, "--policies", f"{copy},{variant},{broken}"]) == 2
+    captured = capsys.readouterr()
+    assert f"[Tiny] policy '{broken}' failed: RuntimeError: my policy broke" in captured.err
+    with (out / "leaderboard.csv").open() as handle:
+        rows = {row["policy"]: row for row in csv.DictReader(handle)}
+    assert rows[copy]["kind"] == rows[variant]["kind"] == "submitted"
+    assert broken not in rows and "mappo" not in rows  # no learner without --algos
+    for key in ("community_cost", "oracle_share", "gain_vs_best_rule", "worse_off_share"):
+        assert rows[copy][key] == rows["no_p2p"][key], key
+    assert f"| Tiny | `{copy}` | 1 |" in (out / "leaderboard.md").read_text()
+
+    records = sorted((out / "cells" / tiny_task).glob("policy__*.json"))
+    assert len(records) == 2  # the failed policy left no record
+    kept = {path: path.stat().st_mtime_ns for path in records}
+    assert cli.main([*argv, "--policies", f"{copy},{variant}"]) == 0
+    assert "policy fixed_price:price_fraction=0.7: done" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in records} == kept
+
+    for bad, message in ((f"{PLUGIN_FILE}:Nope", "has no attribute 'Nope'"),
+                         ("oracle", "references of every task already")):
+        fresh = tmp_path / "fresh"
+        assert cli.main(["--tasks", tiny_task, "--out", str(fresh), "--policies", bad]) == 2
+        assert message in capsys.readouterr().err
+        assert not fresh.exists()
