@@ -2,7 +2,8 @@
 
 - :func:`make_batched_env`: the batched torch core (``envs.core.BatchedP2PEnv``);
 - :func:`make_env`: one community as a PettingZoo ``ParallelEnv``;
-- :func:`make_vec_env`: a stable-baselines3 ``VecEnv`` of every (env, agent) pair.
+- :func:`make_vec_env`: a stable-baselines3 ``VecEnv`` of every (env, agent) pair;
+- :func:`make_torchrl_env`: a batched TorchRL ``EnvBase`` (``batch_size [n_envs]``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from envs.config import ConfigError, EnvConfig, env_config
 
 __all__ = ["ConfigError", "EnvConfig", "env_config", "make_batched_env", "make_env",
-           "make_vec_env"]
+           "make_torchrl_env", "make_vec_env"]
 
 ConfigSource = str | Path | dict[str, Any] | EnvConfig | None
 
@@ -49,3 +50,14 @@ def make_vec_env(config: ConfigSource = None, n_envs: int | None = None,
 
     return SB3VecEnv(make_batched_env(config, n_envs=n_envs, device=device, **overrides),
                      step_infos=step_infos)
+
+
+def make_torchrl_env(config: ConfigSource = None, n_envs: int | None = None,
+                     device: str | None = None, step_infos: bool = True,
+                     seed: int | None = None, **overrides: Any):
+    """A batched TorchRL ``EnvBase`` over the core (``envs.torchrl_env``): ``batch_size
+    [n_envs]``, all agents in the group ``"agents"``; ``seed`` as its ``set_seed``."""
+    from envs.torchrl_env import PeergridTorchRLEnv
+
+    return PeergridTorchRLEnv(make_batched_env(config, n_envs=n_envs, device=device,
+                                               **overrides), step_infos=step_infos, seed=seed)
