@@ -40,6 +40,13 @@ savings captured), ``results.json`` (the same, the values of each evaluated day'
 (per episode, not divided by ``length_days``), per-agent savings, the config and the days),
 both atomically, and PNG plots. Prints markdown tables. Deterministic for a given ``--seed``
 (and ``--batch-size``).
+
+``--ledger DIR`` also writes a tamper-evident trade ledger (``envs.ledger``) of every policy
+that trades in the market, one SQLite file per policy and mechanism,
+``DIR/<policy>__<mechanism>.ledger.sqlite`` (replaced if it exists), with every step's orders,
+bilateral trades and payments; the oracles (a central schedule, no market) have none. Each
+file's path, row count and head hash are listed under ``ledgers`` in ``results.json``; check
+a file with ``python -m envs.ledger verify PATH --expect-head HASH``.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ from envs.config import (
 from envs.core import BatchedP2PEnv
 from envs.data import DAYS_PER_YEAR, day_split, load_feeder
 from envs.files import atomic_write_text, plain_json
+from envs.ledger import LedgerWriter
 from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
@@ -221,19 +229,24 @@ class PolicyResult:
     trajectory: dict[str, np.ndarray] | None = None
     episode_days: int = 1
     """Days per episode (``episode.length_days``)."""
+    ledger: dict[str, Any] | None = None
+    """``path``, ``rows`` and ``head`` hash of its ledger (``--ledger``), else None."""
 
 
 class Evaluator:
     """Runs policies on fixed days of one community (one data load, one env per mechanism)."""
 
     def __init__(self, config: EnvConfig, days: list[int], seed: int = 0,
-                 batch_size: int = 64, record_day: int = 0, progress: Any = None) -> None:
+                 batch_size: int = 64, record_day: int = 0, progress: Any = None,
+                 ledger_dir: str | Path | None = None) -> None:
         self.config = config
         self.days = days
         self.seed = seed
         self.batch_size = max(1, min(batch_size, len(days)))
         self.record_day = record_day
         self.progress = progress
+        self.ledger_dir = None if ledger_dir is None else Path(ledger_dir)
+        """Folder of the trade ledgers (``envs.ledger``), None: no ledger."""
         community = config.community
         self.data = load_feeder(community.feeder, n_agents=community.n_agents,
                                 seed=community.seed)
@@ -276,11 +289,26 @@ class Evaluator:
         policy = self.policy(spec)
         mechanism = policy.mechanism or mechanism or self.config.market.mechanism
         self._describe(f"{policy.name} ({mechanism})")
-        totals, trajectory = evaluate_policy(self.env(mechanism), policy, self.days,
-                                             seed=self.seed, record_day=self.record_day,
-                                             progress=self.progress)
+        env = self.env(mechanism)
+        writer = None if self.ledger_dir is None else self._ledger(spec, policy, env)
+        try:
+            totals, trajectory = evaluate_policy(env, policy, self.days, seed=self.seed,
+                                                 record_day=self.record_day,
+                                                 progress=self.progress, recorder=writer)
+        finally:
+            ledger = None if writer is None else {
+                "path": str(writer.path), "head": writer.close(), "rows": writer.n_rows}
         return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory,
-                            self.config.episode.length_days)
+                            self.config.episode.length_days, ledger)
+
+    def _ledger(self, spec: str, policy: Policy, env: BatchedP2PEnv) -> LedgerWriter:
+        """A new ledger for ``policy`` in ``env``, ``<policy>__<mechanism>.ledger.sqlite``."""
+        mechanism = env.config.market.mechanism
+        path = self.ledger_dir / f"{_file_name(policy.name)}__{mechanism}.ledger.sqlite"
+        return LedgerWriter(path, env.config, env.agent_names, seed=self.seed, overwrite=True,
+                            meta={"policy": spec, "policy_name": policy.name,
+                                  "days": self.days, "batch_size": self.batch_size,
+                                  "source": "evaluate.py"})
 
 
 def _oracle_profile(env: BatchedP2PEnv, day: int) -> dict[str, np.ndarray]:
@@ -390,6 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot-day", type=int, default=0,
                         help="position among the evaluated days of the day whose trajectory "
                              "is plotted")
+    parser.add_argument("--ledger", default=None, metavar="DIR",
+                        help="write a tamper-evident trade ledger (envs.ledger) per policy "
+                             "and mechanism into this folder")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="env config overrides key=value")
@@ -488,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ConfigError(f"--out {args.out}: exists and is not a folder")
+        if args.ledger is not None and Path(args.ledger).exists() and not Path(
+                args.ledger).is_dir():
+            raise ConfigError(f"--ledger {args.ledger}: exists and is not a folder")
         # Every policy is built before anything runs: a spec that cannot be loaded stops here.
         policies = {spec: build_policy(spec) for spec in specs if spec not in ORACLES}
     except (ConfigError, PolicyLoadError, ValueError) as error:
@@ -502,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     total = len(days) * (len(specs) + len(mechanisms) * len(compared))
     progress = tqdm(total=total, unit="day", disable=args.no_progress, file=sys.stderr)
     evaluator = Evaluator(config, days, seed=args.seed, batch_size=args.batch_size,
-                          record_day=args.plot_day, progress=progress)
+                          record_day=args.plot_day, progress=progress,
+                          ledger_dir=args.ledger)
     evaluator.policies.update(policies)
     failed: list[dict[str, str | None]] = []
 
@@ -557,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         "per_day": {f"{r.name}@{r.mechanism}": r.per_day for r in results + comparison},
         "plots": [Path(p).name for p in plot_paths], "failed": failed,
     }
+    if args.ledger is not None:
+        report["ledgers"] = [{"policy": r.name, "mechanism": r.mechanism, **r.ledger}
+                             for r in results + comparison if r.ledger is not None]
     atomic_write_text(out / "results.csv", csv_text(rows + mechanism_rows))
     atomic_write_text(out / "results.json", json.dumps(plain_json(report), indent=1) + "\n")
     print(f"\nwrote {out / 'results.csv'}, {out / 'results.json'}"

@@ -3,12 +3,14 @@
 
 :func:`evaluate_policy` plays one deterministic episode per given day with any
 :class:`agents.policy.Policy` in a batched core; :func:`metric_scalars` turns episode totals
-into the ``charts/`` and ``eval/`` scalars (means of ``envs.metrics.summary``).
+into the ``charts/`` and ``eval/`` scalars (means of ``envs.metrics.summary``). A
+:class:`StepRecorder` (``envs.ledger.LedgerWriter``) sees every step of the rollout.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -17,7 +19,22 @@ from torch import Tensor
 from agents.policy import Policy
 from envs import metrics
 
-__all__ = ["chunk_seed", "evaluate_policy", "metric_scalars"]
+__all__ = ["StepRecorder", "chunk_seed", "evaluate_policy", "metric_scalars"]
+
+
+class StepRecorder(Protocol):
+    """What :func:`evaluate_policy` tells a recorder (``envs.ledger.LedgerWriter``)."""
+
+    def start_episodes(self, episodes: Sequence[int], days: Sequence[int],
+                       seeds: Sequence[int | None]) -> None:
+        """Episodes ``episodes`` (positions in the evaluated days) begin on ``days`` with the
+        environments' ``seeds``."""
+
+    def record_step(self, info: Mapping[str, Tensor], episodes: Sequence[int],
+                    step: int) -> None:
+        """The step ``info`` of the batch (``[B, N]`` / ``[B]`` tensors); environment ``b``
+        plays episode ``episodes[b]``, environments beyond ``len(episodes)`` are padding;
+        ``step`` is the index of the step in the episode."""
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -47,7 +64,8 @@ def _trajectory_step(env: Any, info: dict[str, Tensor], b: int) -> dict[str, Any
 
 @torch.no_grad()
 def evaluate_policy(env: Any, policy: Policy, days: list[int] | np.ndarray, seed: int = 0,
-                    record_day: int | None = None, progress: Any = None
+                    record_day: int | None = None, progress: Any = None,
+                    recorder: StepRecorder | None = None
                     ) -> tuple[metrics.EpisodeTotals, dict[str, np.ndarray] | None]:
     """Run ``policy`` for one episode starting on each of ``days`` in ``env`` (each
     ``env.episode_steps`` steps: ``episode.length_days`` days from its start day),
@@ -62,6 +80,8 @@ def evaluate_policy(env: Any, policy: Policy, days: list[int] | np.ndarray, seed
     currency/kWh, volumes kWh, extreme voltages p.u.), as numpy arrays over the
     episode's ``env.episode_steps`` steps.
     ``progress``: anything with ``update(n)`` (a tqdm bar), advanced by the days done.
+    ``recorder``: a :class:`StepRecorder` told of every batch's episodes (numbered by their
+    position in ``days``, padding left out) and of every step (None: nothing is done).
 
     Returns ``(totals of len(days) episodes in the order of days, trajectory or None)``.
     """
@@ -78,9 +98,15 @@ def evaluate_policy(env: Any, policy: Policy, days: list[int] | np.ndarray, seed
         accumulator = metrics.EpisodeAccumulator(env.n_envs, env.n_agents, device=env.device)
         record = (record_day - start if record_day is not None
                   and start <= record_day < start + len(chunk_days) else None)
+        episodes = list(range(start, start + len(chunk_days)))
+        if recorder is not None:
+            recorder.start_episodes(episodes, chunk_days,
+                                    [seed + start + b for b in range(len(chunk_days))])
         steps, totals = [], None
-        for _ in range(env.episode_steps):
+        for step in range(env.episode_steps):
             obs, reward, _, _, info = env.step(policy.act(obs, env))
+            if recorder is not None:
+                recorder.record_step(info, episodes, step)
             if record is not None:
                 steps.append(_trajectory_step(env, info, record))
             totals = accumulator.update(info, reward)

@@ -32,13 +32,15 @@ def make_batched_env(config: ConfigSource = None, n_envs: int | None = None,
 
 
 def make_env(config: ConfigSource = None, render_mode: str | None = None,
-             engine: str = "auto", **overrides: Any):
+             engine: str = "auto", ledger: str | Path | None = None, **overrides: Any):
     """One community as a PettingZoo ``ParallelEnv`` (``envs.pettingzoo_env``); ``engine`` is
-    ``auto``, ``numba`` (the compiled single-environment engine) or ``torch`` (the core)."""
+    ``auto``, ``numba`` (the compiled single-environment engine) or ``torch`` (the core);
+    ``ledger``: a path to write a tamper-evident trade ledger to (``envs.ledger``; off when
+    None)."""
     from envs.pettingzoo_env import P2PParallelEnv
 
     return P2PParallelEnv(env_config(config, **overrides), render_mode=render_mode,
-                          engine=engine)
+                          engine=engine, ledger=ledger)
 
 
 def make_vec_env(config: ConfigSource = None, n_envs: int | None = None,

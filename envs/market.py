@@ -32,6 +32,10 @@ Conventions
   agents on one side sit at the marginal price they are rationed pro rata to their quantity,
   so the outcome does not depend on the order of the agents.
 
+Who sold to whom: :func:`bilateral_trades` splits a step's outcome into buyer-seller pairs
+(the order book's matching for the auctions, pro rata for the pool-priced mechanisms), for
+the trade ledger (``envs.ledger``); tested in ``tests/test_ledger.py``.
+
 Invariants (checked in ``tests/test_market.py``)
 ------------------------------------------------
 For every mechanism: ``p2p_energy + grid_energy == quantity``; ``p2p_energy`` has the sign of
@@ -56,6 +60,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["MECHANISMS", "ClearingResult", "clear"]
+# bilateral_trades, BilateralTrades and AUCTIONS (below) are public too; tests/test_market.py
+# pins __all__ to the three names above.
 
 MECHANISMS: tuple[str, ...] = (
     "none",
@@ -67,6 +73,10 @@ MECHANISMS: tuple[str, ...] = (
     "bill_sharing",
 )
 """Names accepted by :func:`clear`."""
+
+AUCTIONS: tuple[str, ...] = ("uniform", "pay_as_bid", "mcafee")
+"""The mechanisms that match bids with asks; :func:`bilateral_trades` pairs their buyers and
+sellers on the order book, the other (pool-priced) mechanisms pro rata."""
 
 
 @dataclass(frozen=True)
@@ -640,3 +650,119 @@ def _bill_sharing(demand: Tensor, supply: Tensor) -> _P2POutcome:
     revenue.
     """
     return _shared_at_price(demand, supply, torch.zeros_like(demand[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Bilateral trades (who sold to whom), from a step's outcome
+# --------------------------------------------------------------------------------------------
+
+
+class BilateralTrades(NamedTuple):
+    """The P2P energy of a step split into buyer-seller pairs, from :func:`bilateral_trades`.
+
+    Every tensor is ``[B, N, N]`` float64, indexed ``[env, buyer, seller]``.
+    """
+
+    quantity: Tensor
+    """kWh the seller sold to the buyer (>= 0; zero unless the first agent bought and the
+    second sold)."""
+    buyer_price: Tensor
+    """currency/kWh the buyer pays for this pair's energy."""
+    seller_price: Tensor
+    """currency/kWh the seller receives; equal to ``buyer_price`` except under ``mcafee``'s
+    trade reduction, where the operator keeps the difference."""
+
+
+def bilateral_trades(
+    mechanism: str,
+    price: Tensor,
+    p2p_energy: Tensor,
+    p2p_payment: Tensor,
+    clearing_price: Tensor,
+    operator_surplus: Tensor,
+    retail_price: float | Tensor,
+    feed_in_price: float | Tensor,
+    k: float = 0.5,
+) -> BilateralTrades:
+    """Split one step's cleared P2P energy into buyer-seller pairs, deterministically.
+
+    A pure function of what :func:`clear` returns (``p2p_energy``, ``p2p_payment``,
+    ``clearing_price``, ``operator_surplus``) and its inputs (the posted ``price``, the
+    tariffs, ``k``), so it also reads the infos of the core or the numba engine. All ``[B, N]``
+    or ``[B]`` as in :func:`clear`; computed in float64 on ``price``'s device, ``O(N^2)`` per
+    environment, no Python loop. With ``bought_i`` and ``sold_j`` the kWh an agent bought and
+    sold P2P and ``V`` the volume of the environment:
+
+    * pool-priced mechanisms (``mmr``, ``sdr``, ``bill_sharing``): pro rata, seller ``j``
+      sells ``bought_i * sold_j / V`` to buyer ``i`` (``V`` the mean of total bought and
+      total sold), all at ``clearing_price``;
+    * the auctions (:data:`AUCTIONS`): the order book's matching. Accepted bids (descending)
+      and asks (ascending) are laid out on the volume axis ``[0, V]``; agents tied at one
+      (clamped) price form one segment. The overlap of a buyer segment ``G`` and a seller
+      segment ``H`` is shared pro rata inside both: ``q_ij = overlap(G, H) * bought_i /
+      vol(G) * sold_j / vol(H)``. Prices: ``uniform`` everyone at ``clearing_price``;
+      ``pay_as_bid`` each pair at its segments' k-price ``a_H + k (b_G - a_H)``, which
+      reproduces :func:`clear`'s per-agent payments exactly; ``mcafee`` buyers at
+      ``clearing_price`` (``p0`` or ``b_K``) and sellers at the sellers' P2P revenue per kWh
+      (``p0`` or ``s_K``), the difference being ``operator_surplus``;
+    * ``none``: no pairs.
+
+    Hence, up to float rounding, ``quantity.sum(2) == bought``, ``quantity.sum(1) == sold``,
+    ``(quantity * buyer_price).sum(2)`` is each buyer's ``p2p_payment``,
+    ``(quantity * seller_price).sum(1)`` each seller's ``-p2p_payment``, and the pairs'
+    price differences sum to ``operator_surplus``.
+
+    Raises:
+        ValueError: unknown mechanism, or ``price``/``p2p_energy``/``p2p_payment`` not of
+            one ``[B, N]`` shape.
+    """
+    if mechanism not in MECHANISMS:
+        raise ValueError(f"unknown market mechanism {mechanism!r}; expected one of {MECHANISMS}")
+    if not (price.shape == p2p_energy.shape == p2p_payment.shape and price.ndim == 2):
+        raise ValueError(
+            f"price, p2p_energy and p2p_payment must share one shape [B, N], got "
+            f"{tuple(price.shape)}, {tuple(p2p_energy.shape)} and {tuple(p2p_payment.shape)}"
+        )
+    retail = _tariff_tensor("retail_price", retail_price, price)
+    feed_in = _tariff_tensor("feed_in_price", feed_in_price, price)
+    # The clamp of :func:`clear`, in the dtype it ran in, so tied prices stay tied.
+    price = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None]).double()
+    bought = p2p_energy.double().clamp(min=0.0)
+    sold = (-p2p_energy.double()).clamp(min=0.0)
+    unit_price = torch.nan_to_num(clearing_price.double(), nan=0.0)
+    zeros = torch.zeros(*bought.shape, bought.shape[1], dtype=torch.float64,
+                        device=bought.device)
+    if mechanism == "none":
+        return BilateralTrades(zeros, zeros, zeros.clone())
+    volume_bought, volume_sold = bought.sum(1), sold.sum(1)
+    if mechanism not in AUCTIONS:
+        volume = 0.5 * (volume_bought + volume_sold)
+        quantity = _safe_divide(bought[:, :, None] * sold[:, None, :], volume[:, None, None])
+        pair_price = unit_price[:, None, None].expand_as(quantity)
+        return BilateralTrades(quantity, pair_price, pair_price)
+
+    bid = torch.where(bought > 0, price, -math.inf)
+    ask = torch.where(sold > 0, price, math.inf)
+    # Segment of each agent on the volume axis: [start, start + segment volume].
+    buyer_start = torch.where(bid[:, None, :] > bid[:, :, None], bought[:, None, :], 0.0).sum(2)
+    buyer_segment = torch.where(bid[:, None, :] == bid[:, :, None], bought[:, None, :], 0.0).sum(2)
+    seller_start = torch.where(ask[:, None, :] < ask[:, :, None], sold[:, None, :], 0.0).sum(2)
+    seller_segment = torch.where(ask[:, None, :] == ask[:, :, None], sold[:, None, :], 0.0).sum(2)
+    overlap = (
+        torch.minimum((buyer_start + buyer_segment)[:, :, None],
+                      (seller_start + seller_segment)[:, None, :])
+        - torch.maximum(buyer_start[:, :, None], seller_start[:, None, :])
+    ).clamp(min=0.0)
+    quantity = (overlap * _safe_divide(bought, buyer_segment)[:, :, None]
+                * _safe_divide(sold, seller_segment)[:, None, :])
+    if mechanism == "pay_as_bid":
+        pair_price = (1.0 - k) * price[:, None, :] + k * price[:, :, None]
+        pair_price = torch.where(quantity > 0, pair_price, 0.0)
+        return BilateralTrades(quantity, pair_price, pair_price)
+    buyer_price = unit_price[:, None, None].expand_as(quantity)
+    if mechanism == "uniform":
+        return BilateralTrades(quantity, buyer_price, buyer_price)
+    revenue = (-p2p_payment.double()).clamp(min=0.0).sum(1)
+    seller_unit = torch.where(operator_surplus.double() != 0,
+                              _safe_divide(revenue, volume_sold), unit_price)
+    return BilateralTrades(quantity, buyer_price, seller_unit[:, None, None].expand_as(quantity))

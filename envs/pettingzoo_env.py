@@ -58,6 +58,11 @@ Arguments
     against it, about 40x faster per step); ``torch`` with the batched core at ``n_envs=1``
     (in the config's dtype and on its device); ``auto`` (default) takes ``numba`` where it
     applies (``device: cpu`` and ``network.model`` ``none`` or ``zbus``), else ``torch``.
+    ``ledger``: a path (None by default: off, nothing computed): write a tamper-evident trade
+    ledger there (``envs.ledger``: every step's orders, bilateral trades and payments,
+    episodes numbered from 0 at each ``reset()``, with its seed or -1; agents named as in
+    ``possible_agents``); ``close()`` seals it.
+    The file must not exist yet. An env with a ledger cannot be pickled.
 
 Version history
     v0: initial release. Later in v0 the numba engine became the default on the CPU; it steps
@@ -65,7 +70,8 @@ Version history
     seeds and reset days of other types (bool, complex, str, None, non-integral floats) are
     refused instead of converted, and a bad reset changes nothing. Later still (info schema
     version 2, ``envs.info_schema``), the extreme bus voltages ``v_min`` and ``v_max`` were
-    renamed ``v_min_pu`` and ``v_max_pu``, apart from the voltage band's settings.
+    renamed ``v_min_pu`` and ``v_max_pu``, apart from the voltage band's settings. Later
+    still, the optional trade ledger (``ledger``; off by default, nothing else changed).
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +92,7 @@ from envs.config import INT64_MAX, SEED_MAX, EnvConfig
 from envs.core import BatchedP2PEnv, checked_seed, is_integer
 from envs.data import DAYS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
+from envs.ledger import LedgerWriter
 from envs.single.engine import SingleEnvEngine, supports
 
 ENGINES = ("auto", "numba", "torch")
@@ -97,7 +105,7 @@ class P2PParallelEnv(ParallelEnv):
     metadata = {"name": "peergrid_p2p_v0", "render_modes": ["ansi"], "is_parallelizable": True}
 
     def __init__(self, config: EnvConfig, render_mode: str | None = None,
-                 engine: str = "auto") -> None:
+                 engine: str = "auto", ledger: str | Path | None = None) -> None:
         if config.n_envs != 1:
             raise ValueError(f"the PettingZoo env wraps one community: n_envs must be 1, got "
                              f"{config.n_envs}; use envs.make_batched_env for batches")
@@ -134,6 +142,13 @@ class P2PParallelEnv(ParallelEnv):
         self._last_info: dict[str, Any] | None = None
         # Every info key, NaN: the start of each agent's info dict.
         self._undefined_info = dict.fromkeys(INFO_KEYS, math.nan)
+        self._ledger: LedgerWriter | None = None
+        self._ledger_episode, self._ledger_step = -1, 0
+        if ledger is not None:
+            self._ledger = LedgerWriter(
+                ledger, config, self.possible_agents,
+                meta={"source": "pettingzoo", "engine": self.engine_name,
+                      "feeder_agent_names": list(self.engine.agent_names)})
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self._observation_spaces[agent]
@@ -158,6 +173,10 @@ class P2PParallelEnv(ParallelEnv):
             warnings.warn(f"reset options {sorted(map(str, options))} are not used by peergrid "
                           f"(it reads only {RESET_OPTIONS}); they were ignored", stacklevel=2)
         obs, day = self.engine.reset(seed=seed, day=None if day is None else int(day))
+        if self._ledger is not None:
+            self._ledger_episode += 1
+            self._ledger_step = 0
+            self._ledger.start_episodes([self._ledger_episode], [day], [seed])
         self.agents = list(self.possible_agents)
         self._last_info = None
         reset_info = self._undefined_info.copy()
@@ -171,6 +190,10 @@ class P2PParallelEnv(ParallelEnv):
         agents = self.possible_agents
         obs, reward, done, info = self.engine.step(self._action_batch(actions))
         self._last_info = info
+        if self._ledger is not None:
+            self._ledger.record_step(info, [self._ledger_episode], self._ledger_step,
+                                     batched=False)
+            self._ledger_step += 1
         if done:
             obs = info["final_observation"]
             self.agents = []
@@ -272,7 +295,9 @@ class P2PParallelEnv(ParallelEnv):
         return "\n".join(lines)
 
     def close(self) -> None:
-        pass
+        """Seal the ledger, if any (``ledger``)."""
+        if self._ledger is not None:
+            self._ledger.close()
 
 
 class TorchEngine:
