@@ -27,6 +27,9 @@ consumption``         covers its own home as ``self_consumption``, then the surp
                       room, in proportion to the AC power each can still take (give); it
                       reads the community's net load, as agents do with
                       ``observation.community``. Bids and asks at the tariff midpoint.
+``community_time_     ``time_of_use`` built on ``community_self_consumption`` (``envs.rules``):
+of_use``              the community's sharing wherever ``time_of_use`` self-consumes; under a
+                      flat tariff it is ``community_self_consumption``. Midpoint bids.
 ``zi``                zero-intelligence constrained traders (Gode & Sunder 1993, "Allocative
                       efficiency of markets with zero-intelligence traders", J. Political
                       Economy 101(1)): each step every agent draws its price uniformly in
@@ -76,12 +79,14 @@ from envs import metrics
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.rules import (
     community_self_consumption_fraction,
+    community_time_of_use_fraction,
     current_load_pv_kw,
     self_consumption_fraction,
     time_of_use_fraction,
 )
 
-__all__ = ["BASELINES", "CommunitySelfConsumption", "FixedPrice", "MidpointRule", "NoP2P",
+__all__ = ["BASELINES", "CommunitySelfConsumption", "CommunityTimeOfUse", "FixedPrice",
+           "MidpointRule", "NoP2P",
            "ORACLES", "PerfectForesightOracle", "RandomPolicy", "SelfConsumption", "TimeOfUse",
            "ZeroIntelligence", "battery_fleet",
            "current_load_pv_kw", "float64_tables", "make_oracle", "make_policy",
@@ -164,6 +169,15 @@ class CommunitySelfConsumption(MidpointRule):
     rule = staticmethod(community_self_consumption_fraction)
 
 
+class CommunityTimeOfUse(MidpointRule):
+    """Time of use on community self-consumption (``envs.rules``' ``community_time_of_use``:
+    ``time_of_use`` with the community's sharing where it would self-consume); bids and asks
+    at the midpoint."""
+
+    default_name = "community_time_of_use"
+    rule = staticmethod(community_time_of_use_fraction)
+
+
 class FixedPrice:
     """Everyone posts ``price_fraction`` of [feed-in, retail]; self-consumption battery."""
 
@@ -237,6 +251,7 @@ BASELINES: dict[str, type] = {
     "self_consumption": SelfConsumption,
     "time_of_use": TimeOfUse,
     "community_self_consumption": CommunitySelfConsumption,
+    "community_time_of_use": CommunityTimeOfUse,
     "zi": ZeroIntelligence,
     "fixed_price": FixedPrice,
     "random": RandomPolicy,
@@ -306,10 +321,11 @@ def battery_fleet(env: Any) -> BatteryFleet:
 
 
 def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
-    """The ``load_kwh``, ``pv_kwh``, ``load_kvar`` ``[T, N]`` and ``retail_price``,
-    ``feed_in_price`` ``[T]`` (float64 numpy) of ``n_days`` consecutive days from day ``day``
-    (``T = 96 n_days``; wrapping from the year's last day to its first), exactly what the
-    env steps through in an episode of ``n_days`` days starting on ``day``."""
+    """The ``load_kwh``, ``pv_kwh``, ``load_kvar``, ``no_p2p_network_penalty`` ``[T, N]`` and
+    ``retail_price``, ``feed_in_price`` ``[T]`` (float64 numpy) of ``n_days`` consecutive days
+    from day ``day`` (``T = 96 n_days``; wrapping from the year's last day to its first),
+    exactly what the env steps through in an episode of ``n_days`` days starting on ``day``
+    (``no_p2p_network_penalty``: the core's table, the no-P2P reference's penalties)."""
     index = (torch.arange(STEPS_PER_DAY * n_days, device=env.device)
              + int(day) * STEPS_PER_DAY) % STEPS_PER_YEAR
 
@@ -320,7 +336,8 @@ def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
             "pv_kwh": numpy(env.pv_kw[index]) * env.dt_h,
             "load_kvar": numpy(env.load_kvar[index]),
             "retail_price": np.tile(numpy(env.retail_price), n_days),
-            "feed_in_price": np.tile(numpy(env.feed_in_price), n_days)}
+            "feed_in_price": np.tile(numpy(env.feed_in_price), n_days),
+            "no_p2p_network_penalty": numpy(env.no_p2p_network_penalty[index])}
 
 
 class _FeederSensitivity:
@@ -384,16 +401,21 @@ class PerfectForesightOracle:
         use_battery: let the oracle drive the batteries (False: idle).
         network: respect the feeder's linearised voltage and loading limits
             (:func:`network_linearisation`); PV curtailment is then allowed.
+        tie_break: among the optimal schedules pick the greedy one (``agents.oracle.
+            solve_oracle``'s ``tie_break``: grid exchange avoided as early as possible, each
+            battery serving its own home first); the demonstrations of
+            ``imitation.tie_break``.
     """
 
     mechanism = None
 
     def __init__(self, name: str = "oracle", p2p: bool = True, use_battery: bool = True,
-                 network: bool = False) -> None:
+                 network: bool = False, tie_break: bool = False) -> None:
         self.name = name
         self.p2p = p2p
         self.use_battery = use_battery
         self.network = network
+        self.tie_break = tie_break
         self._sensitivity: _FeederSensitivity | None = None
         self._tables: tuple[Any, Any] | None = None  # (env, float64_tables(env))
 
@@ -403,17 +425,21 @@ class PerfectForesightOracle:
         (:func:`float64_tables`)."""
         return self.solve_days(env, day, 1)
 
-    def solve_episode(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
+    def solve_episode(self, env: Any, day: int, tie_break_reference_kwh: np.ndarray | None = None
+                      ) -> tuple[OracleResult, dict[str, np.ndarray]]:
         """The optimal schedule of ``env``'s episode starting on day ``day``
         (``env.episode_days`` consecutive days, :meth:`solve_days`): what :meth:`evaluate`
         compares with a policy's episode; :meth:`solve_day` for one-day episodes."""
-        return self.solve_days(env, day, env.episode_days)
+        return self.solve_days(env, day, env.episode_days, tie_break_reference_kwh)
 
-    def solve_days(self, env: Any, day: int, n_days: int
+    def solve_days(self, env: Any, day: int, n_days: int,
+                   tie_break_reference_kwh: np.ndarray | None = None
                    ) -> tuple[OracleResult, dict[str, np.ndarray]]:
         """One plan over ``n_days`` consecutive days from day ``day`` (:func:`day_profiles`;
         ``T = 96 n_days`` steps, one SoC trajectory, the terminal value charged at the end
-        only) and their profiles, from ``env``'s tables in float64 (:func:`float64_tables`)."""
+        only) and their profiles, from ``env``'s tables in float64 (:func:`float64_tables`).
+        ``tie_break_reference_kwh [T, N]``: with ``tie_break``, the optimum nearest to this
+        battery schedule (``agents.oracle.solve_oracle``)."""
         if self._tables is None or self._tables[0] is not env:
             self._tables = (env, float64_tables(env))
         tables = self._tables[1]
@@ -427,7 +453,9 @@ class PerfectForesightOracle:
                               profile["feed_in_price"], battery_fleet(tables), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
                               network=linearisation, terminal_price=env.terminal_price,
-                              terminal_credit_price=env.terminal_credit_price)
+                              terminal_credit_price=env.terminal_credit_price,
+                              tie_break=self.tie_break,
+                              tie_break_reference_kwh=tie_break_reference_kwh)
         return result, profile
 
     def trajectory(self, result: OracleResult, profile: dict[str, np.ndarray], dt_h: float
@@ -495,6 +523,7 @@ class PerfectForesightOracle:
             feed_in_price=stack([p["feed_in_price"] for p in profiles]),
             community_cost=torch.tensor([r.cost for r in results], dtype=torch.float64),
             degradation_cost=degradation, terminal_value_cost=terminal,
+            no_p2p_network_penalty=stack([p["no_p2p_network_penalty"] for p in profiles]),
             day=torch.as_tensor(np.asarray(days, dtype=np.int64)),
             p2p=self.p2p, network=network)
         return totals, results
@@ -512,8 +541,9 @@ the one LP decomposes into an independent perfect-foresight plan per household (
 env."""
 
 
-def make_oracle(name: str) -> PerfectForesightOracle:
-    """The oracle variant ``name`` (a key of :data:`ORACLES`)."""
+def make_oracle(name: str, tie_break: bool = False) -> PerfectForesightOracle:
+    """The oracle variant ``name`` (a key of :data:`ORACLES`); ``tie_break``: its greedy
+    optimal schedule (:class:`PerfectForesightOracle`)."""
     if name not in ORACLES:
         raise ValueError(f"unknown oracle {name!r}; allowed: {', '.join(ORACLES)}")
-    return PerfectForesightOracle(name=name, **ORACLES[name])
+    return PerfectForesightOracle(name=name, tie_break=tie_break, **ORACLES[name])

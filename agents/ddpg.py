@@ -45,7 +45,7 @@ from agents.actions import RulePrior, symmetric_to_env
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
-from agents.imitation import ImitationConfig, clone
+from agents.imitation import ImitationConfig, check_rule_feature, clone
 from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
@@ -196,6 +196,7 @@ class DDPG(Algorithm):
         if spec.action_type != "continuous":
             raise ConfigError(f"algo {self.name} needs env.action.type=continuous, got "
                               f"{spec.action_type!r}")
+        check_rule_feature(config.imitation, spec.feature_names, f"{self.name}.imitation")
         n, a, device = spec.n_agents, spec.action_dim, self.device
         self.prior = (RulePrior(spec, "tanh", f"{self.name}.residual") if config.residual
                       else None)

@@ -26,7 +26,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +34,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs.config import EnvConfig, check, to_dict
+from envs.config import ConfigError, EnvConfig, check, to_dict
 from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
 
-__all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "ImitationConfig", "clone", "imitated_oracle",
-           "oracle_demonstrations", "training_days"]
+__all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "TIE_BREAKS", "ImitationConfig",
+           "check_rule_feature", "clone",
+           "imitated_oracle", "oracle_demonstrations", "training_days"]
 
 CACHE_VERSION = 1
 IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
+TIE_BREAKS = ("none", "greedy", "rule")
 MIDPOINT = 0.5
 """Price fraction the clone is taught (the oracle has no market; the rules bid it too)."""
 
@@ -66,6 +68,15 @@ class ImitationConfig:
     oracle_household (each home alone), or auto: the run's reference oracle
     (``train.eval_reference``: ``oracle_network`` on the tasks whose limits bind), else
     oracle."""
+    tie_break: str = "none"
+    """Which of the optimal schedules to imitate. The LP has many (under a flat tariff which
+    evening hour a battery covers and which home's battery covers it cost the same) and
+    HiGHS returns an arbitrary vertex, full-power bursts no observation explains. ``none``:
+    that vertex; ``greedy``: the one that avoids grid exchange as early as possible and lets
+    each battery serve its own home first; ``rule``: the one nearest to what the rule in the
+    observation (``env.observation.rule``) does on the day, so that a residual policy
+    (``residual``) learns only where the optimum departs from its rule
+    (``agents.oracle.solve_oracle``'s ``tie_break`` and ``tie_break_reference_kwh``)."""
 
     def __post_init__(self) -> None:
         check(0 <= self.days <= 366, "days", "an integer in [0, 366]", self.days)
@@ -74,6 +85,16 @@ class ImitationConfig:
         check(self.minibatch >= 1, "minibatch", ">= 1", self.minibatch)
         check(self.oracle in IMITATED_ORACLES, "oracle", f"one of {IMITATED_ORACLES}",
               self.oracle)
+        check(self.tie_break in TIE_BREAKS, "tie_break", f"one of {TIE_BREAKS}",
+              self.tie_break)
+
+
+def check_rule_feature(config: ImitationConfig, feature_names: Sequence[str], key: str) -> None:
+    """Raise ConfigError naming ``key`` (the algorithm's ``imitation`` section) when
+    ``tie_break: rule`` has no rule in the observation to break ties towards."""
+    if config.days and config.tie_break == "rule" and "rule_battery" not in feature_names:
+        raise ConfigError(f"config key '{key}.tie_break': got 'rule'; allowed only with a rule "
+                          f"in the observation (set env.observation.rule)")
 
 
 def training_days(config: EnvConfig, n_days: int) -> list[int]:
@@ -90,16 +111,40 @@ def _cache_key(config: EnvConfig, days: list[int], oracle: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _solve(config: EnvConfig, days: list[int], oracle: str) -> dict[str, np.ndarray]:
+def _rule_schedules(env: Any, days: list[int]) -> np.ndarray:
+    """``[D, T, N]`` AC kWh into each battery (< 0 out) when every agent follows the rule of
+    ``env``'s ``observation.rule`` for the episode from each of ``days`` (in a core with
+    ``len(days)`` environments, midpoint bids)."""
+    from agents.actions import env_actions
+    from envs import rules
+
+    name = env.config.observation.rule
+    env.reset(seed=0, days=days)
+    energy = []
+    for _ in range(env.episode_steps):
+        battery = rules.rule_fraction(name, env)
+        _, _, _, _, info = env.step(env_actions(battery, torch.full_like(battery, MIDPOINT),
+                                                env))
+        energy.append(info["battery_energy_kwh"].double().cpu().numpy())
+    return np.stack(energy, axis=1)
+
+
+def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
+           ) -> dict[str, np.ndarray]:
     from agents.actions import env_actions
     from agents.baselines import make_oracle
     from envs.core import BatchedP2PEnv
 
     solver_env = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu"))
+    replay_config = dataclasses.replace(config, n_envs=len(days), device="cpu")
+    references: list[np.ndarray | None] = [None] * len(days)
+    if tie_break == "rule":
+        references = list(_rule_schedules(BatchedP2PEnv(replay_config, solver_env.data), days))
     # One plan per episode (episode.length_days days from each start day).
-    schedules = [make_oracle(oracle).solve_episode(solver_env, day)[0] for day in days]
-    env = BatchedP2PEnv(dataclasses.replace(config, n_envs=len(days), device="cpu"),
-                        solver_env.data)
+    solver = make_oracle(oracle, tie_break=tie_break != "none")
+    schedules = [solver.solve_episode(solver_env, day, reference)[0]
+                 for day, reference in zip(days, references, strict=True)]
+    env = BatchedP2PEnv(replay_config, solver_env.data)
     power = (env.battery_kw * env.dt_h).double().numpy()  # [N] kWh per step at full power
     fraction = np.stack([(s.charge_kwh - s.discharge_kwh) for s in schedules])  # [D, T, N]
     fraction = np.where(power > 0, fraction / np.where(power > 0, power, 1.0), 0.0)
@@ -114,12 +159,19 @@ def _solve(config: EnvConfig, days: list[int], oracle: str) -> dict[str, np.ndar
             "battery": fraction.astype(np.float32)}  # [D, T, N]
 
 
-def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
-                          ) -> tuple[Tensor, Tensor]:
+def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle",
+                          tie_break: str = "none") -> tuple[Tensor, Tensor]:
     """``(obs [D, T, N, obs_dim], battery fraction [D, T, N])`` of the optimum of ``oracle``
-    on ``n_days`` training days of ``config`` (float32, CPU), from the cache when there."""
+    (which of its optimal schedules: ``tie_break``, :class:`ImitationConfig`) on ``n_days``
+    training days of ``config`` (float32, CPU), from the cache when there."""
+    if tie_break not in TIE_BREAKS:
+        raise ConfigError(f"imitation.tie_break: got {tie_break!r}; allowed: {TIE_BREAKS}")
+    if tie_break == "rule" and config.observation.rule == "none":
+        raise ConfigError("config key 'imitation.tie_break': got 'rule'; allowed only with a "
+                          "rule in the observation (set env.observation.rule)")
     days = training_days(config, n_days)
-    path = cache_dir() / "demonstrations" / f"{_cache_key(config, days, oracle)}.npz"
+    key = _cache_key(config, days, oracle if tie_break == "none" else f"{oracle}:{tie_break}")
+    path = cache_dir() / "demonstrations" / f"{key}.npz"
     data: dict[str, Any] | None = None
     if path.is_file():
         try:
@@ -131,7 +183,7 @@ def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
         except Exception:  # a damaged cache is solved again
             data = None
     if data is None:
-        data = _solve(config, days, oracle)
+        data = _solve(config, days, oracle, tie_break)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **data)
         try:
@@ -158,7 +210,8 @@ def clone(act: Callable[[Tensor], Tensor], parameters: Iterable[torch.nn.Paramet
     ``env_config``. Returns the last epoch's mean squared error (action units, both
     parts)."""
     obs, battery = oracle_demonstrations(env_config, config.days,
-                                         imitated_oracle(config, eval_reference))
+                                         imitated_oracle(config, eval_reference),
+                                         config.tie_break)
     n_agents = obs.shape[2]
     obs = obs.reshape(-1, n_agents, obs.shape[-1]).to(device)  # [S, N, O], S = days * steps
     target = battery.reshape(-1, n_agents).to(device)

@@ -39,7 +39,7 @@ from agents.actions import RulePrior, squash_actions
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
-from agents.imitation import ImitationConfig, clone
+from agents.imitation import ImitationConfig, check_rule_feature, clone
 from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, mlp
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
@@ -98,6 +98,11 @@ class MAPPOConfig:
     """Map of Gaussian samples into the action box: tanh or clip."""
     target_kl: float | None = None
     """Stop an update's epochs early once the approximate KL exceeds this (null = never)."""
+    critic_warmup_steps: int = 0
+    """Env-steps at the start of training whose PPO updates train the critic only: with
+    Monte-Carlo advantages an untrained critic's baseline is noise, and the first actor
+    updates would drag a cloned (``imitation``) or residual actor away from where it starts.
+    0 = update both from the start."""
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
     """Behaviour-clone the perfect-foresight optimum before PPO (``imitation.days`` > 0,
     continuous actions; ``agents.imitation``): the actor regresses the oracle's battery actions
@@ -127,6 +132,8 @@ class MAPPOConfig:
               self.action_squash)
         check(self.target_kl is None or self.target_kl > 0.0, "target_kl", "> 0 or null",
               self.target_kl)
+        check(self.critic_warmup_steps >= 0, "critic_warmup_steps", ">= 0",
+              self.critic_warmup_steps)
 
 
 class MAPPO(Algorithm):
@@ -164,6 +171,7 @@ class MAPPO(Algorithm):
         self.value_normalizer = RunningMeanStd(device=device)
         self.imitated = False
         """Whether the actor has cloned the oracle (``imitation``; not repeated on resume)."""
+        check_rule_feature(config.imitation, spec.feature_names, f"{self.name}.imitation")
         if config.imitation.days and not self.continuous:
             raise ConfigError("config key 'mappo.imitation.days': allowed: 0 with discrete "
                               "actions (cloning needs env.action.type=continuous)")
@@ -272,14 +280,17 @@ class MAPPO(Algorithm):
             advantages, returns = generalized_advantages(
                 buffer.rewards, buffer.values, buffer.terminated, self._value(collector.state),
                 config.gamma, config.gae_lambda)
-        scalars = {**scalars_before, **self._update(advantages, returns)}
+        train_actor = collector.global_step > config.critic_warmup_steps
+        scalars = {**scalars_before, **self._update(advantages, returns, train_actor)}
         scalars["charts/learning_rate"] = config.actor_lr * fraction
         if self.continuous:
             scalars["charts/action_std"] = float(self.log_std["log_std"].detach().exp().mean())
         return scalars
 
-    def _update(self, advantages: Tensor, returns: Tensor) -> dict[str, float]:
-        """PPO epochs; the actor's minibatches are agent-steps, the critic's env-steps."""
+    def _update(self, advantages: Tensor, returns: Tensor, train_actor: bool = True
+                ) -> dict[str, float]:
+        """PPO epochs; the actor's minibatches are agent-steps, the critic's env-steps.
+        ``train_actor=False``: the critic's loss only (``critic_warmup_steps``)."""
         config, buffer = self.config, self.buffer
         n = self.spec.n_agents
         obs = buffer.obs.reshape(-1, buffer.obs.shape[-1])  # [M, O], M = T * B * N
@@ -328,7 +339,9 @@ class MAPPO(Algorithm):
                                             (clipped_prediction - target[env_index]).square())
                 value_loss = 0.5 * value_error.mean()
                 entropy_mean = entropy.mean()
-                loss = policy_loss - config.ent_coef * entropy_mean + config.vf_coef * value_loss
+                loss = config.vf_coef * value_loss
+                if train_actor:
+                    loss = loss + policy_loss - config.ent_coef * entropy_mean
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -476,6 +476,10 @@ def _limit_rows_that_can_bind(
     )
 
 
+TIE_BREAK_TOLERANCE = 1e-7
+"""Relative cost the tie-break schedule of :func:`solve_oracle` may add to the optimum."""
+
+
 def solve_oracle(
     load_kwh: np.ndarray,
     pv_kwh: np.ndarray,
@@ -490,6 +494,8 @@ def solve_oracle(
     allow_curtailment: bool | None = None,
     terminal_price: float = 0.0,
     terminal_credit_price: float | None = None,
+    tie_break: bool = False,
+    tie_break_reference_kwh: np.ndarray | None = None,
 ) -> OracleResult:
     """Cost-minimal schedule of the whole community with perfect foresight.
 
@@ -517,6 +523,19 @@ def solve_oracle(
             terminal_credit_price * max(final SoC - initial SoC, 0)`` for each agent
             (``BatchedP2PEnv.terminal_credit_price``). None: ``terminal_price`` (a symmetric
             valuation).
+        tie_break: Among the optimal schedules (the LP is degenerate: under a flat tariff
+            which hour of the evening a battery covers, and which home's battery covers it,
+            cost the same), pick the *greedy* one: a second LP keeps the cost within
+            ``TIE_BREAK_TOLERANCE`` (relative) of the optimum and minimises ``sum_t w_t
+            (import_t + export_t + 0.1 sum_i |net_t,i|)`` with ``w_t = (T - t) / T``: the
+            community exchanges with the grid as early as it can be avoided, and each battery
+            serves its own home before the others. A deterministic, reactive-looking optimum
+            that a policy can imitate (``agents.imitation``); it costs one more LP.
+        tie_break_reference_kwh: With ``tie_break``, pick instead the optimal schedule
+            nearest to this battery schedule ``[T, N]`` (AC kWh into each battery per step,
+            < 0 discharged; e.g. what a rule does on the day): the second LP minimises
+            ``sum |charge - discharge - reference|`` (plus 1 % of the greedy objective for
+            the ties left), so that the optimum differs from the rule only where that pays.
 
     Returns:
         The optimal schedule; see :class:`OracleResult`.
@@ -611,6 +630,16 @@ def solve_oracle(
     grid_export = layout.add(*settlement_shape)
     soc_deficit = layout.add(n_agents)  # final SoC below the initial one (kWh)
     soc_surplus = layout.add(n_agents)  # final SoC above the initial one (kWh)
+    if tie_break:  # |net| = net_above + net_below, for the second (tie-break) objective
+        net_above = layout.add(n_steps, n_agents)
+        net_below = layout.add(n_steps, n_agents)
+        if tie_break_reference_kwh is not None:  # |battery - reference| likewise
+            reference_kwh = _as_float_array("tie_break_reference_kwh", tie_break_reference_kwh,
+                                            (n_steps, n_agents))
+            off_above = layout.add(n_steps, n_agents)
+            off_below = layout.add(n_steps, n_agents)
+    elif tie_break_reference_kwh is not None:
+        raise ValueError("tie_break_reference_kwh needs tie_break=True")
     slacks = [layout.add(len(rows.rhs)) for rows in limit_rows]  # one per network row
     if net_arrays is not None:
         # Agents with identical sensitivity columns (same bus) share one injection
@@ -654,6 +683,18 @@ def solve_oracle(
     eq.add_terms(rows, grid_import, 1.0)
     eq.add_terms(rows, grid_export, -1.0)
     eq.add_terms(rows[:, None] if p2p else rows, net, -1.0)
+    if tie_break:
+        rows = eq.add_rows(np.zeros((n_steps, n_agents)))
+        eq.add_terms(rows, net, 1.0)
+        eq.add_terms(rows, net_above, -1.0)
+        eq.add_terms(rows, net_below, 1.0)
+        if tie_break_reference_kwh is not None:
+            # charge - discharge - above + below = reference
+            rows = eq.add_rows(reference_kwh)
+            eq.add_terms(rows, charge, 1.0)
+            eq.add_terms(rows, discharge, -1.0)
+            eq.add_terms(rows, off_above, -1.0)
+            eq.add_terms(rows, off_below, 1.0)
     # Terminal SoC change: soc[T - 1] + deficit - surplus = initial SoC.
     rows = eq.add_rows(battery.initial_soc_kwh)
     eq.add_terms(rows, soc[-1], 1.0)
@@ -691,13 +732,19 @@ def solve_oracle(
     for limits, slack in zip(limit_rows, slacks, strict=True):
         slack_weights[slack] = limits.slack_weight
 
-    def solve(objective: np.ndarray, slack_upper: float, method: str):
+    def solve(objective: np.ndarray, slack_upper: float, method: str,
+              cost_row: np.ndarray | None = None, cost_limit: float = 0.0):
         for slack in slacks:
             upper[slack] = slack_upper
+        matrix, rhs = a_ub, b_ub
+        if cost_row is not None:  # the tie-break LP: keep the cost at the optimum
+            row = sp.csr_array(cost_row[None, :])
+            matrix = row if a_ub is None else sp.vstack([a_ub, row], format="csr")
+            rhs = np.array([cost_limit]) if b_ub is None else np.append(b_ub, cost_limit)
         return linprog(
             objective,
-            A_ub=a_ub,
-            b_ub=b_ub,
+            A_ub=matrix,
+            b_ub=rhs,
             A_eq=a_eq,
             b_eq=b_eq,
             bounds=np.column_stack([lower, upper]),
@@ -709,12 +756,14 @@ def solve_oracle(
     # (with crossover to a vertex) is several times faster than simplex.
     limits_unavoidably_violated = any(limits.unavoidable for limits in limit_rows)
     solution = None
+    objective, slack_upper = cost_vector, 0.0
     if not limits_unavoidably_violated:
         solution = solve(cost_vector, slack_upper=0.0, method="highs")
     if a_ub is not None and (solution is None or solution.status != 0):
         hard_message = "skipped" if solution is None else solution.message
-        penalised_cost = cost_vector + network.violation_penalty * slack_weights
-        solution = solve(penalised_cost, slack_upper=np.inf, method="highs-ipm")
+        objective = cost_vector + network.violation_penalty * slack_weights
+        slack_upper = np.inf
+        solution = solve(objective, slack_upper=np.inf, method="highs-ipm")
         if solution.status != 0:
             raise RuntimeError(
                 f"HiGHS did not find an optimal schedule with network slack: "
@@ -722,6 +771,25 @@ def solve_oracle(
             )
     if solution.status != 0:
         raise RuntimeError(f"HiGHS did not find an optimal schedule: {solution.message}")
+    if tie_break:
+        optimum = float(objective @ solution.x)
+        weight = (n_steps - np.arange(n_steps)) / n_steps  # [T], earlier steps weigh more
+        secondary = np.zeros(layout.n_columns)
+        settlement_weight = weight if p2p else weight[:, None]
+        secondary[grid_import] = settlement_weight
+        secondary[grid_export] = settlement_weight
+        secondary[net_above] = 0.1 * weight[:, None]
+        secondary[net_below] = 0.1 * weight[:, None]
+        if tie_break_reference_kwh is not None:
+            secondary *= 0.01
+            secondary[off_above] = 1.0
+            secondary[off_below] = 1.0
+        limit = optimum + TIE_BREAK_TOLERANCE * max(1.0, abs(optimum))
+        greedy = solve(secondary, slack_upper=slack_upper, method="highs", cost_row=objective,
+                       cost_limit=limit)
+        if greedy.status != 0:
+            raise RuntimeError(f"HiGHS did not find the tie-break schedule: {greedy.message}")
+        solution = greedy
 
     x = solution.x
     charge_kwh, discharge_kwh = x[charge], x[discharge]

@@ -280,7 +280,8 @@ class ActionConfig:
                   getattr(self, name))
 
 
-OBSERVATION_RULES = ("none", "self_consumption", "time_of_use")
+OBSERVATION_RULES = ("none", "self_consumption", "time_of_use", "community_self_consumption",
+                     "community_time_of_use")
 """Values of ``observation.rule``: no rule feature, or the rule of ``envs.rules``."""
 
 
@@ -303,7 +304,8 @@ class ObservationConfig:
     rule: str = "none"
     """Add a rule's battery fraction of this step in [-1, 1] as the last feature,
     ``rule_battery`` (``envs.rules``, from the true load and PV): ``none``,
-    ``self_consumption`` or ``time_of_use``."""
+    ``self_consumption``, ``time_of_use``, ``community_self_consumption`` or
+    ``community_time_of_use``."""
 
     def __post_init__(self) -> None:
         check(0 <= self.forecast_steps <= 96, "forecast_steps",

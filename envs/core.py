@@ -19,6 +19,13 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
 7. reward = -(payment + degradation + network penalty + network fee + terminal value)
    * reward_scale.
 
+The no-P2P reference of the metrics (``envs.metrics``: batteries idle, no market, each
+agent's net ``load - PV`` settled with the grid) does not depend on the agents, so its network
+penalties are charged once at construction for every step of the year, by the same network
+model and sharing rule as step 4 (:meth:`~envs.grid.PowerFlowNetwork.penalty_table`), into
+the table ``no_p2p_network_penalty [T, N]``; each step reports its row as
+``info["no_p2p_network_penalty"]``, and a ``no_p2p`` policy pays exactly these penalties.
+
 Episodes are ``episode.length_days`` days (``96 * length_days`` steps, one day by default)
 starting at a day drawn from the configured split and running over the following calendar
 days (``day`` advances at midnight, wrapping at the year's end; the SoC, last price and
@@ -116,6 +123,10 @@ class CoreTables(NamedTuple):
     """``[96]`` bool: ``envs.rules.TouSchedule.hold``."""
     tou_cheap_steps_left: Tensor
     """``[96]`` ``envs.rules.TouSchedule.cheap_steps_left``."""
+    no_p2p_network_penalty: Tensor
+    """``[T, N]`` each agent's share of the network penalty of the no-P2P operation (batteries
+    idle, no market: consumption ``load - PV``) at each step, money (0 without a network
+    model): the ``no_p2p_network_penalty`` info."""
 
 
 def is_integer(value: Any) -> bool:
@@ -280,6 +291,11 @@ class BatchedP2PEnv:
             from envs.network import electrical_distance
 
             self.electrical_distance = electrical_distance(self.network.model)
+        # The no-P2P operation's consumption, computed as step() computes a no_p2p policy's
+        # (kWh of the step, idle battery, back to kW), and its penalty shares.
+        no_p2p_kw = (self.load_kw * self.dt_h - self.pv_kw * self.dt_h) / self.dt_h
+        self.no_p2p_network_penalty = self.network.penalty_table(no_p2p_kw, self.load_kvar)
+        """``[T, N]``: :attr:`CoreTables.no_p2p_network_penalty`."""
         self._seeded = False
 
     # ----------------------------------------------------------------------------------------
@@ -299,7 +315,8 @@ class BatchedP2PEnv:
             start_days=self.start_days, battery_levels=self._battery_levels,
             price_levels=self._price_levels, community_net=self._community_net,
             tou_grid_charge=schedule.grid_charge,
-            tou_hold=schedule.hold, tou_cheap_steps_left=schedule.cheap_steps_left)
+            tou_hold=schedule.hold, tou_cheap_steps_left=schedule.cheap_steps_left,
+            no_p2p_network_penalty=self.no_p2p_network_penalty)
 
     def get_state(self) -> dict[str, Tensor | bool]:
         """A copy of everything that changes after construction, keyed by
@@ -598,6 +615,7 @@ class BatchedP2PEnv:
             "network_penalty": penalty,
             "network_fee": network_fee,
             "terminal_value_cost": terminal,
+            "no_p2p_network_penalty": self.no_p2p_network_penalty[index],
             "network_fee_revenue": network_fee.sum(dim=1),
             "cost": cost,
             "price": price,

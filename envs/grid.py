@@ -15,17 +15,24 @@ Both network models report per step, each ``[B]`` (``envs.info_schema.NETWORK_IN
 ``network_converged`` (1.0 or 0.0); penalties are shared among agents by
 ``envs.network.network_penalty``'s rule (by contribution: an agent that does not inject pays
 nothing).
+
+:meth:`~PowerFlowNetwork.penalty_table` charges ``T`` independent steps at once, by the same
+rule as ``step``: the core's table of the no-P2P operation's penalties (``envs.core``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from envs.config import NetworkConfig
 from envs.data import FeederData
+
+if TYPE_CHECKING:
+    from envs.network import PowerFlowResult
 
 _INFO_NAMES = {
     "v_min_pu": "v_min_pu",
@@ -57,6 +64,10 @@ class NoNetwork:
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
         return NetworkStep(torch.zeros_like(p_kw), None, {})
 
+    def penalty_table(self, p_kw: Tensor, q_kvar: Tensor) -> Tensor:
+        """No penalties: zeros like ``p_kw [T, N]``."""
+        return torch.zeros_like(p_kw)
+
 
 class PowerFlowNetwork:
     """``zbus`` or ``ac``: power flow, penalties shared by contribution, info statistics."""
@@ -84,22 +95,47 @@ class PowerFlowNetwork:
                 for name, value in vars(result).items()})
         return self.model.solve(p_kw, q_kvar, angles=False)
 
+    def _penalty(self, result: PowerFlowResult, summary: dict[str, Tensor], p_kw: Tensor) -> Tensor:
+        """Each agent's penalty share ``[B, N]`` of ``result`` (``envs.network.network_penalty``)
+        for consumption ``p_kw [B, N]``."""
+        from envs.network import network_penalty
+
+        cfg = self.config
+        violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
+        if not bool((violated | ~result.converged).any()):
+            return torch.zeros_like(p_kw)  # the common case: skip the sharing arithmetic
+        penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
+                                     v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
+                                     line_penalty=cfg.line_penalty)
+        return penalty
+
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
-        from envs.network import network_penalty, network_summary
+        from envs.network import network_summary
 
         cfg = self.config
         result = self.solve(p_kw, q_kvar)
         summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
-        violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
-        if bool((violated | ~result.converged).any()):
-            penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
-                                         v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
-                                         line_penalty=cfg.line_penalty)
-        else:  # the common case: nothing to penalise, skip the sharing arithmetic
-            penalty = torch.zeros_like(p_kw)
+        penalty = self._penalty(result, summary, p_kw)
         info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
         voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
         return NetworkStep(penalty, voltage, info)
+
+    def penalty_table(self, p_kw: Tensor, q_kvar: Tensor, chunk: int = 8192) -> Tensor:
+        """Each agent's penalty share ``[T, N]`` (money) of ``T`` independent steps with
+        consumption ``p_kw``, ``q_kvar [T, N]`` (kW, kvar), charged as :meth:`step` charges
+        a batch of them, solved ``chunk`` steps at a time (one batched solve per chunk).
+        With ``ac`` the Z-bus model solves them (pandapower's equations, ~2e-7 p.u. from
+        ``runpp``; ``runpp`` per step would take minutes for a year)."""
+        from envs.network import network_summary
+
+        cfg = self.config
+        parts = []
+        for start in range(0, p_kw.shape[0], chunk):
+            p, q = p_kw[start:start + chunk], q_kvar[start:start + chunk]
+            result = self.model.solve(p, q, angles=False)
+            summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
+            parts.append(self._penalty(result, summary, p))
+        return torch.cat(parts) if parts else torch.zeros_like(p_kw)
 
 
 def make_network(config: NetworkConfig, data: FeederData, device: torch.device,

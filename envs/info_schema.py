@@ -19,18 +19,19 @@ Version history (:data:`SCHEMA_VERSION`):
 * 1: the keys below, with the extreme voltages named ``v_min`` and ``v_max``.
 * 2: ``v_min`` and ``v_max`` renamed ``v_min_pu`` and ``v_max_pu`` (same values, same place
   in :data:`INFO_KEYS`).
+* 3: ``no_p2p_network_penalty`` added (per agent, last of :data:`AGENT_INFO`).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the info keys (see the version history above)."""
 
 AGENT_INFO: tuple[str, ...] = (
     "p2p_energy_kwh", "grid_energy_kwh", "payment", "p2p_payment", "grid_payment",
     "net_energy_kwh", "load_kwh", "pv_kwh", "battery_energy_kwh", "battery_cut_kwh",
     "soc_kwh", "degradation_cost", "network_penalty", "network_fee", "cost", "price",
-    "terminal_value_cost")
+    "terminal_value_cost", "no_p2p_network_penalty")
 """Per-agent info keys of a step, in the order of the numba engine's agent buffer rows.
 
 ``p2p_energy_kwh``, ``grid_energy_kwh``: energy bought (> 0) or sold (< 0) in the market and
@@ -46,7 +47,11 @@ posted price, currency per kWh; ``terminal_value_cost``: on the last step of an 
 ``terminal_price * max(start - now, 0) - terminal_credit_price * max(now - start, 0)`` (SoC at
 the episode's start and now, kWh), money (a charge for energy taken from the battery, a smaller
 credit for energy added; 0 on every other step and with
-``episode.terminal_value`` false)."""
+``episode.terminal_value`` false); ``no_p2p_network_penalty``: the agent's share of the
+network penalty the no-P2P operation (batteries idle, no market: net = load - PV) would pay
+at this step, money, whatever the agents do (the core's precomputed table
+``no_p2p_network_penalty``; 0 without a network model): ``envs.metrics`` adds it to the no-P2P
+reference bill."""
 
 ENV_INFO: tuple[str, ...] = (
     "network_fee_revenue", "clearing_price", "operator_surplus", "community_cost",

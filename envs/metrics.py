@@ -19,7 +19,8 @@ community_cost              sum_i (payment_i + degradation_i + network_penalty_i
 terminal_value_cost         sum_i [p (SoC_i at start - SoC_i at end)^+
                             - c (SoC_i at end - SoC_i at start)^+]  (p: terminal_price,
                             c: terminal_credit_price)
-no_p2p_cost                 sum_i sum_t [r_t (load - pv)^+ - f_t (pv - load)^+]  (idle battery)
+no_p2p_cost                 sum_i sum_t [r_t (load - pv)^+ - f_t (pv - load)^+
+                            + no_p2p_network_penalty_i,t]  (idle battery, no market)
 savings_vs_no_p2p           no_p2p_cost - community_cost
 savings_percent             100 * savings_vs_no_p2p / |no_p2p_cost|
 captured_savings_share      sum_days savings / sum_days oracle savings (aggregate over days)
@@ -40,7 +41,11 @@ with ``D_t`` and ``S_t`` the community's total demand and supply (sums of positi
 negative net positions) at step ``t``. The terminal value (``episode.terminal_value``, charged
 by the core on an episode's last step) is part of every cost: a battery that is never used
 ends where it started and pays none, so the idle-battery ``no_p2p_cost`` and a policy's
-``community_cost`` are compared under the same accounting.
+``community_cost`` are compared under the same accounting. So are network penalties: the
+no-P2P reference pays the penalties its own operation (batteries idle, net = load - PV) causes,
+shared as the core shares a step's penalty (``no_p2p_network_penalty``, a table the core
+precomputes once), so the ``no_p2p`` policy saves exactly 0, and a policy saves money by
+causing fewer penalties as well as by paying less for energy.
 """
 
 from __future__ import annotations
@@ -101,12 +106,15 @@ class EpisodeTotals:
         return int(self.day.shape[0])
 
 
-def no_p2p_step_cost(load_kwh: Tensor, pv_kwh: Tensor, retail: Tensor, feed_in: Tensor
-                     ) -> Tensor:
+def no_p2p_step_cost(load_kwh: Tensor, pv_kwh: Tensor, retail: Tensor, feed_in: Tensor,
+                     network_penalty: Tensor | None = None) -> Tensor:
     """Each agent's cost of a step without P2P and with its battery idle, ``[B, N]``:
-    retail * max(load - pv, 0) - feed_in * max(pv - load, 0)."""
+    retail * max(load - pv, 0) - feed_in * max(pv - load, 0) + its share of the network
+    penalty of that operation (``network_penalty [B, N]``, the core's
+    ``no_p2p_network_penalty``; None: 0)."""
     net = load_kwh - pv_kwh
-    return retail[:, None] * net.clamp_min(0.0) + feed_in[:, None] * net.clamp_max(0.0)
+    bill = retail[:, None] * net.clamp_min(0.0) + feed_in[:, None] * net.clamp_max(0.0)
+    return bill if network_penalty is None else bill + network_penalty
 
 
 def matchable_kwh(net_kwh: Tensor) -> Tensor:
@@ -159,8 +167,8 @@ class EpisodeAccumulator:
         a["pv_kwh"] += info["pv_kwh"].to(dtype)
         a["battery_throughput_kwh"] += info["battery_energy_kwh"].abs().to(dtype)
         a["no_p2p_cost"] += no_p2p_step_cost(info["load_kwh"], info["pv_kwh"],
-                                             info["retail_price"],
-                                             info["feed_in_price"]).to(dtype)
+                                             info["retail_price"], info["feed_in_price"],
+                                             info["no_p2p_network_penalty"]).to(dtype)
         a["reward"] += reward.to(dtype)
         e["grid_import_kwh"] += info["grid_import_kwh"].to(dtype)
         e["grid_export_kwh"] += info["grid_export_kwh"].to(dtype)
@@ -221,8 +229,9 @@ def community_cost(totals: EpisodeTotals) -> Tensor:
 
 
 def savings_vs_no_p2p(totals: EpisodeTotals) -> Tensor:
-    """Community cost without P2P and with idle batteries minus the community cost, currency
-    (positive = the policy saves money). Like with like: idle batteries end where they
+    """Community cost without P2P and with idle batteries (its network penalties included)
+    minus the community cost, currency (positive = the policy saves money; the ``no_p2p``
+    policy saves 0). Like with like: idle batteries end where they
     started, so the reference's terminal value is 0, and the policy's is in its cost."""
     return totals.agent["no_p2p_cost"].sum(1) - community_cost(totals)
 
@@ -308,7 +317,8 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
                     retail_price: Tensor, feed_in_price: Tensor, community_cost: Tensor,
                     degradation_cost: Tensor, day: Tensor, *, p2p: bool,
                     network: dict[str, Tensor] | None = None,
-                    terminal_value_cost: Tensor | None = None) -> EpisodeTotals:
+                    terminal_value_cost: Tensor | None = None,
+                    no_p2p_network_penalty: Tensor | None = None) -> EpisodeTotals:
     """Totals of ``E`` centrally scheduled days (the oracle), comparable with those of
     :class:`EpisodeAccumulator`.
 
@@ -327,6 +337,10 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
             position meets the grid) or every agent settles its own net position.
         network: optional per-env network totals ``[E]`` (keys of the accumulator's env dict,
             e.g. ``voltage_violations``, ``network_steps``).
+        no_p2p_network_penalty: ``[E, T, N]`` the core's ``no_p2p_network_penalty`` table at
+            the episodes' steps, money: the network penalties of the no-P2P reference (its
+            bill, ``no_p2p_cost``, carries them as the accumulator's does); None: 0 (no
+            network model, or none binding).
 
     A central schedule has no market and no payments between agents, so per-agent costs,
     rewards and hence agent savings and their Gini are NaN; with ``p2p`` every matchable kWh
@@ -336,8 +350,11 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
     e, _, n = net_kwh.shape
     nan_agents = torch.full((e, n), float("nan"), dtype=net_kwh.dtype, device=net_kwh.device)
     zeros_env = torch.zeros(e, dtype=net_kwh.dtype, device=net_kwh.device)
-    no_p2p = no_p2p_step_cost(load_kwh.reshape(-1, n), pv_kwh.reshape(-1, n),
-                              retail_price.reshape(-1), feed_in_price.reshape(-1)).reshape(e, -1, n)
+    no_p2p = no_p2p_step_cost(
+        load_kwh.reshape(-1, n), pv_kwh.reshape(-1, n), retail_price.reshape(-1),
+        feed_in_price.reshape(-1),
+        None if no_p2p_network_penalty is None else no_p2p_network_penalty.reshape(-1, n)
+    ).reshape(e, -1, n)
     matchable = matchable_kwh(net_kwh).sum(1)
     if p2p:
         community_net = net_kwh.sum(-1)
@@ -366,8 +383,9 @@ def schedule_totals(load_kwh: Tensor, pv_kwh: Tensor, net_kwh: Tensor, battery_k
 def captured_savings_share(savings: Tensor, oracle_savings: Tensor) -> Tensor:
     """Share of the oracle's savings a policy captures over a set of days (a scalar):
     sum_d savings_d / sum_d oracle_savings_d, both against the no-P2P, idle-battery bill
-    (:func:`savings_vs_no_p2p`). A ratio of sums, not a mean of daily ratios, which explode on
-    days where the oracle saves almost nothing. NaN if the oracle saves nothing."""
+    with its network penalties (:func:`savings_vs_no_p2p`). A ratio of sums, not a mean of
+    daily ratios, which explode on days where the oracle saves almost nothing. NaN if the
+    oracle saves nothing."""
     total = oracle_savings.sum()
     return torch.where(total > 0, savings.sum() / total.clamp_min(1e-12),
                        torch.full_like(total, float("nan")))

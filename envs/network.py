@@ -29,8 +29,12 @@ existence and uniqueness of load-flow solutions in distribution networks", IEEE 
 9(2), 2018; Bazrafshan and Gatsis, "Convergence of the Z-bus method for three-phase distribution
 load-flow with ZIP loads", IEEE Trans. Power Systems 33(1), 2018). On LV feeders the contraction
 factor is of the order of the voltage drop (a few percent), so a handful of iterations reach
-1e-6 p.u.; every environment is checked for its own convergence (``converged [B]``) and the loop
-stops once all have converged or after ``max_iterations``. No per-environment Python loop.
+1e-6 p.u.; every environment is checked for its own convergence (``converged [B]``) and keeps
+its voltages from the iteration it converged in while the others iterate on (so its result does
+not depend on the rest of its batch, up to the round-off of the batched matrix product: the
+core's table of the no-P2P penalties, solved a year at a time, is what a batch of environments
+is charged, ``envs.core``); the loop stops once all have converged or after
+``max_iterations``. No per-environment Python loop.
 
 Two reductions keep it cheap and accurate. (1) Only buses with at least one agent carry an
 injection, so the iteration runs on those ``L`` buses alone (``V_L = w_L + Z_LL I_L``); every
@@ -553,14 +557,22 @@ class BatchedPowerFlow:
         current = torch.zeros_like(injection_pu)
         change = torch.full((batch,), math.inf, dtype=self.dtype, device=self.device)
         iterations = 0
+        some_converged = False
         for iterations in range(1, self.max_iterations + 1):  # noqa: B007 (used after the loop)
             current = injection_conj * voltage.reciprocal().conj()
             updated = torch.addmm(self._w_load, current, self._z_load_t)
             # largest change of a real or imaginary part: no square roots needed
-            change = torch.view_as_real(updated - voltage).abs().flatten(1).amax(dim=1)
-            voltage = updated
-            if bool((change < self.tolerance_pu).all()):
+            step = torch.view_as_real(updated - voltage).abs().flatten(1).amax(dim=1)
+            if some_converged:  # those keep their voltages (as they would alone)
+                running = ~(change < self.tolerance_pu)
+                voltage = torch.where(running[:, None], updated, voltage)
+                change = torch.where(running, step, change)
+            else:
+                voltage, change = updated, step
+            n_converged = int((change < self.tolerance_pu).sum())
+            if n_converged == batch:
                 break
+            some_converged = n_converged > 0
         # the currents of the converged voltages (one more evaluation, no extra GEMM)
         current = injection_conj * voltage.reciprocal().conj()
         converged = (change < self.tolerance_pu) & torch.isfinite(change)

@@ -2,7 +2,8 @@
 
 One implementation serves both the rule-based traders (``agents.baselines``) and the core's
 optional ``rule_battery`` observation feature (``observation.rule``, ``envs.observations``);
-the numba engine mirrors :func:`time_of_use` in ``envs.single.engine.rule_fraction``. Every
+the numba engine mirrors them in ``envs.single.engine.rule_fraction`` and
+``community_rule_fractions``. Every
 function returns a battery fraction ``[B, N]`` in [-1, 1] of each agent's power limit
 (> 0 charges), 0 for agents without a battery. The core cuts any request at the battery's
 SoC limits (``envs.physics.battery_step``), so the rules may ask for more than fits.
@@ -33,8 +34,11 @@ rule                   battery fraction
                        still has after that is then absorbed by (covered from) every battery
                        with room left, shared in proportion to the AC power each can still
                        take (give) this step. Needs the community's net load, which a P2P
-                       platform publishes (``observation.community``); a baseline only, not
-                       an ``observation.rule``.
+                       platform publishes (``observation.community``).
+``community_time_``    ``time_of_use`` with ``community_self_consumption`` in place of the
+``of_use``             home's own self-consumption wherever ``time_of_use`` uses it (cheap,
+                       hold and expensive steps alike); under a flat tariff it is exactly
+                       ``community_self_consumption``.
 =====================  =====================================================================
 
 **Time of use, in detail.** Cheap steps charge from the grid only if a kWh bought at the
@@ -72,7 +76,8 @@ from envs.config import OBSERVATION_RULES, BatteryConfig
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 
 __all__ = ["RULES", "TouSchedule", "community_self_consumption",
-           "community_self_consumption_fraction", "current_load_pv_kw", "rule_fraction",
+           "community_self_consumption_fraction", "community_time_of_use_fraction",
+           "current_load_pv_kw", "rule_fraction",
            "self_consumption", "self_consumption_fraction", "time_of_use",
            "time_of_use_fraction", "tou_schedule"]
 
@@ -153,8 +158,10 @@ def community_self_consumption(load_kw: Tensor, pv_kw: Tensor, soc_kwh: Tensor,
 
 def time_of_use(load_kw: Tensor, pv_kw: Tensor, soc_kwh: Tensor, battery_kw: Tensor,
                 capacity_kwh: Tensor, step: Tensor, schedule: TouSchedule, soc_max: float,
-                charge_efficiency: float, dt_h: float) -> Tensor:
-    """The time-of-use battery fraction ``[B, N]`` (module docstring).
+                charge_efficiency: float, dt_h: float, base: Tensor | None = None) -> Tensor:
+    """The time-of-use battery fraction ``[B, N]`` (module docstring); ``base``: the
+    self-consumption fraction it builds on, ``[B, N]`` (None: :func:`self_consumption`;
+    ``community_time_of_use`` passes :func:`community_self_consumption`'s).
 
     Args:
         load_kw, pv_kw: this step's load and PV ``[B, N]``, kW.
@@ -165,7 +172,8 @@ def time_of_use(load_kw: Tensor, pv_kw: Tensor, soc_kwh: Tensor, battery_kw: Ten
         soc_max: highest SoC, fraction of capacity; charge_efficiency: AC -> cells.
         dt_h: step length, hours.
     """
-    base = self_consumption(load_kw, pv_kw, battery_kw)
+    if base is None:
+        base = self_consumption(load_kw, pv_kw, battery_kw)
     has_battery = battery_kw > 0
     missing_ac_kwh = (soc_max * capacity_kwh - soc_kwh).clamp_min(0.0) / charge_efficiency
     window_h = schedule.cheap_steps_left[step].clamp_min(1.0)[:, None] * dt_h
@@ -201,17 +209,26 @@ def community_self_consumption_fraction(env: Any) -> Tensor:
                                       env.capacity_kwh, env.config.battery, env.dt_h)
 
 
-def time_of_use_fraction(env: Any) -> Tensor:
+def time_of_use_fraction(env: Any, base: Tensor | None = None) -> Tensor:
     """:func:`time_of_use` on a core's current step and SoC (its ``tou_schedule``; the
-    tariff of step ``min(step_of_day, 95)``, as the core's prices)."""
+    tariff of step ``min(step_of_day, 95)``, as the core's prices); ``base`` as there."""
     load_kw, pv_kw = current_load_pv_kw(env)
     battery = env.config.battery
     step = env.step_of_day.clamp_max(STEPS_PER_DAY - 1)
     return time_of_use(load_kw, pv_kw, env.soc_kwh, env.battery_kw, env.capacity_kwh, step,
-                       env.tou_schedule, battery.soc_max, battery.charge_efficiency, env.dt_h)
+                       env.tou_schedule, battery.soc_max, battery.charge_efficiency, env.dt_h,
+                       base)
 
 
-RULES = {"self_consumption": self_consumption_fraction, "time_of_use": time_of_use_fraction}
+def community_time_of_use_fraction(env: Any) -> Tensor:
+    """``community_time_of_use``: :func:`time_of_use` built on
+    :func:`community_self_consumption` instead of the home's own self-consumption."""
+    return time_of_use_fraction(env, community_self_consumption_fraction(env))
+
+
+RULES = {"self_consumption": self_consumption_fraction, "time_of_use": time_of_use_fraction,
+         "community_self_consumption": community_self_consumption_fraction,
+         "community_time_of_use": community_time_of_use_fraction}
 """Rules by name (the names of ``observation.rule`` but ``none``), each ``rule(env) -> [B, N]``."""
 if tuple(RULES) != OBSERVATION_RULES[1:]:
     raise ImportError(f"envs.rules.RULES {tuple(RULES)} do not follow envs.config."

@@ -327,7 +327,8 @@ def test_forecast_noise_is_seeded(synthetic_config):
     assert not torch.allclose(first[..., 0], exact[..., 0])
 
 
-@pytest.mark.parametrize("rule", ["self_consumption", "time_of_use"])
+@pytest.mark.parametrize("rule", ["self_consumption", "time_of_use", "community_self_consumption",
+                                  "community_time_of_use"])
 def test_rule_feature_is_the_rules_battery_fraction(synthetic_config, rule):
     tariff = {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2}
     config = {**synthetic_config, "tariff": tariff, "observation": {
@@ -632,3 +633,89 @@ def test_filling_the_battery_at_night_gains_nothing_from_ending_full(synthetic_c
     full_sym, _, _ = run(True, **symmetric)
     back_sym, _, _ = run(False, **symmetric)
     assert bool((full_sym[has_battery] < back_sym[has_battery]).all())
+
+
+BINDING = {"community": {"pv_share": 1.0, "pv_kwp_per_mwh": 3.0}, "market": {"mechanism": "none"}}
+"""The default feeder (1-LV-rural1, zbus) with 3 kWp of PV per MWh of load in every home: plain
+grid operation raises voltages and overloads lines around midday on sunny days."""
+SUNNY_DAYS = [150, 172, 200]
+
+
+def _no_p2p_day(env) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+    """Step ``env`` through one day without P2P: batteries idle, midpoint prices; returns the
+    accumulator's totals and the step infos."""
+    from envs.metrics import EpisodeAccumulator
+
+    accumulator = EpisodeAccumulator(env.n_envs, env.n_agents)
+    actions = torch.zeros(env.n_envs, env.n_agents, 2)
+    actions[..., 1] = 0.5
+    infos, totals = [], None
+    for _ in range(STEPS_PER_DAY):
+        _, reward, _, _, info = env.step(actions)
+        infos.append(info)
+        totals = accumulator.update(info, reward)
+    return totals, infos
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 5e-5)])
+def test_no_p2p_reference_carries_the_penalties_no_p2p_pays(dtype, tolerance):
+    """Where plain grid operation violates limits, the no-P2P reference bill carries the
+    penalties the no-P2P operation pays (the core's precomputed ``no_p2p_network_penalty``
+    table, reported as the step info), agent by agent: the ``no_p2p`` policy saves 0 (to the
+    round-off of a batch of 3 against the table's batches of 8192 in the solver's GEMM; the
+    solver itself gives a row the same result in any batch, ``tests/test_network.py``)."""
+    from envs import metrics
+
+    env = envs.make_batched_env(BINDING, n_envs=len(SUNNY_DAYS), dtype=dtype)
+    table = env.tables().no_p2p_network_penalty
+    assert table.shape == env.load_kw.shape and table.dtype == env.dtype
+    env.reset(seed=0, days=SUNNY_DAYS)
+    totals, infos = _no_p2p_day(env)
+    for info in infos:
+        index = (info["day"] * STEPS_PER_DAY + info["step_of_day"])
+        assert torch.equal(info["no_p2p_network_penalty"], table[index])
+        torch.testing.assert_close(info["network_penalty"], info["no_p2p_network_penalty"],
+                                   rtol=0, atol=tolerance)
+    penalties = totals.agent["network_penalty"].sum(1)
+    assert bool((penalties > 1.0).all()), penalties  # the limits bind on every day
+    torch.testing.assert_close(totals.agent["no_p2p_cost"], totals.agent["cost"], rtol=0,
+                               atol=tolerance * STEPS_PER_DAY)
+    assert float(metrics.savings_vs_no_p2p(totals).abs().max()) < tolerance * STEPS_PER_DAY
+
+
+def test_no_p2p_penalty_table_is_zero_where_nothing_binds():
+    """Without a network model, and on the default community (where plain grid operation
+    violates no limit), the table is 0 and the reference is the tariff bill alone, exactly."""
+    from envs.metrics import no_p2p_step_cost
+
+    for overrides in ({"network": {"model": "none"}}, {}):
+        env = envs.make_batched_env({**overrides, "market": {"mechanism": "none"}},
+                                    n_envs=len(SUNNY_DAYS))
+        assert not bool(env.tables().no_p2p_network_penalty.any()), overrides
+        env.reset(seed=0, days=SUNNY_DAYS)
+        totals, infos = _no_p2p_day(env)
+        bill = sum(no_p2p_step_cost(info["load_kwh"], info["pv_kwh"], info["retail_price"],
+                                    info["feed_in_price"]).double() for info in infos)
+        assert torch.equal(totals.agent["no_p2p_cost"], bill)
+        assert torch.equal(totals.agent["no_p2p_cost"], totals.agent["cost"])
+
+
+def test_ac_no_p2p_penalties_are_the_zbus_models():
+    """With ``network.model: ac`` the table comes from the Z-bus model (pandapower's
+    equations; runpp for a year of steps would take minutes): the penalties runpp charges the
+    no-P2P operation agree with it to its accuracy."""
+    env = envs.make_batched_env({**BINDING, "network": {"model": "ac"}}, n_envs=1,
+                                dtype="float64")
+    zbus = envs.make_batched_env(BINDING, n_envs=1, dtype="float64")
+    torch.testing.assert_close(env.no_p2p_network_penalty, zbus.no_p2p_network_penalty)
+    env.reset(seed=0, days=[172])
+    actions = torch.zeros(1, env.n_agents, 2)
+    actions[..., 1] = 0.5
+    env.step_of_day.fill_(48)  # midday: the limits bind
+    charged = 0.0
+    for _ in range(4):
+        *_, info = env.step(actions)
+        torch.testing.assert_close(info["network_penalty"], info["no_p2p_network_penalty"],
+                                   rtol=1e-4, atol=1e-6)
+        charged += float(info["network_penalty"].sum())
+    assert charged > 0.0

@@ -87,6 +87,26 @@ def test_demonstrations_replay_the_optimum(cache):
     torch.testing.assert_close(obs[:, 0], first.float().cpu())
 
 
+def test_greedy_demonstrations_replay_the_optimum_and_are_cached_apart(cache):
+    """imitation.tie_break: the greedy optimum (flat tariff here, where the plain LP's
+    schedule is arbitrary) replays to the same optimal cost, follows the deficit instead of
+    bursting at full power, and is cached apart from the plain demonstrations."""
+    config = dataclasses.replace(run_config().env, tariff=dataclasses.replace(
+        run_config().env.tariff, retail_tou=None, retail=0.3))
+    _, plain = imitation.oracle_demonstrations(config, 3)
+    obs, greedy = imitation.oracle_demonstrations(config, 3, tie_break="greedy")
+    assert len(list((cache / "demonstrations").glob("*.npz"))) == 2
+    assert not torch.allclose(plain, greedy)
+    days = imitation.training_days(config, 3)
+    env = envs.make_batched_env(dataclasses.replace(config, n_envs=len(days)))
+    totals, _ = evaluate_policy(env, Replay(greedy), days)
+    solver = envs.make_batched_env(dataclasses.replace(config, n_envs=1))
+    oracle = np.mean([make_oracle("oracle").solve_day(solver, day)[0].cost for day in days])
+    assert metric_scalars(totals)["community_cost"] == pytest.approx(oracle, rel=1e-4)
+    # Fewer full-power steps: the greedy battery tracks the homes' net load.
+    assert int((greedy.abs() > 0.999).sum()) < int((plain.abs() > 0.999).sum())
+
+
 def test_demonstrations_of_two_day_episodes_replay_the_episode_optimum(cache):
     """episode.length_days = 2: one plan per episode (``solve_episode``, 192 steps), replayed
     open loop in the core at the cost the LP says."""
@@ -146,10 +166,46 @@ def test_cloning_moves_the_actor_onto_the_optimum(cache):
 
 @pytest.mark.parametrize("algo", ["mappo", "ddpg", "maddpg"])
 @pytest.mark.parametrize(("key", "value"), [
-    ("days", -1), ("days", 400), ("epochs", 0), ("lr", 0), ("minibatch", 0), ("oracle", "lp")])
+    ("days", -1), ("days", 400), ("epochs", 0), ("lr", 0), ("minibatch", 0), ("oracle", "lp"),
+    ("tie_break", "nearest"), ("tie_break", "true")])
 def test_bad_imitation_settings_name_the_key(algo, key, value):
     with pytest.raises(ConfigError, match=rf"'{algo}\.imitation\.{key}'"):
         build_run_config({"algo": algo, "env": ENV}, [f"{algo}.imitation.{key}={value}"])
+
+
+@pytest.mark.parametrize("algo", ["mappo", "ddpg", "maddpg"])
+def test_rule_tie_break_needs_a_rule_in_the_observation(algo):
+    config = build_run_config({"algo": algo, "env": ENV, "train": {"n_envs": 2},
+                               algo: {"imitation": {"days": 2, "tie_break": "rule"}}})
+    env = envs.make_batched_env(config.env)
+    cls = registry.get(algo)
+    with pytest.raises(ConfigError, match=rf"'{algo}\.imitation\.tie_break'"):
+        cls(config.hyperparameters, EnvSpec.from_env(env), config.train, make_generator(0))
+
+
+def test_rule_demonstrations_stay_nearest_the_rule(cache):
+    """tie_break: rule picks, among the optimal schedules, the one nearest to what the rule of
+    the observation does: it replays to the optimum's cost and lies closer to the rule's
+    battery schedule than the arbitrary vertex and the greedy optimum do."""
+    config = dataclasses.replace(run_config().env, observation=dataclasses.replace(
+        run_config().env.observation, rule="time_of_use"))
+    days = imitation.training_days(config, 3)
+    env = envs.make_batched_env(dataclasses.replace(config, n_envs=len(days)))
+    rule = imitation._rule_schedules(env, days)  # [D, T, N] kWh
+    power = (env.battery_kw * env.dt_h).double().numpy()
+    distance = {}
+    for tie_break in imitation.TIE_BREAKS:
+        _, battery = imitation.oracle_demonstrations(config, 3, tie_break=tie_break)
+        distance[tie_break] = float(np.abs(battery.double().numpy() * power - rule).sum())
+        if tie_break == "rule":
+            totals, _ = evaluate_policy(env, Replay(battery), days)
+            solver = envs.make_batched_env(dataclasses.replace(config, n_envs=1))
+            oracle = np.mean([make_oracle("oracle").solve_day(solver, day)[0].cost
+                              for day in days])
+            assert metric_scalars(totals)["community_cost"] == pytest.approx(oracle, rel=1e-4)
+    assert distance["rule"] < 0.9 * min(distance["none"], distance["greedy"]), distance
+    with pytest.raises(ConfigError, match="env.observation.rule"):
+        imitation.oracle_demonstrations(run_config().env, 3, tie_break="rule")
 
 
 def test_imitation_needs_continuous_actions():

@@ -214,3 +214,25 @@ def test_residual_on_the_rule_starts_as_the_rule():
     assert saturated > 0 and shipped < 0.05
     with pytest.raises(ConfigError, match="mappo.residual"):
         build(run_config(SYNTHETIC, residual=True))
+
+
+def test_critic_warmup_trains_the_critic_alone_first():
+    """``critic_warmup_steps``: the updates of the first rollouts (up to that many env-steps)
+    leave the actor and its log std exactly as they were while the critic learns; the first
+    update after the warm-up moves the actor."""
+    algorithm, collector = build(run_config(critic_warmup_steps=2 * 16 * 8))
+    actor = [p.detach().clone() for p in algorithm.actor.parameters()]
+    log_std = algorithm.log_std["log_std"].detach().clone()
+    critic = [p.detach().clone() for p in algorithm.critic.parameters()]
+    for _ in range(2):  # 2 rollouts of 16 steps x 8 envs: within the warm-up
+        algorithm.iterate(collector)
+    for before, after in zip(actor, algorithm.actor.parameters(), strict=True):
+        assert torch.equal(before, after)
+    assert torch.equal(log_std, algorithm.log_std["log_std"])
+    assert any(not torch.equal(before, after)
+               for before, after in zip(critic, algorithm.critic.parameters(), strict=True))
+    algorithm.iterate(collector)
+    assert any(not torch.equal(before, after)
+               for before, after in zip(actor, algorithm.actor.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="critic_warmup_steps"):
+        build_run_config(run_config(critic_warmup_steps=-1))

@@ -13,8 +13,10 @@ RETAIL, FEED_IN = 0.3, 0.1
 
 
 def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, network,
-          terminal=(0.0, 0.0)):
-    """One step's info for one env of two agents (B = 1, N = 2)."""
+          terminal=(0.0, 0.0), penalty=(0.0, 0.0), no_p2p_penalty=(0.0, 0.0)):
+    """One step's info for one env of two agents (B = 1, N = 2); ``penalty``: the agents'
+    network penalties, ``no_p2p_penalty``: those of the no-P2P operation (the core's
+    ``no_p2p_network_penalty`` table)."""
     def agents(values):
         return torch.tensor([values], dtype=torch.float64)
 
@@ -22,10 +24,12 @@ def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, netwo
         return torch.tensor([value], dtype=torch.float64)
 
     net = [a - b + c for a, b, c in zip(load, pv, battery, strict=True)]
-    cost = [p + d + v for p, d, v in zip(payment, degradation, terminal, strict=True)]
+    cost = [p + d + x + v for p, d, x, v in zip(payment, degradation, penalty, terminal,
+                                                strict=True)]
     info = {
         "cost": agents(cost), "payment": agents(payment), "degradation_cost": agents(degradation),
-        "network_penalty": agents([0.0, 0.0]), "terminal_value_cost": agents(list(terminal)),
+        "network_penalty": agents(list(penalty)), "terminal_value_cost": agents(list(terminal)),
+        "no_p2p_network_penalty": agents(list(no_p2p_penalty)),
         "load_kwh": agents(load), "pv_kwh": agents(pv),
         "battery_energy_kwh": agents(battery), "net_energy_kwh": agents(net),
         "p2p_energy_kwh": agents(p2p), "grid_energy_kwh": agents(grid),
@@ -46,7 +50,9 @@ def _step(load, pv, battery, p2p, grid, payment, degradation, price, done, netwo
     return info, -agents(cost)
 
 
-def hand_day(terminal: tuple[float, float] = (0.0, 0.0)) -> metrics.EpisodeTotals:
+def hand_day(terminal: tuple[float, float] = (0.0, 0.0),
+             penalty: tuple[float, float] = (0.0, 0.0),
+             no_p2p_penalty: tuple[float, float] = (0.0, 0.0)) -> metrics.EpisodeTotals:
     """Retail 0.3, feed-in 0.1, two agents A and B, two steps.
 
     Step 1: A consumes 2 kWh, B produces 3 kWh. 2 kWh trade P2P at 0.2: A pays 0.4; B earns
@@ -54,11 +60,14 @@ def hand_day(terminal: tuple[float, float] = (0.0, 0.0)) -> metrics.EpisodeTotal
     Step 2: A consumes 1 kWh with 0.5 kWh PV and imports 0.5 (pays 0.15); B consumes 1 kWh
     from its battery (1 kWh AC discharge, degradation 0.02). No P2P. The episode ends: each
     agent pays its ``terminal`` value (0 unless given).
+    In step 1 the agents pay network penalties ``penalty``, and the no-P2P operation would
+    have paid ``no_p2p_penalty`` (both 0 unless given).
     """
     accumulator = metrics.EpisodeAccumulator(1, 2)
     info, reward = _step(load=[2.0, 0.0], pv=[0.0, 3.0], battery=[0.0, 0.0], p2p=[2.0, -2.0],
                          grid=[0.0, -1.0], payment=[0.4, -0.5], degradation=[0.0, 0.0],
-                         price=0.2, done=False, network=(1.0, 0.97, 1.03))
+                         price=0.2, done=False, network=(1.0, 0.97, 1.03), penalty=penalty,
+                         no_p2p_penalty=no_p2p_penalty)
     assert accumulator.update(info, reward) is None
     info, reward = _step(load=[1.0, 1.0], pv=[0.5, 0.0], battery=[0.0, -1.0], p2p=[0.0, 0.0],
                          grid=[0.5, 0.0], payment=[0.15, 0.0], degradation=[0.0, 0.02],
@@ -84,6 +93,33 @@ def test_terminal_value_enters_cost_and_savings_like_with_like():
     assert m["episodic_return"] == pytest.approx(-(0.07 + 0.28) / 2)
     torch.testing.assert_close(metrics.agent_savings(valued)[0],
                                torch.tensor([0.2, 0.48 - 0.28], dtype=torch.float64))
+
+
+def test_network_penalties_enter_the_no_p2p_reference():
+    """The no-P2P reference bill carries the penalties its own operation causes (the core's
+    ``no_p2p_network_penalty``), agent by agent; a policy's cost carries its own: savings are
+    (tariff bill + reference penalties) - (cost + own penalties)."""
+    plain = hand_day()
+    penalised = hand_day(penalty=(0.05, 0.0), no_p2p_penalty=(0.03, 0.01))
+    m1 = {key: float(value[0]) for key, value in metrics.evaluation_summary(plain).items()}
+    m = {key: float(value[0]) for key, value in metrics.evaluation_summary(penalised).items()}
+    assert m["no_p2p_cost"] == pytest.approx(m1["no_p2p_cost"] + 0.04)
+    assert m["network_penalty"] == pytest.approx(0.05)
+    assert m["community_cost"] == pytest.approx(m1["community_cost"] + 0.05)
+    assert m["savings_vs_no_p2p"] == pytest.approx(0.68 + 0.04 - 0.05)
+    torch.testing.assert_close(metrics.agent_savings(penalised)[0],
+                               torch.tensor([0.2 + 0.03 - 0.05, 0.48 + 0.01],
+                                            dtype=torch.float64))
+    # The same penalties in a central schedule's reference (per step, [E, T, N]).
+    load = torch.tensor([[[2.0, 0.0], [1.0, 1.0]]], dtype=torch.float64)
+    pv = torch.tensor([[[0.0, 3.0], [0.5, 0.0]]], dtype=torch.float64)
+    prices = torch.tensor([[RETAIL, RETAIL]], dtype=torch.float64)
+    schedule = metrics.schedule_totals(
+        load, pv, load - pv, torch.zeros_like(load), prices, prices * FEED_IN / RETAIL,
+        torch.tensor([0.0]), torch.zeros(1, 2, dtype=torch.float64), torch.tensor([5]),
+        p2p=True, no_p2p_network_penalty=torch.tensor([[[0.03, 0.01], [0.0, 0.0]]],
+                                                      dtype=torch.float64))
+    assert float(schedule.agent["no_p2p_cost"].sum()) == pytest.approx(m["no_p2p_cost"])
 
 
 def test_hand_computed_day():

@@ -196,6 +196,25 @@ def test_batched_equals_single_row(dtype, nets):
                                    atol=0, rtol=100 * tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_rows_result_does_not_depend_on_its_batch(dtype, nets):
+    """An environment that has converged keeps its voltages while the rest of its batch
+    iterates on: light rows solved alone (3-4 iterations) and beside a heavy one (7-11) give
+    the same bits (so the core's year-long table of the no-P2P penalties equals what the
+    environments are charged)."""
+    net = nets("1-LV-semiurb4--0-sw")
+    model = BatchedPowerFlow.from_pandapower(net, dtype=dtype)
+    p_kw, _ = random_scenarios(net, 16, seed=5)
+    light = 0.1 * torch.as_tensor(p_kw, dtype=dtype)
+    heavy = 3.0 * light.abs().amax(dim=0, keepdim=True) * -10.0  # every home exporting
+    alone = model.solve(light, 0.1 * light, angles=False)
+    mixed = model.solve(torch.cat([light, heavy]), 0.1 * torch.cat([light, heavy]),
+                        angles=False)
+    assert mixed.iterations > alone.iterations
+    assert torch.equal(alone.vm_pu, mixed.vm_pu[:16])
+    assert torch.equal(alone.line_loading_percent, mixed.line_loading_percent[:16])
+
+
 def test_float32_and_float64_agree(nets):
     net = nets("1-LV-rural1--0-sw")
     p_kw, q_kvar = random_scenarios(net, 32, seed=5)

@@ -859,3 +859,54 @@ def test_full_community_day_solves(capsys: pytest.CaptureFixture[str]) -> None:
             f"individual solve {timings[False]:.2f} s"
         )
     assert at_most(costs[True], costs[False])
+
+
+# ---------------------------------------------------------------------------------------
+# The greedy (tie-broken) optimum: the schedule behaviour cloning imitates
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("p2p", [True, False])
+def test_tie_break_keeps_the_optimal_cost(seed: int, p2p: bool) -> None:
+    """The greedy schedule is one of the optima: its cost (recomputed by replaying it through
+    the environment's rules) is the plain optimum's, to the tie-break tolerance, with and
+    without a binding network."""
+    rng = np.random.default_rng(seed)
+    day = random_day(rng, n_steps=24, n_agents=4)
+    plain = solve_oracle(**day, p2p=p2p)
+    greedy = solve_oracle(**day, p2p=p2p, tie_break=True)
+    tolerance = 2e-7 * max(1.0, abs(plain.cost)) + LP_TOLERANCE
+    assert abs(greedy.cost - plain.cost) <= tolerance
+    replayed = simulate_battery_policy(day["load_kwh"], day["pv_kwh"], day["retail_price"],
+                                       day["feed_in_price"], day["battery"],
+                                       greedy.charge_kwh, greedy.discharge_kwh, p2p=p2p)
+    assert replayed == pytest.approx(greedy.cost, abs=1e-5)
+    network = _random_network(rng, 4, v_max=1.03, line_max=200.0)
+    bound = solve_oracle(**day, network=network)
+    greedy_bound = solve_oracle(**day, network=network, tie_break=True)
+    assert abs(greedy_bound.cost - bound.cost) <= 2e-7 * max(1.0, abs(bound.cost)) + 1e-6
+    assert greedy_bound.network_slack == 0.0
+    assert_network_limits_hold(greedy_bound, network)
+
+
+def test_tie_break_covers_the_earliest_deficit_from_the_own_battery() -> None:
+    """Flat tariff, lossless batteries without wear, no terminal value: which evening step the
+    stored kWh covers, and whose battery covers it, cost the same. Home 0 has 1 kWh to give
+    (1 kWh/step power), home 1 as much; home 0 needs 0.5 kWh at steps 1, 2 and 3, home 1
+    0.5 kWh at steps 2 and 3 (step 0 is idle). The greedy optimum lets each battery serve its
+    own home first, from the earliest deficit on: home 0 discharges 0.5 at steps 1 and 2,
+    home 1 at steps 2 and 3; the 0.5 kWh that no battery holds any more is imported at the
+    last step, home 0's step 3 deficit."""
+    load = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 0.5], [0.5, 0.5]])
+    fleet = BatteryFleet(capacity_kwh=np.array([1.0, 1.0]), max_charge_kw=4.0,
+                         max_discharge_kw=4.0, charge_efficiency=1.0, discharge_efficiency=1.0,
+                         initial_soc_kwh=np.array([1.0, 1.0]))
+    kwargs = {"load_kwh": load, "pv_kwh": np.zeros_like(load), "retail_price": np.full(4, 0.3),
+              "feed_in_price": np.full(4, 0.08), "battery": fleet, "dt_h": 0.25}
+    greedy = solve_oracle(**kwargs, tie_break=True)
+    assert greedy.cost == pytest.approx(solve_oracle(**kwargs).cost, abs=1e-9)
+    assert greedy.cost == pytest.approx(0.3 * 0.5, abs=1e-6)  # 2.5 kWh needed, 2 stored
+    np.testing.assert_allclose(greedy.discharge_kwh, [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5],
+                                                      [0.0, 0.5]], atol=1e-7)
+    np.testing.assert_allclose(greedy.grid_import_kwh, [0.0, 0.0, 0.0, 0.5], atol=1e-7)

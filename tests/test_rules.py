@@ -96,6 +96,17 @@ def test_flat_tariff_gives_the_self_consumption_actions():
         env.step(actions)
 
 
+def test_community_time_of_use_is_community_self_consumption_under_a_flat_tariff():
+    env = envs.make_batched_env(None, n_envs=2, dtype="float64")
+    env.reset(seed=0, days=[6, 188])
+    tou, community = make_policy("community_time_of_use"), make_policy(
+        "community_self_consumption")
+    for step in range(96):
+        actions = community.act(None, env)
+        assert torch.equal(tou.act(None, env), actions), step
+        env.step(actions)
+
+
 def test_baselines_keep_the_rules_public_names():
     assert baselines.self_consumption_fraction is rules.self_consumption_fraction
     assert baselines.current_load_pv_kw is rules.current_load_pv_kw

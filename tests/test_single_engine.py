@@ -47,6 +47,13 @@ CASES = {
         "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
         "observation": {"rule": "time_of_use", "forecast_steps": 1, "forecast_noise": 0.1}},
     "synthetic-rule-time-of-use-flat": {**SYNTHETIC, "observation": {"rule": "time_of_use"}},
+    # The community rule reads every home's load, PV and SoC (batteries fill and empty).
+    "rural1-rule-community": {"observation": {"rule": "community_self_consumption",
+                                              "community": True}},
+    "rural1-rule-community-time-of-use": {
+        "community": {"battery_share": 1.0},
+        "tariff": {"retail_tou": [0.12] * 6 + [0.28] * 11 + [0.50] * 4 + [0.28] + [0.12] * 2},
+        "observation": {"rule": "community_time_of_use"}},
     # A tight voltage band: most steps violate it, so the penalty sharing path runs (at
     # other penalty weights than the default).
     "rural1-violations": {"network": {"v_min": 0.999, "v_max": 1.001, "voltage_penalty": 50.0,
@@ -110,7 +117,8 @@ BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou
 """Cases whose actions are biased (even agents charge, odd ones discharge) so that each day
 ends with some agent above and some below its start SoC: both the charge and the credit of
 the terminal value are compared (asserted)."""
-FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete", "rural1-two-day-episodes")
+FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete", "rural1-two-day-episodes",
+              "rural1-rule-community")
 """The cases of the fast loop (``pytest -m "not slow"``): the default feeder with its network,
 the fee path, discrete actions, two-day episodes; each case steps more than an episode (2 to
 5 s), the others are marked slow."""
@@ -357,3 +365,34 @@ def test_unsupported_configs_are_refused() -> None:
     assert "ac" in supports(env_config({"network": {"model": "ac"}}))
     with pytest.raises(ValueError, match="engine='torch'"):
         SingleEnvEngine(env_config({"network": {"model": "ac"}}))
+
+
+def test_no_p2p_reference_carries_the_penalties_on_the_engine_too() -> None:
+    """Where plain grid operation violates limits (PV in every home), the engine reports the
+    core's ``no_p2p_network_penalty`` table as the core does, and idle batteries without a
+    market pay exactly the no-P2P reference (tariff bill + those penalties), agent by agent:
+    the ``no_p2p`` policy saves 0 on the PettingZoo engine as on the core."""
+    from envs.metrics import no_p2p_step_cost
+
+    config = env_config({"community": {"pv_share": 1.0, "pv_kwp_per_mwh": 3.0},
+                         "market": {"mechanism": "none"}})
+    engine = SingleEnvEngine(config)
+    np.testing.assert_array_equal(engine.tables.no_p2p_network_penalty,
+                                  engine.reference.no_p2p_network_penalty.numpy())
+    engine.reset(seed=0, day=172)
+    actions = np.zeros((engine.n_agents, 2))
+    actions[:, 1] = 0.5
+    cost = reference = penalty = 0.0
+    for _ in range(STEPS_PER_DAY):
+        _, _, _, info = engine.step(actions)
+        agent = [torch.as_tensor(info[key])[None] for key in (
+            "load_kwh", "pv_kwh", "no_p2p_network_penalty")]
+        prices = [torch.tensor([info[key]], dtype=torch.float64)
+                  for key in ("retail_price", "feed_in_price")]
+        bill = no_p2p_step_cost(agent[0], agent[1], *prices, agent[2])[0].numpy()
+        np.testing.assert_allclose(info["network_penalty"], info["no_p2p_network_penalty"],
+                                   rtol=0, atol=1e-8)
+        cost, reference = cost + info["cost"], reference + bill
+        penalty += info["network_penalty"].sum()
+    assert penalty > 1.0  # the limits bind
+    np.testing.assert_allclose(cost, reference, rtol=0, atol=1e-8 * STEPS_PER_DAY)

@@ -8,8 +8,9 @@ wrapper is limited by its dict bookkeeping, not by the physics.
 It is the core at ``B = 1`` in float64, not a second model:
 
 * everything precomputed (profiles, assets, tariffs, observation tables, the Z-bus matrices,
-  sensitivities, electrical distances) is taken from a float64 ``BatchedP2PEnv`` built from
-  the same config, which the engine keeps as ``reference``, through the core's public
+  sensitivities, electrical distances, the no-P2P operation's network penalties) is taken
+  from a float64 ``BatchedP2PEnv`` built from the same config, which the engine keeps as
+  ``reference``, through the core's public
   contract only: ``BatchedP2PEnv.tables()`` (:class:`Tables` has the fields of
   ``envs.core.CoreTables``) and its public attributes;
 * the names both implement are imported, never re-declared: the random streams and the noise
@@ -61,8 +62,10 @@ from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_i
 from envs.single.rng import forecast_noise_counter, normal_at, stream_key, uniform_at
 
 # Codes of observation.rule (Params.rule), checked against envs.config.OBSERVATION_RULES.
-_RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE = 0, 1, 2
-if OBSERVATION_RULES != ("none", "self_consumption", "time_of_use"):
+_RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE, _RULE_COMMUNITY = 0, 1, 2, 3
+_RULE_COMMUNITY_TOU = 4
+if OBSERVATION_RULES != ("none", "self_consumption", "time_of_use",
+                         "community_self_consumption", "community_time_of_use"):
     raise ImportError(f"envs.single.engine's _RULE_* codes do not follow envs.config."
                       f"OBSERVATION_RULES {OBSERVATION_RULES}")
 
@@ -85,6 +88,7 @@ _A_NETWORK_FEE = 13
 _A_COST = 14
 _A_PRICE = 15
 _A_TERMINAL_VALUE_COST = 16
+_A_NO_P2P_NETWORK_PENALTY = 17
 
 # Entries of the env buffer, in the order of envs.info_schema.ENV_INFO + NETWORK_INFO.
 _E_NETWORK_FEE_REVENUE = 0
@@ -146,6 +150,7 @@ class Tables(NamedTuple):
     tou_grid_charge: np.ndarray  # [96] bool: envs.rules.TouSchedule.grid_charge
     tou_hold: np.ndarray  # [96] bool: TouSchedule.hold
     tou_cheap_steps_left: np.ndarray  # [96] TouSchedule.cheap_steps_left
+    no_p2p_network_penalty: np.ndarray  # [T, N] penalty shares of the no-P2P operation
 
 
 class Params(NamedTuple):
@@ -220,16 +225,20 @@ def _shared_features(tables, params, ints, last_price, out, row, column):
 
 
 @njit(cache=True)
-def rule_fraction(tables, params, ints, soc, i):
+def rule_fraction(tables, params, ints, soc, i, community):
     """Mirrors ``envs.rules.rule_fraction`` of ``observation.rule`` for agent ``i``: the
-    ``self_consumption`` or ``time_of_use`` battery fraction of the current step, from the
-    true load and PV, the SoC ``soc [N]`` and the core's ``tou_schedule`` tables."""
+    battery fraction of the current step, from the true load and PV, the SoC ``soc [N]``, the
+    core's ``tou_schedule`` tables and, for the community rules, every agent's
+    ``community_self_consumption`` fraction ``community [N]`` (:func:`community_rule_fractions`)."""
     kw = tables.battery_kw[i]
     if not kw > 0.0:
         return 0.0
-    t = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
-    base = min(max((tables.pv_kw[t, i] - tables.load_kw[t, i]) / kw, -1.0), 1.0)
-    if params.rule == _RULE_SELF_CONSUMPTION:
+    if params.rule == _RULE_COMMUNITY or params.rule == _RULE_COMMUNITY_TOU:
+        base = community[i]
+    else:
+        t = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+        base = min(max((tables.pv_kw[t, i] - tables.load_kw[t, i]) / kw, -1.0), 1.0)
+    if params.rule == _RULE_SELF_CONSUMPTION or params.rule == _RULE_COMMUNITY:
         return base
     step = min(ints[_STEP], STEPS_PER_DAY - 1)
     if tables.tou_grid_charge[step]:
@@ -240,6 +249,46 @@ def rule_fraction(tables, params, ints, soc, i):
     if tables.tou_hold[step]:
         return max(base, 0.0)
     return base
+
+
+@njit(cache=True)
+def community_rule_fractions(tables, params, ints, soc, out):
+    """Mirrors ``envs.rules.community_self_consumption``: every agent's battery fraction
+    into ``out [N]`` (own home first, then the community's remaining surplus or deficit
+    shared by the room each battery has left)."""
+    n = soc.shape[0]
+    t = (ints[_DAY] * STEPS_PER_DAY + ints[_STEP]) % STEPS_PER_YEAR
+    own = np.zeros(n)
+    room_in = np.zeros(n)
+    room_out = np.zeros(n)
+    surplus = 0.0
+    for i in range(n):
+        kw = tables.battery_kw[i]
+        net = tables.pv_kw[t, i] - tables.load_kw[t, i]
+        if kw > 0.0:
+            own[i] = min(max(net / kw, -1.0), 1.0) * kw
+            charge = min(kw, max(params.soc_max * tables.capacity_kwh[i] - soc[i], 0.0)
+                         / params.charge_efficiency / params.dt_h)
+            discharge = min(kw, max(soc[i] - params.soc_min * tables.capacity_kwh[i], 0.0)
+                            * params.discharge_efficiency / params.dt_h)
+            room_in[i] = max(charge - max(own[i], 0.0), 0.0)
+            room_out[i] = max(discharge + min(own[i], 0.0), 0.0)
+        surplus += net - own[i]
+    total_in = 0.0
+    total_out = 0.0
+    for i in range(n):
+        total_in += room_in[i]
+        total_out += room_out[i]
+    for i in range(n):
+        kw = tables.battery_kw[i]
+        if not kw > 0.0:
+            out[i] = 0.0
+            continue
+        if surplus > 0.0:
+            extra = room_in[i] * (min(surplus, total_in) / max(total_in, 1e-12))
+        else:
+            extra = -room_out[i] * (min(-surplus, total_out) / max(total_out, 1e-12))
+        out[i] = min(max((own[i] + extra) / kw, -1.0), 1.0)
 
 
 @njit(cache=True)
@@ -256,6 +305,9 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
         step_of_episode = ints[_EPISODE_DAY] * STEPS_PER_DAY + ints[_STEP]
         key = stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE], step_of_episode),
                          STREAM_FORECAST_NOISE)
+    community = np.zeros(n)
+    if params.rule == _RULE_COMMUNITY or params.rule == _RULE_COMMUNITY_TOU:
+        community_rule_fractions(tables, params, ints, soc, community)
     community_soc = 0.0
     if params.community_column >= 0:
         for i in range(n):
@@ -282,7 +334,7 @@ def observe_into(tables, params, ints, soc, last_voltage, last_price, out):
         if params.voltage_column >= 0:
             out[i, params.voltage_column] = (last_voltage[i] - 1.0) * 10.0
         if params.rule != _RULE_NONE:
-            out[i, params.rule_column] = rule_fraction(tables, params, ints, soc, i)
+            out[i, params.rule_column] = rule_fraction(tables, params, ints, soc, i, community)
 
 
 @njit(cache=True)
@@ -427,6 +479,7 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
             terminal = (params.terminal_price * max(taken, 0.0)
                         - params.terminal_credit_price * max(-taken, 0.0))
         agent[_A_TERMINAL_VALUE_COST, i] = terminal
+        agent[_A_NO_P2P_NETWORK_PENALTY, i] = tables.no_p2p_network_penalty[t, i]
         # Same order of additions as the core (penalty and fee are 0 here).
         cost = market[2, i] + agent[_A_DEGRADATION_COST, i] + terminal
         agent[_A_COST, i] = cost
