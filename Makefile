@@ -1,5 +1,6 @@
 # peergrid: `make train` installs everything into .venv and trains the default config;
-# `make test` installs the same and runs the test suite.
+# `make sweep ARGS=...` runs a sweep on a local Ray; `make test` installs the same (the test
+# extra includes ray[tune] and optuna for tests/test_sweep.py) and runs the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 TORCH_INSTALL := $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install train test bench lint wheel-smoke
+.PHONY: install train sweep test bench bench-sweep lint wheel-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +32,21 @@ install: $(BIN)/.installed
 train: install
 	$(BIN)/python train.py $(ARGS)
 
+# A sweep on a local Ray (agents/sweep.py), e.g.
+#   make sweep ARGS="--config configs/mappo.yaml --seeds 0-4 mappo.actor_lr=[1e-4,3e-4]"
+sweep: install
+	$(BIN)/python train.py --sweep $(ARGS)
+
 test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/env_throughput.py
 	$(BIN)/python benchmarks/network_throughput.py
+
+# Ray sweep against the same 8 trials back to back on 2 cores (README, "Sweeps on Ray").
+bench-sweep: install
+	$(BIN)/python benchmarks/sweep_overhead.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

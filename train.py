@@ -4,6 +4,7 @@
     python train.py --config configs/mappo.yaml train.total_steps=20000 train.n_envs=64 seed=3
     python train.py --task Peak-Storage --config configs/mappo.yaml   # a task of envs/tasks.py
     python train.py --resume runs/default__mappo__1__1700000000
+    python train.py --sweep --config configs/mappo.yaml --seeds 0-4 'mappo.actor_lr=[1e-4,3e-4]'
 
 Overrides are dotted ``key=value`` pairs (values parsed as YAML) over any key of the run
 config (``agents.run_config``: ``algo``, ``seed``, ``name``, ``env.*``, ``train.*``,
@@ -17,7 +18,9 @@ resolved config that ran), ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (
 ``--resume`` continues from ``checkpoint_latest.pt`` and gives the results of an uninterrupted
 run. No algorithm math lives here: algorithms implement ``agents.algorithm.Algorithm``; the
 ``eval/*`` curves come from ``agents.evaluation.evaluate_policy``, the function behind
-``evaluate.py``'s tables.
+``evaluate.py``'s tables. ``--sweep`` hands the command line to ``agents.sweep`` (seeds,
+tasks and hyperparameter grids or distributions on Ray Tune, each trial an ordinary run folder
+of this Trainer).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +67,7 @@ from envs.files import atomic_write_text, remove_stale_temporaries
 from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "mappo.yaml"
-REFERENCES_VERSION = 1
+REFERENCES_VERSION = 2
 """Version of the cached evaluation references (bump when what they hold changes)."""
 TIMING_KEY = "timing"
 """Key of metrics.json's wall-clock entries, the only ones that differ between equal runs."""
@@ -146,8 +150,13 @@ class Trainer:
     iterate, log, evaluate, checkpoint."""
 
     def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True,
+                 on_evaluate: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        """``on_evaluate(global_step, scalars)`` is called after each evaluation with the
+        ``eval/*`` scalars as logged, without the prefix (``agents.sweep`` reports them to Ray
+        Tune)."""
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.on_evaluate = on_evaluate
         train = config.train
         self._lock = self._acquire(self.run_dir)
         remove_stale_temporaries(self.run_dir)  # left by a process killed mid-write
@@ -232,6 +241,8 @@ class Trainer:
             self.state["best_return"] = scalars["episodic_return"]
             self.state["best_eval"] = {"global_step": step, **scalars}
             save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_best.pt")
+        if self.on_evaluate is not None:
+            self.on_evaluate(step, dict(scalars))
         return scalars
 
     def run(self, stop_after_steps: int | None = None) -> dict[str, Any] | None:
@@ -338,12 +349,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint_latest.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--sweep", action="store_true",
+                        help="run a sweep of seeds, tasks and hyperparameters on Ray Tune "
+                             "(agents/sweep.py; options: python train.py --sweep --help)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. train.total_steps=20000 seed=3")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--sweep" in argv:  # Ray is imported only by sweeps
+        from agents import sweep
+
+        return sweep.main([item for item in argv if item != "--sweep"])
     args = parse_args(argv)
     try:
         if args.resume:
