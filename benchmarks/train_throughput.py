@@ -4,7 +4,10 @@ table. Algorithms are taken from ``agents/registry.py`` (those whose module exis
 with its ``configs/<algo>.yaml`` (or its defaults).
 
     python benchmarks/train_throughput.py [--algos mappo] [--n-envs 1024] [--threads 2]
-        [--env configs/env/default.yaml] [--seconds 20] [key=value ...]
+        [--env configs/env/default.yaml] [--seconds 20] [--config RUN.yaml] [key=value ...]
+
+``--config`` measures one run config (e.g. ``configs/mappo_imitation.yaml``, its own algo)
+instead of ``configs/<algo>.yaml`` of each of ``--algos``.
 
 ``key=value`` overrides apply to every algorithm's run config (e.g. ``env.network.model=none``).
 """
@@ -37,9 +40,11 @@ def env_rate(env, actions: torch.Tensor, seconds: float) -> float:
     return steps * env.n_envs * env.n_agents / (time.perf_counter() - start)
 
 
-def train_rate(algo: str, overrides: list[str], seconds: float) -> tuple[float, float, int]:
-    """(training agent-steps/s, core-only agent-steps/s, agents) of ``algo``."""
-    path = REPO_ROOT / "configs" / f"{algo}.yaml"
+def train_rate(algo: str, overrides: list[str], seconds: float,
+               path: Path | None = None) -> tuple[float, float, int]:
+    """(training agent-steps/s, core-only agent-steps/s, agents) of ``algo`` with run config
+    ``path`` (default: ``configs/<algo>.yaml`` or the algorithm's defaults)."""
+    path = path or REPO_ROOT / "configs" / f"{algo}.yaml"
     config = build_run_config(path if path.is_file() else {"algo": algo}, overrides)
     env = envs.make_batched_env(config.env)
     algorithm = registry.get(algo)(config.hyperparameters, EnvSpec.from_env(env),
@@ -64,19 +69,28 @@ def main() -> None:
     parser.add_argument("--env", default="configs/env/default.yaml", help="env YAML")
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="minimum wall time of training measured per algorithm")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="one run config YAML to measure instead of configs/<algo>.yaml "
+                             "(its algo; --algos is then not allowed)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
+    if args.config is not None and args.algos:
+        parser.error("--config measures the algo of its run config; drop --algos")
     torch.set_num_threads(args.threads)
-    algos = args.algos or registry.names()
+    if args.config is not None:
+        algos = [build_run_config(args.config).algo]
+    else:
+        algos = args.algos or registry.names()
     overrides = [f"env.base={Path(args.env)}", f"train.n_envs={args.n_envs}",
                  f"train.torch_threads={args.threads}", *args.overrides]
     print(f"torch {torch.__version__}, {args.threads} threads, env {args.env}, "
-          f"n_envs {args.n_envs}, overrides {args.overrides or 'none'}\n")
+          f"n_envs {args.n_envs}, config {args.config or 'configs/<algo>.yaml'}, "
+          f"overrides {args.overrides or 'none'}\n")
     print("| algorithm | B | agents | core only, agent-steps/s | training, agent-steps/s |")
     print("|---|---:|---:|---:|---:|")
     for algo in algos:
         try:
-            rate, core, n_agents = train_rate(algo, overrides, args.seconds)
+            rate, core, n_agents = train_rate(algo, overrides, args.seconds, args.config)
         except ConfigError as error:  # e.g. a discrete-action algorithm without its YAML
             print(f"| {algo} | {args.n_envs} | | skipped: {error} | |", flush=True)
             continue
