@@ -3,25 +3,34 @@ rule-based baseline and the task's oracle on the task's held-out test days.
 
     python benchmarks/leaderboard.py [--tasks Flat,Peak-Storage] [--algos mappo,maddpg]
         [--policies my_pkg.my_mod:MyPolicy,sb3:model.zip] [--seeds 0,1,2] [--steps N]
-        [--episodes 0] [--out results/leaderboard] [--force]
+        [--episodes 0] [--out results/leaderboard] [--cpus N | --address auto] [--force]
         [train.n_envs=64 mappo.actor_lr=1e-3 ...]
 
 For each task (``envs/tasks.py``):
 
-1. **References**, once per task: every rule-based baseline of ``agents.baselines.BASELINES``
-   (all but ``random``) and the task's oracle (``oracle`` or ``oracle_network``), run by
-   ``evaluate.Evaluator`` on the task's test days (``--episodes N``: N of them evenly spaced,
-   0 = all) with evaluation seed ``--eval-seed``. Saved as ``<out>/cells/<task>/references.json``
-   (a baseline registered later is scored and added by the next run).
-2. **Cells**, one per algorithm x seed: ``train.Trainer`` trains ``configs/<algo>.yaml`` on the
-   task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``, with
-   ``train.total_steps=--steps`` when given and the trailing overrides) into
-   ``<out>/runs/<task>/``; ``evaluate.Evaluator`` then scores the run's final checkpoint
-   (``checkpoint_latest.pt``; not the best one, which ``train.py`` picks by evaluations on
-   test days: choosing on the scored days would flatter the learners) in the
-   run's own env config (the task's, plus the algorithm's inline env keys such as dqn's
-   discrete actions) on the same days with the same seed. Saved as
-   ``<out>/cells/<task>/<algo>__<seed>.json``.
+1. **References**, once per task, in this process: every rule-based baseline of
+   ``agents.baselines.BASELINES`` (all but ``random``) and the task's oracle (``oracle`` or
+   ``oracle_network``), run by ``evaluate.Evaluator`` on the task's test days (``--episodes
+   N``: N of them evenly spaced, 0 = all) with evaluation seed ``--eval-seed``. Saved as
+   ``<out>/cells/<task>/references.json`` (a baseline registered later is scored and added by
+   the next run).
+2. **Cells**, one per algorithm x seed. Every cell without a finished record is one trial of
+   ``agents.sweep.run_trials`` (Ray Tune): ``train.Trainer`` trains ``configs/<algo>.yaml`` on
+   the task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``,
+   with ``train.total_steps=--steps`` when given and the trailing overrides) into a run folder
+   under ``<out>/runs/<task>/``, in a Ray worker; the cells of all tasks train side by side,
+   each asking Ray for ``train.torch_threads`` CPUs (1 in the shipped configs). By default a
+   local Ray is started with ``--cpus`` CPUs (default: every core; one single-threaded cell per
+   CPU) and stopped at the end; ``--address`` (or ``RAY_ADDRESS``) sends the cells to a running
+   cluster instead, whose nodes need peergrid installed and ``--out`` on a file system they
+   share with this machine at the same path. Ray (``pip install 'peergrid[sweep]'``) is needed
+   only when a cell is to be trained. Back in this process, ``evaluate.Evaluator`` scores each
+   trained run's final checkpoint (``checkpoint_latest.pt``; not the best one, which
+   ``train.py`` picks by evaluations on test days: choosing on the scored days would flatter
+   the learners) in the run's own env config (the task's, plus the algorithm's inline env keys
+   such as dqn's discrete actions) on the same days with the same seed. Saved as
+   ``<out>/cells/<task>/<algo>__<seed>.json``; the engine's own state (a record per trained
+   run, keyed by a hash of its run config, and Tune's folders) is in ``<out>/sweep/``.
 3. **Submitted policies** (``--policies``), one per spec, no training: any spec that
    ``evaluate.py --policies`` takes but the oracles (a policy of your own, ``agents.external``:
    ``module.path:Name``, ``path/to/file.py:Name``, ``sb3:model.zip``; a variant of a rule such
@@ -30,15 +39,21 @@ For each task (``envs/tasks.py``):
    deterministic evaluation). Saved as ``<out>/cells/<task>/policy__<spec>.json``; the record
    depends on the spec and, for a file spec, the file's SHA-256 (a retrained model is a record
    with other settings: ``--force``). With ``--policies`` and no ``--algos`` nothing is
-   trained; give ``--algos`` too to have the learners' rows beside them (finished cells are
-   read from their records, not retrained). A spec that cannot be loaded stops the command
-   before anything runs; a policy that fails on a task (it does not fit the task's env, or
-   raises) is reported with its name, the other rows are made, and the exit code is 2.
+   trained (and Ray is not started); give ``--algos`` too to have the learners' rows beside
+   them (finished cells are read from their records, not retrained). A spec that cannot be
+   loaded stops the command before anything runs; a policy that fails on a task (it does not
+   fit the task's env, or raises) is reported with its name, the other rows are made, and the
+   exit code is 2.
 
-Every record is written atomically when it is finished; rerunning the same command skips the
-finished ones (an interrupted leaderboard resumes; a run folder of an unfinished cell is left
-behind and a fresh one trained), ``--force`` redoes them, and a record made with other
-settings (budget, days, configs) stops the run with a message naming the setting.
+**Resume.** Every record is written atomically when it is finished; rerunning the same
+command skips the finished ones: a cell with a record is not trained again, a cell trained
+but not yet scored (the engine's record of its run is there) is only scored, and a cell
+interrupted while training continues from its run folder's ``checkpoint_latest.pt``
+(``agents.sweep``). ``--force`` redoes everything (cells in fresh run folders), and a record
+made with other settings (budget, days, configs) stops the run with a message naming the
+setting. A cell whose training raises is reported with its error while the others train and
+are scored; the table of what finished is written and the exit code is 2 (130 when the
+command was interrupted: rerun it to continue).
 
 Records keep each policy's ``evaluate.summarise`` row and per-day savings; the columns of
 ``agents.leaderboard`` (share of the task oracle's savings, gain over the best rule, ...) are
@@ -52,11 +67,15 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib.util
 import io
 import math
+import os
 import sys
 import textwrap
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +88,7 @@ import torch  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from agents import leaderboard, registry  # noqa: E402
+from agents import leaderboard, registry, sweep  # noqa: E402
 from agents.baselines import ORACLES  # noqa: E402
 from agents.external import file_sha256, spec_source_file  # noqa: E402
 from agents.leaderboard import rule_names  # noqa: E402
@@ -84,6 +103,9 @@ CONFIGS = ROOT / "configs"
 
 SCORED_CHECKPOINT = "checkpoint_latest.pt"
 """The checkpoint a cell is scored with: the final policy, never one selected on test days."""
+
+SWEEP_STATE = "sweep"
+"""Folder of ``<out>`` holding ``agents.sweep``'s state (its records of trained runs, Tune's)."""
 
 FORMATS = {"community_cost": ".2f", "oracle_share": ".3f", "gain_vs_best_rule": "+.2f",
            "violations": ".1f", "savings_gini": ".3f", "worse_off_share": ".2f"}
@@ -178,43 +200,101 @@ def run_config(task: str, algo: str, seed: int, steps: int | None,
                             train.task_overrides(task, [f"seed={seed}", *budget, *overrides]))
 
 
-def train_cell(config: RunConfig, logdir: Path, header: str) -> tuple[Path, dict[str, Any]]:
-    """Train ``config`` into a fresh run folder under ``logdir`` with ``train.py``'s Trainer;
-    returns the run folder and its ``metrics.json`` content."""
-    run_dir = train.new_run_dir(logdir, config, header)
-    result = train.Trainer(config, run_dir, progress=False).run()
-    assert result is not None
-    return run_dir, result
+@dataclass(frozen=True)
+class Cell:
+    """One (task, shipped config, seed) of the leaderboard and the run config it trains."""
+
+    task: str
+    algo: str
+    """The shipped run config's name (``configs/<algo>.yaml``)."""
+    seed: int
+    config: RunConfig
+    """:func:`run_config` of the cell."""
+    header: str
+    """Comment on top of the run folder's ``config.yaml``."""
+
+    @property
+    def label(self) -> str:
+        return f"[{self.task}] {self.algo} seed {self.seed}"
+
+    def record_path(self, out: Path) -> Path:
+        return cell_folder(out, self.task) / f"{self.algo}__{self.seed}.json"
+
+    def trial(self, out: Path) -> sweep.Trial:
+        """The cell as a trial of ``agents.sweep``: a run folder under ``<out>/runs/<task>``."""
+        return sweep.Trial(self.config, out / "runs" / self.task,
+                           {"task": self.task, "algo": self.algo, "seed": self.seed},
+                           header=self.header)
 
 
-def cell(task: str, algo: str, seed: int, steps: int | None, overrides: list[str],
-         refs: dict[str, Any], out: Path, force: bool) -> dict[str, Any]:
-    """Train and score one (task, algorithm, seed) cell (cached)."""
-    config = run_config(task, algo, seed, steps, overrides)
-    days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
-    settings = cell_settings(config, days, eval_seed)
-    path = cell_folder(out, task) / f"{algo}__{seed}.json"
-    record = None if force else leaderboard.read_record(path, settings)
-    if record is not None:
-        print(f"[{task}] {algo} seed {seed}: done ({path})", flush=True)
-        return record
-    start = time.perf_counter()
+def plan_cell(task: str, algo: str, seed: int, steps: int | None,
+              overrides: list[str]) -> Cell:
+    """The :class:`Cell` of (task, algo, seed) with ``--steps`` and the algorithm's overrides
+    (raises :class:`ConfigError` on a bad override)."""
     header = (f"peergrid leaderboard cell: task {task}, configs/{algo}.yaml, seed {seed}"
               + (f", train.total_steps={steps}" if steps is not None else "")
               + (f", {' '.join(overrides)}" if overrides else ""))
-    run_dir, train_metrics = train_cell(config, out / "runs" / task, header)
-    train_wall = time.perf_counter() - start
-    result = evaluate.Evaluator(config.env, days, seed=eval_seed).run(
+    return Cell(task, algo, seed, run_config(task, algo, seed, steps, overrides), header)
+
+
+def train_cells(cells: list[Cell], out: Path, ray_options: sweep.RayOptions, force: bool,
+                verbose: int) -> list[sweep.TrialResult]:
+    """Train ``cells`` as trials of ``agents.sweep.run_trials`` (state in ``<out>/sweep``),
+    returning their results in order. An engine record of a finished run whose scored
+    checkpoint is gone (the run folder was deleted or moved) is dropped first: that cell
+    trains again rather than failing when it is scored."""
+    state = out / SWEEP_STATE
+    trials = [cell.trial(out) for cell in cells]
+    to_run = []
+    for cell, trial in zip(cells, trials, strict=True):
+        result = None if force else sweep.read_result(state, trial.key)
+        if result is not None and result.status == sweep.FINISHED:
+            if Path(result.run_dir or "", SCORED_CHECKPOINT).is_file():
+                print(f"{cell.label}: trained earlier ({result.run_dir})", flush=True)
+                continue
+            (state / sweep.RECORDS / f"{trial.key}.json").unlink(missing_ok=True)
+        to_run.append(cell)
+    if to_run:
+        import ray  # only when there is something to train
+
+        address = ray_options.resolved_address()
+        where = ("the running Ray" if ray.is_initialized() else f"Ray at {address}"
+                 if address else
+                 f"a local Ray with {ray_options.cpus or os.cpu_count() or 1} CPUs")
+        print(f"training {len(to_run)} cells on {where}: "
+              + ", ".join(cell.label for cell in to_run), flush=True)
+    return sweep.run_trials(trials, state, ray_options=ray_options, force=force,
+                            verbose=verbose)
+
+
+def score_cell(cell: Cell, result: sweep.TrialResult, refs: dict[str, Any], out: Path
+               ) -> dict[str, Any]:
+    """Score the final checkpoint of ``cell``'s finished run (``result``, from
+    :func:`train_cells`) on the task's days with the references' seed, and write the cell's
+    record: the scores, the run's ``metrics.json`` training entries, ``train_wall_s`` (its
+    training time without evaluations, metrics.json ``timing``; s) and ``score_wall_s`` (s)."""
+    days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
+    settings = cell_settings(cell.config, days, eval_seed)
+    start = time.perf_counter()
+    run_dir = Path(result.run_dir or "")
+    scores = evaluate.Evaluator(cell.config.env, days, seed=eval_seed).run(
         str(run_dir / SCORED_CHECKPOINT))
+    score_wall = time.perf_counter() - start
+    train_metrics = result.metrics or {}
+    train_wall = (train_metrics.get(train.TIMING_KEY) or {}).get("train_time_s")
+    path = cell.record_path(out)
     leaderboard.write_record(path, {
-        "task": task, "algo": algo, "seed": seed, "settings": settings, "run_dir": str(run_dir),
+        "task": cell.task, "algo": cell.algo, "seed": cell.seed, "settings": settings,
+        "run_dir": str(run_dir),
         "train": {key: train_metrics.get(key) for key in
                   ("global_step", "agent_steps", "best_eval", train.TIMING_KEY)},
-        "train_wall_s": train_wall, "wall_s": time.perf_counter() - start, **scored(result)})
+        "train_wall_s": train_wall, "score_wall_s": score_wall,
+        "wall_s": (train_wall or 0.0) + score_wall, **scored(scores)})
     record = leaderboard.read_record(path, settings)
     row = columns(record, refs)
-    print(f"[{task}] {algo} seed {seed}: {row['community_cost']:.2f}/day, oracle share "
-          f"{row['oracle_share']:.3f} ({record['wall_s']:.0f} s)", flush=True)
+    print(f"{cell.label}: {row['community_cost']:.2f}/day, oracle share "
+          f"{row['oracle_share']:.3f} (trained in {train_wall or 0.0:.0f} s, scored in "
+          f"{score_wall:.0f} s)", flush=True)
     return record
 
 
@@ -424,6 +504,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="results/leaderboard", help="output folder")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the evaluations (training: train.torch_threads)")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help="CPUs of the local Ray that trains the cells, one single-threaded "
+                             "cell per CPU (default: every core)")
+    parser.add_argument("--address", default=None,
+                        help="train the cells on this running Ray cluster (auto, host:6379; "
+                             "default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="Ray Tune's progress output while cells train (0-3)")
     parser.add_argument("--force", action="store_true",
                         help="redo finished cells and references instead of skipping them")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -490,25 +578,38 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _check_overrides(args.overrides, algos)
         days = {task: evaluate.select_days(task_env_config(task), "test", args.episodes)
                 for task in tasks}
+        if args.cpus is not None and args.cpus < 1:
+            raise ConfigError(f"--cpus must be >= 1, got {args.cpus}")
         out = Path(args.out)
         # Before anything runs: every run config is valid, and no finished record was made
         # with other settings (it would stop the leaderboard halfway).
-        for task in tasks:
-            if not args.force:
+        cells = [plan_cell(task, algo, seed, args.steps, overrides[algo])
+                 for task in tasks for algo in algos for seed in seeds]
+        done: dict[tuple[str, str, int], dict[str, Any]] = {}  # finished cell records
+        if not args.force:
+            for cell in cells:
+                record = leaderboard.read_record(cell.record_path(out), cell_settings(
+                    cell.config, days[cell.task], args.eval_seed))
+                if record is not None:
+                    done[(cell.task, cell.algo, cell.seed)] = record
+            for task in tasks:
                 leaderboard.read_record(cell_folder(out, task) / "references.json",
                                         reference_settings(task, days[task], args.eval_seed))
-            for algo in algos:
-                for seed in seeds:
-                    config = run_config(task, algo, seed, args.steps, overrides[algo])
-                    if not args.force:
-                        leaderboard.read_record(cell_folder(out, task) / f"{algo}__{seed}.json",
-                                                cell_settings(config, days[task],
-                                                              args.eval_seed))
-            for spec in policies:
-                if not args.force:
+                for spec in policies:
                     leaderboard.read_record(policy_record_path(out, task, spec),
                                             policy_settings(task, spec, days[task],
                                                             args.eval_seed))
+        to_train = [cell for cell in cells if (cell.task, cell.algo, cell.seed) not in done]
+        ray_options = sweep.RayOptions(address=args.address, cpus=args.cpus)
+        if to_train:
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("the cells train on Ray Tune, which is not installed: pip "
+                                  "install 'peergrid[sweep]'")
+            import ray
+
+            if not ray.is_initialized():  # a CPU or GPU the local Ray lacks: Tune would wait
+                sweep.check_local_resources([cell.trial(out) for cell in to_train],
+                                            ray_options)
     except (ConfigError, PolicyLoadError, ValueError) as error:
         print(f"leaderboard.py: error: {error}", file=sys.stderr)
         return 2
@@ -518,16 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     refs: dict[str, dict[str, Any]] = {}
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     submitted: dict[tuple[str, str], dict[str, Any]] = {}
     failed: list[str] = []
+    unfinished: list[str] = []
     try:
         for task in tasks:
             refs[task] = references(task, days[task], args.eval_seed, out, args.force)
-            for algo in algos:
-                cells[(task, algo)] = [
-                    cell(task, algo, seed, args.steps, overrides[algo], refs[task], out,
-                         args.force) for seed in seeds]
             if policies:
                 evaluator = evaluate.Evaluator(task_env_config(task), days[task],
                                                seed=args.eval_seed)
@@ -537,14 +634,41 @@ def main(argv: list[str] | None = None) -> int:
                         failed.append(f"{spec} on {task}")
                     else:
                         submitted[(task, spec)] = record
+        for cell in cells:
+            if (cell.task, cell.algo, cell.seed) in done:
+                print(f"{cell.label}: done ({cell.record_path(out)})", flush=True)
+        results = (train_cells(to_train, out, ray_options, args.force, args.verbose)
+                   if to_train else [])
+        for cell, result in zip(to_train, results, strict=True):
+            if result.status == sweep.FINISHED:
+                try:
+                    done[(cell.task, cell.algo, cell.seed)] = score_cell(cell, result,
+                                                                         refs[cell.task], out)
+                except Exception:  # one cell's failure must not lose the others' scores
+                    print(f"leaderboard.py: error: {cell.label}: scoring "
+                          f"{Path(result.run_dir or '', SCORED_CHECKPOINT)} failed:",
+                          file=sys.stderr, flush=True)
+                    traceback.print_exc()
+                    failed.append(cell.label)
+            elif result.status == sweep.ERROR:
+                print(f"leaderboard.py: error: {cell.label}: training failed:\n{result.error}",
+                      file=sys.stderr, flush=True)
+                failed.append(cell.label)
+            else:  # pending: interrupted (Ctrl-C) before it finished
+                unfinished.append(cell.label)
     except ConfigError as error:
         print(f"leaderboard.py: error: {error}", file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(previous_threads)
     wall = time.perf_counter() - start
+    cell_records: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in cells:  # the finished ones, per task and algorithm in seed order
+        record = done.get((cell.task, cell.algo, cell.seed))
+        if record is not None:
+            cell_records.setdefault((cell.task, cell.algo), []).append(record)
 
-    rows = table_rows(refs, cells, submitted)
+    rows = table_rows(refs, cell_records, submitted)
     budget = "each shipped config's train.total_steps" if args.steps is None else (
         f"train.total_steps={args.steps}")
     n_days = ", ".join(f"{task} {len(days[task])}" for task in tasks)
@@ -565,8 +689,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{out / 'leaderboard.png'} ({wall:.0f} s)")
     if failed:
         print(f"leaderboard.py: error: failed (above): {', '.join(failed)}", file=sys.stderr)
-        return 2
-    return 0
+    if unfinished:
+        print(f"leaderboard.py: {len(unfinished)} cells did not finish (interrupted): "
+              f"{', '.join(unfinished)}; rerun the same command to continue them",
+              file=sys.stderr)
+        return 130
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

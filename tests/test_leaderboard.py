@@ -1,6 +1,8 @@
 """agents/leaderboard.py (IQM, bootstrap intervals, columns, atomic records) and
-benchmarks/leaderboard.py (an interrupted leaderboard resumes without redoing finished cells),
-on a tiny synthetic task."""
+benchmarks/leaderboard.py (cells trained as trials of agents.sweep on Ray and scored on the
+driver; an interrupted leaderboard resumes without redoing finished cells; failed and
+interrupted cells), on a tiny synthetic task. The leaderboards that train share one local Ray
+(2 CPUs) started by a module fixture."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+import train
 from agents import leaderboard
 from agents.baselines import BASELINES
 from envs import files, tasks
@@ -27,6 +31,7 @@ def load_cli():
     spec = importlib.util.spec_from_file_location("leaderboard_cli",
                                                   ROOT / "benchmarks" / "leaderboard.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -107,28 +112,58 @@ def tiny_task(tmp_path, monkeypatch) -> str:
     return "Tiny"
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (2 CPUs) for the module's leaderboards that train: ``agents.sweep``
+    reuses a running Ray and leaves it running, so it starts once."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run_folders(out: Path, task: str) -> list[Path]:
+    return sorted(path.parent for path in (out / "runs" / task).glob("*/config.yaml"))
+
+
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.usefixtures("one_torch_thread", "local_ray")
 def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_path,
                                                                monkeypatch, capsys):
+    """Cells train as trials of ``agents.sweep`` on Ray and are scored here; a rerun trains
+    only the cells without a record: one killed while scored is scored again from its run,
+    one killed while trained continues in its run folder."""
     cli = load_cli()
     out = tmp_path / "lb"
     argv = ["--tasks", tiny_task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
-            "--episodes", "2", "--out", str(out), "train.n_envs=2", "train.eval_every=0",
-            "train.eval_episodes=1", "mappo.rollout_steps=16", "mappo.hidden_sizes=[8,8]"]
-    trained = []
-    real_train = cli.train_cell
+            "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
+            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
+            "mappo.hidden_sizes=[8,8]"]
+    trained, returned = [], []
+    real_run_trials = cli.sweep.run_trials
 
-    def spy(config, logdir, header):
-        trained.append(config.seed)
-        return real_train(config, logdir, header)
+    def spy(trials, state_dir, **options):
+        trained.extend(trial.params["seed"] for trial in trials)
+        results = real_run_trials(trials, state_dir, **options)
+        returned.extend(results)
+        return results
 
-    monkeypatch.setattr(cli, "train_cell", spy)
+    monkeypatch.setattr(cli.sweep, "run_trials", spy)
     assert cli.main(argv) == 0
     assert trained == [0, 1]
+    assert [r.status for r in returned] == ["finished", "finished"]
+    assert not any(r.reused for r in returned)
     cells = out / "cells" / tiny_task
     assert sorted(p.name for p in cells.iterdir()) == ["mappo__0.json", "mappo__1.json",
                                                        "references.json"]
+    runs = run_folders(out, tiny_task)
+    assert len(runs) == 2
+    for seed, result in enumerate(returned):  # scored from the trial's own run folder
+        record = json.loads((cells / f"mappo__{seed}.json").read_text())
+        assert record["run_dir"] == result.run_dir and Path(result.run_dir) in runs
+        assert record["train"]["global_step"] == 32
+        assert record["train_wall_s"] == result.metrics["timing"]["train_time_s"]
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png"):
         assert (out / name).stat().st_size > 0
     rows = (out / "leaderboard.csv").read_text().splitlines()
@@ -138,15 +173,30 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     table = (out / "leaderboard.md").read_text()
     assert "| Tiny | mappo | 2 |" in table
 
-    # interrupted while seed 1 trained: its record was never written
+    # killed while seed 1 was scored: its record was never written; the run is scored again
+    # (the engine's record of it is reused: nothing runs on Ray)
+    run_1 = Path(returned[1].run_dir)
     (cells / "mappo__1.json").unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
     trained.clear()
+    returned.clear()
     assert cli.main(argv) == 0
-    assert trained == [1]  # only the unfinished cell
+    assert trained == [1] and returned[0].reused  # only the unscored cell, not retrained
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()
             if p.name in kept} == kept
     assert (out / "leaderboard.md").read_text() == table  # the same measurements
+
+    # killed while seed 1 trained: no record, no metrics.json; it continues in its run folder
+    (cells / "mappo__1.json").unlink()
+    (out / "sweep" / "records" / f"{returned[0].key}.json").unlink()
+    (run_1 / "metrics.json").unlink()
+    trained.clear()
+    returned.clear()
+    assert cli.main(argv) == 0
+    assert trained == [1] and not returned[0].reused
+    assert run_folders(out, tiny_task) == runs and (run_1 / "metrics.json").is_file()
+    assert json.loads((cells / "mappo__1.json").read_text())["run_dir"] == str(run_1)
+    assert (out / "leaderboard.md").read_text() == table
 
     # a baseline registered later is scored and added; no cell is redone
     monkeypatch.setitem(BASELINES, "copycat", BASELINES["self_consumption"])
@@ -158,19 +208,52 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     assert copy["summary"]["community_cost_mean"] == original["summary"]["community_cost_mean"]
     assert "| Tiny | `copycat` | 1 |" in (out / "leaderboard.md").read_text()
 
-    # --force redoes every cell (training mocked: reuse a finished run)
-    run_dir = json.loads((cells / "mappo__0.json").read_text())["run_dir"]
-    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    monkeypatch.setattr(cli, "train_cell",
-                        lambda config, *_: (trained.append(config.seed), (Path(run_dir),
-                                                                          metrics))[1])
-    assert cli.main([*argv, "--force"]) == 0
-    assert trained == [0, 1]
-
     # another budget on the same --out: refused before anything runs
     capsys.readouterr()
     assert cli.main([*argv[:-5], "--steps", "64", *argv[-5:]]) == 2
     assert "total_steps=32" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_force_and_failed_or_interrupted_cells(tiny_task, tmp_path, monkeypatch, capsys):
+    """``--force`` hands every cell to the engine again (mocked here: seed 0's run finished,
+    seed 1 raised or was interrupted); a failed cell is reported with its error and the table
+    of what finished is written (exit code 2; interrupted: 130)."""
+    pytest.importorskip("ray")  # the cells' trials are checked against the local Ray
+    cli = load_cli()
+    out = tmp_path / "lb"
+    argv = ["--tasks", tiny_task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
+            "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
+            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
+            "mappo.hidden_sizes=[8,8]"]
+    trial = cli.plan_cell(tiny_task, "mappo", 0, 32, argv[-5:]).trial(out)
+    run_dir = train.new_run_dir(trial.logdir, trial.config, "a finished run")
+    train.Trainer(trial.config, run_dir, progress=False).run()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    calls = []
+
+    def engine(outcome):
+        def run_trials(trials, state_dir, **options):
+            calls.append(([t.params["seed"] for t in trials], options["force"]))
+            return [cli.sweep.TrialResult(trials[0].key, trials[0].params, "finished",
+                                          str(run_dir), metrics),
+                    cli.sweep.TrialResult(trials[1].key, trials[1].params, outcome,
+                                          error="RuntimeError: boom in seed 1"
+                                          if outcome == "error" else None)]
+        return run_trials
+
+    for outcome, code in (("error", 2), ("pending", 130)):
+        monkeypatch.setattr(cli.sweep, "run_trials", engine(outcome))
+        capsys.readouterr()
+        assert cli.main([*argv, "--force"]) == code
+        assert calls.pop() == ([0, 1], True)
+        err = capsys.readouterr().err
+        assert ("boom in seed 1" in err) == (outcome == "error")
+        assert ("rerun the same command" in err) == (outcome == "pending")
+        assert "| Tiny | mappo | 1 |" in (out / "leaderboard.md").read_text()
+        cells = out / "cells" / tiny_task
+        assert sorted(p.name for p in cells.iterdir()) == ["mappo__0.json", "references.json"]
+        assert json.loads((cells / "mappo__0.json").read_text())["run_dir"] == str(run_dir)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -179,6 +262,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     (["--seeds", "a"], "integers"),
     (["seed=3"], "train.<key>"),
     (["env.market.mechanism=mmr"], "the task fixes the env"),
+    (["--cpus", "0"], "--cpus"),
 ])
 def test_bad_input_is_refused(extra, message, tmp_path, capsys):
     cli = load_cli()
@@ -198,7 +282,7 @@ def test_submitted_policies_are_scored_beside_the_references_without_training(
     rows are made (exit code 2); a rerun reuses the records; a spec that cannot be loaded or
     an oracle is refused before anything runs."""
     cli = load_cli()
-    monkeypatch.setattr(cli, "train_cell", lambda *_: pytest.fail("nothing is trained"))
+    monkeypatch.setattr(cli.sweep, "run_trials", lambda *_, **__: pytest.fail("nothing trains"))
     out = tmp_path / "lb"
     copy, variant, broken = (f"{PLUGIN_FILE}:NoMarket", "fixed_price:price_fraction=0.7",
                              f"{PLUGIN_FILE}:Raises")
