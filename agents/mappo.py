@@ -107,6 +107,12 @@ class MAPPOConfig:
     """Behaviour-clone the perfect-foresight optimum before PPO (``imitation.days`` > 0,
     continuous actions; ``agents.imitation``): the actor regresses the oracle's battery actions
     once, before the first rollout, then PPO fine-tunes it."""
+    learn_price: bool = True
+    """Learn the price part of the action (continuous actions). False: every agent bids and
+    asks at the tariff midpoint, as the rule-based traders do (the price's mean is held
+    there, without exploration noise or gradient), and only the battery is learned. With
+    each agent rewarded by its own bill, a learned price shades bids and asks apart, fewer
+    orders cross and the community trades less (README, leaderboard)."""
     residual: bool = False
     """Act as a residual on the rule in the observation (continuous actions; needs
     ``env.observation.rule``): the Gaussian's mean is the rule's battery action (before the
@@ -151,6 +157,11 @@ class MAPPO(Algorithm):
         n_outputs = spec.action_dim if self.continuous else spec.n_discrete_actions
         self.prior = (RulePrior(spec, config.action_squash, "mappo.residual")
                       if config.residual else None)
+        if not config.learn_price and not self.continuous:
+            raise ConfigError("config key 'mappo.learn_price': got false; allowed: false only "
+                              "with continuous actions (env.action.type=continuous)")
+        self.learned_dims = 1 if self.continuous and not config.learn_price else n_outputs
+        """Action dimensions the policy learns: the battery only with ``learn_price`` false."""
         self.actor = AgentMLP(spec.obs_dim, n, config.hidden_sizes, n_outputs,
                               config.activation, generator, output_gain=0.01,
                               use_agent_id=config.agent_id, device=device)
@@ -192,8 +203,8 @@ class MAPPO(Algorithm):
     def _log_prob_entropy(self, output: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Log-probability of ``action`` (raw Gaussian sample or index) and entropy."""
         if self.continuous:
-            log_std = self.log_std["log_std"]
-            z = (action - output) * torch.exp(-log_std)
+            log_std = self.log_std["log_std"][:self.learned_dims]
+            z = (action - output)[..., :self.learned_dims] * torch.exp(-log_std)
             log_prob = (-0.5 * z.square()).sum(-1) - (log_std + _LOG_SQRT_2PI).sum()
             entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum().expand_as(log_prob)
             return log_prob, entropy
@@ -206,9 +217,11 @@ class MAPPO(Algorithm):
         """A sample (raw Gaussian or index) from the run's generator and its log-prob."""
         if self.continuous:
             noise = torch.randn(output.shape, generator=self.generator, device=output.device)
+            if self.learned_dims < output.shape[-1]:  # learn_price false: no price noise
+                noise[..., self.learned_dims:] = 0.0
             action = output + torch.exp(self.log_std["log_std"]) * noise
-            log_prob = (-0.5 * noise.square()).sum(-1) - (
-                self.log_std["log_std"] + _LOG_SQRT_2PI).sum()
+            log_prob = (-0.5 * noise[..., :self.learned_dims].square()).sum(-1) - (
+                self.log_std["log_std"][:self.learned_dims] + _LOG_SQRT_2PI).sum()
             return action, log_prob
         uniform = torch.rand(output.shape, generator=self.generator, device=output.device)
         action = torch.argmax(output - torch.log(-torch.log(uniform.clamp_min(1e-20))), dim=-1)
@@ -222,6 +235,9 @@ class MAPPO(Algorithm):
         ``residual``): Gaussian means before the squash, or logits."""
         obs = obs.to(torch.float32)
         output = self.actor(obs, agent)
+        if self.learned_dims < output.shape[-1]:  # the price's mean at the midpoint
+            output = torch.cat([output[..., :self.learned_dims],
+                                torch.zeros_like(output[..., self.learned_dims:])], dim=-1)
         return output if self.prior is None else output + self.prior(obs)
 
     @torch.no_grad()

@@ -236,3 +236,28 @@ def test_critic_warmup_trains_the_critic_alone_first():
                for before, after in zip(actor, algorithm.actor.parameters(), strict=True))
     with pytest.raises(ConfigError, match="critic_warmup_steps"):
         build_run_config(run_config(critic_warmup_steps=-1))
+
+
+def test_price_held_at_the_midpoint_without_learn_price():
+    """``learn_price: false``: sampled and deterministic prices are exactly the midpoint, the
+    log-probability covers the battery only (its gradient never reaches the price), and the
+    battery part is still learned."""
+    algorithm, collector = build(run_config(learn_price=False))
+    obs, _ = collector.env.reset(seed=0)
+    for deterministic in (True, False):
+        actions = algorithm.act(obs, collector.env.state(), deterministic=deterministic)
+        torch.testing.assert_close(actions[..., 1], torch.full_like(actions[..., 1], 0.5))
+    output = algorithm._policy_output(obs)
+    sample, log_prob = algorithm._sample(output)
+    recomputed, _ = algorithm._log_prob_entropy(output, sample)
+    torch.testing.assert_close(log_prob, recomputed)
+    before = [p.detach().clone() for p in algorithm.actor.parameters()]
+    algorithm.iterate(collector)
+    assert any(not torch.equal(b, p) for b, p in zip(before, algorithm.actor.parameters(),
+                                                       strict=True))
+    obs = collector.obs
+    torch.testing.assert_close(algorithm.act(obs, collector.env.state())[..., 1],
+                               torch.full_like(obs[..., 0], 0.5))
+    discrete = {**SYNTHETIC, "action": {"type": "discrete"}}
+    with pytest.raises(ConfigError, match="mappo.learn_price"):
+        build(run_config(discrete, learn_price=False))
