@@ -103,6 +103,11 @@ class DDPGConfig:
     """Clip of the target smoothing noise, symmetric units."""
     max_grad_norm: float | None = None
     """Gradient-norm clip of actor and critic, each separately (null = no clipping)."""
+    learn_price: bool = True
+    """Learn the price part of the action. False: every agent bids and asks at the tariff
+    midpoint, as the rule-based traders do (the price held there in acting, exploration,
+    random warm-up and target actions), and only the battery is learned (``mappo.learn_price``
+    explains why)."""
     residual: bool = False
     """Act as a residual on the rule in the observation (needs ``env.observation.rule``): the
     actor's output is added to the rule's battery action before the tanh, so the untrained
@@ -247,7 +252,13 @@ class DDPG(Algorithm):
         before the tanh when ``residual``)."""
         obs = obs.to(torch.float32)
         output = actor(obs)
-        return torch.tanh(output if self.prior is None else output + self.prior(obs))
+        return self._held(torch.tanh(output if self.prior is None else output + self.prior(obs)))
+
+    def _held(self, action: Tensor) -> Tensor:
+        """``action`` (symmetric) with the price at the midpoint (0) unless ``learn_price``."""
+        if self.config.learn_price:
+            return action
+        return torch.cat([action[..., :1], torch.zeros_like(action[..., 1:])], dim=-1)
 
     def _normal(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=self.device)
@@ -256,7 +267,8 @@ class DDPG(Algorithm):
     def act(self, obs: Tensor, state: Tensor, deterministic: bool = False) -> Tensor:
         action = self._policy(self.actor, obs)
         if not deterministic:
-            action = action + self.config.exploration_noise * self._normal(action.shape)
+            action = self._held(action + self.config.exploration_noise
+                                * self._normal(action.shape))
         return symmetric_to_env(action)
 
     @torch.no_grad()
@@ -264,7 +276,8 @@ class DDPG(Algorithm):
         """Symmetric exploration actions for the training environments."""
         shape = (*obs.shape[:-1], self.spec.action_dim)
         if random:
-            return 2.0 * torch.rand(shape, generator=self.generator, device=self.device) - 1.0
+            return self._held(2.0 * torch.rand(shape, generator=self.generator,
+                                               device=self.device) - 1.0)
         config = self.config
         noise = self._normal(shape)
         if config.noise_type == "ou":
@@ -273,7 +286,7 @@ class DDPG(Algorithm):
             noise = self.ou_state
         else:
             noise = config.exploration_noise * noise
-        return (self._policy(self.actor, obs) + noise).clamp(-1.0, 1.0)
+        return self._held((self._policy(self.actor, obs) + noise).clamp(-1.0, 1.0))
 
     # ----------------------------------------------------------------------------------------
     # Training
@@ -329,7 +342,7 @@ class DDPG(Algorithm):
             if config.target_policy_noise > 0.0:
                 smoothing = (config.target_policy_noise * self._normal(next_actions.shape)
                              ).clamp(-config.target_noise_clip, config.target_noise_clip)
-                next_actions = (next_actions + smoothing).clamp(-1.0, 1.0)
+                next_actions = self._held((next_actions + smoothing).clamp(-1.0, 1.0))
             next_q = self._q_values(self.target_critic, batch["next_state"], batch["next_obs"],
                                     next_actions)
             if "discount" in batch:  # n-step: the sum's discount, 0 after the episode's end

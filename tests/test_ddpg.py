@@ -165,3 +165,23 @@ def test_resume_equals_uninterrupted(tmp_path):
 
     assert run_metrics(reference) == run_metrics(run_dir)
     assert_same(load_checkpoint(reference)["algorithm"], load_checkpoint(run_dir)["algorithm"])
+
+
+@pytest.mark.parametrize("noise_type", ["gaussian", "ou"])
+def test_price_held_at_the_midpoint_without_learn_price(noise_type):
+    """``learn_price: false``: the price is the midpoint (0.5 of [feed-in, retail]) in
+    deterministic and noisy acting, in the random warm-up and the exploration of training,
+    and through the updates, while the battery part still varies."""
+    algorithm, collector = build(run_config(learn_price=False, noise_type=noise_type))
+    obs = collector.obs
+    for deterministic in (True, False):
+        actions = algorithm.act(obs, collector.env.state(), deterministic=deterministic)
+        assert torch.equal(actions[..., 1], torch.full_like(actions[..., 1], 0.5))
+    for random in (True, False):
+        explored = algorithm._explore(obs, random)
+        assert torch.equal(explored[..., 1], torch.zeros_like(explored[..., 1]))
+        assert float(explored[..., 0].std()) > 0.0
+    for _ in range(12):  # past learning_starts: updates run
+        algorithm.iterate(collector)
+    actions = algorithm.act(collector.obs, collector.env.state())
+    assert torch.equal(actions[..., 1], torch.full_like(actions[..., 1], 0.5))
