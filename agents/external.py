@@ -234,17 +234,25 @@ def _import_target(spec: str, target: str) -> Any:
                               f"{type(error).__name__}: {error}{_where(error)}") from None
 
 
+def _check_arguments(spec: str, obj: Any, kwargs: dict[str, Any], partial: bool) -> None:
+    """PolicyLoadError unless ``obj``'s signature takes ``kwargs`` (all of its required
+    arguments too, unless ``partial``); objects without a signature (builtins) pass."""
+    try:
+        signature = inspect.signature(obj)
+    except ValueError:  # no signature (a builtin): let the call tell
+        return
+    try:
+        (signature.bind_partial if partial else signature.bind)(**kwargs)
+    except TypeError as error:
+        raise PolicyLoadError(f"policy '{spec}': {obj.__name__} does not take the "
+                              f"arguments {kwargs}: {error}") from None
+
+
 def _construct(spec: str, obj: Any, kwargs: dict[str, Any]) -> Any:
     """A class instantiated with ``kwargs``; a function with ``kwargs`` bound on each call;
     any other object as it is (then ``kwargs`` must be empty)."""
     if inspect.isclass(obj):
-        try:
-            inspect.signature(obj).bind(**kwargs)
-        except TypeError as error:
-            raise PolicyLoadError(f"policy '{spec}': {obj.__name__} does not take the "
-                                  f"arguments {kwargs}: {error}") from None
-        except ValueError:  # no signature (a builtin): let the call tell
-            pass
+        _check_arguments(spec, obj, kwargs, partial=False)
         try:
             return obj(**kwargs)
         except Exception as error:
@@ -253,11 +261,7 @@ def _construct(spec: str, obj: Any, kwargs: dict[str, Any]) -> Any:
     if not kwargs:
         return obj
     if inspect.isfunction(obj):
-        try:
-            inspect.signature(obj).bind_partial(**kwargs)
-        except TypeError as error:
-            raise PolicyLoadError(f"policy '{spec}': {obj.__name__} does not take the "
-                                  f"arguments {kwargs}: {error}") from None
+        _check_arguments(spec, obj, kwargs, partial=True)
         return _BoundFunction(obj, kwargs)
     raise PolicyLoadError(f"policy '{spec}': options {kwargs} given, but {_describe(obj)} is "
                           f"neither a class nor a function")

@@ -220,8 +220,9 @@ class BatchedP2PEnv:
             :, None]
         self._community_net = ((self.load_kw - self.pv_kw).sum(dim=1)
                                / self.peak_load_kw.sum())  # [T]
-        self._inverse_total_capacity = (1.0 / float(self.capacity_kwh.sum())
-                                        if float(self.capacity_kwh.sum()) > 0 else 0.0)
+        total_capacity_kwh = float(self.capacity_kwh.sum())
+        self._inverse_total_capacity = (1.0 / total_capacity_kwh if total_capacity_kwh > 0
+                                        else 0.0)
         self._inverse_capacity = torch.where(
             self.capacity_kwh > 0, 1.0 / self.capacity_kwh.clamp_min(1e-9),
             torch.zeros_like(self.capacity_kwh))

@@ -127,6 +127,15 @@ def run_folders(out: Path, task: str) -> list[Path]:
     return sorted(path.parent for path in (out / "runs" / task).glob("*/config.yaml"))
 
 
+def tiny_mappo_argv(task: str, out: Path) -> list[str]:
+    """A leaderboard command of two tiny MAPPO cells (seeds 0, 1) on ``task``; its last five
+    entries are the run-config overrides."""
+    return ["--tasks", task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
+            "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
+            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
+            "mappo.hidden_sizes=[8,8]"]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread", "local_ray")
 def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_path,
@@ -136,10 +145,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     one killed while trained continues in its run folder."""
     cli = load_cli()
     out = tmp_path / "lb"
-    argv = ["--tasks", tiny_task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
-            "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
-            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
-            "mappo.hidden_sizes=[8,8]"]
+    argv = tiny_mappo_argv(tiny_task, out)
     trained, returned = [], []
     real_run_trials = cli.sweep.run_trials
 
@@ -222,10 +228,7 @@ def test_force_and_failed_or_interrupted_cells(tiny_task, tmp_path, monkeypatch,
     pytest.importorskip("ray")  # the cells' trials are checked against the local Ray
     cli = load_cli()
     out = tmp_path / "lb"
-    argv = ["--tasks", tiny_task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
-            "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
-            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
-            "mappo.hidden_sizes=[8,8]"]
+    argv = tiny_mappo_argv(tiny_task, out)
     trial = cli.plan_cell(tiny_task, "mappo", 0, 32, argv[-5:]).trial(out)
     run_dir = train.new_run_dir(trial.logdir, trial.config, "a finished run")
     train.Trainer(trial.config, run_dir, progress=False).run()
