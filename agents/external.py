@@ -35,12 +35,14 @@ engine's match to float32 rounding) and returns a dict of every agent's action i
 PettingZoo action space: continuous ``[battery fraction in [-1, 1], price fraction in
 [0, 1]]``, discrete an index; the PettingZoo env's own checks apply (its
 ``_action_batch``: every agent, real numbers, the space's shape), then the space's bounds.
-Infos are not passed: everything an agent acts on is in its observation (the PettingZoo
-env's infos describe the step just taken, which the batched rollout does not hand to
-policies). Each environment of the batch gets its own ``copy.deepcopy`` of the policy at the
-start of every batch of episodes, so a policy that keeps state between steps sees one
-community's episode, as in the PettingZoo env; its ``reset()`` (no argument), if it has one,
-is called then.
+A policy whose signature has a parameter named ``infos`` (``policy(observations, infos)``)
+also gets each community's infos as the PettingZoo env gives them beside those observations:
+its ``reset()`` infos at the start of an episode (NaN but ``day`` and ``step_of_day = -1``),
+else the infos its last ``step()`` returned (one dict of ``envs.info_schema.INFO_KEYS`` per
+agent; read from the core's ``last_info``). Each environment of the batch gets its own
+``copy.deepcopy`` of the policy at the start of every batch of episodes, so a policy that
+keeps state between steps sees one community's episode, as in the PettingZoo env; its
+``reset()`` (no argument), if it has one, is called then.
 
 Batched level (:class:`BatchedPolicy`): the policy's ``act`` gets the core's observation
 tensor (and the core, if ``act`` takes a second argument); its actions are checked for the
@@ -273,8 +275,20 @@ class _BoundFunction:
     def __init__(self, function: Callable[..., Any], kwargs: dict[str, Any]) -> None:
         self.function, self.kwargs = function, kwargs
 
-    def __call__(self, *args: Any) -> Any:
-        return self.function(*args, **self.kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **self.kwargs, **kwargs)
+
+
+def _takes_infos(policy: Callable[..., Any]) -> bool:
+    """Whether a PettingZoo-level policy takes the infos: its signature (a bound function's
+    own) has a parameter named ``infos``."""
+    function = policy.function if isinstance(policy, _BoundFunction) else policy
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "infos" and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+               for p in parameters)
 
 
 def _describe(obj: Any) -> str:
@@ -329,6 +343,7 @@ class PettingZooPolicy:
         self.mechanism: str | None = getattr(policy, "mechanism", None)
         self._wrapper: Any = None  # the PettingZoo env of the evaluated config, for its checks
         self._copies: list[Callable[..., Any]] = []
+        self.takes_infos = _takes_infos(policy)
 
     def reset(self, env: Any, seed: int | None = None) -> None:
         """A fresh copy of the policy per environment of ``env`` (its ``reset()`` called);
@@ -386,11 +401,33 @@ class PettingZooPolicy:
                              f"{allowed} (the PettingZoo action space {space})")
         return batch
 
+    def infos(self, env: Any) -> list[dict[str, dict[str, float]]]:
+        """Each environment's infos as the PettingZoo env gives them with the observations
+        now in hand: its ``reset()`` infos before the first step of an episode, else its last
+        ``step()``'s (``env.last_info``; ``envs.pettingzoo_env.engine_info``, then
+        ``P2PParallelEnv.agent_infos``)."""
+        from envs.pettingzoo_env import engine_info
+
+        last = env.last_info
+        first = env.step_of_day == 0
+        if env.episode_days > 1:
+            first = first & (env.day_of_episode == 0)
+        days, first = env.day.tolist(), first.tolist()
+        return [self._wrapper.reset_infos(days[b]) if last is None or first[b]
+                else self._wrapper.agent_infos(engine_info(last, b))
+                for b in range(env.n_envs)]
+
     def act(self, obs: Tensor, env: Any) -> Tensor:
         if len(self._copies) != env.n_envs:
             raise RuntimeError(f"policy {self.name!r}: act() before reset(env)")
-        rows = [self.actions(policy(observations), b) for b, (policy, observations)
-                in enumerate(zip(self._copies, self.observations(obs), strict=True))]
+        observations = self.observations(obs)
+        if self.takes_infos:
+            infos = self.infos(env)
+            rows = [self.actions(policy(observations[b], infos=infos[b]), b)
+                    for b, policy in enumerate(self._copies)]
+        else:
+            rows = [self.actions(policy(observations[b]), b)
+                    for b, policy in enumerate(self._copies)]
         actions = torch.as_tensor(np.stack(rows), device=env.device)
         if env.config.action.type == "continuous":
             return actions.to(env.dtype)

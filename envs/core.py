@@ -298,6 +298,9 @@ class BatchedP2PEnv:
         self.no_p2p_network_penalty = self.network.penalty_table(no_p2p_kw, self.load_kvar)
         """``[T, N]``: :attr:`CoreTables.no_p2p_network_penalty`."""
         self._seeded = False
+        # The info dict of the last step() (None after a reset of every environment): what a
+        # PettingZoo-level policy sees as its infos (agents.external).
+        self.last_info: dict[str, Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------
     # Tables and state: the contract with the numba engine and with checkpoints
@@ -403,6 +406,8 @@ class BatchedP2PEnv:
         self._reset_where(mask)
         if days is not None:
             self.day = self.day.masked_scatter(mask, days)
+        if env_index is None:
+            self.last_info = None
         return self.observe(), {"day": self.day.clone()}
 
     def _reset_where(self, mask: Tensor) -> None:
@@ -650,4 +655,5 @@ class BatchedP2PEnv:
             info["final_state"] = self.state()
             info["done"] = done
             self._reset_where(done)
+        self.last_info = info
         return self.observe(), reward, terminated, truncated, info

@@ -179,10 +179,14 @@ class P2PParallelEnv(ParallelEnv):
             self._ledger.start_episodes([self._ledger_episode], [day], [seed])
         self.agents = list(self.possible_agents)
         self._last_info = None
+        return dict(zip(self.agents, obs, strict=True)), self.reset_infos(day)
+
+    def reset_infos(self, day: int) -> dict[str, dict[str, float]]:
+        """The infos of ``reset()`` on ``day``: every :data:`INFO_KEYS` NaN but the day and
+        ``step_of_day = -1``, one dict per agent."""
         reset_info = self._undefined_info.copy()
         reset_info.update(day=float(day), step_of_day=-1.0)
-        return (dict(zip(self.agents, obs, strict=True)),
-                {agent: reset_info.copy() for agent in self.agents})
+        return {agent: reset_info.copy() for agent in self.possible_agents}
 
     def step(self, actions: dict[str, Any]):
         if not self.agents:
@@ -200,7 +204,7 @@ class P2PParallelEnv(ParallelEnv):
         return (dict(zip(agents, obs, strict=True)), dict(zip(agents, reward.tolist(),
                                                               strict=True)),
                 dict.fromkeys(agents, done), dict.fromkeys(agents, False),
-                self._agent_infos(info))
+                self.agent_infos(info))
 
     def _action_batch(self, actions: Any) -> np.ndarray:
         """``actions`` (a dict of every agent's action) as one array ``[N, *shape]`` in the
@@ -254,7 +258,7 @@ class P2PParallelEnv(ParallelEnv):
         return (f"an integer in 0..{self.engine.n_discrete_actions - 1} (Python or numpy int, "
                 f"or a float with an integral value; not bool)")
 
-    def _agent_infos(self, info: dict[str, Any]) -> dict[str, dict[str, float]]:
+    def agent_infos(self, info: dict[str, Any]) -> dict[str, dict[str, float]]:
         """The engine's step ``info`` as one dict of :data:`INFO_KEYS` per agent, in that
         order: the agent's own values and its community's, NaN where the engine has none
         (the network keys without a network model)."""
@@ -325,17 +329,24 @@ class TorchEngine:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.core.step(torch.as_tensor(actions)[None])
-        out: dict[str, Any] = {}
-        for key, value in info.items():
-            if key in AGENT_INFO:
-                out[key] = self._numpy(value).astype(np.float64)
-            elif key in ("final_observation", "final_state"):
-                out[key] = self._numpy(value).astype(np.float32)
-            elif key != "done":
-                out[key] = float(value[0])
         done = bool(terminated[0] or truncated[0])
         return (self._numpy(obs).astype(np.float32), self._numpy(reward).astype(np.float64),
-                done, out)
+                done, engine_info(info, 0))
+
+
+def engine_info(info: Mapping[str, torch.Tensor], index: int) -> dict[str, Any]:
+    """Environment ``index`` of the batched core's step ``info`` as the single-environment
+    engines give it: per-agent keys as float64 ``(N,)``, the final observation and state as
+    float32, every other key a float (``done`` dropped)."""
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if key in AGENT_INFO:
+            out[key] = value[index].detach().cpu().numpy().astype(np.float64)
+        elif key in ("final_observation", "final_state"):
+            out[key] = value[index].detach().cpu().numpy().astype(np.float32)
+        elif key != "done":
+            out[key] = float(value[index])
+    return out
 
 
 _REAL_KINDS = "iuf"

@@ -14,7 +14,12 @@ import torch
 import yaml
 
 import evaluate
-from agents.external import PettingZooPolicy, is_external_spec, load_external_policy
+from agents.external import (
+    PettingZooPolicy,
+    detect_sb3_algorithm,
+    is_external_spec,
+    load_external_policy,
+)
 from agents.policy import PolicyLoadError
 from envs.config import env_config
 
@@ -105,6 +110,42 @@ def test_the_adapter_gives_the_pettingzoo_envs_observations(evaluator):
         assert seen[agent].dtype == value.dtype == np.float32
         assert env.observation_space(agent).contains(seen[agent])
         np.testing.assert_array_equal(seen[agent], value)
+
+
+def test_a_pettingzoo_level_policy_taking_infos_gets_the_pettingzoo_envs_infos():
+    """A policy with an ``infos`` parameter is given, with each observation dict, the infos
+    the PettingZoo env gives beside it (its reset infos, then each step's): the same keys and
+    values as ``envs.make_env`` on the same day, seed and actions, for each environment of a
+    batch; its actions depend on them (it trades differently once prices are seen)."""
+    import envs
+    from agents.evaluation import evaluate_policy
+
+    policy = load_external_policy(f"{FILE}:InfoRecorder")
+    assert isinstance(policy, PettingZooPolicy) and policy.takes_infos
+    core = envs.make_batched_env(CONFIG, n_envs=2)
+    evaluate_policy(core, policy, DAYS, seed=5)
+    for b, day in enumerate(DAYS):
+        recorded = policy._copies[b].seen
+        assert len(recorded) == core.episode_steps
+        env = envs.make_env(CONFIG, engine="torch")
+        obs, infos = env.reset(seed=5 + b, options={"day": day})
+        twin = type(policy._copies[b])()
+        for step, seen in enumerate(recorded):
+            assert list(seen) == env.possible_agents, step
+            for agent, info in infos.items():
+                np.testing.assert_array_equal(np.array(list(seen[agent].values())),
+                                              np.array(list(info.values())), err_msg=step)
+                assert list(seen[agent]) == list(info)
+            obs, _, _, _, infos = env.step(twin(obs, infos))
+        assert np.isnan(recorded[0]["prosumer_0"]["clearing_price"])
+        assert recorded[0]["prosumer_0"]["day"] == day
+
+
+@pytest.mark.usefixtures("on_path")
+def test_a_function_with_options_and_infos_scores_as_without(evaluator):
+    spec = f"{MODULE}:info_rule:price=0.7"
+    assert evaluator.policy(spec).takes_infos
+    assert_same_results(evaluator.run(spec), evaluator.run(f"{MODULE}:rule_follower:price=0.7"))
 
 
 def test_each_environment_gets_its_own_copy_of_a_stateful_policy(evaluator):
@@ -245,6 +286,29 @@ def test_sb3_model_round_trip_from_the_command_line(ppo_model, tmp_path):
                                    direct, rtol=1e-6)
         assert float(rows[spec]["community_cost_mean"]) == pytest.approx(direct.mean(),
                                                                          rel=1e-6)
+
+
+def test_an_sb3_file_whose_algorithm_cannot_be_told_must_name_it(ppo_model, tmp_path):
+    """A model file whose saved data has none of the attributes that tell the algorithms
+    apart is refused with the spec that names the algorithm; the same data with them is
+    told to be PPO."""
+    import zipfile
+
+    edited = tmp_path / "model.zip"
+    with zipfile.ZipFile(ppo_model) as source, zipfile.ZipFile(edited, "w") as target:
+        for item in source.infolist():
+            content = source.read(item)
+            if item.filename == "data":
+                data = json.loads(content)
+                assert detect_sb3_algorithm(data) == "ppo"
+                for key in ("clip_range", "n_steps"):
+                    data.pop(key)
+                assert detect_sb3_algorithm(data) is None
+                content = json.dumps(data).encode()
+            target.writestr(item, content)
+    with pytest.raises(PolicyLoadError, match=rf"cannot tell which SB3 algorithm saved "
+                                              rf"'{edited}'; name it: sb3:<algo>:{edited}"):
+        load_external_policy(f"sb3:{edited}")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -38,6 +38,29 @@ def rule_follower(observations, price=0.5):
     return {agent: np.array([obs[-1], price]) for agent, obs in observations.items()}
 
 
+class InfoRecorder(RuleFollower):
+    """PettingZoo level with infos: acts as :class:`RuleFollower` and keeps every infos dict
+    it is given; sells at the retail price once it has seen a step's clearing price (so what
+    it does depends on the infos)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def __call__(self, observations, infos):
+        self.seen.append(infos)
+        actions = super().__call__(observations)
+        traded = any(np.isfinite(info["clearing_price"]) for info in infos.values())
+        return {agent: [battery, 1.0 if traded else price]
+                for agent, (battery, price) in actions.items()}
+
+
+def info_rule(observations, price=0.5, *, infos):
+    """PettingZoo level as a function with options and infos (keyword only)."""
+    assert set(infos) == set(observations)
+    return rule_follower(observations, price)
+
+
 class BatchedRuleFollower:
     """Batched level: ``act(obs [B, N, obs_dim])``."""
 
