@@ -47,6 +47,7 @@ from tqdm import tqdm
 import envs
 from agents import registry
 from agents.algorithm import EnvSpec
+from agents.allocator import raise_malloc_thresholds
 from agents.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from agents.collector import Collector
 from agents.evaluation import evaluate_policy, metric_scalars
@@ -163,6 +164,8 @@ class Trainer:
         self._previous_threads = torch.get_num_threads()
         if train.torch_threads:
             torch.set_num_threads(train.torch_threads)
+        if train.malloc_threshold_mb:
+            raise_malloc_thresholds(train.malloc_threshold_mb)
         self.env = envs.make_batched_env(config.env)
         eval_config = eval_env_config(config)
         self.eval_env = envs.make_batched_env(eval_config)
