@@ -91,7 +91,7 @@ from pettingzoo import ParallelEnv
 from envs.config import INT64_MAX, SEED_MAX, EnvConfig
 from envs.core import BatchedP2PEnv, checked_seed, is_integer
 from envs.data import DAYS_PER_YEAR
-from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
+from envs.info_schema import AGENT_INFO, ARRIVAL_RANK, ENV_INFO, INFO_KEYS, NETWORK_INFO
 from envs.ledger import LedgerWriter
 from envs.single.engine import SingleEnvEngine, supports
 
@@ -329,6 +329,8 @@ class TorchEngine:
         for key, value in info.items():
             if key in AGENT_INFO:
                 out[key] = self._numpy(value).astype(np.float64)
+            elif key == ARRIVAL_RANK:
+                out[key] = self._numpy(value)
             elif key in ("final_observation", "final_state"):
                 out[key] = self._numpy(value).astype(np.float32)
             elif key != "done":
