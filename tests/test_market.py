@@ -620,6 +620,19 @@ def test_cda_partly_filled_order_rests_and_trades_at_its_own_price() -> None:
     torch.testing.assert_close(result.clearing_price, torch.tensor([5.5], dtype=torch.float64))
 
 
+def test_cda_can_trade_more_than_the_call() -> None:
+    # Bids 10 and 5, asks 4 and 9 (1 kWh each): the call pairs the highest bid with the lowest
+    # ask and trades 1 kWh; in a CDA where ask 9 meets bid 10 first and ask 4 then meets bid 5,
+    # both pairs cross and 2 kWh trade.
+    price, quantity = _row([10.0, 5.0, 4.0, 9.0]), _row([1.0, 1.0, -1.0, -1.0])
+    torch.testing.assert_close(clear("uniform", price, quantity, RETAIL, FEED_IN).p2p_energy,
+                               _row([1.0, 0.0, -1.0, 0.0]))
+    result = clear("cda", price, quantity, RETAIL, FEED_IN,
+                   arrival_rank=torch.tensor([[1, 3, 2, 0]]))
+    torch.testing.assert_close(result.p2p_energy, _row([1.0, 1.0, -1.0, -1.0]))
+    torch.testing.assert_close(result.p2p_payment, _row([9.0, 4.0, -4.0, -9.0]))
+
+
 def test_cda_random_arrival_order_is_seeded_per_step() -> None:
     # The same (seed, counter) gives the same order, batch or not; another step or episode
     # (counter) or seed another one; every row is a permutation.
