@@ -4,17 +4,25 @@ the torch core at B=1), against a per-scenario pandapower ``runpp`` loop measure
 run, printed as a markdown table.
 
     python benchmarks/env_throughput.py [--feeder 1-LV-rural1--0-sw] [--network zbus]
-        [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu] [--threads 2]
+        [--mechanism uniform [cda ...]] [--rounds 1] [--batch-sizes 1 64 1024 4096]
+        [--steps 200] [--device cpu] [--threads 2]
+
+With several mechanisms the core is measured alternately, mechanism after mechanism at each
+batch size, ``--rounds`` times (the machine's speed drifts, so alternating keeps the
+comparison fair); each row gives the median over the rounds and its ratio to the first
+mechanism's.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 import envs
+from envs.market import MECHANISMS
 
 
 def core_rate(feeder: str, network: str, mechanism: str, n_envs: int, steps: int,
@@ -80,32 +88,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feeder", default="1-LV-rural1--0-sw")
     parser.add_argument("--network", default="zbus", choices=["zbus", "none"])
-    parser.add_argument("--mechanism", default="uniform")
+    parser.add_argument("--mechanism", nargs="+", default=["uniform"], choices=MECHANISMS,
+                        help="market mechanisms, measured alternately (ratios to the first)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternating rounds per batch size (median reported)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024, 4096])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    mechanisms = args.mechanism
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
-          f"feeder {args.feeder}, network {args.network}, mechanism {args.mechanism}\n")
+          f"feeder {args.feeder}, network {args.network}, mechanisms {', '.join(mechanisms)}, "
+          f"rounds {args.rounds}\n")
     reference = runpp_rate(args.feeder)
-    print("| what | B | agents | agent-steps/s | env-steps/s | x runpp loop |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| what | B | agents | agent-steps/s | env-steps/s | x runpp loop | x first mechanism |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for n_envs in args.batch_sizes:
         steps = max(20, args.steps if n_envs >= 64 else args.steps * 5)
-        rate, n_agents = core_rate(args.feeder, args.network, args.mechanism, n_envs, steps,
-                                   args.device)
-        print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} | "
-              f"{rate / reference:,.0f} |", flush=True)
-    for engine, steps in (("numba", args.steps * 50), ("torch", args.steps * 5)):
-        rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, steps, engine)
-        print(f"| PettingZoo wrapper, {engine} engine | 1 | {n_agents} | {rate * n_agents:,.0f} "
-              f"| {rate:,.0f} | {rate * n_agents / reference:,.0f} |", flush=True)
+        rates: dict[str, list[float]] = {mechanism: [] for mechanism in mechanisms}
+        for _ in range(args.rounds):
+            for mechanism in mechanisms:
+                rate, n_agents = core_rate(args.feeder, args.network, mechanism, n_envs, steps,
+                                           args.device)
+                rates[mechanism].append(rate)
+        first = statistics.median(rates[mechanisms[0]])
+        for mechanism in mechanisms:
+            rate = statistics.median(rates[mechanism])
+            print(f"| core, {mechanism} | {n_envs} | {n_agents} | {rate:,.0f} | "
+                  f"{rate / n_agents:,.0f} | {rate / reference:,.0f} | {rate / first:.2f} |",
+                  flush=True)
+    for mechanism in mechanisms:
+        for engine, steps in (("numba", args.steps * 50), ("torch", args.steps * 5)):
+            rate = pettingzoo_rate(args.feeder, args.network, mechanism, steps, engine)
+            print(f"| PettingZoo wrapper, {engine} engine, {mechanism} | 1 | {n_agents} | "
+                  f"{rate * n_agents:,.0f} | {rate:,.0f} | {rate * n_agents / reference:,.0f} "
+                  f"| |", flush=True)
     print(f"| pandapower runpp per scenario | 1 | {n_agents} | {reference:,.0f} | "
-          f"{reference / n_agents:,.0f} | 1 |")
+          f"{reference / n_agents:,.0f} | 1 | |")
 
 
 if __name__ == "__main__":

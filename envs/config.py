@@ -182,7 +182,8 @@ class TariffConfig:
         return list(retail), list(feed_in)
 
 
-MECHANISM_NAMES = ("uniform", "pay_as_bid", "mcafee", "mmr", "bill_sharing", "sdr", "none")
+MECHANISM_NAMES = ("uniform", "pay_as_bid", "mcafee", "mmr", "bill_sharing", "sdr", "none",
+                   "cda")
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,8 @@ class MarketConfig:
     """The P2P market mechanism (see ``envs.market``)."""
 
     mechanism: str = "uniform"
-    """One of uniform, pay_as_bid, mcafee, mmr, bill_sharing, sdr, none."""
+    """One of uniform, pay_as_bid, mcafee, mmr, bill_sharing, sdr, none, cda (continuous
+    double auction: needs at least two agents)."""
     k: float = 0.5
     """k of the k-double auction: price = ask + k * (bid - ask), in [0, 1]."""
 
@@ -471,6 +473,10 @@ class EnvConfig:
         check(self.episode.days != "test" or test_every != 0, "episode.days",
               "'train' or 'all' when episode.test_every is 0 (no test days)",
               self.episode.days)
+        # Checked here: a continuous double auction needs a counterpart for every order.
+        check(self.market.mechanism != "cda" or self.community.n_agents != 1,
+              "market.mechanism", "a mechanism other than 'cda' for a community of one agent "
+              "(community.n_agents: 1); cda needs at least two agents", self.market.mechanism)
         # Checked here: the default charge price depends on the tariff and the battery.
         charge = self.episode.terminal_price_per_kwh(self.tariff, self.battery)
         credit = self.episode.terminal_credit_price_per_kwh(self.tariff, self.battery)

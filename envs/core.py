@@ -68,6 +68,7 @@ from envs.data import (
     day_split,
     load_feeder,
 )
+from envs.info_schema import ARRIVAL_RANK
 
 STATE_KEYS: tuple[str, ...] = (
     "env_seed", "episode_count", "day", "step_of_day", "day_of_episode", "soc_kwh",
@@ -537,6 +538,15 @@ class BatchedP2PEnv:
         n_price = self._price_levels.shape[0]
         return self._battery_levels[actions // n_price], self._price_levels[actions % n_price]
 
+    def arrival_rank(self) -> Tensor:
+        """``[B, N]`` int64: each agent's place in the arrival order of the step being taken,
+        for the continuous double auction (``market.mechanism: cda``), drawn from
+        ``envs.rng.STREAM_CDA_ARRIVAL`` at the step's ``forecast_noise_counter``; the step's
+        info gives it as ``arrival_rank``."""
+        counter = rng.forecast_noise_counter(
+            self.episode_count, self.day_of_episode * STEPS_PER_DAY + self.step_of_day)
+        return rng.random_rank(self.env_seed, counter, rng.STREAM_CDA_ARRIVAL, self.n_agents)
+
     def terminal_value_cost(self, soc_kwh: Tensor) -> Tensor:
         """Each agent's terminal value of the step being taken, ``[B, N]`` currency:
         ``terminal_price * max(taken, 0) - terminal_credit_price * max(-taken, 0)`` with
@@ -576,8 +586,9 @@ class BatchedP2PEnv:
             cfg.battery.soc_min, cfg.battery.soc_max, self.dt_h)
         net_kwh = load_kwh - pv_kwh + battery.energy_kwh
         price = feed_in[:, None] + price_fraction * (retail - feed_in)[:, None]
+        arrival_rank = self.arrival_rank() if cfg.market.mechanism == "cda" else None
         cleared = market.clear(cfg.market.mechanism, price, net_kwh, retail, feed_in,
-                               k=cfg.market.k)
+                               k=cfg.market.k, arrival_rank=arrival_rank)
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
         if self.charges_p2p:
             fee, loss_charge, _ = fees.p2p_charges(
@@ -637,6 +648,8 @@ class BatchedP2PEnv:
             "step_of_day": self.step_of_day - 1,
             **grid.info,
         }
+        if arrival_rank is not None:
+            info[ARRIVAL_RANK] = arrival_rank
 
         midnight = self.step_of_day >= STEPS_PER_DAY
         done = midnight & (self.day_of_episode >= self.episode_days - 1)

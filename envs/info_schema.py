@@ -79,6 +79,12 @@ voltage band;
 ``line_violations``: lines and transformers above their rating; ``losses_kw``: kW;
 ``network_converged``: 1.0 or 0.0 (the extremes and losses are NaN when 0.0)."""
 
+ARRIVAL_RANK = "arrival_rank"
+"""A per-agent info key only with ``market.mechanism: cda``, outside :data:`INFO_KEYS` (the
+wrappers' flat infos do not carry it): each agent's place in the step's arrival order (int,
+0 arrived first), the order the continuous double auction matched in; the trade ledger
+(``envs.ledger``) replays the auction's fills from it."""
+
 INFO_KEYS: tuple[str, ...] = AGENT_INFO + ENV_INFO + NETWORK_INFO
 """Keys of every agent's info dict in the PettingZoo env, at reset and at every step, in
 this order; the network keys are NaN without a network model."""

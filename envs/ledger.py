@@ -30,7 +30,8 @@ steps inside an episode from 0):
                ``buyer_price``, ``seller_price``, ``buyer_payment`` (= quantity x buyer price),
                ``seller_revenue`` (= quantity x seller price); pairs from
                ``envs.market.bilateral_trades`` (the order book's matching for the auctions,
-               pro rata for the pool-priced mechanisms); pairs below 1e-12 of the step's
+               the fills of ``cda`` replayed from the ``arrival_rank`` info, pro rata for
+               the pool-priced mechanisms); pairs below 1e-12 of the step's
                volume are left out
 ``payments``   one row per agent and step, the env's infos: ``p2p_energy_kwh``,
                ``grid_energy_kwh`` (> 0 bought/imported), ``p2p_payment``, ``grid_payment``
@@ -80,6 +81,7 @@ import torch
 from envs import market
 from envs.config import EnvConfig, to_dict
 from envs.files import plain_json
+from envs.info_schema import ARRIVAL_RANK
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "TABLES", "LedgerError", "LedgerWriter", "Problem",
            "VerifyReport", "export_csv", "main", "read_tables", "verify"]
@@ -212,7 +214,8 @@ _AGENT_KEYS = ("price", "net_energy_kwh", "p2p_energy_kwh", "grid_energy_kwh", "
 _ENV_KEYS = ("retail_price", "feed_in_price", "clearing_price", "operator_surplus",
              "p2p_volume_kwh", "day", "step_of_day")
 INFO_KEYS_READ = _AGENT_KEYS + _ENV_KEYS
-"""The step info keys (``envs.info_schema``) the ledger reads."""
+"""The step info keys (``envs.info_schema``) the ledger reads; with ``cda`` also
+``arrival_rank`` (``envs.info_schema.ARRIVAL_RANK``)."""
 
 
 class LedgerWriter:
@@ -350,10 +353,14 @@ class LedgerWriter:
             values[key] = (value[None] if not batched else value)[:n_envs]
         if not values["price"].is_floating_point():
             raise ValueError("the ledger needs floating point prices")
+        arrival_rank = None
+        if self.mechanism == "cda":  # the auction's fills are replayed in its arrival order
+            rank = torch.as_tensor(info[ARRIVAL_RANK], device=device)
+            arrival_rank = (rank[None] if not batched else rank)[:n_envs]
         trades = market.bilateral_trades(
             self.mechanism, values["price"], values["p2p_energy_kwh"], values["p2p_payment"],
             values["clearing_price"], values["operator_surplus"], values["retail_price"],
-            values["feed_in_price"], k=self.k)
+            values["feed_in_price"], k=self.k, arrival_rank=arrival_rank)
         volume = trades.quantity.sum((1, 2))
         keep = trades.quantity > (MIN_TRADE_SHARE * volume)[:, None, None]
         env, buyer, seller = (index.cpu().numpy() for index in keep.nonzero(as_tuple=True))

@@ -16,6 +16,8 @@ mechanism          P2P price                                        uses bids   
 ``mmr``            mid-market rate (r + f) / 2                      no          0
 ``sdr``            supply-demand ratio price (Liu et al. 2017)      no          0
 ``bill_sharing``   community grid bill shared pro rata (price 0)    no          0
+``cda``            continuous double auction: each trade at the     yes         0
+                   resting order's price (Guerrero et al. 2019)
 =================  ===============================================  ==========  ================
 
 Conventions
@@ -31,6 +33,11 @@ Conventions
 * The auctions (``uniform``, ``pay_as_bid``, ``mcafee``) trade where bid >= ask. When several
   agents on one side sit at the marginal price they are rationed pro rata to their quantity,
   so the outcome does not depend on the order of the agents.
+* The continuous double auction (``cda``) is the one mechanism whose outcome depends on the
+  order in which the orders arrive: :func:`clear` takes it as ``arrival_rank`` (the env draws
+  it per step from its own counter-based stream, ``envs.rng.STREAM_CDA_ARRIVAL``), and loops
+  over the ``N`` arrivals, vectorised over the ``B`` environments (``O(N^2)`` per
+  environment).
 
 Who sold to whom: :func:`bilateral_trades` splits a step's outcome into buyer-seller pairs
 (the order book's matching for the auctions, pro rata for the pool-priced mechanisms), for
@@ -44,8 +51,8 @@ For every mechanism: ``p2p_energy + grid_energy == quantity``; ``p2p_energy`` ha
 pays more than ``r`` per kWh on average. Every mechanism except ``bill_sharing`` also
 guarantees that no seller earns less than ``f`` per kWh on average (bill sharing pays sellers
 between 0 and ``f``, nothing when the community is a net importer; see :func:`clear`). The three
-auctions are individually rational: a buyer pays at most its (clamped) bid per P2P kWh, a
-seller receives at least its (clamped) ask.
+auctions and ``cda`` are individually rational: a buyer pays at most its (clamped) bid per P2P
+kWh, a seller receives at least its (clamped) ask.
 """
 
 from __future__ import annotations
@@ -71,12 +78,14 @@ MECHANISMS: tuple[str, ...] = (
     "mmr",
     "sdr",
     "bill_sharing",
+    "cda",
 )
 """Names accepted by :func:`clear`."""
 
 AUCTIONS: tuple[str, ...] = ("uniform", "pay_as_bid", "mcafee")
 """The mechanisms that match bids with asks; :func:`bilateral_trades` pairs their buyers and
-sellers on the order book, the other (pool-priced) mechanisms pro rata."""
+sellers on the order book, the other (pool-priced) mechanisms pro rata (``cda`` replays its
+arrivals)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,7 @@ def clear(
     retail_price: float | Tensor,
     feed_in_price: float | Tensor,
     k: float = 0.5,
+    arrival_rank: Tensor | None = None,
 ) -> ClearingResult:
     """Clear one P2P market step for ``B`` environments at once.
 
@@ -157,6 +167,9 @@ def clear(
             ``f <= r``; ``sdr`` also needs ``f >= 0``.
         k: weight of the bid in the k-double auction price ``ask + k * (bid - ask)``,
             in ``[0, 1]``; used by ``uniform`` and ``pay_as_bid``.
+        arrival_rank: ``[B, N]`` integer position of each agent's order in the step's
+            arrival sequence (0 arrives first), a permutation of ``0..N-1`` in every
+            environment; needed by ``cda`` only (ignored by the others).
 
     Returns:
         A :class:`ClearingResult`.
@@ -217,12 +230,24 @@ def clear(
       in a net-importing step earn nothing (below ``f``): the "no seller earns below
       feed-in" bound does not hold for this mechanism. ``clearing_price`` is 0 where P2P
       energy was shared.
+    * ``cda``: continuous double auction, the rule of the energy CDA of Guerrero, Chapman &
+      Verbic (2019), "Decentralized P2P energy trading under network constraints in a
+      low-voltage network", IEEE Trans. Smart Grid 10(5), with divisible quantities and no
+      network check. The orders arrive one by one in the order ``arrival_rank``; an arriving
+      bid (ask) trades at once with the resting asks (bids) that cross it, best price first
+      and, at one price, the earliest first (price-time priority), each trade at the resting
+      order's price; whatever is left of it rests until the step closes, and then settles
+      with the grid like every other mechanism's remainder. A buyer pays at most its bid
+      and a seller receives at least its ask per kWh; strictly budget-balanced;
+      ``clearing_price`` is the volume-weighted mean P2P price. The outcome depends on the
+      arrival order (an early order is a price maker, a late one a price taker).
 
     Raises:
         ValueError: unknown mechanism; ``price`` or ``quantity`` not a 2-D floating tensor,
             their shapes differ, or they hold NaN/inf; a tariff tensor not of shape ``[B]``
             (or a scalar), or non-finite; ``retail_price < feed_in_price``; ``k`` outside
-            ``[0, 1]``; ``sdr`` with ``feed_in_price < 0``.
+            ``[0, 1]``; ``sdr`` with ``feed_in_price < 0``; ``cda`` without an
+            ``arrival_rank`` that is a ``[B, N]`` permutation of ``0..N-1`` per environment.
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"unknown market mechanism {mechanism!r}; expected one of {MECHANISMS}")
@@ -235,6 +260,8 @@ def clear(
         raise ValueError("mechanism 'sdr' needs feed_in_price >= 0 (Liu et al. 2017 pricing)")
     if isinstance(k, bool) or not isinstance(k, numbers.Real) or not 0.0 <= k <= 1.0:
         raise ValueError(f"k must be a number in [0, 1], got {k!r}")
+    if mechanism == "cda":
+        arrival_rank = _checked_arrival_rank(arrival_rank, price)
 
     price = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None])
     demand = quantity.clamp(min=0.0)
@@ -252,6 +279,8 @@ def clear(
         outcome = _mid_market_rate(demand, supply, retail, feed_in)
     elif mechanism == "sdr":
         outcome = _supply_demand_ratio(demand, supply, retail, feed_in)
+    elif mechanism == "cda":
+        outcome = _continuous_double_auction(price, demand, supply, arrival_rank).outcome
     else:
         outcome = _bill_sharing(demand, supply)
 
@@ -295,6 +324,25 @@ def _check_agent_tensors(price: Tensor, quantity: Tensor) -> None:
         raise ValueError("need at least one agent (N >= 1)")
     if not bool(torch.isfinite(price).all() & torch.isfinite(quantity).all()):
         raise ValueError("price and quantity must be finite (no NaN or inf)")
+
+
+def _checked_arrival_rank(arrival_rank: Tensor | None, like: Tensor) -> Tensor:
+    """``arrival_rank`` as int64 ``[B, N]`` on ``like``'s device; ValueError unless it is an
+    integer-valued tensor of ``like``'s shape holding a permutation of ``0..N-1`` per row."""
+    expected = tuple(like.shape)
+    if not isinstance(arrival_rank, Tensor) or tuple(arrival_rank.shape) != expected:
+        got = tuple(arrival_rank.shape) if isinstance(arrival_rank, Tensor) else arrival_rank
+        raise ValueError(f"mechanism 'cda' needs arrival_rank, a tensor of shape [B, N] = "
+                         f"{expected} (each agent's place in the arrival order), got {got!r}")
+    rank = arrival_rank.to(like.device)
+    if rank.is_floating_point() and not bool((rank == rank.round()).all()):
+        raise ValueError("arrival_rank must hold integers (a permutation of 0..N-1 per row)")
+    rank = rank.long()
+    positions = torch.arange(expected[1], device=like.device).expand(expected)
+    if not torch.equal(rank.sort(dim=1).values, positions):
+        raise ValueError(f"arrival_rank must be a permutation of 0..{expected[1] - 1} in "
+                         f"every environment")
+    return rank
 
 
 def _tariff_tensor(name: str, value: float | Tensor, like: Tensor) -> Tensor:
@@ -586,6 +634,91 @@ def _mcafee(
     )
 
 
+class _ContinuousAuction(NamedTuple):
+    """Outcome of :func:`_continuous_double_auction`."""
+
+    outcome: _P2POutcome
+    fills: Tensor | None  # [B, N, N] kWh agent i's arriving order took from agent j's
+
+
+def _continuous_double_auction(
+    price: Tensor, demand: Tensor, supply: Tensor, arrival_rank: Tensor,
+    with_fills: bool = False,
+) -> _ContinuousAuction:
+    """Continuous double auction (Guerrero, Chapman & Verbic 2019): rule in :func:`clear`.
+
+    The book: both sides in one priority order, asks ascending and bids descending (the
+    signed price ``ask`` or ``-bid``), ties in arrival order (a stable sort of the agents
+    taken in arrival order). An arriving order's counterparts are the resting orders of the
+    other side that cross its price; it takes their remaining kWh in book order up to its own
+    quantity (a cumulative sum over the book with the other entries masked out), each at the
+    resting order's price. One Python iteration per arrival, vectorised over environments.
+
+    Args:
+        price: ``[B, N]`` clamped bids/asks in currency/kWh.
+        demand: ``[B, N]`` kWh >= 0 (0 for non-buyers).
+        supply: ``[B, N]`` kWh >= 0 (0 for non-sellers).
+        arrival_rank: ``[B, N]`` int64, each agent's place in the arrival order.
+        with_fills: also return ``fills [B, N, N]`` (for :func:`bilateral_trades`).
+    """
+    n_envs, n_agents = price.shape
+    arrival_order = arrival_rank.argsort(dim=1)  # [B, N] agent arriving at each place
+    signed_price = torch.where(supply > 0, price, -price)
+    book_arrival = torch.sort(signed_price.gather(1, arrival_order), dim=1, stable=True).indices
+    book_order = arrival_order.gather(1, book_arrival)  # [B, N] agent at each book position
+    positions = torch.arange(n_agents, device=price.device).repeat(n_envs, 1)
+    book_position = _unsort(positions, book_arrival)  # [B, N] book position of each arrival
+    book_price = price.gather(1, book_order)
+    book_buys = demand.gather(1, book_order) > 0
+    book_sells = supply.gather(1, book_order) > 0
+    remaining = (demand + supply).gather(1, book_order)  # kWh each order has left
+    traded = torch.zeros_like(price)  # kWh each book entry traded, as either side
+    money = torch.zeros_like(price)  # currency each book entry paid or received
+    fills = []
+    for arrival in range(n_agents):
+        position = book_position[:, arrival:arrival + 1]  # [B, 1]
+        incoming_price = book_price.gather(1, position)
+        incoming_quantity = remaining.gather(1, position)
+        incoming_buys = book_buys.gather(1, position)
+        crosses = torch.where(incoming_buys, book_sells & (book_price <= incoming_price),
+                              book_buys & (book_price >= incoming_price))
+        available = torch.where(crosses & (book_arrival < arrival), remaining, 0.0)
+        ahead = available.cumsum(1) - available
+        fill = torch.minimum(available, (incoming_quantity - ahead).clamp(min=0.0))
+        value = fill * book_price
+        filled = fill.sum(1, keepdim=True)
+        remaining = (remaining - fill).scatter(
+            1, position, (incoming_quantity - filled).clamp(min=0.0))
+        traded = (traded + fill).scatter_add(1, position, filled)
+        money = (money + value).scatter_add(1, position, value.sum(1, keepdim=True))
+        if with_fills:
+            fills.append(fill)
+
+    bought = _unsort(torch.where(book_buys, traded, 0.0), book_order)
+    sold = _unsort(torch.where(book_sells, traded, 0.0), book_order)
+    buyer_cost = _unsort(torch.where(book_buys, money, 0.0), book_order)
+    seller_revenue = _unsort(torch.where(book_sells, money, 0.0), book_order)
+    volume = bought.sum(1)
+    outcome = _P2POutcome(
+        bought=bought,
+        sold=sold,
+        buyer_cost=buyer_cost,
+        seller_revenue=seller_revenue,
+        clearing_price=_nan_where_no_trade(_safe_divide(buyer_cost.sum(1), volume), volume),
+        operator_surplus=torch.zeros_like(volume),
+    )
+    if not with_fills:
+        return _ContinuousAuction(outcome, None)
+    # fills[b, t, j]: arrival t took from book entry j; to agents on both axes.
+    by_arrival = torch.stack(fills, dim=1)
+    shape = (n_envs, n_agents, n_agents)
+    by_agent = torch.zeros_like(by_arrival).scatter(
+        2, book_order[:, None, :].expand(shape), by_arrival)
+    by_agent = torch.zeros_like(by_agent).scatter(
+        1, arrival_order[:, :, None].expand(shape), by_agent)
+    return _ContinuousAuction(outcome, by_agent)
+
+
 # --------------------------------------------------------------------------------------------
 # Price-free sharing mechanisms
 # --------------------------------------------------------------------------------------------
@@ -683,6 +816,7 @@ def bilateral_trades(
     retail_price: float | Tensor,
     feed_in_price: float | Tensor,
     k: float = 0.5,
+    arrival_rank: Tensor | None = None,
 ) -> BilateralTrades:
     """Split one step's cleared P2P energy into buyer-seller pairs, deterministically.
 
@@ -705,6 +839,10 @@ def bilateral_trades(
       reproduces :func:`clear`'s per-agent payments exactly; ``mcafee`` buyers at
       ``clearing_price`` (``p0`` or ``b_K``) and sellers at the sellers' P2P revenue per kWh
       (``p0`` or ``s_K``), the difference being ``operator_surplus``;
+    * ``cda``: the auction's own fills, each pair at the resting order's price. They are
+      replayed from ``arrival_rank`` (the ``arrival_rank`` info) with each agent's quantity
+      cut to its P2P energy: an order's unfilled rest was never reached by a later order,
+      so leaving it out changes no fill (up to float rounding);
     * ``none``: no pairs.
 
     Hence, up to float rounding, ``quantity.sum(2) == bought``, ``quantity.sum(1) == sold``,
@@ -714,7 +852,8 @@ def bilateral_trades(
 
     Raises:
         ValueError: unknown mechanism, or ``price``/``p2p_energy``/``p2p_payment`` not of
-            one ``[B, N]`` shape.
+            one ``[B, N]`` shape; ``cda`` without a valid ``arrival_rank`` (see
+            :func:`clear`).
     """
     if mechanism not in MECHANISMS:
         raise ValueError(f"unknown market mechanism {mechanism!r}; expected one of {MECHANISMS}")
@@ -734,6 +873,17 @@ def bilateral_trades(
                         device=bought.device)
     if mechanism == "none":
         return BilateralTrades(zeros, zeros, zeros.clone())
+    if mechanism == "cda":
+        rank = _checked_arrival_rank(arrival_rank, price)
+        fills = _continuous_double_auction(price, bought, sold, rank, with_fills=True).fills
+        # Agent i's order met agent j's either arriving (fills[i, j]) or resting
+        # (fills[j, i]), never both; the resting order set the price.
+        buyer_seller = bought[:, :, None] > 0
+        buyer_seller = buyer_seller & (sold[:, None, :] > 0)
+        quantity = torch.where(buyer_seller, fills + fills.transpose(1, 2), 0.0)
+        pair_price = torch.where(fills > 0, price[:, None, :], price[:, :, None])
+        pair_price = torch.where(quantity > 0, pair_price, 0.0)
+        return BilateralTrades(quantity, pair_price, pair_price)
     volume_bought, volume_sold = bought.sum(1), sold.sum(1)
     if mechanism not in AUCTIONS:
         volume = 0.5 * (volume_bought + volume_sold)

@@ -91,7 +91,7 @@ from pettingzoo import ParallelEnv
 from envs.config import INT64_MAX, SEED_MAX, EnvConfig
 from envs.core import BatchedP2PEnv, checked_seed, is_integer
 from envs.data import DAYS_PER_YEAR
-from envs.info_schema import AGENT_INFO, ENV_INFO, INFO_KEYS, NETWORK_INFO
+from envs.info_schema import AGENT_INFO, ARRIVAL_RANK, ENV_INFO, INFO_KEYS, NETWORK_INFO
 from envs.ledger import LedgerWriter
 from envs.single.engine import SingleEnvEngine, supports
 
@@ -336,12 +336,15 @@ class TorchEngine:
 
 def engine_info(info: Mapping[str, torch.Tensor], index: int) -> dict[str, Any]:
     """Environment ``index`` of the batched core's step ``info`` as the single-environment
-    engines give it: per-agent keys as float64 ``(N,)``, the final observation and state as
-    float32, every other key a float (``done`` dropped)."""
+    engines give it: per-agent keys as float64 ``(N,)``, the ``cda`` arrival rank as int64
+    ``(N,)``, the final observation and state as float32, every other key a float (``done``
+    dropped)."""
     out: dict[str, Any] = {}
     for key, value in info.items():
         if key in AGENT_INFO:
             out[key] = value[index].detach().cpu().numpy().astype(np.float64)
+        elif key == ARRIVAL_RANK:
+            out[key] = value[index].detach().cpu().numpy()
         elif key in ("final_observation", "final_state"):
             out[key] = value[index].detach().cpu().numpy().astype(np.float32)
         elif key != "done":

@@ -32,8 +32,12 @@ STREAM_START_DAY = 1
 """Start day of each episode; counter: the environment's episode number."""
 STREAM_FORECAST_NOISE = 2
 """Noise of the observed load, PV and forecasts; counter: :func:`forecast_noise_counter`."""
+STREAM_CDA_ARRIVAL = 3
+"""Arrival order of the orders in the continuous double auction (``market.mechanism: cda``,
+:func:`random_rank`); counter: :func:`forecast_noise_counter` of the step."""
 NOISE_COUNTER_STRIDE = 1000
-"""Counters of :data:`STREAM_FORECAST_NOISE` per episode (more than the 96 steps of a day)."""
+"""Counters of :data:`STREAM_FORECAST_NOISE` (and :data:`STREAM_CDA_ARRIVAL`) per episode (more
+than the 96 steps of a day)."""
 
 
 def forecast_noise_counter(episode_count: Tensor | int, step_of_episode: Tensor | int
@@ -90,3 +94,11 @@ def normal(seed: Tensor, counter: Tensor, stream: int, shape: tuple[int, ...] = 
     u = uniform(seed, counter, stream, (2, *shape), torch.float64)
     radius = torch.sqrt(-2.0 * torch.log1p(-u[:, 0]))
     return (radius * torch.cos(2.0 * math.pi * u[:, 1])).to(dtype)
+
+
+def random_rank(seed: Tensor, counter: Tensor, stream: int, n: int) -> Tensor:
+    """``[B, n]`` int64: the place of each of ``n`` elements in a random order, the ranks of
+    ``n`` draws of :func:`uniform` (``0`` for the smallest; ties, of probability ~``2**-53``,
+    by index). ``envs.single.rng.random_rank_into`` draws the same ranks."""
+    draws = uniform(seed, counter, stream, (n,), torch.float64)
+    return draws.argsort(dim=1, stable=True).argsort(dim=1)

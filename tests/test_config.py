@@ -59,10 +59,20 @@ def test_dotted_overrides_and_yaml_values():
     (["market.k=high"], "config key 'market.k': got 'high'; allowed: a finite number"),
     (["market=3"], "config key 'market': got 3; allowed: a mapping"),
     (["n_envs"], "expected key=value"),
+    # A continuous double auction of one agent has no counterpart (two agents are fine).
+    (["market.mechanism=cda", "community.feeder=synthetic", "community.n_agents=1"],
+     "config key 'market.mechanism': got 'cda'; allowed: a mechanism other than 'cda' for a "
+     "community of one agent"),
 ])
 def test_errors_name_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         build_config(EnvConfig, None, overrides)
+
+
+def test_cda_needs_two_agents_and_is_accepted_with_them():
+    config = build_config(EnvConfig, None, ["market.mechanism=cda", "community.feeder=synthetic",
+                                            "community.n_agents=2"])
+    assert config.market.mechanism == "cda" and config.community.n_agents == 2
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

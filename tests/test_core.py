@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import envs
-from envs import observations, rules
+from envs import observations, rng, rules
 from envs.config import ConfigError
 from envs.core import STATE_KEYS
 from envs.data import STEPS_PER_DAY, day_split
@@ -32,16 +32,21 @@ def rollout(env, actions: list[torch.Tensor], seed: int):
         trace["cost"].append(info["community_cost"])
         trace["soc"].append(info["soc_kwh"])
         trace["price"].append(info["clearing_price"])
+        if "arrival_rank" in info:  # cda
+            trace.setdefault("arrival_rank", []).append(info["arrival_rank"].double())
     return {key: torch.stack(value) for key, value in trace.items()}
 
 
-@pytest.mark.parametrize("network", ["none", "zbus"])
-def test_batched_equals_single(network):
-    """B environments together give the trajectories of B single environments (seed + b)."""
+@pytest.mark.parametrize(("network", "mechanism"), [("none", "uniform"), ("zbus", "uniform"),
+                                                    ("none", "cda")])
+def test_batched_equals_single(network, mechanism):
+    """B environments together give the trajectories of B single environments (seed + b);
+    under cda also the same arrival orders."""
     b = 3
     config = {"community": {"feeder": "synthetic", "n_agents": 5, "pv_share": 0.6,
                             "battery_share": 0.6},
-              "network": {"model": network}, "observation": {"forecast_noise": 0.05}}
+              "network": {"model": network}, "observation": {"forecast_noise": 0.05},
+              "market": {"mechanism": mechanism}}
     batched = envs.make_batched_env(config, n_envs=b, dtype="float64")
     generator = torch.Generator().manual_seed(0)
     steps = STEPS_PER_DAY + 10  # crosses an automatic reset
@@ -53,6 +58,28 @@ def test_batched_equals_single(network):
         for key in together:
             torch.testing.assert_close(together[key][:, i:i + 1], alone[key], equal_nan=True,
                                        rtol=1e-10, atol=1e-10)
+
+
+def test_cda_arrival_order_is_drawn_per_episode_and_step():
+    """Under cda each step's arrival order is ``envs.rng.random_rank`` of the env's seed at
+    the step's counter (episode, step of the episode): reproducible from the seed, new at
+    every step and in every episode."""
+    config = {"community": {"feeder": "synthetic", "n_agents": 12}, "network": {"model": "none"},
+              "market": {"mechanism": "cda"}, "episode": {"length_days": 2}}
+    env = envs.make_batched_env(config, n_envs=2)
+    generator = torch.Generator().manual_seed(1)
+    ranks = []
+    env.reset(seed=40)
+    for step in range(2 * STEPS_PER_DAY + 2):  # into the second day, then a new episode
+        _, _, _, _, info = env.step(random_actions(env, generator))
+        episode, step_of_episode = (1, step) if step < 2 * STEPS_PER_DAY else (2, step - 192)
+        counter = torch.full((2,), rng.forecast_noise_counter(episode, step_of_episode))
+        expected = rng.random_rank(torch.tensor([40, 41]), counter, rng.STREAM_CDA_ARRIVAL, 12)
+        assert torch.equal(info["arrival_rank"], expected), step
+        ranks.append(info["arrival_rank"])
+    orders = {tuple(rank[0].tolist()) for rank in ranks}
+    assert len(orders) == len(ranks)  # 12! orders: no repeat in 194 steps
+    assert not torch.equal(ranks[0][0], ranks[0][1])  # environments draw their own
 
 
 def test_energy_and_money_balances(synthetic_config):

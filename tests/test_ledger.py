@@ -121,10 +121,11 @@ def test_bilateral_trades_balance_energy_and_money(mechanism, ties):
     else:
         price = 0.05 + 0.3 * torch.rand(shape, generator=generator, dtype=torch.float64)
     retail, feed_in = torch.full((64,), 0.3).double(), torch.full((64,), 0.08).double()
-    cleared = market.clear(mechanism, price, quantity, retail, feed_in, k=0.3)
+    arrival = {"arrival_rank": _random_rank(shape, 8)} if mechanism == "cda" else {}
+    cleared = market.clear(mechanism, price, quantity, retail, feed_in, k=0.3, **arrival)
     pairs = market.bilateral_trades(mechanism, price, cleared.p2p_energy, cleared.p2p_payment,
                                     cleared.clearing_price, cleared.operator_surplus, retail,
-                                    feed_in, k=0.3)
+                                    feed_in, k=0.3, **arrival)
     bought = cleared.p2p_energy.clamp(min=0.0)
     sold = (-cleared.p2p_energy).clamp(min=0.0)
     assert (pairs.quantity >= 0).all()
@@ -138,11 +139,51 @@ def test_bilateral_trades_balance_energy_and_money(mechanism, ties):
                                (-cleared.p2p_payment).clamp(min=0.0), atol=1e-12, rtol=0)
     margin = (pairs.quantity * (pairs.buyer_price - pairs.seller_price)).sum((1, 2))
     torch.testing.assert_close(margin, cleared.operator_surplus, atol=1e-12, rtol=0)
-    if mechanism in ("uniform", "pay_as_bid"):
+    if mechanism in ("uniform", "pay_as_bid", "cda"):
         # The order book's matching: a pair trades only if the bid covers the ask.
         clamped = price.clamp(0.08, 0.3)
         traded = pairs.quantity > 0
         assert (clamped[:, :, None] >= clamped[:, None, :])[traded].all()
+    if mechanism == "cda":  # each pair at the bid or the ask, whichever rested
+        clamped = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None])
+        bid, ask = clamped[:, :, None].expand_as(traded), clamped[:, None, :].expand_as(traded)
+        at_bid_or_ask = (pairs.buyer_price == bid) | (pairs.buyer_price == ask)
+        assert at_bid_or_ask[traded].all()
+
+
+def _random_rank(shape: tuple[int, int], seed: int) -> torch.Tensor:
+    """``[B, N]`` a random arrival order per row (the ``arrival_rank`` of ``cda``)."""
+    draws = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return draws.argsort(1).argsort(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cda_pairs_replayed_from_p2p_energy_are_the_auctions_fills(dtype):
+    """bilateral_trades replays the auction with each quantity cut to its P2P energy: the
+    pairs equal the fills of the auction on the full quantities (an order's unfilled rest
+    was never reached by a later order), also from float32 infos."""
+    generator = torch.Generator().manual_seed(9)
+    shape = (128, 11)
+    quantity = torch.randn(shape, generator=generator, dtype=torch.float64)
+    quantity[torch.rand(shape, generator=generator) < 0.15] = 0.0
+    price = 0.08 + 0.04 * torch.randint(0, 6, shape, generator=generator).double()
+    price = torch.where(torch.rand(shape, generator=generator) < 0.5, price,
+                        0.05 + 0.3 * torch.rand(shape, generator=generator, dtype=torch.float64))
+    rank = _random_rank(shape, 10)
+    price, quantity = price.to(dtype), quantity.to(dtype)
+    cleared = market.clear("cda", price, quantity, 0.3, 0.08, arrival_rank=rank)
+    clamped = price.clamp(0.08, 0.3).double()
+    fills = market._continuous_double_auction(  # the auction itself, on the full quantities
+        clamped, quantity.double().clamp(min=0.0), (-quantity.double()).clamp(min=0.0), rank,
+        with_fills=True).fills
+    buyer = (quantity > 0)[:, :, None] & (quantity < 0)[:, None, :]
+    expected = torch.where(buyer, fills + fills.transpose(1, 2), 0.0)
+    pairs = market.bilateral_trades("cda", price, cleared.p2p_energy, cleared.p2p_payment,
+                                    cleared.clearing_price, cleared.operator_surplus, 0.3, 0.08,
+                                    arrival_rank=rank)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(pairs.quantity, expected, atol=tolerance, rtol=0)
+    assert int((expected > 0).sum()) > 100  # many trades
 
 
 def test_pool_mechanisms_split_pro_rata():
@@ -405,10 +446,12 @@ def test_recorder_changes_nothing_in_an_evaluation(tmp_path):
         torch.testing.assert_close(recorded.agent[key], value, equal_nan=True)
 
 
-@pytest.mark.parametrize("engine", ["numba", "torch"])
-def test_pettingzoo_env_writes_a_ledger(tmp_path, engine):
+@pytest.mark.parametrize(("engine", "mechanism"), [("numba", "pay_as_bid"),
+                                                   ("torch", "pay_as_bid"), ("numba", "cda"),
+                                                   ("torch", "cda")])
+def test_pettingzoo_env_writes_a_ledger(tmp_path, engine, mechanism):
     path = tmp_path / "pz.sqlite"
-    env = envs.make_env({**CONFIG, "market": {"mechanism": "pay_as_bid"}}, engine=engine,
+    env = envs.make_env({**CONFIG, "market": {"mechanism": mechanism}}, engine=engine,
                         ledger=path)
     assert envs.make_env(CONFIG, engine=engine)._ledger is None  # off by default
     paid: dict[str, float] = {}
@@ -429,5 +472,10 @@ def test_pettingzoo_env_writes_a_ledger(tmp_path, engine):
     names = json.loads(tables["header"]["agent_names"].iloc[0])
     np.testing.assert_allclose(per_agent.to_numpy(), [paid[name] for name in names],
                                rtol=1e-9, atol=1e-9)
+    # The trades carry the P2P money (cda: replayed from the arrival_rank info).
+    trades = tables["trades"]
+    assert len(trades) > 0
+    np.testing.assert_allclose(trades.buyer_payment.sum(), payments.p2p_payment.clip(lower=0).sum(),
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="exists already"):
         envs.make_env(CONFIG, engine=engine, ledger=path)

@@ -12,14 +12,29 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs import market
-from envs.market import MECHANISMS, ClearingResult, clear
+from envs import market, rng
+from envs.market import MECHANISMS, ClearingResult
 
 RETAIL = 10.0
 FEED_IN = 2.0
 AUCTIONS = ("uniform", "pay_as_bid", "mcafee")
 STRICTLY_BUDGET_BALANCED = tuple(m for m in MECHANISMS if m != "mcafee")
 ATOL = 1e-9
+
+
+def clear(mechanism: str, price: torch.Tensor, quantity: torch.Tensor, *args: object,
+          **kwargs: object) -> ClearingResult:
+    """``envs.market.clear``; ``cda`` without an ``arrival_rank`` gets the agents' index order
+    (the env draws a random order every step: ``envs.rng.random_rank``)."""
+    if mechanism == "cda" and "arrival_rank" not in kwargs and price.ndim == 2:
+        kwargs["arrival_rank"] = torch.arange(price.shape[1]).expand(price.shape)
+    return market.clear(mechanism, price, quantity, *args, **kwargs)
+
+
+def _random_rank(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``[B, N]`` a random arrival order per row (``arrival_rank`` of :func:`clear`)."""
+    draws = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return draws.argsort(1).argsort(1)
 
 
 def _row(values: list[float]) -> torch.Tensor:
@@ -323,7 +338,8 @@ PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)
 def test_invariants(mechanism: str, book: tuple) -> None:
     price, quantity, retail, feed_in, k = book
     n_envs = price.shape[0]
-    result = clear(mechanism, price, quantity, retail, feed_in, k=k)
+    arrival = {"arrival_rank": _random_rank(price.shape, 5)} if mechanism == "cda" else {}
+    result = clear(mechanism, price, quantity, retail, feed_in, k=k, **arrival)
     r = _per_env(retail, n_envs)[:, None]
     f = _per_env(feed_in, n_envs)[:, None]
     for value in _fields(result)[:5]:
@@ -377,12 +393,13 @@ def test_invariants(mechanism: str, book: tuple) -> None:
 
 
 @PROPERTY_SETTINGS
-@pytest.mark.parametrize("mechanism", AUCTIONS)
+@pytest.mark.parametrize("mechanism", (*AUCTIONS, "cda"))
 @given(book=markets())
 def test_auctions_are_individually_rational(mechanism: str, book: tuple) -> None:
     price, quantity, retail, feed_in, k = book
     n_envs = price.shape[0]
-    result = clear(mechanism, price, quantity, retail, feed_in, k=k)
+    arrival = {"arrival_rank": _random_rank(price.shape, 6)} if mechanism == "cda" else {}
+    result = clear(mechanism, price, quantity, retail, feed_in, k=k, **arrival)
     r = _per_env(retail, n_envs)[:, None]
     f = _per_env(feed_in, n_envs)[:, None]
     clamped = torch.minimum(torch.maximum(price, f), r)
@@ -500,12 +517,17 @@ def test_uniform_and_pay_as_bid_match_slow_reference(book: tuple) -> None:
 def test_batched_equals_single_and_order_free(mechanism: str, book: tuple, data) -> None:
     price, quantity, retail, feed_in, k = book
     n_envs, n_agents = price.shape
-    batched = clear(mechanism, price, quantity, retail, feed_in, k=k)
+    # cda: each row's own arrival order, permuted with the agents below.
+    rank = _random_rank(price.shape, data.draw(st.integers(0, 2**31)))
+    arrival = {"arrival_rank": rank} if mechanism == "cda" else {}
+    batched = clear(mechanism, price, quantity, retail, feed_in, k=k, **arrival)
     for env in range(n_envs):
         env_retail = retail[env : env + 1] if isinstance(retail, torch.Tensor) else retail
         env_feed_in = feed_in[env : env + 1] if isinstance(feed_in, torch.Tensor) else feed_in
+        env_arrival = {"arrival_rank": rank[env : env + 1]} if mechanism == "cda" else {}
         single = clear(
-            mechanism, price[env : env + 1], quantity[env : env + 1], env_retail, env_feed_in, k=k
+            mechanism, price[env : env + 1], quantity[env : env + 1], env_retail, env_feed_in, k=k,
+            **env_arrival,
         )
         for expected, actual in zip(_fields(single), _fields(batched), strict=True):
             torch.testing.assert_close(actual[env : env + 1], expected, equal_nan=True)
@@ -513,15 +535,127 @@ def test_batched_equals_single_and_order_free(mechanism: str, book: tuple, data)
     # quantities in steps of 1/8 kWh every cumulative volume is exact: elsewhere the order of
     # a float sum can tip a knife-edge comparison (see envs.single.market's docstring).
     quantity = (quantity * 8).round() / 8
-    batched = clear(mechanism, price, quantity, retail, feed_in, k=k)
+    batched = clear(mechanism, price, quantity, retail, feed_in, k=k, **arrival)
     permutation = torch.tensor(data.draw(st.permutations(range(n_agents))))
+    permuted_arrival = {"arrival_rank": rank[:, permutation]} if mechanism == "cda" else {}
     permuted = clear(
-        mechanism, price[:, permutation], quantity[:, permutation], retail, feed_in, k=k
+        mechanism, price[:, permutation], quantity[:, permutation], retail, feed_in, k=k,
+        **permuted_arrival,
     )
     for expected, actual in zip(_fields(batched)[:5], _fields(permuted)[:5], strict=True):
         torch.testing.assert_close(actual, expected[:, permutation])
     for expected, actual in zip(_fields(batched)[5:], _fields(permuted)[5:], strict=True):
         torch.testing.assert_close(actual, expected, equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Continuous double auction (cda): the arrival order decides who trades at what price
+# --------------------------------------------------------------------------------------------
+
+# Agents: A asks 3 for 2 kWh, B asks 6 for 1 kWh, C bids 8 for 2 kWh, D bids 5 for 1 kWh.
+CDA_PRICE = [3.0, 6.0, 8.0, 5.0]
+CDA_QUANTITY = [-2.0, -1.0, 2.0, 1.0]
+# (arrival_rank of A, B, C, D; p2p_energy; p2p_payment; clearing_price; pairs (buyer, seller,
+# kWh, price)); each trade at the resting order's price.
+CDA_CASES = [
+    # A, B rest; C takes A's 2 kWh at A's 3; D (5) does not cross B (6).
+    ([0, 1, 2, 3], [-2, 0, 2, 0], [-6, 0, 6, 0], 3.0, [(2, 0, 2.0, 3.0)]),
+    # D, C rest; B takes 1 kWh of C at C's 8; A takes C's last kWh at 8, then D's at 5.
+    ([3, 2, 1, 0], [-2, -1, 2, 1], [-13, -8, 16, 5], 7.0,
+     [(2, 1, 1.0, 8.0), (2, 0, 1.0, 8.0), (3, 0, 1.0, 5.0)]),
+    # C, D rest; A sells both kWh to C at C's 8; B (6) does not cross D (5).
+    ([2, 3, 0, 1], [-2, 0, 2, 0], [-16, 0, 16, 0], 8.0, [(2, 0, 2.0, 8.0)]),
+]
+
+
+@pytest.mark.parametrize(("rank", "p2p", "p2p_payment", "price", "pairs"), CDA_CASES)
+def test_cda_arrival_order_decides_who_trades_at_what_price(rank, p2p, p2p_payment, price,
+                                                            pairs) -> None:
+    arrival_rank = torch.tensor([rank])
+    result = clear("cda", _row(CDA_PRICE), _row(CDA_QUANTITY), RETAIL, FEED_IN,
+                   arrival_rank=arrival_rank)
+    torch.testing.assert_close(result.p2p_energy, _row(p2p))
+    torch.testing.assert_close(result.p2p_payment, _row(p2p_payment))
+    # The rest settles with the grid: imports at r = 10, exports at f = 2.
+    grid = _row(CDA_QUANTITY) - _row(p2p)
+    torch.testing.assert_close(result.grid_payment,
+                               grid.clamp(min=0) * RETAIL + grid.clamp(max=0) * FEED_IN)
+    torch.testing.assert_close(result.clearing_price, torch.tensor([price], dtype=torch.float64))
+    assert float(result.operator_surplus) == 0.0
+    trades = market.bilateral_trades(
+        "cda", _row(CDA_PRICE), result.p2p_energy, result.p2p_payment, result.clearing_price,
+        result.operator_surplus, RETAIL, FEED_IN, arrival_rank=arrival_rank)
+    expected_quantity = torch.zeros(1, 4, 4, dtype=torch.float64)
+    expected_price = torch.zeros(1, 4, 4, dtype=torch.float64)
+    for buyer, seller, kwh, unit_price in pairs:
+        expected_quantity[0, buyer, seller] = kwh
+        expected_price[0, buyer, seller] = unit_price
+    torch.testing.assert_close(trades.quantity, expected_quantity)
+    torch.testing.assert_close(trades.buyer_price, expected_price)
+    torch.testing.assert_close(trades.seller_price, expected_price)
+
+
+@pytest.mark.parametrize(("rank", "sold"), [([0, 1, 2, 3], [1.0, 0.0, 0.5]),
+                                             ([1, 0, 2, 3], [0.0, 1.0, 0.5]),
+                                             ([0, 1, 3, 2], [1.0, 0.5, 0.0])])
+def test_cda_price_time_priority(rank: list[int], sold: list[float]) -> None:
+    # Sellers S1 and S2 ask 4 for 1 kWh each, S3 asks 3 for 0.5 kWh; a buyer B bids 9 for
+    # 1.5 kWh. B takes the cheapest resting ask first (S3), then at one price the earlier
+    # (S1 in the first row, S2 in the second); in the third row S3 arrives after B is filled.
+    price, quantity = _row([4.0, 4.0, 3.0, 9.0]), _row([-1.0, -1.0, -0.5, 1.5])
+    result = clear("cda", price, quantity, RETAIL, FEED_IN, arrival_rank=torch.tensor([rank]))
+    torch.testing.assert_close(result.p2p_energy, _row([-sold[0], -sold[1], -sold[2], 1.5]))
+    torch.testing.assert_close(result.p2p_payment,
+                               _row([-4 * sold[0], -4 * sold[1], -3 * sold[2],
+                                     4 * (sold[0] + sold[1]) + 3 * sold[2]]))
+
+
+def test_cda_partly_filled_order_rests_and_trades_at_its_own_price() -> None:
+    # S1 asks 4 for 1 kWh and rests; B bids 7 for 3 kWh: 1 kWh at 4, 2 kWh rest at 7;
+    # S2 asks 6 for 1 kWh and takes the resting bid at B's 7; B imports its last kWh at r.
+    result = clear("cda", _row([4.0, 7.0, 6.0]), _row([-1.0, 3.0, -1.0]), RETAIL, FEED_IN,
+                   arrival_rank=torch.tensor([[0, 1, 2]]))
+    torch.testing.assert_close(result.p2p_energy, _row([-1.0, 2.0, -1.0]))
+    torch.testing.assert_close(result.payment, _row([-4.0, 4.0 + 7.0 + RETAIL, -7.0]))
+    torch.testing.assert_close(result.clearing_price, torch.tensor([5.5], dtype=torch.float64))
+
+
+def test_cda_can_trade_more_than_the_call() -> None:
+    # Bids 10 and 5, asks 4 and 9 (1 kWh each): the call pairs the highest bid with the lowest
+    # ask and trades 1 kWh; in a CDA where ask 9 meets bid 10 first and ask 4 then meets bid 5,
+    # both pairs cross and 2 kWh trade.
+    price, quantity = _row([10.0, 5.0, 4.0, 9.0]), _row([1.0, 1.0, -1.0, -1.0])
+    torch.testing.assert_close(clear("uniform", price, quantity, RETAIL, FEED_IN).p2p_energy,
+                               _row([1.0, 0.0, -1.0, 0.0]))
+    result = clear("cda", price, quantity, RETAIL, FEED_IN,
+                   arrival_rank=torch.tensor([[1, 3, 2, 0]]))
+    torch.testing.assert_close(result.p2p_energy, _row([1.0, 1.0, -1.0, -1.0]))
+    torch.testing.assert_close(result.p2p_payment, _row([9.0, 4.0, -4.0, -9.0]))
+
+
+def test_cda_random_arrival_order_is_seeded_per_step() -> None:
+    # The same (seed, counter) gives the same order, batch or not; another step or episode
+    # (counter) or seed another one; every row is a permutation.
+    seed = torch.tensor([7, 7, 8])
+    counter = torch.tensor([rng.forecast_noise_counter(2, 5)] * 3)
+    ranks = rng.random_rank(seed, counter, rng.STREAM_CDA_ARRIVAL, 30)
+    assert torch.equal(ranks[0], ranks[1]) and not torch.equal(ranks[0], ranks[2])
+    alone = rng.random_rank(seed[2:], counter[2:], rng.STREAM_CDA_ARRIVAL, 30)
+    assert torch.equal(alone[0], ranks[2])
+    next_step = rng.random_rank(seed[:1], counter[:1] + 1, rng.STREAM_CDA_ARRIVAL, 30)
+    assert not torch.equal(next_step[0], ranks[0])
+    assert torch.equal(ranks.sort(1).values, torch.arange(30).expand(3, 30))
+
+
+@pytest.mark.parametrize(("arrival_rank", "message"), [
+    (None, "needs arrival_rank"),
+    (torch.tensor([[0, 1, 2]]), "needs arrival_rank"),
+    (torch.tensor([[0, 0]]), "permutation"),
+    (torch.tensor([[0.5, 1.0]]), "integers"),
+])
+def test_cda_bad_arrival_rank_raises(arrival_rank, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        market.clear("cda", _PRICE, _QUANTITY, RETAIL, FEED_IN, arrival_rank=arrival_rank)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,5 +709,6 @@ def test_module_exports() -> None:
         "mmr",
         "sdr",
         "bill_sharing",
+        "cda",
     }
     assert set(market.__all__) == {"MECHANISMS", "ClearingResult", "clear"}

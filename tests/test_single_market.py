@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 
 from envs.market import MECHANISMS, clear
 from envs.single.market import MECHANISM_CODE, OUTPUT_ROWS, clear_into, clear_one
-from tests.test_market import FEED_IN, HAND_CASES, RETAIL
+from tests.test_market import CDA_CASES, CDA_PRICE, CDA_QUANTITY, FEED_IN, HAND_CASES, RETAIL
 
 TOLERANCE = 1e-9
 
 
 def _torch_reference(
     mechanism: str, price: np.ndarray, quantity: np.ndarray, retail: float, feed_in: float,
-    k: float,
+    k: float, arrival_rank: np.ndarray,
 ) -> dict[str, np.ndarray | float]:
     """``envs.market.clear`` on one float64 ``[1, N]`` environment, as :func:`clear_one`'s dict."""
     result = clear(
@@ -34,6 +34,7 @@ def _torch_reference(
         retail,
         feed_in,
         k=k,
+        arrival_rank=torch.from_numpy(arrival_rank)[None],
     )
     reference: dict[str, np.ndarray | float] = {
         name: getattr(result, name)[0].numpy() for name in OUTPUT_ROWS
@@ -45,12 +46,12 @@ def _torch_reference(
 
 def _kernel(
     mechanism: str, price: np.ndarray, quantity: np.ndarray, retail: float, feed_in: float,
-    k: float,
+    k: float, arrival_rank: np.ndarray,
 ) -> dict[str, np.ndarray | float]:
     """:func:`clear_into` into a NaN-filled ``out`` (every entry must be written)."""
     out = np.full((len(OUTPUT_ROWS), price.shape[0]), math.nan)
     clearing_price, surplus = clear_into(
-        MECHANISM_CODE[mechanism], price, quantity, retail, feed_in, k, out
+        MECHANISM_CODE[mechanism], price, quantity, retail, feed_in, k, arrival_rank, out
     )
     result: dict[str, np.ndarray | float] = dict(zip(OUTPUT_ROWS, out, strict=True))
     result["clearing_price"] = clearing_price
@@ -60,15 +61,19 @@ def _kernel(
 
 def _assert_matches_torch(
     mechanism: str, price: np.ndarray, quantity: np.ndarray, retail: float, feed_in: float,
-    k: float,
+    k: float, arrival_rank: np.ndarray | None = None,
 ) -> None:
     """The kernel's outcome equals ``envs.market.clear``'s within :data:`TOLERANCE`, scaled by
-    the total |quantity| (kWh) and, for money, the largest tariff (currency/kWh)."""
+    the total |quantity| (kWh) and, for money, the largest tariff (currency/kWh). The
+    arrival order of ``cda`` is ``arrival_rank``, or a random one seeded by ``N``."""
     price = np.ascontiguousarray(price, dtype=np.float64)
     quantity = np.ascontiguousarray(quantity, dtype=np.float64)
+    if arrival_rank is None:
+        arrival_rank = np.random.default_rng(len(price)).permutation(len(price))
+    arrival_rank = np.ascontiguousarray(arrival_rank, dtype=np.int64)
     price_before = price.copy()
-    actual = _kernel(mechanism, price, quantity, retail, feed_in, k)
-    expected = _torch_reference(mechanism, price, quantity, retail, feed_in, k)
+    actual = _kernel(mechanism, price, quantity, retail, feed_in, k, arrival_rank)
+    expected = _torch_reference(mechanism, price, quantity, retail, feed_in, k, arrival_rank)
     np.testing.assert_array_equal(price, price_before)  # clamped inside, input untouched
 
     price_scale = max(1.0, abs(retail), abs(feed_in))
@@ -136,7 +141,8 @@ def books(
 @given(data=st.data())
 def test_kernel_matches_torch_clear(mechanism: str, data: st.DataObject) -> None:
     price, quantity, retail, feed_in, k = data.draw(books(nonnegative_feed_in=mechanism == "sdr"))
-    _assert_matches_torch(mechanism, price, quantity, retail, feed_in, k)
+    arrival_rank = np.array(data.draw(st.permutations(range(len(price)))))
+    _assert_matches_torch(mechanism, price, quantity, retail, feed_in, k, arrival_rank)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +163,18 @@ def test_hand_computed_cases(case: tuple) -> None:
     _assert_matches_torch(
         mechanism, np.array(prices), np.array(quantities), RETAIL, FEED_IN, k
     )
+
+
+@pytest.mark.parametrize("case", CDA_CASES, ids=[str(case[0]) for case in CDA_CASES])
+def test_cda_hand_computed_cases(case: tuple) -> None:
+    """``tests/test_market.py``'s continuous double auction in three arrival orders."""
+    rank, p2p, p2p_payment, price, _ = case
+    result = clear_one("cda", CDA_PRICE, CDA_QUANTITY, RETAIL, FEED_IN, arrival_rank=rank)
+    np.testing.assert_allclose(result["p2p_energy"], p2p, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(result["p2p_payment"], p2p_payment, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(result["clearing_price"], price, rtol=0, atol=TOLERANCE)
+    with pytest.raises(ValueError, match="needs arrival_rank"):
+        clear_one("cda", CDA_PRICE, CDA_QUANTITY, RETAIL, FEED_IN, arrival_rank=[0, 0, 1, 2])
 
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)

@@ -48,7 +48,7 @@ from envs import fees, observations
 from envs.config import INT64_MAX, OBSERVATION_RULES, EnvConfig
 from envs.core import STATE_KEYS, BatchedP2PEnv, checked_days, checked_seed
 from envs.data import DAYS_PER_YEAR, START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
-from envs.info_schema import AGENT_INFO, ENV_INFO, NETWORK_INFO
+from envs.info_schema import AGENT_INFO, ARRIVAL_RANK, ENV_INFO, NETWORK_INFO
 from envs.network import PowerFlowResult, network_penalty
 from envs.observations import (
     N_PROFILE_FEATURES,
@@ -56,14 +56,21 @@ from envs.observations import (
     SHARED_FROM_WEEKDAY_TABLE,
     SHARED_LAST_PRICE,
 )
-from envs.rng import STREAM_FORECAST_NOISE, STREAM_START_DAY
+from envs.rng import STREAM_CDA_ARRIVAL, STREAM_FORECAST_NOISE, STREAM_START_DAY
 from envs.single.market import MECHANISM_CODE, clear_into
 from envs.single.network import GridArrays, grid_arrays, solve_into, summarise_into
-from envs.single.rng import forecast_noise_counter, normal_at, stream_key, uniform_at
+from envs.single.rng import (
+    forecast_noise_counter,
+    normal_at,
+    random_rank_into,
+    stream_key,
+    uniform_at,
+)
 
 # Codes of observation.rule (Params.rule), checked against envs.config.OBSERVATION_RULES.
 _RULE_NONE, _RULE_SELF_CONSUMPTION, _RULE_TIME_OF_USE, _RULE_COMMUNITY = 0, 1, 2, 3
 _RULE_COMMUNITY_TOU = 4
+_CDA = MECHANISM_CODE["cda"]
 if OBSERVATION_RULES != ("none", "self_consumption", "time_of_use",
                          "community_self_consumption", "community_time_of_use"):
     raise ImportError(f"envs.single.engine's _RULE_* codes do not follow envs.config."
@@ -197,6 +204,7 @@ class Buffers(NamedTuple):
     agent: np.ndarray  # [len(AGENT_INFO), N] float64
     env: np.ndarray  # [len(ENV_INFO) + len(NETWORK_INFO)] float64
     market: np.ndarray  # [5, N] float64 (envs.single.market.clear_into rows)
+    arrival_rank: np.ndarray  # [N] int64, the cda's arrival order (BatchedP2PEnv.arrival_rank)
     reward: np.ndarray  # [N] float64
     vm_pu: np.ndarray  # [n_bus]
     line_loading: np.ndarray  # [n_line] %
@@ -448,8 +456,14 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
         soc[i] = new_soc
 
     market = buffers.market
+    if params.mechanism == _CDA:  # BatchedP2PEnv.arrival_rank
+        step_of_episode = ints[_EPISODE_DAY] * STEPS_PER_DAY + ints[_STEP]
+        random_rank_into(stream_key(ints[_SEED], forecast_noise_counter(ints[_EPISODE],
+                                                                         step_of_episode),
+                                    STREAM_CDA_ARRIVAL), buffers.arrival_rank)
     clearing_price, operator_surplus = clear_into(params.mechanism, price, net, retail,
-                                                  feed_in, params.k, market)
+                                                  feed_in, params.k, buffers.arrival_rank,
+                                                  market)
     needs_penalty = False
     if params.network:
         p_kw = net / dt
@@ -592,7 +606,8 @@ class SingleEnvEngine:
             final_obs=np.zeros((n, self.obs_dim), np.float32),
             final_state=np.zeros(self.state_dim, np.float32),
             agent=np.zeros((len(AGENT_INFO), n)), env=np.zeros(len(ENV_INFO + NETWORK_INFO)),
-            market=np.zeros((5, n)), reward=np.zeros(n), vm_pu=np.zeros(n_bus),
+            market=np.zeros((5, n)), arrival_rank=np.zeros(n, np.int64), reward=np.zeros(n),
+            vm_pu=np.zeros(n_bus),
             line_loading=np.zeros(n_line), trafo_loading=np.zeros(n_trafo),
             line_p_from_kw=np.zeros(n_line), trafo_p_hv_kw=np.zeros(n_trafo))
         self.env_keys = ENV_INFO + (NETWORK_INFO if self.params.network else ())
@@ -704,6 +719,8 @@ class SingleEnvEngine:
         agent = buffers.agent.copy()
         info: dict[str, Any] = dict(zip(AGENT_INFO, agent, strict=True))
         info.update(zip(self.env_keys, buffers.env.tolist(), strict=False))
+        if self.params.mechanism == _CDA:
+            info[ARRIVAL_RANK] = buffers.arrival_rank.copy()
         if done:
             info["final_observation"] = buffers.final_obs.copy()
             info["final_state"] = buffers.final_state.copy()

@@ -5,8 +5,9 @@
 ``[feed_in, retail]``, the efficient double-auction allocation with pro-rata rationing at the
 marginal price, the per-segment prices of ``pay_as_bid`` with tie groups merged, McAfee's (1992)
 trade reduction with the grid as outside option, the mid-market rate and bill sharing of Long et
-al. (2017), the supply-demand ratio of Liu et al. (2017), NaN ``clearing_price`` where nothing
-traded) is the one stated in the docstring of ``envs.market.clear``; each helper here names the
+al. (2017), the supply-demand ratio of Liu et al. (2017), the continuous double auction of
+Guerrero et al. (2019) in a given arrival order, NaN ``clearing_price`` where nothing traded) is
+the one stated in the docstring of ``envs.market.clear``; each helper here names the
 torch function it mirrors and performs the same float64 operations in the same order, except:
 
 * full sums over agents (``Tensor.sum``) are sequential here, vectorised in torch: results
@@ -48,6 +49,7 @@ _PAY_AS_BID = MECHANISM_CODE["pay_as_bid"]
 _MCAFEE = MECHANISM_CODE["mcafee"]
 _MMR = MECHANISM_CODE["mmr"]
 _SDR = MECHANISM_CODE["sdr"]
+_CDA = MECHANISM_CODE["cda"]
 
 _INSERTION_SORT_MAX = 32
 """Sorts of up to this many agents use an insertion sort (no allocation), longer a merge sort."""
@@ -451,6 +453,79 @@ def _mcafee(scratch, orders, retail, feed_in, out):
     return clearing_price, surplus
 
 
+@njit(cache=True)
+def _continuous_double_auction(scratch, arrival_rank, out):
+    """Mirrors ``envs.market._continuous_double_auction`` (Guerrero, Chapman & Verbic 2019):
+    the orders arrive in the order ``arrival_rank [N]`` (int64, each agent's place); each
+    takes the crossing resting orders of the other side in book order (price, then arrival),
+    at their prices, and its rest rests.
+
+    Returns ``(clearing_price, operator_surplus)``.
+    """
+    n_agents = scratch.shape[1]
+    price, demand, supply = scratch[_PRICE], scratch[_DEMAND], scratch[_SUPPLY]
+    arrival_order = np.empty(n_agents, dtype=np.int64)
+    for agent in range(n_agents):
+        arrival_order[arrival_rank[agent]] = agent
+    signed_price = np.empty(n_agents)
+    for arrival in range(n_agents):
+        agent = arrival_order[arrival]
+        signed_price[arrival] = price[agent] if supply[agent] > 0.0 else -price[agent]
+    book_arrival = np.empty(n_agents, dtype=np.int64)  # arrival place of each book entry
+    _stable_argsort(signed_price, book_arrival)
+    book_order = np.empty(n_agents, dtype=np.int64)
+    book_position = np.empty(n_agents, dtype=np.int64)
+    remaining = np.empty(n_agents)
+    traded = np.zeros(n_agents)
+    money = np.zeros(n_agents)
+    for position in range(n_agents):
+        agent = arrival_order[book_arrival[position]]
+        book_order[position] = agent
+        book_position[book_arrival[position]] = position
+        remaining[position] = demand[agent] + supply[agent]
+    for arrival in range(n_agents):
+        incoming = book_position[arrival]
+        incoming_agent = book_order[incoming]
+        incoming_price = price[incoming_agent]
+        incoming_quantity = remaining[incoming]
+        incoming_buys = demand[incoming_agent] > 0.0
+        cumulative, filled, value_sum = 0.0, 0.0, 0.0
+        for position in range(n_agents):
+            other = book_order[position]
+            if incoming_buys:
+                crosses = supply[other] > 0.0 and price[other] <= incoming_price
+            else:
+                crosses = demand[other] > 0.0 and price[other] >= incoming_price
+            available = remaining[position] if crosses and book_arrival[position] < arrival \
+                else 0.0
+            cumulative += available
+            ahead = cumulative - available
+            fill = min(available, max(incoming_quantity - ahead, 0.0))
+            value = fill * price[other]
+            remaining[position] -= fill
+            traded[position] += fill
+            money[position] += value
+            filled += fill
+            value_sum += value
+        remaining[incoming] = max(incoming_quantity - filled, 0.0)
+        traded[incoming] += filled
+        money[incoming] += value_sum
+    volume, cost = 0.0, 0.0
+    for position in range(n_agents):
+        agent = book_order[position]
+        buys, sells = demand[agent] > 0.0, supply[agent] > 0.0
+        out[_BOUGHT, agent] = traded[position] if buys else 0.0
+        out[_SOLD, agent] = traded[position] if sells else 0.0
+        out[_BUYER_COST, agent] = money[position] if buys else 0.0
+        out[_SELLER_REVENUE, agent] = money[position] if sells else 0.0
+    for agent in range(n_agents):
+        volume += out[_BOUGHT, agent]
+        cost += out[_BUYER_COST, agent]
+    if volume > 0.0:
+        return _safe_divide(cost, volume), 0.0
+    return math.nan, 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # Price-free sharing mechanisms
 # --------------------------------------------------------------------------------------------
@@ -524,7 +599,7 @@ def _bill_sharing(scratch, out):
 
 
 @njit(cache=True)
-def clear_into(code, price, quantity, retail, feed_in, k, out):
+def clear_into(code, price, quantity, retail, feed_in, k, arrival_rank, out):
     """Clear one P2P market step of one environment; mirrors ``envs.market.clear``.
 
     Args:
@@ -535,6 +610,8 @@ def clear_into(code, price, quantity, retail, feed_in, k, out):
         retail: grid import price ``r`` in currency/kWh.
         feed_in: grid export price ``f <= r`` in currency/kWh (``>= 0`` for ``sdr``).
         k: bid weight of the k-double auctions, in ``[0, 1]``.
+        arrival_rank: ``[N]`` int64, each agent's place in the arrival order, a permutation
+            of ``0..N-1`` (``cda`` only; any int64 array for the others).
         out: ``[5, N]`` float64, overwritten with the rows of :data:`OUTPUT_ROWS`: P2P and grid
             energy (kWh), total, P2P and grid payment (currency), as in ``ClearingResult``.
 
@@ -551,7 +628,7 @@ def clear_into(code, price, quantity, retail, feed_in, k, out):
     elif code == _UNIFORM or code == _MCAFEE:
         n_rows = _N_AUCTION_ROWS
     else:
-        n_rows = _N_PRICE_FREE_ROWS
+        n_rows = _N_PRICE_FREE_ROWS  # cda too: price, demand, supply
     scratch = np.empty((n_rows, n_agents))
     for agent in range(n_agents):
         scratch[_PRICE, agent] = min(max(price[agent], feed_in), retail)
@@ -572,6 +649,8 @@ def clear_into(code, price, quantity, retail, feed_in, k, out):
         clearing_price, surplus = _mid_market_rate(scratch, retail, feed_in, out)
     elif code == _SDR:
         clearing_price, surplus = _supply_demand_ratio(scratch, retail, feed_in, out)
+    elif code == _CDA:
+        clearing_price, surplus = _continuous_double_auction(scratch, arrival_rank, out)
     else:
         clearing_price, surplus = _bill_sharing(scratch, out)
 
@@ -596,6 +675,7 @@ def clear_one(
     retail: float,
     feed_in: float,
     k: float = 0.5,
+    arrival_rank: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | float]:
     """Clear one environment's market step with :func:`clear_into`, for tests and Python callers.
 
@@ -606,6 +686,7 @@ def clear_one(
         retail: grid import price in currency/kWh.
         feed_in: grid export price in currency/kWh.
         k: bid weight of the k-double auctions, in ``[0, 1]``.
+        arrival_rank: ``[N]`` each agent's place in the arrival order (``cda`` only).
 
     Returns:
         The fields of ``envs.market.ClearingResult`` for one environment: ``[N]`` float64
@@ -614,7 +695,8 @@ def clear_one(
 
     Raises:
         ValueError: unknown mechanism; ``price`` and ``quantity`` not 1-D of one length
-            ``N >= 1``. Values are not checked (``envs.market.clear`` does that).
+            ``N >= 1``; ``cda`` without an ``arrival_rank`` that is a permutation of
+            ``0..N-1``. Values are not checked (``envs.market.clear`` does that).
     """
     if mechanism not in MECHANISM_CODE:
         raise ValueError(f"unknown market mechanism {mechanism!r}; expected one of {MECHANISMS}")
@@ -625,10 +707,18 @@ def clear_one(
             f"price and quantity must be 1-D of one length N >= 1, got shapes "
             f"{price_array.shape} and {quantity_array.shape}"
         )
-    out = np.empty((len(OUTPUT_ROWS), price_array.shape[0]))
+    n_agents = price_array.shape[0]
+    if mechanism == "cda":
+        rank = np.asarray(arrival_rank if arrival_rank is not None else [], dtype=np.int64)
+        if rank.shape != (n_agents,) or not np.array_equal(np.sort(rank), np.arange(n_agents)):
+            raise ValueError(f"mechanism 'cda' needs arrival_rank, a permutation of "
+                             f"0..{n_agents - 1}, got {arrival_rank!r}")
+    else:
+        rank = np.zeros(n_agents, dtype=np.int64)
+    out = np.empty((len(OUTPUT_ROWS), n_agents))
     clearing_price, operator_surplus = clear_into(
         MECHANISM_CODE[mechanism], price_array, quantity_array, float(retail), float(feed_in),
-        float(k), out,
+        float(k), rank, out,
     )
     result: dict[str, np.ndarray | float] = dict(zip(OUTPUT_ROWS, out, strict=True))
     result["clearing_price"] = float(clearing_price)

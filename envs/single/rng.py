@@ -57,5 +57,18 @@ def normal_at(key: np.uint64, position: int, count: int) -> float:
     return radius * math.cos(2.0 * math.pi * uniform_at(key, count + position))
 
 
+@njit(cache=True)
+def random_rank_into(key: np.uint64, rank: np.ndarray) -> None:
+    """Mirrors ``envs.rng.random_rank`` for one environment: write into ``rank [n]`` (int64)
+    each element's place in the random order of the ``n`` uniforms of ``key`` (stable)."""
+    n = rank.shape[0]
+    draws = np.empty(n)
+    for position in range(n):
+        draws[position] = uniform_at(key, position)
+    order = np.argsort(draws, kind="mergesort")
+    for place in range(n):
+        rank[order[place]] = place
+
+
 forecast_noise_counter = njit(rng.forecast_noise_counter)
 """``envs.rng.forecast_noise_counter`` itself, compiled for the engine's kernels."""
