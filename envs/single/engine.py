@@ -600,6 +600,8 @@ class SingleEnvEngine:
         n = self.n_agents
         self.tables = Tables(**{name: _numpy(table)
                                 for name, table in core.tables()._asdict().items()})
+        self.behavioural = self.tables.behavioural
+        """``[N]`` bool: the behavioural agents (``BatchedP2PEnv.behavioural``)."""
         layout = observations.layout(config.observation)
         battery, network = config.battery, config.network
         values = dict(
