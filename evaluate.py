@@ -41,6 +41,12 @@ savings captured), ``results.json`` (the same, the values of each evaluated day'
 both atomically, and PNG plots. Prints markdown tables. Deterministic for a given ``--seed``
 (and ``--batch-size``).
 
+Behavioural prosumers (``behaviour.share=0.5`` or ``behaviour.agents=[...]``, ``envs.behaviour``):
+both tables (and ``--mechanisms``' comparison) add the mean daily saving vs no P2P per agent of
+the behavioural and of the rational agents (``behavioural_savings``, ``rational_savings``);
+``loss_averse:population=behavioural`` makes the behavioural agents trade as loss-averse
+traders (``agents/baselines.py``) beside truthful rational ones.
+
 ``--ledger DIR`` also writes a tamper-evident trade ledger (``envs.ledger``) of every policy
 that trades in the market, one SQLite file per policy and mechanism,
 ``DIR/<policy>__<mechanism>.ledger.sqlite`` (replaced if it exists), with every step's orders,
@@ -63,6 +69,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from agents.baselines import ORACLES, make_oracle, make_policy
@@ -106,6 +113,13 @@ TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("losses_kwh", "losses kWh"),
 )
 """Columns of the printed table: (metric key, header). Money in currency per day."""
+
+BEHAVIOUR_METRICS: tuple[tuple[str, str], ...] = (
+    ("behavioural_savings", "saving/agent behavioural"),
+    ("rational_savings", "saving/agent rational"),
+)
+"""Columns added to both tables when the config has behavioural agents (``behaviour``): the
+mean daily saving vs no P2P per agent of each group (``envs.metrics.group_savings``)."""
 
 MECHANISM_METRICS: tuple[tuple[str, str], ...] = (
     ("community_cost", "cost"),
@@ -264,6 +278,12 @@ class Evaluator:
             self._envs[key] = BatchedP2PEnv(config, self.data)
         return self._envs[key]
 
+    @property
+    def behavioural(self) -> Tensor:
+        """``[N]`` bool: the community's behavioural agents (``BatchedP2PEnv.behavioural``,
+        the same under every mechanism)."""
+        return self.env(n_envs=1).behavioural
+
     def _describe(self, text: str) -> None:
         if self.progress is not None:
             self.progress.set_description(text)
@@ -322,10 +342,13 @@ def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
             for key, value in metrics.evaluation_summary(totals).items()}
 
 
-def summarise(result: PolicyResult, oracle: PolicyResult | None) -> dict[str, Any]:
+def summarise(result: PolicyResult, oracle: PolicyResult | None,
+              behavioural: Tensor | None = None) -> dict[str, Any]:
     """One table row: mean and std over days of every metric, the oracle share, and each
     agent's mean daily saving. Sums over an episode (``envs.metrics.EPISODE_SUMS``) are per
-    day: the episode's value / ``episode.length_days``."""
+    day: the episode's value / ``episode.length_days``. With ``behavioural [N]`` (bool, some
+    True): also :data:`BEHAVIOUR_METRICS`, the mean daily saving per agent of the behavioural
+    and of the rational agents."""
     row: dict[str, Any] = {"policy": result.name, "mechanism": result.mechanism,
                            "days": len(result.totals)}
     daily = metrics.per_day({key: torch.as_tensor(values)
@@ -338,6 +361,12 @@ def summarise(result: PolicyResult, oracle: PolicyResult | None) -> dict[str, An
             torch.as_tensor(result.per_day["savings_vs_no_p2p"]),
             torch.as_tensor(oracle.per_day["savings_vs_no_p2p"])))
     row["captured_savings_share_mean"], row["captured_savings_share_std"] = share, float("nan")
+    if behavioural is not None and bool(behavioural.any()):
+        for key, members in (("behavioural_savings", behavioural),
+                             ("rational_savings", ~behavioural)):
+            values = metrics.group_savings(result.totals, members).double()
+            row[f"{key}_mean"], row[f"{key}_std"] = metrics.mean_std(
+                values / result.episode_days)
     savings = metrics.agent_savings(result.totals).double() / result.episode_days
     row["agent_savings"] = savings.nanmean(0).tolist() if savings.numel() else []
     return row
@@ -565,17 +594,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     oracle = next((r for r in results if r.name == "oracle"), None)
-    rows = [summarise(result, oracle) for result in results]
-    mechanism_rows = [summarise(result, oracle) for result in comparison]
+    behavioural = evaluator.behavioural if config.behaviour.enabled else None
+    rows = [summarise(result, oracle, behavioural) for result in results]
+    mechanism_rows = [summarise(result, oracle, behavioural) for result in comparison]
+    extra = BEHAVIOUR_METRICS if behavioural is not None and bool(behavioural.any()) else ()
     oracle_rows = [row for row in rows if row["policy"] in ORACLES]
 
     network = config.network.model
     print(f"\n## {config.community.feeder}: {len(days)} {args.days} days, mechanism "
           f"{config.market.mechanism}, network model {network}, seed {args.seed}\n")
-    print(markdown_table(rows, TABLE_METRICS))
+    print(markdown_table(rows, TABLE_METRICS + extra))
     if mechanism_rows:
         print("\n## Market mechanisms (same policies under every mechanism)\n")
-        print(markdown_table(mechanism_rows + oracle_rows, MECHANISM_METRICS))
+        print(markdown_table(mechanism_rows + oracle_rows, MECHANISM_METRICS + extra))
         print("\n## Allocative efficiency of zero-intelligence traders (Gode & Sunder 1993), "
               "realised P2P volume / min(supply, demand)\n")
         zi_rows = [r for r in mechanism_rows if r["policy"].split(":")[0] == "zi"]

@@ -41,6 +41,18 @@ of_use``              the community's sharing wherever ``time_of_use`` self-cons
                       with the self-consumption battery rule.
 ``random``            battery fraction uniform in [-1, 1] and price fraction uniform in [0, 1]
                       (seeded); a sanity reference, and a stress test for the oracle bound.
+``loss_averse``       a loss-averse (behavioural) trader (``envs.rules``, derived there): it
+                      refuses to sell below its reference price or buy above it, and not
+                      knowing the fair price it asks the fraction sqrt(lambda) / (1 +
+                      sqrt(lambda)) of [feed-in, retail] as a seller and bids 1 / (1 +
+                      sqrt(lambda)) as a buyer (0.6 and 0.4 at lambda = 2.25; the midpoint
+                      at 1); seller or buyer by its net position after the
+                      ``self_consumption`` battery rule. ``loss_aversion``: lambda (default
+                      the env's ``behaviour.loss_aversion``); ``population``: ``all`` agents
+                      (default) or only the env's ``behavioural`` ones (``behaviour.share`` /
+                      ``agents``), the others trading as ``self_consumption`` (midpoint), for
+                      mixed populations. With discrete actions the prices snap to the nearest
+                      price level.
 ====================  =============================================================================
 
 The perfect-foresight optimum (:class:`PerfectForesightOracle`) solves the linear program of
@@ -76,17 +88,20 @@ from agents.actions import env_actions
 from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
 from agents.policy import Policy
 from envs import metrics
+from envs.config import BehaviourConfig
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 from envs.rules import (
     community_self_consumption_fraction,
     community_time_of_use_fraction,
     current_load_pv_kw,
+    loss_averse_price_fraction,
+    planned_net_kwh,
     self_consumption_fraction,
     time_of_use_fraction,
 )
 
 __all__ = ["BASELINES", "CommunitySelfConsumption", "CommunityTimeOfUse", "FixedPrice",
-           "MidpointRule", "NoP2P",
+           "LossAverse", "MidpointRule", "NoP2P",
            "ORACLES", "PerfectForesightOracle", "RandomPolicy", "SelfConsumption", "TimeOfUse",
            "ZeroIntelligence", "battery_fleet",
            "current_load_pv_kw", "float64_tables", "make_oracle", "make_policy",
@@ -246,6 +261,42 @@ class RandomPolicy(_Seeded):
         return env_actions(battery, price, env)
 
 
+class LossAverse:
+    """Loss-averse traders (``envs.rules.loss_averse_price_fraction``): sellers ask
+    ``sqrt(lambda) / (1 + sqrt(lambda))`` of [feed-in, retail], buyers bid ``1 / (1 +
+    sqrt(lambda))``; ``self_consumption`` battery. ``loss_aversion``: lambda in [1, 100] (None:
+    the env's ``behaviour.loss_aversion``); ``population``: ``all`` or ``behavioural`` (only
+    the env's behavioural agents, ``BatchedP2PEnv.behavioural``; the others post the
+    midpoint)."""
+
+    mechanism = None
+    POPULATIONS = ("all", "behavioural")
+
+    def __init__(self, name: str = "loss_averse", loss_aversion: float | None = None,
+                 population: str = "all") -> None:
+        if loss_aversion is not None:
+            # The one range check of lambda: BehaviourConfig's (ConfigError is a ValueError).
+            BehaviourConfig(loss_aversion=float(loss_aversion))
+        if population not in self.POPULATIONS:
+            raise ValueError(f"loss_averse: population must be one of {self.POPULATIONS}, got "
+                             f"{population!r}")
+        self.name = name
+        self.loss_aversion = None if loss_aversion is None else float(loss_aversion)
+        self.population = population
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: Tensor, env: Any) -> Tensor:
+        battery = self_consumption_fraction(env)
+        loss_aversion = (env.config.behaviour.loss_aversion if self.loss_aversion is None
+                         else self.loss_aversion)
+        price = loss_averse_price_fraction(planned_net_kwh(env, battery), loss_aversion)
+        if self.population == "behavioural":
+            price = torch.where(env.behavioural, price, torch.full_like(price, MIDPOINT))
+        return env_actions(battery, price, env)
+
+
 BASELINES: dict[str, type] = {
     "no_p2p": NoP2P,
     "self_consumption": SelfConsumption,
@@ -255,6 +306,7 @@ BASELINES: dict[str, type] = {
     "zi": ZeroIntelligence,
     "fixed_price": FixedPrice,
     "random": RandomPolicy,
+    "loss_averse": LossAverse,
 }
 """Rule-based policies by name."""
 

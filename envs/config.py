@@ -31,6 +31,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from envs.behaviour import REFERENCES, TK_ALPHA, TK_BETA, TK_LOSS_AVERSION
+
 T = TypeVar("T")
 
 
@@ -431,6 +433,58 @@ class EpisodeConfig:
         return max(min(lowest, self.terminal_price_per_kwh(tariff, battery)), 0.0)
 
 
+@dataclass(frozen=True)
+class BehaviourConfig:
+    """Behavioural (prospect-theory) prosumers (``envs.behaviour``): which agents value their
+    money against a reference with loss aversion; the rest stay risk-neutral. Off by default
+    (``share`` 0, ``agents`` null): no agent is behavioural and the core computes nothing
+    extra."""
+
+    share: float = 0.0
+    """Fraction of the agents that are behavioural, in [0, 1]: ``round(share * N)`` agents
+    drawn with ``seed``. Not with ``agents``."""
+    agents: list[str] | None = None
+    """The behavioural agents by name (the feeder's agent names; checked when the env is
+    built), or null. Not with a non-zero ``share``."""
+    alpha: float = TK_ALPHA
+    """Exponent of gains, ``V(x) = x ** alpha``, in (0, 1] (1: linear in gains; default
+    Tversky & Kahneman 1992's 0.88)."""
+    beta: float = TK_BETA
+    """Exponent of losses, ``V(x) = -loss_aversion * (-x) ** beta``, in (0, 1]."""
+    loss_aversion: float = TK_LOSS_AVERSION
+    """lambda, how much more a loss weighs than a gain of the same size, in [1, 100]
+    (1: no loss aversion; default 2.25)."""
+    reference: str = "no_p2p"
+    """The reference money of a step (``envs.behaviour.REFERENCES``): ``no_p2p`` (the agent's
+    own no-P2P, idle-battery bill of the same step, network penalties included: ``x`` is the
+    step's saving) or ``zero`` (``x = -cost``). Step level; see ``envs.behaviour`` for why."""
+    seed: int = 0
+    """Seed of the draw of ``share``, in [0, SEED_MAX]."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.share <= 1.0, "share", "a fraction in [0, 1]", self.share)
+        check(self.agents is None or self.share == 0.0, "agents",
+              "null when share is set (give share or agents, not both)",
+              {"share": self.share, "agents": self.agents})
+        if self.agents is not None:
+            check(len(set(self.agents)) == len(self.agents), "agents",
+                  "a list of distinct agent names", self.agents)
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            check(0.0 < value <= 1.0, name, "an exponent in (0, 1]", value)
+        check(1.0 <= self.loss_aversion <= 100.0, "loss_aversion", "a value in [1, 100]",
+              self.loss_aversion)
+        check(self.reference in REFERENCES, "reference", f"one of {REFERENCES}",
+              self.reference)
+        check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any agent can be behavioural (a non-zero ``share`` or an ``agents``
+        list)."""
+        return self.share > 0.0 or bool(self.agents)
+
+
 DTYPES = ("float32", "float64")
 
 
@@ -446,8 +500,10 @@ class EnvConfig:
     action: ActionConfig = field(default_factory=ActionConfig)
     observation: ObservationConfig = field(default_factory=ObservationConfig)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     reward_scale: float = 1.0
-    """Rewards are minus money (payment + degradation + penalty) times this scale."""
+    """Rewards are minus money (payment + degradation + penalty) times this scale (for
+    behavioural agents, ``behaviour``: the prospect value of their money times this scale)."""
     n_envs: int = 1
     """Number of environments stepped together by the batched core, in [1, MAX_ENVS]."""
     device: str = "cpu"

@@ -17,7 +17,9 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
    (SoC at the episode's start and now, kWh in the cells), a charge for energy taken from the
    battery over the episode, a smaller credit for energy added;
 7. reward = -(payment + degradation + network penalty + network fee + terminal value)
-   * reward_scale.
+   * reward_scale; for the behavioural agents of ``behaviour`` (``envs.behaviour``) the
+   prospect-theory value of that money against the step's reference instead,
+   ``V(reference_cost - cost) * reward_scale`` (rational agents' rewards are unchanged).
 
 The no-P2P reference of the metrics (``envs.metrics``: batteries idle, no market, each
 agent's net ``load - PV`` settled with the grid) does not depend on the agents, so its network
@@ -54,8 +56,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs import fees, market, observations, physics, rng, rules
-from envs.config import INT64_MAX, EnvConfig
+from envs import behaviour, fees, market, observations, physics, rng, rules
+from envs.config import INT64_MAX, ConfigError, EnvConfig
 from envs.data import (
     DAYS_PER_YEAR,
     START_WEEKDAY,
@@ -69,6 +71,7 @@ from envs.data import (
     load_feeder,
 )
 from envs.info_schema import ARRIVAL_RANK
+from envs.metrics import no_p2p_step_cost
 
 STATE_KEYS: tuple[str, ...] = (
     "env_seed", "episode_count", "day", "step_of_day", "day_of_episode", "soc_kwh",
@@ -128,6 +131,9 @@ class CoreTables(NamedTuple):
     """``[T, N]`` each agent's share of the network penalty of the no-P2P operation (batteries
     idle, no market: consumption ``load - PV``) at each step, money (0 without a network
     model): the ``no_p2p_network_penalty`` info."""
+    behavioural: Tensor
+    """``[N]`` bool: the agents whose reward is the prospect value of ``behaviour``
+    (:attr:`BatchedP2PEnv.behavioural`)."""
 
 
 def is_integer(value: Any) -> bool:
@@ -298,10 +304,39 @@ class BatchedP2PEnv:
         no_p2p_kw = (self.load_kw * self.dt_h - self.pv_kw * self.dt_h) / self.dt_h
         self.no_p2p_network_penalty = self.network.penalty_table(no_p2p_kw, self.load_kvar)
         """``[T, N]``: :attr:`CoreTables.no_p2p_network_penalty`."""
+        self.behavioural = torch.as_tensor(self._behavioural_mask(), device=self.device)
+        """``[N]`` bool: the behavioural (prospect-theory) agents of ``behaviour``; all False
+        when it is off."""
+        self._any_behavioural = bool(self.behavioural.any())
         self._seeded = False
         # The info dict of the last step() (None after a reset of every environment): what a
         # PettingZoo-level policy sees as its infos (agents.external).
         self.last_info: dict[str, Tensor] | None = None
+
+    def _behavioural_mask(self) -> np.ndarray:
+        """``envs.behaviour.behavioural_mask`` of ``config.behaviour`` on this feeder's agents
+        ([N] bool; all False when off); unknown agent names raise ConfigError naming
+        ``behaviour.agents``."""
+        cfg = self.config.behaviour
+        if not cfg.enabled:
+            return np.zeros(self.n_agents, dtype=bool)
+        try:
+            return behaviour.behavioural_mask(self.agent_names, cfg.share, cfg.agents, cfg.seed)
+        except ValueError as error:
+            raise ConfigError(f"config key 'behaviour.agents': got {cfg.agents!r}; allowed: "
+                              f"names of this community's agents ({error})") from None
+
+    def behavioural_reward(self, reward: Tensor, cost: Tensor, reference_cost: Tensor
+                           ) -> Tensor:
+        """The rewards ``[B, N]`` with the behavioural agents' replaced by the prospect value
+        ``V(reference_cost - cost) * reward_scale`` (``envs.behaviour.prospect_value`` of
+        ``behaviour``); ``reward``, ``cost`` (money of the step) and ``reference_cost`` (the
+        agent's no-P2P bill of the step, or 0 with ``behaviour.reference`` zero) ``[B, N]``.
+        The rational agents' entries are ``reward``'s, untouched."""
+        cfg = self.config.behaviour
+        value = behaviour.prospect_value(reference_cost - cost, cfg.alpha, cfg.beta,
+                                         cfg.loss_aversion)
+        return torch.where(self.behavioural, value * self.config.reward_scale, reward)
 
     # ----------------------------------------------------------------------------------------
     # Tables and state: the contract with the numba engine and with checkpoints
@@ -321,7 +356,7 @@ class BatchedP2PEnv:
             price_levels=self._price_levels, community_net=self._community_net,
             tou_grid_charge=schedule.grid_charge,
             tou_hold=schedule.hold, tou_cheap_steps_left=schedule.cheap_steps_left,
-            no_p2p_network_penalty=self.no_p2p_network_penalty)
+            no_p2p_network_penalty=self.no_p2p_network_penalty, behavioural=self.behavioural)
 
     def get_state(self) -> dict[str, Tensor | bool]:
         """A copy of everything that changes after construction, keyed by
@@ -608,6 +643,12 @@ class BatchedP2PEnv:
         terminal = self.terminal_value_cost(battery.soc_kwh)
         cost = cleared.payment + degradation + penalty + network_fee + terminal
         reward = -cost * cfg.reward_scale
+        no_p2p_penalty = self.no_p2p_network_penalty[index]
+        if self._any_behavioural:
+            reference_cost = (
+                no_p2p_step_cost(load_kwh, pv_kwh, retail, feed_in, no_p2p_penalty)
+                if cfg.behaviour.reference == "no_p2p" else torch.zeros_like(cost))
+            reward = self.behavioural_reward(reward, cost, reference_cost)
 
         traded = ~torch.isnan(cleared.clearing_price)
         self.last_price = torch.where(traded, cleared.clearing_price, self.last_price)
@@ -632,7 +673,7 @@ class BatchedP2PEnv:
             "network_penalty": penalty,
             "network_fee": network_fee,
             "terminal_value_cost": terminal,
-            "no_p2p_network_penalty": self.no_p2p_network_penalty[index],
+            "no_p2p_network_penalty": no_p2p_penalty,
             "network_fee_revenue": network_fee.sum(dim=1),
             "cost": cost,
             "price": price,

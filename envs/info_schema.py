@@ -42,7 +42,8 @@ the battery (< 0 discharged), kWh; ``battery_cut_kwh``: the part of the request 
 battery's limits, kWh; ``soc_kwh``: state of charge after the step, kWh;
 ``degradation_cost``, ``network_penalty`` (the agent's share of network penalties),
 ``network_fee`` (P2P network fees and loss charges): money; ``cost`` = payment + degradation +
-penalty + fee + terminal value, money (the reward is ``-cost * reward_scale``); ``price``: the
+penalty + fee + terminal value, money (the reward is ``-cost * reward_scale``, or for the
+behavioural agents of ``behaviour`` its prospect value, ``envs.behaviour``); ``price``: the
 posted price, currency per kWh; ``terminal_value_cost``: on the last step of an episode
 ``terminal_price * max(start - now, 0) - terminal_credit_price * max(now - start, 0)`` (SoC at
 the episode's start and now, kWh), money (a charge for energy taken from the battery, a smaller

@@ -29,6 +29,8 @@ self_consumption            1 - grid export / PV
 p2p_volume_kwh              sum_t P2P energy bought
 clearing_price              sum_t price_t * volume_t / sum_t volume_t
 agent savings               no_p2p_cost_i - cost_i                                 [E, N]
+group savings               mean_{i in G} (no_p2p_cost_i - cost_i), G a group of agents
+                            (e.g. the behavioural ones of ``behaviour``)             [E]
 savings_gini                mean_ij |s_i - s_j| / (2 mean_i |s_i|)
 allocative_efficiency       sum_t volume_t / sum_t min(D_t, S_t)
 voltage/line_violations     bus-steps outside [v_min, v_max]; branch-steps above 100 % loading
@@ -245,6 +247,17 @@ def savings_percent(totals: EpisodeTotals) -> Tensor:
 def agent_savings(totals: EpisodeTotals) -> Tensor:
     """Each agent's saving against its own no-P2P, idle-battery bill, ``[E, N]``."""
     return totals.agent["no_p2p_cost"] - totals.agent["cost"]
+
+
+def group_savings(totals: EpisodeTotals, members: Tensor) -> Tensor:
+    """The mean saving per agent (:func:`agent_savings`) of the agents in ``members [N]``
+    (bool, e.g. ``BatchedP2PEnv.behavioural``), ``[E]`` currency; NaN for an empty group."""
+    savings = agent_savings(totals)
+    members = members.to(savings.device)
+    if not bool(members.any()):
+        return torch.full(savings.shape[:1], float("nan"), dtype=savings.dtype,
+                          device=savings.device)
+    return savings[:, members].mean(1)
 
 
 def self_sufficiency(totals: EpisodeTotals) -> Tensor:

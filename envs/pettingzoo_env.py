@@ -41,7 +41,9 @@ Infos
 
 Rewards
     Minus the agent's money of the step: market and grid payment, battery degradation and its
-    share of network penalties, times ``reward_scale``.
+    share of network penalties, times ``reward_scale``. The behavioural agents of
+    ``behaviour`` (listed in ``behavioural_agents``) get instead the prospect-theory value of
+    that money against their no-P2P bill of the step (``envs.behaviour``).
 
 Reset options
     ``{"day": d}`` starts the episode on day d of the year (an integer in 0..365) instead of a
@@ -72,6 +74,8 @@ Version history
     version 2, ``envs.info_schema``), the extreme bus voltages ``v_min`` and ``v_max`` were
     renamed ``v_min_pu`` and ``v_max_pu``, apart from the voltage band's settings. Later
     still, the optional trade ledger (``ledger``; off by default, nothing else changed).
+    Later still, behavioural agents (``behaviour``, ``behavioural_agents``; off by default,
+    nothing else changed).
 """
 
 from __future__ import annotations
@@ -127,6 +131,11 @@ class P2PParallelEnv(ParallelEnv):
         n = self.engine.n_agents
         self.possible_agents = [f"prosumer_{i}" for i in range(n)]
         self.agents: list[str] = []
+        self.behavioural_agents: tuple[str, ...] = tuple(
+            agent for agent, behavioural in zip(
+                self.possible_agents, self.engine.behavioural.tolist(), strict=True)
+            if behavioural)
+        """The agents whose reward is the prospect value of ``behaviour`` (none when off)."""
         observation_space = spaces.Box(-np.inf, np.inf, (self.engine.obs_dim,), np.float32)
         if config.action.type == "continuous":
             action_space: spaces.Space = spaces.Box(
@@ -314,6 +323,7 @@ class TorchEngine:
         self.n_agents, self.agent_names = self.core.n_agents, self.core.agent_names
         self.obs_dim, self.state_dim = self.core.obs_dim, self.core.state_dim
         self.n_discrete_actions = self.core.n_discrete_actions
+        self.behavioural = self.core.behavioural.cpu().numpy()
         self.env_keys = ENV_INFO + (NETWORK_INFO if config.network.model != "none" else ())
 
     @staticmethod

@@ -63,21 +63,44 @@ kW/kWh limit).
 
 Only the retail tariff decides; a time-of-use feed-in price is ignored. The env's tariff is
 the same every day, so the schedule is computed once per env (``BatchedP2PEnv.tou_schedule``).
+
+**A price rule: the loss-averse trader** (:func:`loss_averse_price_fraction`, the
+``loss_averse`` baseline of ``agents.baselines``). A behavioural prosumer refuses to sell below
+its reference price and to buy above it. It does not know the fair price of the step, so it
+takes every price of the grid band as equally likely to be the reference, ``R ~ U[f, r]``
+(feed-in, retail), and posts the lowest ask ``a`` (highest bid ``b``) whose expected
+loss-averse value is not negative, with the value of a trade at ``p`` being ``p - R`` for a
+gain and ``-lambda (R - p)`` for a loss (the value function of ``envs.behaviour`` with linear
+exponents). For a seller, with ``y = (a - f) / (r - f)``:
+
+    E[V] = (r - f) * (y**2 / 2 - lambda * (1 - y)**2 / 2) >= 0
+    <=>  y >= sqrt(lambda) / (1 + sqrt(lambda))
+
+and symmetrically a buyer bids the fraction ``1 / (1 + sqrt(lambda))``: with lambda = 1 both
+post the midpoint (the truthful traders' price), with Tversky & Kahneman's 2.25 sellers ask
+0.6 and buyers bid 0.4 of the band (with 4: 2/3 and 1/3). The gap between what the trader asks
+and what it bids is the endowment effect (Kahneman, Knetsch & Thaler 1990, "Experimental
+tests of the endowment effect and the Coase theorem", J. Political Economy 98(6)): a
+loss-averse seller's ask is above its bid as a buyer. Whether the agent sells this step is
+decided on its net position after its battery (:func:`planned_net_kwh`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from envs import physics
 from envs.config import OBSERVATION_RULES, BatteryConfig
 from envs.data import STEPS_PER_DAY, STEPS_PER_YEAR
 
 __all__ = ["RULES", "TouSchedule", "community_self_consumption",
            "community_self_consumption_fraction", "community_time_of_use_fraction",
-           "current_load_pv_kw", "rule_fraction",
+           "current_load_pv_kw", "loss_averse_price_fraction", "planned_net_kwh",
+           "rule_fraction",
            "self_consumption", "self_consumption_fraction", "time_of_use",
            "time_of_use_fraction", "tou_schedule"]
 
@@ -238,3 +261,31 @@ if tuple(RULES) != OBSERVATION_RULES[1:]:
 def rule_fraction(name: str, env: Any) -> Tensor:
     """The battery fraction ``[B, N]`` of rule ``name`` (a key of :data:`RULES`) on ``env``."""
     return RULES[name](env)
+
+
+# --------------------------------------------------------------------------------------------
+# A price rule (agents.baselines' loss_averse)
+# --------------------------------------------------------------------------------------------
+
+
+def loss_averse_price_fraction(net_kwh: Tensor, loss_aversion: float) -> Tensor:
+    """The loss-averse trader's price fraction of [feed-in, retail] ``[B, N]`` (module
+    docstring): sellers (``net_kwh < 0``, kWh of the step, > 0 buys) ask
+    ``sqrt(lambda) / (1 + sqrt(lambda))``, everyone else bids ``1 / (1 + sqrt(lambda))``;
+    ``loss_aversion`` is lambda >= 1 (1: the midpoint)."""
+    root = math.sqrt(loss_aversion)
+    ask = root / (1.0 + root)
+    return torch.where(net_kwh < 0, ask, 1.0 - ask).to(net_kwh.dtype)
+
+
+def planned_net_kwh(env: Any, battery_fraction: Tensor) -> Tensor:
+    """Each agent's net position ``[B, N]`` (kWh, > 0 buys) if it takes ``battery_fraction
+    [B, N]`` now: ``load - PV + battery AC energy`` of the current step, the battery cut at
+    its limits by ``envs.physics.battery_step`` as the core's step cuts it."""
+    load_kw, pv_kw = current_load_pv_kw(env)
+    battery = env.config.battery
+    step = physics.battery_step(
+        env.soc_kwh, battery_fraction * env.battery_kw * env.dt_h, env.capacity_kwh,
+        env.battery_kw, battery.charge_efficiency, battery.discharge_efficiency,
+        battery.soc_min, battery.soc_max, env.dt_h)
+    return load_kw * env.dt_h - pv_kw * env.dt_h + step.energy_kwh

@@ -20,12 +20,13 @@ from agents.evaluation import evaluate_policy
 from envs import metrics
 from envs.config import MECHANISM_NAMES
 from envs.data import day_split
+from envs.rules import planned_net_kwh
 
 CONFIG = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share": 0.6},
           "network": {"model": "none"}}
 DAYS = [int(d) for d in np.random.default_rng(42).choice(day_split(7)[1], 3, replace=False)]
 POLICIES = ("random", "no_p2p", "self_consumption", "zi", "zi:battery=self_consumption",
-            "fixed_price", "fixed_price:price_fraction=0.9")
+            "fixed_price", "fixed_price:price_fraction=0.9", "loss_averse")
 
 
 def make_env(n_envs: int = len(DAYS), **overrides):
@@ -200,3 +201,35 @@ def test_policy_specs():
         make_policy("fixed_price:colour=red")
     with pytest.raises(ValueError, match="unknown oracle"):
         make_oracle("oracle_magic")
+
+
+def test_loss_averse_trader_prices_by_hand():
+    """Behavioural agents of the env ask 0.6 / bid 0.4 of [feed-in, retail] at lambda = 2.25
+    (the env's behaviour.loss_aversion by default) by the sign of their net position; the
+    others post the midpoint; population=all shades everyone, with its own lambda."""
+    names = [f"house_{i}" for i in (0, 3)]
+    env = make_env(n_envs=1, **{"behaviour.agents": names})
+    env.reset(seed=0, days=[172])
+    mask = env.behavioural
+    assert mask.tolist() == [True, False, False, True, False]
+    for step in range(96):
+        for spec, ask, population in (("loss_averse:population=behavioural", 0.6, mask),
+                                      ("loss_averse:loss_aversion=4", 2 / 3, None)):
+            _, price = env.decode_actions(make_policy(spec).act(None, env))
+            battery, _ = env.decode_actions(make_policy("self_consumption").act(None, env))
+            selling = planned_net_kwh(env, battery) < 0
+            expected = torch.where(selling, ask, 1 - ask).to(price.dtype)
+            if population is not None:
+                expected = torch.where(population, expected, 0.5)
+            torch.testing.assert_close(price, expected)
+        if step == 60:  # at noon in June some behavioural agent sells and some agent buys
+            assert bool(selling.any()) and bool((~selling).any())
+        env.step(make_policy("self_consumption").act(None, env))
+
+
+def test_loss_averse_spec_errors():
+    assert make_policy("loss_averse").population == "all"
+    with pytest.raises(ValueError, match="loss_aversion"):
+        make_policy("loss_averse:loss_aversion=0.5")
+    with pytest.raises(ValueError, match="population"):
+        make_policy("loss_averse:population=some")

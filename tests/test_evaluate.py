@@ -232,3 +232,31 @@ def test_trained_policy_refuses_an_env_with_other_actions():
     env = envs.make_batched_env(None, network={"model": "none"})
     with pytest.raises(ConfigError, match="trained with discrete actions"):
         policy.reset(env)
+
+
+def test_behavioural_and_rational_savings_per_mechanism(config_path, tmp_path, capsys):
+    """With behavioural agents (behaviour.agents) the tables split the mean daily saving per
+    agent by group: the mean of the per-agent savings of each group. Under mmr (the price
+    ignores the bids) the loss-averse traders cost exactly what the truthful ones do."""
+    args = ["--config", str(config_path), "--policies",
+            "no_p2p,self_consumption,loss_averse:population=behavioural", "--days", "6,13,20",
+            "--mechanisms", "uniform,mmr", "--no-progress", "--no-plots",
+            "--out", str(tmp_path / "out"), "behaviour.agents=[house_0, house_3]"]
+    assert evaluate.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "saving/agent behavioural" in printed and "saving/agent rational" in printed
+    report = _strict_json(tmp_path / "out" / "results.json")
+    for row in report["results"] + report["mechanisms"]:
+        savings = row["agent_savings"]
+        assert row["behavioural_savings_mean"] == pytest.approx(
+            (savings[0] + savings[3]) / 2, abs=1e-12)
+        assert row["rational_savings_mean"] == pytest.approx(
+            (savings[1] + savings[2] + savings[4]) / 3, abs=1e-12)
+    by = {(row["policy"], row["mechanism"]): row for row in report["mechanisms"]}
+    loss_averse = "loss_averse:population=behavioural"
+    assert by[(loss_averse, "mmr")]["community_cost_mean"] == pytest.approx(
+        by[("self_consumption", "mmr")]["community_cost_mean"], abs=1e-12)
+    assert by[(loss_averse, "uniform")]["p2p_volume_kwh_mean"] < by[(
+        "self_consumption", "uniform")]["p2p_volume_kwh_mean"]
+    off = evaluate.main([*args[:-1], "--out", str(tmp_path / "off")])
+    assert off == 0 and "saving/agent" not in capsys.readouterr().out

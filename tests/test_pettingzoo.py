@@ -330,3 +330,29 @@ def test_readme_lists_exactly_the_info_schema():
             scopes[cells[2].strip()] += _backticked(cells[1])
     assert sorted(scopes["agent"]) == sorted(AGENT_INFO)
     assert sorted(scopes["community"]) == sorted(ENV_INFO + NETWORK_INFO)
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_behavioural_agents_are_listed_and_rewarded_by_their_prospect_value(engine):
+    """``behavioural_agents`` names the behavioural agents of ``behaviour``; their rewards
+    are the prospect value of their step's saving (``envs.behaviour``), the others' minus
+    their cost, on both engines."""
+    from envs.behaviour import prospect_value
+
+    env = envs.make_env({**SMALL, "behaviour": {"agents": ["house_1", "house_2"]}},
+                        engine=engine)
+    assert env.behavioural_agents == ("prosumer_1", "prosumer_2")
+    assert envs.make_env(SMALL, engine=engine).behavioural_agents == ()
+    env.reset(seed=0, options={"day": 172})
+    for _ in range(50):
+        actions = {agent: env.action_space(agent).sample() for agent in env.agents}
+        _, rewards, _, _, infos = env.step(actions)
+        for agent in env.agents:
+            info = infos[agent]
+            net = info["load_kwh"] - info["pv_kwh"]
+            bill = (info["retail_price"] * max(net, 0.0) + info["feed_in_price"] * min(net, 0.0)
+                    + info["no_p2p_network_penalty"])
+            expected = (float(prospect_value(torch.tensor(bill - info["cost"],
+                                                          dtype=torch.float64)))
+                        if agent in env.behavioural_agents else -info["cost"])
+            assert rewards[agent] == pytest.approx(expected, rel=1e-5, abs=1e-7), agent

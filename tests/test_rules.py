@@ -169,3 +169,31 @@ def test_community_self_consumption_by_hand():
 def test_observation_rule_is_validated():
     with pytest.raises(ConfigError, match=r"observation.rule.*self_consumption.*time_of_use"):
         envs.make_batched_env(None, **{"observation.rule": "greedy"})
+
+
+def test_loss_averse_price_fraction_by_hand():
+    # Sellers (net < 0) ask sqrt(lambda) / (1 + sqrt(lambda)), the others bid the rest:
+    # lambda = 2.25 -> 1.5 / 2.5 = 0.6 and 0.4; lambda = 4 -> 2/3, 1/3; lambda = 1: midpoint.
+    net = torch.tensor([[-1.0, 0.0, 2.0, -1e-9]], dtype=torch.float64)
+    torch.testing.assert_close(rules.loss_averse_price_fraction(net, 2.25), torch.tensor(
+        [[0.6, 0.4, 0.4, 0.6]], dtype=torch.float64))
+    torch.testing.assert_close(rules.loss_averse_price_fraction(net, 4.0), torch.tensor(
+        [[2 / 3, 1 / 3, 1 / 3, 2 / 3]], dtype=torch.float64))
+    assert bool((rules.loss_averse_price_fraction(net, 1.0) == 0.5).all())
+    # At the ask the expected loss-averse value over a reference uniform in the band is 0:
+    # y**2 / 2 - lambda * (1 - y)**2 / 2 with y = 0.6, lambda = 2.25: 0.18 - 0.18.
+    assert 0.6**2 / 2 - 2.25 * 0.4**2 / 2 == pytest.approx(0.0, abs=1e-15)
+
+
+def test_planned_net_is_the_net_position_the_core_steps():
+    """The loss-averse trader decides seller or buyer on planned_net_kwh: exactly the core's
+    net position after the step, the battery cut at its SoC limits included."""
+    env = envs.make_batched_env({"community": {"battery_share": 1.0}}, n_envs=3,
+                                dtype="float64")
+    env.reset(seed=0, days=[10, 172, 300])
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        battery = torch.rand(3, env.n_agents, generator=generator, dtype=torch.float64) * 2 - 1
+        planned = rules.planned_net_kwh(env, battery)
+        _, _, _, _, info = env.step(torch.stack([battery, torch.full_like(battery, 0.5)], -1))
+        assert torch.equal(planned, info["net_energy_kwh"])

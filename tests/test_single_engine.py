@@ -103,6 +103,14 @@ CASES = {
         "market": {"k": 0.3},
         "episode": {"test_every": 5},
         "seed": 7},
+    # Behavioural agents (envs.behaviour): a seeded half of the default feeder, rewards from
+    # the kernel; a list of agents against the zero reference with a P2P fee, so that every
+    # reward is recomputed on the network-charges path after the kernel.
+    "rural1-behaviour-share": {"behaviour": {"share": 0.5, "alpha": 0.8, "beta": 0.9,
+                                             "loss_aversion": 2.0, "seed": 3}},
+    "synthetic-behaviour-agents-zero-fees": {
+        **SYNTHETIC, "network": {"model": "none", "p2p_fee": 0.01},
+        "behaviour": {"agents": ["house_1", "house_4"], "reference": "zero"}},
 }
 ENGINE_IRRELEVANT: dict[str, str] = {
     "n_envs": "the engine steps one environment: its reference core is built with n_envs=1 "
@@ -119,7 +127,8 @@ BOTH_SIDES = ("synthetic-terminal-credit-price", "rural1-terminal-both-sides-tou
 ends with some agent above and some below its start SoC: both the charge and the credit of
 the terminal value are compared (asserted)."""
 FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete", "rural1-two-day-episodes",
-              "rural1-rule-community")
+              "rural1-rule-community", "rural1-behaviour-share",
+              "synthetic-behaviour-agents-zero-fees")
 """The cases of the fast loop (``pytest -m "not slow"``): the default feeder with its network,
 the fee path, discrete actions, two-day episodes; each case steps more than an episode (2 to
 5 s), the others are marked slow."""
@@ -168,6 +177,9 @@ def test_engine_steps_like_the_core(name: str) -> None:
     rng = np.random.default_rng(0)
     penalised = 0
     fee_steps, distance_fees = 0, 0.0
+    behavioural = core.behavioural.numpy()
+    assert behavioural.any() == config.behaviour.enabled
+    behavioural_steps = 0
     for step in range(core.episode_steps + 30):
         actions = _actions(engine, rng)
         if name in BOTH_SIDES:  # even agents tend to charge, odd ones to discharge
@@ -196,6 +208,9 @@ def test_engine_steps_like_the_core(name: str) -> None:
                                        err_msg=f"{key} at step {step}")
         assert set(info) == set(core_info) - {"done"}
         penalised += bool(np.any(info["network_penalty"] > 0))
+        money = -info["cost"] * config.reward_scale  # rational agents: exactly this
+        np.testing.assert_array_equal(reward[~behavioural], money[~behavioural])
+        behavioural_steps += bool(np.any(reward[behavioural] != money[behavioural]))
         fees, distance_part = _fees(config, info)
         fee_steps += fees > 0.0
         distance_fees += distance_part
@@ -206,6 +221,8 @@ def test_engine_steps_like_the_core(name: str) -> None:
             assert np.any(terminal != 0.0), step
             if name in BOTH_SIDES:
                 assert np.any(terminal > 0.0) and np.any(terminal < 0.0), terminal
+    if config.behaviour.enabled:  # the prospect value really ran
+        assert behavioural_steps > 50
     if name == "rural1-violations":
         assert penalised > 50  # the torch penalty path really ran
     if name in ("rural1-fees", "rural1-fees-terminal-price"):

@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["KERNEL_READS", "drop_stale_kernel_caches"]
 
 KERNEL_READS: dict[str, tuple[str, ...]] = {
-    "engine": ("envs.config", "envs.data", "envs.info_schema", "envs.market",
+    "engine": ("envs.behaviour", "envs.config", "envs.data", "envs.info_schema", "envs.market",
                "envs.observations", "envs.rng", "envs.single.market", "envs.single.network",
                "envs.single.rng"),
     "market": ("envs.market",),

@@ -21,6 +21,9 @@ It is the core at ``B = 1`` in float64, not a second model:
   ``envs.market.clear``, ``envs.network`` Z-bus solve and summary, ``envs.rng``, the
   battery rules of ``envs.rules`` (on the core's ``tou_schedule`` table),
   ``BatchedP2PEnv.observe``/``state``/``_reset_where``); each names what it mirrors;
+* the behavioural agents' reward (``behaviour``: the prospect value of ``envs.behaviour``,
+  mirrored by :func:`prospect_value` and :func:`behavioural_rewards_into`, on the core's
+  ``behavioural`` mask);
 * the rare or optional parts call the core's own torch functions: the sharing of network
   penalties (``envs.network.network_penalty``, only on steps with a violation or a
   non-converged power flow) and P2P network fees (``envs.fees.p2p_charges``, only when fees
@@ -45,6 +48,7 @@ import torch
 from numba import njit, typeof
 
 from envs import fees, observations
+from envs.behaviour import REFERENCE_NO_P2P, REFERENCES
 from envs.config import INT64_MAX, OBSERVATION_RULES, EnvConfig
 from envs.core import STATE_KEYS, BatchedP2PEnv, checked_days, checked_seed
 from envs.data import DAYS_PER_YEAR, START_WEEKDAY, STEPS_PER_DAY, STEPS_PER_YEAR
@@ -158,6 +162,7 @@ class Tables(NamedTuple):
     tou_hold: np.ndarray  # [96] bool: TouSchedule.hold
     tou_cheap_steps_left: np.ndarray  # [96] TouSchedule.cheap_steps_left
     no_p2p_network_penalty: np.ndarray  # [T, N] penalty shares of the no-P2P operation
+    behavioural: np.ndarray  # [N] bool: behavioural (prospect-theory) agents
 
 
 class Params(NamedTuple):
@@ -193,6 +198,11 @@ class Params(NamedTuple):
     terminal_price: float
     terminal_credit_price: float
     episode_days: int  # episode.length_days
+    any_behavioural: bool  # some agent is behavioural (BatchedP2PEnv.behavioural)
+    behaviour_alpha: float  # behaviour.alpha
+    behaviour_beta: float  # behaviour.beta
+    loss_aversion: float  # behaviour.loss_aversion
+    behaviour_reference: int  # code of behaviour.reference: index in REFERENCES
 
 
 class Buffers(NamedTuple):
@@ -405,6 +415,35 @@ def _decode(tables, params, actions, battery_fraction, price_fraction) -> int:
 
 
 @njit(cache=True)
+def prospect_value(x, alpha, beta, loss_aversion):
+    """Mirrors ``envs.behaviour.prospect_value`` on one float: ``x ** alpha`` for gains,
+    ``-loss_aversion * (-x) ** beta`` for losses (Tversky & Kahneman 1992)."""
+    gain = max(x, 0.0) ** alpha
+    loss = max(-x, 0.0) ** beta
+    return gain - loss_aversion * loss
+
+
+@njit(cache=True)
+def behavioural_rewards_into(tables, params, agent, retail, feed_in, reward):
+    """Mirrors ``BatchedP2PEnv.behavioural_reward``: the reward ``reward [N]`` of each
+    behavioural agent set to ``V(reference_cost - cost) * reward_scale`` from the agent
+    buffer's ``cost`` row; the reference is ``envs.metrics.no_p2p_step_cost`` of the step
+    (from the buffer's load, PV and no-P2P penalty rows, the same operations in the same
+    order) or 0 (``behaviour.reference`` zero). Other agents' rewards are left as they are."""
+    for i in range(reward.shape[0]):
+        if not tables.behavioural[i]:
+            continue
+        reference_cost = 0.0
+        if params.behaviour_reference == REFERENCE_NO_P2P:
+            net = agent[_A_LOAD_KWH, i] - agent[_A_PV_KWH, i]
+            bill = retail * max(net, 0.0) + feed_in * min(net, 0.0)
+            reference_cost = bill + agent[_A_NO_P2P_NETWORK_PENALTY, i]
+        value = prospect_value(reference_cost - agent[_A_COST, i], params.behaviour_alpha,
+                               params.behaviour_beta, params.loss_aversion)
+        reward[i] = value * params.reward_scale
+
+
+@njit(cache=True)
 def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episode_start_soc,
                 actions, buffers):
     """One 15-minute step; mirrors ``BatchedP2PEnv.step`` at ``B = 1`` without the network
@@ -502,6 +541,8 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
         volume += max(market[0, i], 0.0)
         imports += max(market[1, i], 0.0)
         exports += max(-market[1, i], 0.0)
+    if params.any_behavioural:
+        behavioural_rewards_into(tables, params, agent, retail, feed_in, buffers.reward)
 
     if not math.isnan(clearing_price):
         last_price[0] = clearing_price
@@ -573,6 +614,8 @@ class SingleEnvEngine:
         n = self.n_agents
         self.tables = Tables(**{name: _numpy(table)
                                 for name, table in core.tables()._asdict().items()})
+        self.behavioural = self.tables.behavioural
+        """``[N]`` bool: the behavioural agents (``BatchedP2PEnv.behavioural``)."""
         layout = observations.layout(config.observation)
         battery, network = config.battery, config.network
         values = dict(
@@ -593,7 +636,10 @@ class SingleEnvEngine:
             network=network.model != "none", v_min=network.v_min, v_max=network.v_max,
             terminal_value=core.terminal_value, terminal_price=core.terminal_price,
             terminal_credit_price=core.terminal_credit_price,
-            episode_days=core.episode_days)
+            episode_days=core.episode_days, any_behavioural=bool(core.behavioural.any()),
+            behaviour_alpha=config.behaviour.alpha, behaviour_beta=config.behaviour.beta,
+            loss_aversion=config.behaviour.loss_aversion,
+            behaviour_reference=REFERENCES.index(config.behaviour.reference))
         # Exact Python types, so that every config compiles to the same kernel signature.
         types = get_type_hints(Params)
         self.params = Params(**{name: types[name](value) for name, value in values.items()})
@@ -795,6 +841,9 @@ class SingleEnvEngine:
                 + agent[_A_TERMINAL_VALUE_COST])
         agent[_A_COST] = cost
         buffers.reward[:] = -cost * self.params.reward_scale
+        if self.params.any_behavioural:
+            behavioural_rewards_into(self.tables, self.params, agent, env[_E_RETAIL_PRICE],
+                                     env[_E_FEED_IN_PRICE], buffers.reward)
         env[_E_COMMUNITY_COST] = cost.sum()
 
 
