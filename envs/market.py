@@ -83,6 +83,11 @@ MECHANISMS: tuple[str, ...] = (
 """Names accepted by :func:`clear`."""
 
 AUCTIONS: tuple[str, ...] = ("uniform", "pay_as_bid", "mcafee")
+
+MCAFEE_TOLERANCE = 2e-6
+"""Relative rounding tolerance of ``mcafee``'s test of its candidate price against the
+marginal levels (times ``max(|retail|, |feed_in|, 1)``, currency/kWh): a few float32 ulps of
+a price, far below any economic difference. Both engines use it."""
 """The mechanisms that match bids with asks; :func:`bilateral_trades` pairs their buyers and
 sellers on the order book, the other (pool-priced) mechanisms pro rata (``cda`` replays its
 arrivals)."""
@@ -602,10 +607,18 @@ def _mcafee(
     # The grid is the outside option: it always buys at f and sells at r.
     first_excluded_bid = torch.maximum(excluded_bid, feed_in)
     first_excluded_ask = torch.minimum(excluded_ask, retail)
-    candidate_price = 0.5 * (first_excluded_bid + first_excluded_ask)
+    midpoint = 0.5 * (first_excluded_bid + first_excluded_ask)
+    # In exact arithmetic the midpoint can equal both marginal levels (bids and asks at one
+    # price, the excluded ones symmetric about it); a rounding error must not then reduce
+    # trade. A midpoint within MCAFEE_TOLERANCE of [highest ask, lowest bid] counts as in it
+    # and is moved onto it, so no buyer pays above its bid and no seller gets below its ask.
+    tolerance = MCAFEE_TOLERANCE * torch.maximum(retail.abs(), feed_in.abs()).clamp_min(1.0)
     efficient = (
-        (allocation.volume > 0) & (highest_ask <= candidate_price) & (candidate_price <= lowest_bid)
+        (allocation.volume > 0)
+        & (highest_ask <= midpoint + tolerance)
+        & (midpoint <= lowest_bid + tolerance)
     )
+    candidate_price = torch.minimum(torch.maximum(midpoint, highest_ask), lowest_bid)
 
     # Trade reduction: drop the marginal price levels on both sides.
     kept_buyer = is_buyer & (price > lowest_bid[:, None])

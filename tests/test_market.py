@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -223,6 +224,33 @@ def test_mcafee_without_excluded_agents_uses_grid_as_outside_option() -> None:
     result = clear("mcafee", _row([5, 5, 5]), _row([3, 1, -2]), RETAIL, FEED_IN)
     torch.testing.assert_close(result.p2p_energy, _row([0, 0, 0]))
     assert math.isnan(result.clearing_price.item())
+
+
+@pytest.mark.parametrize("retail, feed_in, dtype", [(0.28, 0.08, torch.float64),
+                                                     (0.3, 0.08, torch.float32)])
+def test_mcafee_midpoint_equal_to_the_marginal_levels_up_to_rounding_trades_in_full(
+        retail, feed_in, dtype) -> None:
+    """Buyer 0 and seller 2 at the band's midpoint, buyer 1 at 0.4 and seller 3 at 0.6 of it:
+    in exact arithmetic McAfee's candidate (the midpoint of the first excluded bid and ask)
+    equals the marginal bid and ask, so the efficient trade happens at it. In float the
+    candidate misses them by one ulp (as these tariffs do); it must not reduce the trade to
+    nothing. Both engines."""
+    from envs.single.market import clear_one
+
+    fraction = torch.tensor([[0.5, 0.4, 0.5, 0.6]], dtype=dtype)
+    band = torch.tensor(retail, dtype=dtype) - torch.tensor(feed_in, dtype=dtype)
+    price = feed_in + fraction * band
+    candidate = 0.5 * (price[0, 1] + price[0, 3])
+    assert candidate != price[0, 0]  # the rounding this test is about
+    quantity = torch.tensor([[1.0, 1.0, -2.0, -1.0]], dtype=dtype)
+    result = clear("mcafee", price, quantity, retail, feed_in)
+    torch.testing.assert_close(result.p2p_energy, torch.tensor([[1.0, 0.0, -1.0, 0.0]],
+                                                               dtype=dtype))
+    assert result.clearing_price[0] == price[0, 0]  # on the levels, not outside them
+    torch.testing.assert_close(result.payment[0, 0], price[0, 0])
+    single = clear_one("mcafee", price[0].numpy(), quantity[0].numpy(), retail, feed_in)
+    np.testing.assert_allclose(single["p2p_energy"], [1.0, 0.0, -1.0, 0.0])
+    assert single["clearing_price"] == pytest.approx(float(price[0, 0]), rel=1e-6)
 
 
 def test_rows_without_buyers_or_sellers() -> None:

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit
 
-from envs.market import MECHANISMS
+from envs.market import MCAFEE_TOLERANCE, MECHANISMS
 
 __all__ = ["MECHANISM_CODE", "OUTPUT_ROWS", "clear_into", "clear_one"]
 
@@ -420,8 +420,11 @@ def _mcafee(scratch, orders, retail, feed_in, out):
             excluded_ask = min(excluded_ask, price[agent])
     first_excluded_bid = max(excluded_bid, feed_in)
     first_excluded_ask = min(excluded_ask, retail)
-    candidate_price = 0.5 * (first_excluded_bid + first_excluded_ask)
-    efficient = volume > 0.0 and highest_ask <= candidate_price and candidate_price <= lowest_bid
+    midpoint = 0.5 * (first_excluded_bid + first_excluded_ask)
+    tolerance = MCAFEE_TOLERANCE * max(abs(retail), abs(feed_in), 1.0)
+    efficient = (volume > 0.0 and highest_ask <= midpoint + tolerance
+                 and midpoint <= lowest_bid + tolerance)
+    candidate_price = min(max(midpoint, highest_ask), lowest_bid)
 
     buyer_price = 0.0
     seller_price = 0.0
