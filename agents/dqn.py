@@ -54,6 +54,12 @@ class DQNConfig:
     """Adam learning rate."""
     gamma: float = 0.99
     """Discount per 15-minute step."""
+    n_step: int = 1
+    """TD targets from the discounted rewards of the next ``n_step`` steps of the same
+    environment, then the target network's value (Sutton 1988; Rainbow, Hessel et al. 2018,
+    uses 3): value spreads ``n_step`` steps back per update, where a day is 96 steps. The
+    sum stops at the episode's end. 1 = one-step DQN. The steps are replayed as collected,
+    without an off-policy correction."""
     tau: float = 1.0
     """Target update: 1 copies the online network, < 1 is Polyak averaging with this weight."""
     target_network_frequency: int = 100
@@ -94,6 +100,7 @@ class DQNConfig:
         check(self.learning_starts >= 0, "learning_starts", ">= 0", self.learning_starts)
         check(self.learning_rate > 0.0, "learning_rate", "> 0", self.learning_rate)
         check(0.0 <= self.gamma <= 1.0, "gamma", "a value in [0, 1]", self.gamma)
+        check(1 <= self.n_step <= 960, "n_step", "an integer in [1, 960]", self.n_step)
         check(0.0 < self.tau <= 1.0, "tau", "a value in (0, 1]", self.tau)
         for name in ("epsilon_start", "epsilon_end"):
             check(0.0 <= getattr(self, name) <= 1.0, name, "a probability in [0, 1]",
@@ -190,7 +197,9 @@ class DQN(Algorithm):
 
     @torch.no_grad()
     def td_targets(self, batch: dict[str, Tensor]) -> Tensor:
-        """``r + gamma * (1 - terminated) * Q_target(o', a*)`` for a minibatch, ``[M, N]``."""
+        """``r + gamma * (1 - terminated) * Q_target(o', a*)`` for a minibatch, ``[M, N]``;
+        with ``n_step`` > 1, ``r`` is the steps' discounted sum and ``gamma ** steps`` (0 after
+        the episode's end) the batch's ``discount``."""
         next_obs = batch["next_obs"]
         target_values = self.target_network(next_obs)  # [M, N, A]
         if self.config.double_q:
@@ -198,12 +207,19 @@ class DQN(Algorithm):
             next_value = target_values.gather(-1, best).squeeze(-1)
         else:
             next_value = target_values.max(dim=-1).values
+        if "discount" in batch:
+            return batch["rewards"] + batch["discount"].to(next_value.dtype)[:, None] * next_value
         not_done = (~batch["terminated"]).to(next_value.dtype)[:, None]
         return batch["rewards"] + self.config.gamma * not_done * next_value
 
     def _gradient_step(self) -> tuple[float, float]:
         config = self.config
-        batch = self.replay_buffer.sample(config.batch_size, self.generator)
+        if config.n_step > 1:
+            batch = self.replay_buffer.sample_n_step(config.batch_size, self.generator,
+                                                     config.n_step, config.gamma,
+                                                     self.spec.n_envs)
+        else:
+            batch = self.replay_buffer.sample(config.batch_size, self.generator)
         target = self.td_targets(batch)
         q_taken = self.q_network(batch["obs"]).gather(
             -1, batch["actions"][..., None]).squeeze(-1)  # [M, N]

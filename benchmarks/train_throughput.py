@@ -23,6 +23,7 @@ import torch
 import envs
 from agents import registry
 from agents.algorithm import EnvSpec
+from agents.allocator import raise_malloc_thresholds
 from agents.collector import Collector
 from agents.run_config import REPO_ROOT, build_run_config, make_generator
 from envs.config import ConfigError
@@ -46,6 +47,8 @@ def train_rate(algo: str, overrides: list[str], seconds: float,
     ``path`` (default: ``configs/<algo>.yaml`` or the algorithm's defaults)."""
     path = path or REPO_ROOT / "configs" / f"{algo}.yaml"
     config = build_run_config(path if path.is_file() else {"algo": algo}, overrides)
+    if config.train.malloc_threshold_mb:  # as train.py's Trainer (process-wide from here on)
+        raise_malloc_thresholds(config.train.malloc_threshold_mb)
     env = envs.make_batched_env(config.env)
     algorithm = registry.get(algo)(config.hyperparameters, EnvSpec.from_env(env),
                                    config.train, make_generator(config.seed))
