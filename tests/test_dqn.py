@@ -74,6 +74,41 @@ def test_td_targets(double_q):
     torch.testing.assert_close(agent.td_targets(batch), torch.tensor([[1.0, -1.0]]))
 
 
+def test_n_step_targets_use_the_batch_discount():
+    """With ``n_step`` the batch's ``rewards`` are already the steps' discounted sum and its
+    ``discount`` (``gamma ** steps``, 0 after the episode's end) weighs the bootstrap."""
+    agent = make_dqn(gamma=0.5, n_step=3, double_q=False)
+    agent.q_network = Fixed(torch.tensor([[[0.0, 9.0, 1.0], [5.0, 0.0, 0.0]]] * 2))
+    agent.target_network = Fixed(torch.tensor([[[4.0, 2.0, 8.0], [1.0, 7.0, 3.0]]] * 2))
+    batch = {"next_obs": torch.zeros(2, 2, 12), "rewards": torch.tensor([[1.0, -1.0]] * 2),
+             "terminated": torch.tensor([False, True]), "discount": torch.tensor([0.125, 0.0])}
+    torch.testing.assert_close(agent.td_targets(batch), torch.tensor(
+        [[1 + 0.125 * 8, -1 + 0.125 * 7], [1.0, -1.0]]))
+
+
+def test_n_step_gradient_steps_sample_n_step_returns(monkeypatch):
+    """``n_step`` > 1 draws its minibatches with ``ReplayBuffer.sample_n_step`` (stride: the
+    environments per collector step), 1 with ``sample``."""
+    calls = []
+    for n_step in (1, 4):
+        agent = make_dqn(n_step=n_step)
+        monkeypatch.setattr(agent.replay_buffer, "sample",
+                            lambda *args: calls.append(("sample", args[2:])) or _batch())
+        monkeypatch.setattr(agent.replay_buffer, "sample_n_step",
+                            lambda *args: calls.append(("n_step", args[2:])) or _batch(True))
+        agent._gradient_step()
+    assert calls == [("sample", ()), ("n_step", (4, 0.99, 1))]
+
+
+def _batch(n_step: bool = False) -> dict[str, torch.Tensor]:
+    batch = {"obs": torch.zeros(3, 2, 12), "next_obs": torch.zeros(3, 2, 12),
+             "actions": torch.zeros(3, 2, dtype=torch.long), "rewards": torch.zeros(3, 2),
+             "terminated": torch.zeros(3, dtype=torch.bool)}
+    if n_step:
+        batch["discount"] = torch.full((3,), 0.5)
+    return batch
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.25])
 def test_target_network_copy_and_polyak(tau):
     agent = make_dqn(tau=tau)
