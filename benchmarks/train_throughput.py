@@ -15,6 +15,7 @@ instead of ``configs/<algo>.yaml`` of each of ``--algos``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -42,9 +43,12 @@ def env_rate(env, actions: torch.Tensor, seconds: float) -> float:
 
 
 def train_rate(algo: str, overrides: list[str], seconds: float,
-               path: Path | None = None) -> tuple[float, float, int]:
-    """(training agent-steps/s, core-only agent-steps/s, agents) of ``algo`` with run config
-    ``path`` (default: ``configs/<algo>.yaml`` or the algorithm's defaults)."""
+               path: Path | None = None) -> tuple[float, float, int, float, float]:
+    """(training agent-steps/s, core-only agent-steps/s, agents, training agent-steps per
+    CPU-second of this process, share of that CPU time in the kernel) of ``algo`` with run
+    config ``path`` (default: ``configs/<algo>.yaml`` or the algorithm's defaults). The
+    per-CPU-second rate counts only this process's own time (``os.times``), so other jobs on
+    the machine move it much less than the wall-clock rate."""
     path = path or REPO_ROOT / "configs" / f"{algo}.yaml"
     config = build_run_config(path if path.is_file() else {"algo": algo}, overrides)
     if config.train.malloc_threshold_mb:  # as train.py's Trainer (process-wide from here on)
@@ -54,13 +58,15 @@ def train_rate(algo: str, overrides: list[str], seconds: float,
                                    config.train, make_generator(config.seed))
     collector = Collector(env, seed=config.seed)
     algorithm.iterate(collector)  # warm-up (allocations, first update)
-    start_step, start = collector.global_step, time.perf_counter()
+    start_step, start, cpu_start = collector.global_step, time.perf_counter(), os.times()
     while time.perf_counter() - start < seconds:
         algorithm.iterate(collector)
-    elapsed = time.perf_counter() - start
-    rate = (collector.global_step - start_step) * env.n_agents / elapsed
+    elapsed, cpu_end = time.perf_counter() - start, os.times()
+    agent_steps = (collector.global_step - start_step) * env.n_agents
+    user, system = cpu_end.user - cpu_start.user, cpu_end.system - cpu_start.system
     actions = algorithm.act(collector.obs, collector.state)
-    return rate, env_rate(env, actions, min(seconds, 5.0)), env.n_agents
+    return (agent_steps / elapsed, env_rate(env, actions, min(seconds, 5.0)), env.n_agents,
+            agent_steps / (user + system), system / (user + system))
 
 
 def main() -> None:
@@ -89,16 +95,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, env {args.env}, "
           f"n_envs {args.n_envs}, config {args.config or 'configs/<algo>.yaml'}, "
           f"overrides {args.overrides or 'none'}\n")
-    print("| algorithm | B | agents | core only, agent-steps/s | training, agent-steps/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| algorithm | B | agents | core only, agent-steps/s | training, agent-steps/s | "
+          "training, agent-steps per CPU-s | kernel share of CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for algo in algos:
         try:
-            rate, core, n_agents = train_rate(algo, overrides, args.seconds, args.config)
+            rate, core, n_agents, per_cpu, kernel = train_rate(algo, overrides, args.seconds,
+                                                               args.config)
         except ConfigError as error:  # e.g. a discrete-action algorithm without its YAML
             print(f"| {algo} | {args.n_envs} | | skipped: {error} | |", flush=True)
             continue
-        print(f"| {algo} | {args.n_envs} | {n_agents} | {core:,.0f} | {rate:,.0f} |",
-              flush=True)
+        print(f"| {algo} | {args.n_envs} | {n_agents} | {core:,.0f} | {rate:,.0f} | "
+              f"{per_cpu:,.0f} | {kernel:.1%} |", flush=True)
 
 
 if __name__ == "__main__":
