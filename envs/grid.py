@@ -95,14 +95,17 @@ class PowerFlowNetwork:
                 for name, value in vars(result).items()})
         return self.model.solve(p_kw, q_kvar, angles=False)
 
-    def _penalty(self, result: PowerFlowResult, summary: dict[str, Tensor], p_kw: Tensor) -> Tensor:
+    def _penalty(self, result: PowerFlowResult, summary: dict[str, Tensor], p_kw: Tensor,
+                 skip_clean: bool = True) -> Tensor:
         """Each agent's penalty share ``[B, N]`` of ``result`` (``envs.network.network_penalty``)
-        for consumption ``p_kw [B, N]``."""
+        for consumption ``p_kw [B, N]``. ``skip_clean``: return zeros without the sharing
+        arithmetic when no environment has a violation (one host sync; the compiled core
+        computes the shares, zeros there, without it)."""
         from envs.network import network_penalty
 
         cfg = self.config
         violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
-        if not bool((violated | ~result.converged).any()):
+        if skip_clean and not bool((violated | ~result.converged).any()):
             return torch.zeros_like(p_kw)  # the common case: skip the sharing arithmetic
         penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
                                      v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
@@ -110,12 +113,17 @@ class PowerFlowNetwork:
         return penalty
 
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
+        return self.charge(self.solve(p_kw, q_kvar), p_kw)
+
+    def charge(self, result: PowerFlowResult, p_kw: Tensor,
+               skip_clean: bool = True) -> NetworkStep:
+        """The :class:`NetworkStep` of power-flow ``result`` for consumption ``p_kw [B, N]``
+        (kW): penalty shares, the agents' voltages and the info statistics."""
         from envs.network import network_summary
 
         cfg = self.config
-        result = self.solve(p_kw, q_kvar)
         summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
-        penalty = self._penalty(result, summary, p_kw)
+        penalty = self._penalty(result, summary, p_kw, skip_clean)
         info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
         voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
         return NetworkStep(penalty, voltage, info)

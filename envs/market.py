@@ -235,7 +235,15 @@ def clear(
         raise ValueError("mechanism 'sdr' needs feed_in_price >= 0 (Liu et al. 2017 pricing)")
     if isinstance(k, bool) or not isinstance(k, numbers.Real) or not 0.0 <= k <= 1.0:
         raise ValueError(f"k must be a number in [0, 1], got {k!r}")
+    return clear_unchecked(mechanism, price, quantity, retail, feed_in, float(k))
 
+
+def clear_unchecked(mechanism: str, price: Tensor, quantity: Tensor, retail: Tensor,
+                    feed_in: Tensor, k: float) -> ClearingResult:
+    """:func:`clear` without its input checks, for callers whose inputs are valid by
+    construction (the core: prices from the validated tariff, finite quantities); it has no
+    host synchronisation, so ``torch.compile`` traces it without graph breaks. ``retail`` and
+    ``feed_in`` are ``[B]`` tensors, ``mechanism`` one of :data:`MECHANISMS`."""
     price = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None])
     demand = quantity.clamp(min=0.0)
     supply = (-quantity).clamp(min=0.0)
@@ -243,9 +251,9 @@ def clear(
     if mechanism == "none":
         outcome = _no_trade(demand)
     elif mechanism == "uniform":
-        outcome = _uniform(price, demand, supply, float(k))
+        outcome = _uniform(price, demand, supply, k)
     elif mechanism == "pay_as_bid":
-        outcome = _pay_as_bid(price, demand, supply, float(k))
+        outcome = _pay_as_bid(price, demand, supply, k)
     elif mechanism == "mcafee":
         outcome = _mcafee(price, demand, supply, retail, feed_in)
     elif mechanism == "mmr":

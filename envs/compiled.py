@@ -1,0 +1,202 @@
+"""The compiled core: the batched core's step run through ``torch.compile`` (config key
+``compile``: true, false or auto).
+
+:meth:`envs.core.BatchedP2PEnv.step` is split into stages that are pure tensor functions of
+the core's state and tables, with the Python control flow (action checks, the solver's
+convergence test, resets) left outside:
+
+- ``trade``: :meth:`~envs.core.BatchedP2PEnv._trade` (profiles, battery, the configured
+  market mechanism, P2P charges);
+- ``network``: the ``zbus`` power flow in real arithmetic (:class:`envs.network.RealZbus`:
+  inductor generates no code for complex tensors), compiled as its first iterations, further
+  blocks of :data:`ITERATION_BLOCK` iterations run until every environment has converged or
+  ``network.max_iterations`` is reached (an environment that converged keeps its voltages, as
+  in the eager solver, so results do not depend on the batch), then the results, penalties
+  and statistics (:meth:`envs.grid.PowerFlowNetwork.charge`); the ``ac`` model (pandapower)
+  and ``none`` run eager;
+- ``settle``: :meth:`~envs.core.BatchedP2PEnv._settle` (terminal value, costs, rewards,
+  info);
+- ``observe``: :meth:`~envs.core.BatchedP2PEnv.observe`.
+
+Each stage is compiled with ``fullgraph=True, dynamic=False`` (for the core's batch shape)
+on its first call; the seconds spent there are :attr:`CompiledStages.compile_seconds`
+(inductor's on-disk FX graph cache makes later processes compile the same graphs faster).
+A stage that cannot be compiled without graph breaks (e.g. a mechanism with data-dependent
+Python control flow) runs eager, with a warning naming the stage and the reason
+(:attr:`CompiledStages.eager_stages`); where compilation itself is unavailable (no C++
+compiler, an unsupported platform) one warning says so and the whole core runs eager.
+Results equal the eager core's to float rounding (``tests/test_compiled.py``).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from envs.config import EnvConfig
+from envs.grid import NetworkStep, PowerFlowNetwork
+
+if TYPE_CHECKING:
+    from envs.core import BatchedP2PEnv
+
+AUTO_MIN_ENVS = 1024
+"""``compile: auto`` compiles the core from this many environments on (measured crossover,
+README "Compiled core"): smaller batches (the PettingZoo env at B = 1, training at
+B = 32..128) would pay seconds of compile time for a step that is mostly Python overhead."""
+
+ITERATION_BLOCK = 4
+"""Fixed-point iterations of the ``zbus`` solver per compiled call; the convergence test
+(one host sync) runs between blocks (the eager solver tests after every iteration: 5-8
+iterations per step on the shipped feeders)."""
+
+CPU_OPTIONS = {"cpp.simdlen": 1}
+"""Inductor options on the CPU: no SIMD vectorisation. The core's innermost dimensions are
+tiny (agents, 2 profile features, 4 forecast steps), and inductor vectorises the innermost
+dimension with masked tail loads: measured 2-2.5x slower than its scalar loops here."""
+
+_unavailable: str | None = None
+"""Why compilation failed in this process (then every later core runs eager), or None."""
+
+
+def compile_wanted(config: EnvConfig) -> bool:
+    """Whether a core of ``config`` runs compiled: ``compile`` true, or auto with at least
+    :data:`AUTO_MIN_ENVS` environments; never after compilation failed in this process."""
+    if _unavailable is not None or config.compile is False:
+        return False
+    return config.compile is True or config.n_envs >= AUTO_MIN_ENVS
+
+
+class _Stage:
+    """One compiled function with its eager twin: the first call compiles (timed); if that
+    fails the stage runs eager from then on, with a warning."""
+
+    def __init__(self, name: str, eager: Callable[..., Any], device: torch.device) -> None:
+        self.name = name
+        self.eager = eager
+        options = CPU_OPTIONS if device.type == "cpu" else None
+        self.compiled = torch.compile(eager, fullgraph=True, dynamic=False, options=options)
+        self.compile_seconds = 0.0
+        self.eager_reason: str | None = None
+        self._ready = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self._ready:
+            return self.compiled(*args)
+        if self.eager_reason is not None or _unavailable is not None:
+            return self.eager(*args)
+        start = time.perf_counter()
+        try:
+            result = self.compiled(*args)
+        except torch._dynamo.exc.Unsupported as error:  # a graph break: this stage only
+            self.eager_reason = _first_line(error)
+            warnings.warn(f"peergrid compiled core: stage {self.name!r} cannot be compiled "
+                          f"without graph breaks ({self.eager_reason}); it runs eager",
+                          RuntimeWarning, stacklevel=3)
+            return self.eager(*args)
+        except Exception as error:  # the compiler itself: no C++ compiler, ...
+            _mark_unavailable(error)
+            self.eager_reason = _unavailable
+            return self.eager(*args)
+        self.compile_seconds += time.perf_counter() - start
+        self._ready = True
+        return result
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _mark_unavailable(error: BaseException) -> None:
+    """Record (once per process) that compilation fails here, with one warning."""
+    global _unavailable
+    if _unavailable is None:
+        _unavailable = _first_line(error)
+        warnings.warn(f"peergrid compiled core: torch.compile is unavailable here "
+                      f"({_unavailable}); the core runs eager (set compile: false to silence "
+                      f"this)", RuntimeWarning, stacklevel=4)
+
+
+class _CompiledZbus:
+    """The ``zbus`` network step from compiled blocks of :class:`envs.network.RealZbus`."""
+
+    def __init__(self, network: PowerFlowNetwork) -> None:
+        self.network = network
+        self.zbus = network.model.real_form()
+        self.max_iterations = network.model.max_iterations
+        self.first_block = min(ITERATION_BLOCK, self.max_iterations)
+        device = network.model.device
+        self.begin = _Stage("network", self._begin, device)
+        self.block = _Stage("network", self._block, device)
+        self.single = _Stage("network", self._single, device)
+        self.finish = _Stage("network", self._finish, device)
+        self.stages = (self.begin, self.block, self.single, self.finish)
+
+    def _begin(self, p_kw: Tensor, q_kvar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        injection = self.zbus.injection(p_kw, q_kvar)
+        voltage, change = self.zbus.start(injection)
+        return injection, *self.zbus.iterate(injection, voltage, change, self.first_block)
+
+    def _block(self, injection: Tensor, voltage: Tensor, change: Tensor
+               ) -> tuple[Tensor, Tensor]:
+        return self.zbus.iterate(injection, voltage, change, ITERATION_BLOCK)
+
+    def _single(self, injection: Tensor, voltage: Tensor, change: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        return self.zbus.iterate(injection, voltage, change, 1)
+
+    def _finish(self, injection: Tensor, voltage: Tensor, change: Tensor, p_kw: Tensor,
+                iterations: int) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        result = self.zbus.result(injection, voltage, change, iterations)
+        step = self.network.charge(result, p_kw, skip_clean=False)
+        return step.penalty, step.agent_voltage, step.info
+
+    def __call__(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
+        injection, voltage, change = self.begin(p_kw, q_kvar)
+        iterations = self.first_block
+        while iterations < self.max_iterations and not self.zbus.all_converged(change):
+            if iterations + ITERATION_BLOCK <= self.max_iterations:
+                voltage, change = self.block(injection, voltage, change)
+                iterations += ITERATION_BLOCK
+            else:
+                voltage, change = self.single(injection, voltage, change)
+                iterations += 1
+        # iterations is not used by charge(): pass 0 so that it is no compile-time constant
+        penalty, agent_voltage, info = self.finish(injection, voltage, change, p_kw, 0)
+        return NetworkStep(penalty, agent_voltage, info)
+
+
+class CompiledStages:
+    """The compiled stages of a core's step (see the module docstring): ``trade``,
+    ``network_step``, ``settle`` and ``observe``, called by
+    :meth:`envs.core.BatchedP2PEnv.step` with the arguments of their eager versions."""
+
+    def __init__(self, core: BatchedP2PEnv) -> None:
+        device = core.device
+        self.trade = _Stage(f"trade ({core.config.market.mechanism})", core._trade, device)
+        self.settle = _Stage("settle", core._settle, device)
+        self.observe = _Stage("observe", core.observe, device)
+        stages = [self.trade, self.settle, self.observe]
+        self.network_step: Callable[[Tensor, Tensor], NetworkStep] = core.network.step
+        network = core.network
+        if isinstance(network, PowerFlowNetwork) and not network.exact:
+            zbus = _CompiledZbus(network)
+            self.network_step = zbus
+            stages.extend(zbus.stages)
+        self._stages = tuple(stages)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (the first call of each stage)."""
+        return sum(stage.compile_seconds for stage in self._stages)
+
+    @property
+    def eager_stages(self) -> dict[str, str]:
+        """The stages that run eager, with the reason (empty when all compiled)."""
+        return {stage.name: stage.eager_reason for stage in self._stages
+                if stage.eager_reason is not None}
