@@ -11,9 +11,10 @@ convergence test, resets) left outside:
   inductor generates no code for complex tensors), compiled as its first iterations, further
   blocks of :data:`ITERATION_BLOCK` iterations run until every environment has converged or
   ``network.max_iterations`` is reached (an environment that converged keeps its voltages, as
-  in the eager solver, so results do not depend on the batch), then the results, penalties
-  and statistics (:meth:`envs.grid.PowerFlowNetwork.charge`); the ``ac`` model (pandapower)
-  and ``none`` run eager;
+  in the eager solver, so results do not depend on the batch), then the results and
+  statistics (:meth:`envs.grid.PowerFlowNetwork.statistics`) and, where some environment has
+  a violation, the penalty shares (:meth:`~envs.grid.PowerFlowNetwork.penalty`); the ``ac``
+  model (pandapower) and ``none`` run eager;
 - ``settle``: :meth:`~envs.core.BatchedP2PEnv._settle` (terminal value, costs, rewards,
   info);
 - ``observe``: :meth:`~envs.core.BatchedP2PEnv.observe`.
@@ -43,6 +44,7 @@ from envs.grid import NetworkStep, PowerFlowNetwork
 
 if TYPE_CHECKING:
     from envs.core import BatchedP2PEnv
+    from envs.network import PowerFlowResult
 
 AUTO_MIN_ENVS = 1024
 """``compile: auto`` compiles the core from this many environments on (measured crossover,
@@ -54,10 +56,16 @@ ITERATION_BLOCK = 4
 (one host sync) runs between blocks (the eager solver tests after every iteration: 5-8
 iterations per step on the shipped feeders)."""
 
-CPU_OPTIONS = {"cpp.simdlen": 1}
-"""Inductor options on the CPU: no SIMD vectorisation. The core's innermost dimensions are
-tiny (agents, 2 profile features, 4 forecast steps), and inductor vectorises the innermost
-dimension with masked tail loads: measured 2-2.5x slower than its scalar loops here."""
+SCALAR_CPU_OPTIONS = {"cpp.simdlen": 1}
+"""Inductor options on the CPU for the stages whose tensors are ``[B, N]`` or smaller in the
+last dimension (trade, settle, observe, the network's statistics): no SIMD vectorisation.
+Inductor vectorises the innermost dimension, here tiny (agents, 2 profile features, 4
+forecast steps), with masked tail loads: measured about 2x slower than its scalar loops. The
+solver's iterations (``[B, 2 L]``) keep the default."""
+
+RECOMPILE_LIMIT = 64
+"""Cores of distinct configs (or batch sizes) per process whose stages compile; dynamo's
+``recompile_limit`` (default 8) is raised to it when a compiled core is built."""
 
 _unavailable: str | None = None
 """Why compilation failed in this process (then every later core runs eager), or None."""
@@ -75,10 +83,11 @@ class _Stage:
     """One compiled function with its eager twin: the first call compiles (timed); if that
     fails the stage runs eager from then on, with a warning."""
 
-    def __init__(self, name: str, eager: Callable[..., Any], device: torch.device) -> None:
+    def __init__(self, name: str, eager: Callable[..., Any], device: torch.device,
+                 vectorise: bool = False) -> None:
         self.name = name
         self.eager = eager
-        options = CPU_OPTIONS if device.type == "cpu" else None
+        options = SCALAR_CPU_OPTIONS if device.type == "cpu" and not vectorise else None
         self.compiled = torch.compile(eager, fullgraph=True, dynamic=False, options=options)
         self.compile_seconds = 0.0
         self.eager_reason: str | None = None
@@ -92,7 +101,8 @@ class _Stage:
         start = time.perf_counter()
         try:
             result = self.compiled(*args)
-        except torch._dynamo.exc.Unsupported as error:  # a graph break: this stage only
+        except (torch._dynamo.exc.Unsupported,
+                torch._dynamo.exc.FailOnRecompileLimitHit) as error:  # this stage only
             self.eager_reason = _first_line(error)
             warnings.warn(f"peergrid compiled core: stage {self.name!r} cannot be compiled "
                           f"without graph breaks ({self.eager_reason}); it runs eager",
@@ -131,11 +141,12 @@ class _CompiledZbus:
         self.max_iterations = network.model.max_iterations
         self.first_block = min(ITERATION_BLOCK, self.max_iterations)
         device = network.model.device
-        self.begin = _Stage("network", self._begin, device)
-        self.block = _Stage("network", self._block, device)
-        self.single = _Stage("network", self._single, device)
-        self.finish = _Stage("network", self._finish, device)
-        self.stages = (self.begin, self.block, self.single, self.finish)
+        self.begin = _Stage("network", self._begin, device, vectorise=True)
+        self.block = _Stage("network", self._block, device, vectorise=True)
+        self.single = _Stage("network", self._single, device, vectorise=True)
+        self.statistics = _Stage("network", self._statistics, device)
+        self.penalty = _Stage("network", self._penalty, device)
+        self.stages = (self.begin, self.block, self.single, self.statistics, self.penalty)
 
     def _begin(self, p_kw: Tensor, q_kvar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         injection = self.zbus.injection(p_kw, q_kvar)
@@ -150,11 +161,17 @@ class _CompiledZbus:
                 ) -> tuple[Tensor, Tensor]:
         return self.zbus.iterate(injection, voltage, change, 1)
 
-    def _finish(self, injection: Tensor, voltage: Tensor, change: Tensor, p_kw: Tensor,
-                iterations: int) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-        result = self.zbus.result(injection, voltage, change, iterations)
-        step = self.network.charge(result, p_kw, skip_clean=False)
-        return step.penalty, step.agent_voltage, step.info
+    def _result(self, injection: Tensor, voltage: Tensor, change: Tensor) -> PowerFlowResult:
+        # iterations is not used by the penalties or statistics: 0, no compile-time constant
+        return self.zbus.result(injection, voltage, change, 0)
+
+    def _statistics(self, injection: Tensor, voltage: Tensor, change: Tensor
+                    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        return self.network.statistics(self._result(injection, voltage, change))
+
+    def _penalty(self, injection: Tensor, voltage: Tensor, change: Tensor, p_kw: Tensor
+                 ) -> Tensor:
+        return self.network.penalty(self._result(injection, voltage, change), p_kw)
 
     def __call__(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
         injection, voltage, change = self.begin(p_kw, q_kvar)
@@ -166,8 +183,10 @@ class _CompiledZbus:
             else:
                 voltage, change = self.single(injection, voltage, change)
                 iterations += 1
-        # iterations is not used by charge(): pass 0 so that it is no compile-time constant
-        penalty, agent_voltage, info = self.finish(injection, voltage, change, p_kw, 0)
+        agent_voltage, info, violated = self.statistics(injection, voltage, change)
+        # as PowerFlowNetwork.step: the sharing arithmetic only where there is a violation
+        penalty = (self.penalty(injection, voltage, change, p_kw) if bool(violated)
+                   else torch.zeros_like(p_kw))
         return NetworkStep(penalty, agent_voltage, info)
 
 
@@ -177,6 +196,10 @@ class CompiledStages:
     :meth:`envs.core.BatchedP2PEnv.step` with the arguments of their eager versions."""
 
     def __init__(self, core: BatchedP2PEnv) -> None:
+        # Each core is a new set of guards on the stages' code (its config and tables):
+        # allow more than dynamo's default 8 cores of distinct configs per process.
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         device = core.device
         self.trade = _Stage(f"trade ({core.config.market.mechanism})", core._trade, device)
         self.settle = _Stage("settle", core._settle, device)

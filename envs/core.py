@@ -555,9 +555,9 @@ class BatchedP2PEnv:
         return torch.where(last_step, value, torch.zeros_like(value))
 
     def _trade(self, battery_fraction: Tensor, price_fraction: Tensor) -> dict[str, Tensor]:
-        """Steps 2, 3 and 5 of a step for decoded actions (``[B, N]`` each), without changing
-        state: the profiles, the battery, the market and the P2P charges, as a dict of
-        tensors (``p_kw`` and ``q_kvar [B, N]``, kW and kvar, are the network's input).
+        """Steps 2 and 3 of a step for decoded actions (``[B, N]`` each), without changing
+        state: the profiles, the battery and the market, as a dict of tensors (``p_kw`` and
+        ``q_kvar [B, N]``, kW and kvar, are the network's input).
         Pure tensor code (no host sync), compiled by ``envs.compiled``."""
         cfg = self.config
         index = self.time_index()
@@ -576,20 +576,11 @@ class BatchedP2PEnv:
         cleared = market.clear_unchecked(cfg.market.mechanism, price, net_kwh, retail, feed_in,
                                          float(cfg.market.k))
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
-        if self.charges_p2p:
-            fee, loss_charge, _ = fees.p2p_charges(
-                cleared.p2p_energy.clamp_min(0.0), (-cleared.p2p_energy).clamp_min(0.0),
-                self.electrical_distance, retail, cfg.network.p2p_fee,
-                cfg.network.p2p_distance_fee, cfg.network.p2p_loss_factor,
-                cfg.network.matching_temperature)
-            network_fee = fee + loss_charge
-        else:
-            network_fee = torch.zeros_like(degradation)
         return {
             "index": index, "load_kwh": load_kwh, "pv_kwh": pv_kwh, "retail": retail,
             "feed_in": feed_in, "price": price, "net_kwh": net_kwh,
             "battery_energy_kwh": battery.energy_kwh, "battery_cut_kwh": battery.cut_kwh,
-            "soc_kwh": battery.soc_kwh, "degradation": degradation, "network_fee": network_fee,
+            "soc_kwh": battery.soc_kwh, "degradation": degradation,
             "payment": cleared.payment, "p2p_energy": cleared.p2p_energy,
             "grid_energy": cleared.grid_energy, "p2p_payment": cleared.p2p_payment,
             "grid_payment": cleared.grid_payment, "clearing_price": cleared.clearing_price,
@@ -598,18 +589,29 @@ class BatchedP2PEnv:
 
     def _settle(self, trade: dict[str, Tensor], penalty: Tensor
                 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Steps 6 and 7 for :meth:`_trade`'s ``trade`` and the network ``penalty [B, N]``,
+        """Steps 5, 6 and 7 for :meth:`_trade`'s ``trade`` and the network ``penalty [B, N]``,
         without changing state: ``(reward [B, N], last_price [B], info)`` (the info of
         :meth:`step` before the day, the step and the network's statistics). Pure tensor
         code, compiled by ``envs.compiled``."""
+        cfg = self.config
+        p2p_energy, grid_energy = trade["p2p_energy"], trade["grid_energy"]
+        # Here rather than in _trade: inductor (torch 2.13, CPU) miscompiled pay_as_bid's
+        # payments when these charges were fused into the market's graph.
+        if self.charges_p2p:
+            fee, loss_charge, _ = fees.p2p_charges(
+                p2p_energy.clamp_min(0.0), (-p2p_energy).clamp_min(0.0),
+                self.electrical_distance, trade["retail"], cfg.network.p2p_fee,
+                cfg.network.p2p_distance_fee, cfg.network.p2p_loss_factor,
+                cfg.network.matching_temperature)
+            network_fee = fee + loss_charge
+        else:
+            network_fee = torch.zeros_like(p2p_energy)
         terminal = self.terminal_value_cost(trade["soc_kwh"])
-        network_fee = trade["network_fee"]
         cost = trade["payment"] + trade["degradation"] + penalty + network_fee + terminal
-        reward = -cost * self.config.reward_scale
+        reward = -cost * cfg.reward_scale
         clearing_price = trade["clearing_price"]
         traded = ~torch.isnan(clearing_price)
         last_price = torch.where(traded, clearing_price, self.last_price)
-        p2p_energy, grid_energy = trade["p2p_energy"], trade["grid_energy"]
         info: dict[str, Tensor] = {
             "payment": trade["payment"],
             "p2p_energy_kwh": p2p_energy,

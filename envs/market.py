@@ -413,8 +413,12 @@ def _step_curve_integral(unit_price: Tensor, volume: Tensor, points: Tensor) -> 
 
 
 def _unsort(sorted_values: Tensor, order: Tensor) -> Tensor:
-    """Undo ``values.gather(1, order)``: put ``sorted_values [B, N]`` back in agent order."""
-    return torch.empty_like(sorted_values).scatter_(1, order, sorted_values)
+    """Undo ``values.gather(1, order)``: put ``sorted_values [B, N]`` back in agent order.
+
+    Scattered into zeros, not ``empty_like`` (the same values: ``order`` is a permutation):
+    inductor (torch 2.13, CPU) compiled the in-place scatter into an uninitialised buffer to
+    NaN when the result fed the P2P fees (``tests/test_compiled.py``)."""
+    return torch.zeros_like(sorted_values).scatter(1, order, sorted_values)
 
 
 # --------------------------------------------------------------------------------------------
