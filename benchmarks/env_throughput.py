@@ -1,10 +1,12 @@
 """Environment throughput: agent-steps per second of the batched core (market and network
-together) and of the PettingZoo wrapper on both of its engines (the compiled numba engine and
-the torch core at B=1), against a per-scenario pandapower ``runpp`` loop measured in the same
-run, printed as a markdown table.
+together), eager and compiled (``envs.compiled``, measured side by side in alternating
+blocks, with its compile time), and of the PettingZoo wrapper on both of its engines (the
+compiled numba engine and the torch core at B=1), against a per-scenario pandapower
+``runpp`` loop measured in the same run, printed as a markdown table.
 
     python benchmarks/env_throughput.py [--feeder 1-LV-rural1--0-sw] [--network zbus]
         [--batch-sizes 1 64 1024 4096] [--steps 200] [--device cpu] [--threads 2]
+        [--no-compiled] [--no-wrappers]
 """
 
 from __future__ import annotations
@@ -17,26 +19,49 @@ import torch
 import envs
 
 
-def core_rate(feeder: str, network: str, mechanism: str, n_envs: int, steps: int,
-              device: str) -> tuple[float, int]:
-    env = envs.make_batched_env({"community": {"feeder": feeder}, "network": {"model": network},
-                                 "market": {"mechanism": mechanism}}, n_envs=n_envs,
-                                device=device)
-    env.reset(seed=0)
+def core_rates(feeder: str, network: str, mechanism: str, n_envs: int, steps: int,
+               device: str, compiled: bool, rounds: int = 4
+               ) -> tuple[float, float | None, float | None, int]:
+    """Agent-steps/s of the eager core and (``compiled``) of the compiled core
+    (``envs.compiled``) at ``n_envs``, measured side by side: ``rounds`` alternating blocks of
+    ``steps / rounds`` steps each, after a warm-up that includes the compilation. Returns
+    ``(eager rate, compiled rate or None, compile seconds or None, agents)``."""
+    config = {"community": {"feeder": feeder}, "network": {"model": network},
+              "market": {"mechanism": mechanism}}
+    cores = {"eager": envs.make_batched_env(config, n_envs=n_envs, device=device,
+                                            compile=False)}
+    if compiled:
+        cores["compiled"] = envs.make_batched_env(config, n_envs=n_envs, device=device,
+                                                  compile=True)
+    n_agents = cores["eager"].n_agents
     generator = torch.Generator(device=device).manual_seed(0)
-    actions = torch.rand(8, n_envs, env.n_agents, 2, generator=generator, device=device)
+    actions = torch.rand(8, n_envs, n_agents, 2, generator=generator, device=device)
     actions[..., 0] = actions[..., 0] * 2 - 1
-    for i in range(10):  # warm-up
-        env.step(actions[i % 8])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(steps):
-        env.step(actions[i % 8])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return steps * n_envs * env.n_agents / elapsed, env.n_agents
+    for env in cores.values():
+        env.reset(seed=0)
+        for i in range(10):  # warm-up (and compilation)
+            env.step(actions[i % 8])
+    elapsed = dict.fromkeys(cores, 0.0)
+    block = max(1, steps // rounds)
+    for _ in range(rounds):
+        for name, env in cores.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(block):
+                env.step(actions[i % 8])
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed[name] += time.perf_counter() - start
+    rates = {name: rounds * block * n_envs * n_agents / seconds
+             for name, seconds in elapsed.items()}
+    if not compiled:
+        return rates["eager"], None, None, n_agents
+    stages = cores["compiled"].compiled
+    eager_stages = stages.eager_stages
+    if eager_stages:
+        print(f"(B={n_envs}: stages running eager: {eager_stages})")
+    return rates["eager"], rates["compiled"], stages.compile_seconds, n_agents
 
 
 def pettingzoo_rate(feeder: str, network: str, mechanism: str, steps: int,
@@ -85,6 +110,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the compiled core (envs.compiled)")
+    parser.add_argument("--no-wrappers", dest="wrappers", action="store_false",
+                        help="skip the PettingZoo wrapper rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,20 +121,27 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"feeder {args.feeder}, network {args.network}, mechanism {args.mechanism}\n")
     reference = runpp_rate(args.feeder)
-    print("| what | B | agents | agent-steps/s | env-steps/s | x runpp loop |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| what | B | agents | agent-steps/s | env-steps/s | x runpp loop | x eager core "
+          "| compile s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n_envs in args.batch_sizes:
         steps = max(20, args.steps if n_envs >= 64 else args.steps * 5)
-        rate, n_agents = core_rate(args.feeder, args.network, args.mechanism, n_envs, steps,
-                                   args.device)
-        print(f"| core | {n_envs} | {n_agents} | {rate:,.0f} | {rate / n_agents:,.0f} | "
-              f"{rate / reference:,.0f} |", flush=True)
-    for engine, steps in (("numba", args.steps * 50), ("torch", args.steps * 5)):
+        eager, compiled, compile_seconds, n_agents = core_rates(
+            args.feeder, args.network, args.mechanism, n_envs, steps, args.device,
+            args.compiled)
+        print(f"| core | {n_envs} | {n_agents} | {eager:,.0f} | {eager / n_agents:,.0f} | "
+              f"{eager / reference:,.0f} | 1 | |", flush=True)
+        if compiled is not None:
+            print(f"| core, compiled | {n_envs} | {n_agents} | {compiled:,.0f} | "
+                  f"{compiled / n_agents:,.0f} | {compiled / reference:,.0f} | "
+                  f"{compiled / eager:.2f} | {compile_seconds:.1f} |", flush=True)
+    for engine, steps in (("numba", args.steps * 50), ("torch", args.steps * 5)
+                          ) if args.wrappers else ():
         rate = pettingzoo_rate(args.feeder, args.network, args.mechanism, steps, engine)
         print(f"| PettingZoo wrapper, {engine} engine | 1 | {n_agents} | {rate * n_agents:,.0f} "
-              f"| {rate:,.0f} | {rate * n_agents / reference:,.0f} |", flush=True)
+              f"| {rate:,.0f} | {rate * n_agents / reference:,.0f} | | |", flush=True)
     print(f"| pandapower runpp per scenario | 1 | {n_agents} | {reference:,.0f} | "
-          f"{reference / n_agents:,.0f} | 1 |")
+          f"{reference / n_agents:,.0f} | 1 | | |")
 
 
 if __name__ == "__main__":
