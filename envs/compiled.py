@@ -93,6 +93,11 @@ class _Stage:
         self.eager_reason: str | None = None
         self._ready = False
 
+    @property
+    def started(self) -> bool:
+        """Whether the first call (the compilation, or the fallback to eager) has happened."""
+        return self._ready or self.eager_reason is not None or _unavailable is not None
+
     def __call__(self, *args: Any) -> Any:
         if self._ready:
             return self.compiled(*args)
@@ -185,8 +190,13 @@ class _CompiledZbus:
                 iterations += 1
         agent_voltage, info, violated = self.statistics(injection, voltage, change)
         # as PowerFlowNetwork.step: the sharing arithmetic only where there is a violation
-        penalty = (self.penalty(injection, voltage, change, p_kw) if bool(violated)
-                   else torch.zeros_like(p_kw))
+        # (compiled on the first step in any case: no compile pause in the middle of a run)
+        if bool(violated):
+            penalty = self.penalty(injection, voltage, change, p_kw)
+        else:
+            if not self.penalty.started:
+                self.penalty(injection, voltage, change, p_kw)
+            penalty = torch.zeros_like(p_kw)
         return NetworkStep(penalty, agent_voltage, info)
 
 
