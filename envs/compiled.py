@@ -22,10 +22,12 @@ convergence test, resets) left outside:
 Each stage is compiled with ``fullgraph=True, dynamic=False`` (for the core's batch shape)
 on its first call; the seconds spent there are :attr:`CompiledStages.compile_seconds`
 (inductor's on-disk FX graph cache makes later processes compile the same graphs faster).
-A stage that cannot be compiled without graph breaks (e.g. a mechanism with data-dependent
-Python control flow) runs eager, with a warning naming the stage and the reason
-(:attr:`CompiledStages.eager_stages`); where compilation itself is unavailable (no C++
-compiler, an unsupported platform) one warning says so and the whole core runs eager.
+A stage that cannot be compiled (a graph break, e.g. a mechanism with data-dependent Python
+control flow, or code inductor cannot generate, e.g. the int64 hashing of
+``observation.forecast_noise``'s random streams) runs eager, with a warning naming the stage
+and the reason (:attr:`CompiledStages.eager_stages`); where compilation itself is
+unavailable (no C++ compiler, an unsupported platform: a one-line probe fails) one warning
+says so and every core of the process runs eager.
 Results equal the eager core's to float rounding (``tests/test_compiled.py``).
 """
 
@@ -47,9 +49,11 @@ if TYPE_CHECKING:
     from envs.network import PowerFlowResult
 
 AUTO_MIN_ENVS = 1024
-"""``compile: auto`` compiles the core from this many environments on (measured crossover,
-README "Compiled core"): smaller batches (the PettingZoo env at B = 1, training at
-B = 32..128) would pay seconds of compile time for a step that is mostly Python overhead."""
+"""``compile: auto`` compiles the core from this many environments on. Measured on a 2-core
+CPU (README "Compiled core"): the compiled step is 1.4-1.8x faster from B = 64 on, but the
+compilation takes 10-20 s (1-4 s from inductor's cache); at B = 1024 it saves about 2 ms a
+step and pays off within about 7,500 steps, at B = 64 only after about 30,000. Smaller batches
+(the PettingZoo env at B = 1, training at B = 32..128, the tests) are left eager."""
 
 ITERATION_BLOCK = 4
 """Fixed-point iterations of the ``zbus`` solver per compiled call; the convergence test
@@ -104,18 +108,16 @@ class _Stage:
         if self.eager_reason is not None or _unavailable is not None:
             return self.eager(*args)
         start = time.perf_counter()
+        if not _compiler_works(args):
+            self.eager_reason = _unavailable
+            return self.eager(*args)
         try:
             result = self.compiled(*args)
-        except (torch._dynamo.exc.Unsupported,
-                torch._dynamo.exc.FailOnRecompileLimitHit) as error:  # this stage only
+        except Exception as error:  # a graph break, or code inductor cannot generate
             self.eager_reason = _first_line(error)
             warnings.warn(f"peergrid compiled core: stage {self.name!r} cannot be compiled "
-                          f"without graph breaks ({self.eager_reason}); it runs eager",
-                          RuntimeWarning, stacklevel=3)
-            return self.eager(*args)
-        except Exception as error:  # the compiler itself: no C++ compiler, ...
-            _mark_unavailable(error)
-            self.eager_reason = _unavailable
+                          f"({self.eager_reason}); it runs eager", RuntimeWarning,
+                          stacklevel=3)
             return self.eager(*args)
         self.compile_seconds += time.perf_counter() - start
         self._ready = True
@@ -127,14 +129,38 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _mark_unavailable(error: BaseException) -> None:
-    """Record (once per process) that compilation fails here, with one warning."""
+_probed_devices: set[str] = set()
+"""The devices where :func:`_compiler_works` compiled its probe."""
+
+
+def _compiler_works(args: tuple[Any, ...]) -> bool:
+    """Whether ``torch.compile`` works at all on the device of the tensors in ``args``: a
+    one-line function is compiled once per process and device. If that fails (no C++
+    compiler, an unsupported platform) one warning says so and every compiled core of the
+    process runs eager; the failure of a real stage after that is the stage's own."""
     global _unavailable
-    if _unavailable is None:
+    if _unavailable is not None:
+        return False
+    tensor = next((arg for arg in args if isinstance(arg, Tensor)), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    if str(device) in _probed_devices:
+        return True
+    try:
+        options = SCALAR_CPU_OPTIONS if device.type == "cpu" else None
+        probe = torch.compile(_probe, fullgraph=True, dynamic=False, options=options)
+        probe(torch.ones(2, device=device))
+    except Exception as error:
         _unavailable = _first_line(error)
         warnings.warn(f"peergrid compiled core: torch.compile is unavailable here "
                       f"({_unavailable}); the core runs eager (set compile: false to silence "
                       f"this)", RuntimeWarning, stacklevel=4)
+        return False
+    _probed_devices.add(str(device))
+    return True
+
+
+def _probe(x: Tensor) -> Tensor:
+    return x * 2.0 + 1.0
 
 
 class _CompiledZbus:

@@ -90,9 +90,14 @@ def test_compiled_equals_eager_every_network_model(network):
     assert env.compiled.eager_stages == {}
 
 
-def test_compiled_zbus_float32_and_compile_time():
-    """The default dtype (float32) to float32 rounding, and the compile time is reported."""
-    config = {"community": {"feeder": "synthetic", "n_agents": 5}, "network": {}}
+def test_compiled_float32_observation_options_and_compile_time():
+    """The default dtype (float32) to float32 rounding, with the observation options on
+    (forecasts, community features, voltage, a rule's battery fraction; forecast noise is
+    below) and two-day episodes; the compile time is reported."""
+    config = {"community": {"feeder": "synthetic", "n_agents": 5},
+              "observation": {"forecast_steps": 2, "community": True,
+                              "include_voltage": True, "rule": "community_time_of_use"},
+              "episode": {"length_days": 2}}
     kwargs = {"n_envs": 3, "dtype": "float32"}
     eager = envs.make_batched_env(config, compile=False, **kwargs)
     compiled = envs.make_batched_env(config, compile=True, **kwargs)
@@ -109,6 +114,19 @@ def test_compiled_zbus_float32_and_compile_time():
                                        equal_nan=True)
     assert compiled.compiled.compile_seconds > 0.0
     assert compiled.compiled.eager_stages == {}
+
+
+def test_forecast_noise_runs_observe_eager():
+    """Forecast noise draws from counter-based streams hashed with int64 wrap-around
+    (envs.rng), which inductor (torch 2.13) cannot generate code for: the observe stage says
+    so and runs eager, the other stages stay compiled, and the results are the eager core's."""
+    config = {"network": {"model": "none"}, "observation": {"forecast_noise": 0.05}}
+    eager, _ = _rollout(config, compile_=False)
+    with pytest.warns(RuntimeWarning, match="stage 'observe' cannot be compiled"):
+        compiled, env = _rollout(config, compile_=True)
+    _assert_same(eager, compiled)
+    assert list(env.compiled.eager_stages) == ["observe"]
+    assert env.compiled.trade.started and env.compiled.trade.eager_reason is None
 
 
 def test_compile_key():
@@ -137,6 +155,7 @@ def test_fallback_when_compilation_is_unavailable(monkeypatch):
 
     monkeypatch.setattr(envs.compiled.torch, "compile", broken_compile)
     monkeypatch.setattr(envs.compiled, "_unavailable", None)
+    monkeypatch.setattr(envs.compiled, "_probed_devices", set())
     config = {"network": {"model": "none"}}
     eager = envs.make_batched_env(config, n_envs=2, compile=False)
     fallback = envs.make_batched_env(config, n_envs=2, compile=True)
