@@ -512,8 +512,16 @@ class EnvConfig:
     """Torch dtype of the core's tensors: float32 or float64."""
     seed: int = 0
     """Base seed: environment b uses seed + b; in [0, SEED_MAX]."""
+    compile: bool | Literal["auto"] = "auto"
+    """Run the core's step compiled with ``torch.compile`` (``envs.compiled``; same results
+    to float rounding): true, false, or auto (on from ``envs.compiled.AUTO_MIN_ENVS``
+    environments, where it is faster; off for smaller batches, which would pay the compile
+    time for nothing). Where compilation fails (no C++ compiler, ...) the core warns once
+    and runs eager."""
 
     def __post_init__(self) -> None:
+        check(self.compile is True or self.compile is False or self.compile == "auto",
+              "compile", "true, false or auto", self.compile)
         check(self.reward_scale > 0.0, "reward_scale", "> 0", self.reward_scale)
         check(1 <= self.n_envs <= MAX_ENVS, "n_envs", f"an integer in [1, {MAX_ENVS}] (MAX_ENVS)",
               self.n_envs)

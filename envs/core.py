@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from envs import behaviour, fees, market, observations, physics, rng, rules
+from envs.compiled import CompiledStages, compile_wanted
 from envs.config import INT64_MAX, ConfigError, EnvConfig
 from envs.data import (
     DAYS_PER_YEAR,
@@ -309,6 +310,9 @@ class BatchedP2PEnv:
         when it is off."""
         self._any_behavioural = bool(self.behavioural.any())
         self._seeded = False
+        self.compiled: CompiledStages | None = (
+            CompiledStages(self) if compile_wanted(config) else None)
+        """The compiled stages of :meth:`step` (``compile`` on, ``envs.compiled``), or None."""
         # The info dict of the last step() (None after a reset of every environment): what a
         # PettingZoo-level policy sees as its infos (agents.external).
         self.last_info: dict[str, Tensor] | None = None
@@ -600,14 +604,14 @@ class BatchedP2PEnv:
                  - self.terminal_credit_price * (-taken).clamp_min(0.0))
         return torch.where(last_step, value, torch.zeros_like(value))
 
-    def step(self, actions: Tensor
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """Advance every environment one 15-minute step.
-
-        Returns ``(observations, rewards, terminated, truncated, info)``; ``info`` holds
-        tensors (per agent ``[B, N]`` or per env ``[B]``), listed in the README.
-        """
-        battery_fraction, price_fraction = self.decode_actions(actions)
+    def _trade(self, battery_fraction: Tensor, price_fraction: Tensor,
+               arrival_rank: Tensor | None = None) -> dict[str, Tensor]:
+        """Steps 2 and 3 of a step for decoded actions (``[B, N]`` each), without changing
+        state: the profiles, the battery and the market, as a dict of tensors (``p_kw`` and
+        ``q_kvar [B, N]``, kW and kvar, are the network's input). ``arrival_rank`` ``[B, N]``:
+        the step's :meth:`arrival_rank` under ``cda`` (drawn outside: its integer hashing is
+        not compiled), else None.
+        Pure tensor code (no host sync), compiled by ``envs.compiled``."""
         cfg = self.config
         index = self.time_index()
         load_kwh = self.load_kw[index] * self.dt_h
@@ -621,74 +625,110 @@ class BatchedP2PEnv:
             cfg.battery.soc_min, cfg.battery.soc_max, self.dt_h)
         net_kwh = load_kwh - pv_kwh + battery.energy_kwh
         price = feed_in[:, None] + price_fraction * (retail - feed_in)[:, None]
-        arrival_rank = self.arrival_rank() if cfg.market.mechanism == "cda" else None
-        cleared = market.clear(cfg.market.mechanism, price, net_kwh, retail, feed_in,
-                               k=cfg.market.k, arrival_rank=arrival_rank)
+        # The tariff is validated by the config and the quantities are finite: no checks.
+        cleared = market.clear_unchecked(cfg.market.mechanism, price, net_kwh, retail, feed_in,
+                                         float(cfg.market.k), arrival_rank)
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
+        return {
+            "index": index, "load_kwh": load_kwh, "pv_kwh": pv_kwh, "retail": retail,
+            "feed_in": feed_in, "price": price, "net_kwh": net_kwh,
+            "battery_energy_kwh": battery.energy_kwh, "battery_cut_kwh": battery.cut_kwh,
+            "soc_kwh": battery.soc_kwh, "degradation": degradation,
+            "payment": cleared.payment, "p2p_energy": cleared.p2p_energy,
+            "grid_energy": cleared.grid_energy, "p2p_payment": cleared.p2p_payment,
+            "grid_payment": cleared.grid_payment, "clearing_price": cleared.clearing_price,
+            "operator_surplus": cleared.operator_surplus,
+            "p_kw": net_kwh / self.dt_h, "q_kvar": self.load_kvar[index]}
+
+    def _settle(self, trade: dict[str, Tensor], penalty: Tensor
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Steps 5, 6 and 7 for :meth:`_trade`'s ``trade`` and the network ``penalty [B, N]``,
+        without changing state: ``(reward [B, N], last_price [B], info)`` (the info of
+        :meth:`step` before the day, the step and the network's statistics). Pure tensor
+        code, compiled by ``envs.compiled``."""
+        cfg = self.config
+        p2p_energy, grid_energy = trade["p2p_energy"], trade["grid_energy"]
+        # Here rather than in _trade: inductor (torch 2.13, CPU) miscompiled pay_as_bid's
+        # payments when these charges were fused into the market's graph.
         if self.charges_p2p:
             fee, loss_charge, _ = fees.p2p_charges(
-                cleared.p2p_energy.clamp_min(0.0), (-cleared.p2p_energy).clamp_min(0.0),
-                self.electrical_distance, retail, cfg.network.p2p_fee,
+                p2p_energy.clamp_min(0.0), (-p2p_energy).clamp_min(0.0),
+                self.electrical_distance, trade["retail"], cfg.network.p2p_fee,
                 cfg.network.p2p_distance_fee, cfg.network.p2p_loss_factor,
                 cfg.network.matching_temperature)
             network_fee = fee + loss_charge
         else:
-            network_fee = torch.zeros_like(degradation)
-
-        p_kw = net_kwh / self.dt_h
-        q_kvar = self.load_kvar[index]
-        grid = self.network.step(p_kw, q_kvar)
-        penalty = grid.penalty
-
-        terminal = self.terminal_value_cost(battery.soc_kwh)
-        cost = cleared.payment + degradation + penalty + network_fee + terminal
+            network_fee = torch.zeros_like(p2p_energy)
+        terminal = self.terminal_value_cost(trade["soc_kwh"])
+        cost = trade["payment"] + trade["degradation"] + penalty + network_fee + terminal
         reward = -cost * cfg.reward_scale
-        no_p2p_penalty = self.no_p2p_network_penalty[index]
+        no_p2p_penalty = self.no_p2p_network_penalty[trade["index"]]
         if self._any_behavioural:
             reference_cost = (
-                no_p2p_step_cost(load_kwh, pv_kwh, retail, feed_in, no_p2p_penalty)
+                no_p2p_step_cost(trade["load_kwh"], trade["pv_kwh"], trade["retail"],
+                                 trade["feed_in"], no_p2p_penalty)
                 if cfg.behaviour.reference == "no_p2p" else torch.zeros_like(cost))
             reward = self.behavioural_reward(reward, cost, reference_cost)
-
-        traded = ~torch.isnan(cleared.clearing_price)
-        self.last_price = torch.where(traded, cleared.clearing_price, self.last_price)
-        self.soc_kwh = battery.soc_kwh
-        if grid.agent_voltage is not None:
-            self.last_voltage = grid.agent_voltage
-        self.step_of_day = self.step_of_day + 1
-
+        clearing_price = trade["clearing_price"]
+        traded = ~torch.isnan(clearing_price)
+        last_price = torch.where(traded, clearing_price, self.last_price)
         info: dict[str, Tensor] = {
-            "payment": cleared.payment,
-            "p2p_energy_kwh": cleared.p2p_energy,
-            "grid_energy_kwh": cleared.grid_energy,
-            "p2p_payment": cleared.p2p_payment,
-            "grid_payment": cleared.grid_payment,
-            "net_energy_kwh": net_kwh,
-            "load_kwh": load_kwh,
-            "pv_kwh": pv_kwh,
-            "battery_energy_kwh": battery.energy_kwh,
-            "battery_cut_kwh": battery.cut_kwh,
-            "soc_kwh": battery.soc_kwh,
-            "degradation_cost": degradation,
+            "payment": trade["payment"],
+            "p2p_energy_kwh": p2p_energy,
+            "grid_energy_kwh": grid_energy,
+            "p2p_payment": trade["p2p_payment"],
+            "grid_payment": trade["grid_payment"],
+            "net_energy_kwh": trade["net_kwh"],
+            "load_kwh": trade["load_kwh"],
+            "pv_kwh": trade["pv_kwh"],
+            "battery_energy_kwh": trade["battery_energy_kwh"],
+            "battery_cut_kwh": trade["battery_cut_kwh"],
+            "soc_kwh": trade["soc_kwh"],
+            "degradation_cost": trade["degradation"],
             "network_penalty": penalty,
             "network_fee": network_fee,
             "terminal_value_cost": terminal,
             "no_p2p_network_penalty": no_p2p_penalty,
             "network_fee_revenue": network_fee.sum(dim=1),
             "cost": cost,
-            "price": price,
-            "clearing_price": cleared.clearing_price,
-            "operator_surplus": cleared.operator_surplus,
+            "price": trade["price"],
+            "clearing_price": clearing_price,
+            "operator_surplus": trade["operator_surplus"],
             "community_cost": cost.sum(dim=1),
-            "p2p_volume_kwh": cleared.p2p_energy.clamp_min(0.0).sum(dim=1),
-            "grid_import_kwh": cleared.grid_energy.clamp_min(0.0).sum(dim=1),
-            "grid_export_kwh": (-cleared.grid_energy).clamp_min(0.0).sum(dim=1),
-            "retail_price": retail,
-            "feed_in_price": feed_in,
-            "day": self.day.clone(),
-            "step_of_day": self.step_of_day - 1,
-            **grid.info,
+            "p2p_volume_kwh": p2p_energy.clamp_min(0.0).sum(dim=1),
+            "grid_import_kwh": grid_energy.clamp_min(0.0).sum(dim=1),
+            "grid_export_kwh": (-grid_energy).clamp_min(0.0).sum(dim=1),
+            "retail_price": trade["retail"],
+            "feed_in_price": trade["feed_in"],
         }
+        return reward, last_price, info
+
+    def step(self, actions: Tensor
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Advance every environment one 15-minute step.
+
+        Returns ``(observations, rewards, terminated, truncated, info)``; ``info`` holds
+        tensors (per agent ``[B, N]`` or per env ``[B]``), listed in the README.
+        With ``compile`` on (``envs.compiled``), :meth:`_trade`, the network step,
+        :meth:`_settle` and :meth:`observe` run compiled; the rest is the same code.
+        """
+        battery_fraction, price_fraction = self.decode_actions(actions)
+        arrival_rank = self.arrival_rank() if self.config.market.mechanism == "cda" else None
+        stages = self.compiled
+        if stages is None:
+            trade = self._trade(battery_fraction, price_fraction, arrival_rank)
+            grid = self.network.step(trade["p_kw"], trade["q_kvar"])
+            reward, last_price, info = self._settle(trade, grid.penalty)
+        else:
+            trade = stages.trade(battery_fraction, price_fraction, arrival_rank)
+            grid = stages.network_step(trade["p_kw"], trade["q_kvar"])
+            reward, last_price, info = stages.settle(trade, grid.penalty)
+        self.last_price = last_price
+        self.soc_kwh = info["soc_kwh"]
+        if grid.agent_voltage is not None:
+            self.last_voltage = grid.agent_voltage
+        self.step_of_day = self.step_of_day + 1
+        info.update({"day": self.day.clone(), "step_of_day": self.step_of_day - 1, **grid.info})
         if arrival_rank is not None:
             info[ARRIVAL_RANK] = arrival_rank
 
@@ -710,4 +750,5 @@ class BatchedP2PEnv:
             info["done"] = done
             self._reset_where(done)
         self.last_info = info
-        return self.observe(), reward, terminated, truncated, info
+        observation = self.observe() if stages is None else stages.observe()
+        return observation, reward, terminated, truncated, info

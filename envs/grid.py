@@ -95,29 +95,37 @@ class PowerFlowNetwork:
                 for name, value in vars(result).items()})
         return self.model.solve(p_kw, q_kvar, angles=False)
 
-    def _penalty(self, result: PowerFlowResult, summary: dict[str, Tensor], p_kw: Tensor) -> Tensor:
+    def statistics(self, result: PowerFlowResult
+                   ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """``(agent_voltage [B, N], info, violated)`` of power-flow ``result``: the agents'
+        bus voltages (p.u., 1 where NaN), the info statistics, and whether any environment
+        has a violation or did not converge (a 0-d bool tensor: without one every penalty
+        share is 0 and :meth:`penalty` need not run)."""
+        from envs.network import network_summary
+
+        cfg = self.config
+        summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
+        violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
+        info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
+        voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
+        return voltage, info, (violated | ~result.converged).any()
+
+    def penalty(self, result: PowerFlowResult, p_kw: Tensor) -> Tensor:
         """Each agent's penalty share ``[B, N]`` of ``result`` (``envs.network.network_penalty``)
         for consumption ``p_kw [B, N]``."""
         from envs.network import network_penalty
 
         cfg = self.config
-        violated = (summary["n_voltage_violations"] + summary["n_line_violations"]) > 0
-        if not bool((violated | ~result.converged).any()):
-            return torch.zeros_like(p_kw)  # the common case: skip the sharing arithmetic
         penalty, _ = network_penalty(result, p_kw, self.sensitivity, v_min=cfg.v_min,
                                      v_max=cfg.v_max, voltage_penalty=cfg.voltage_penalty,
                                      line_penalty=cfg.line_penalty)
         return penalty
 
     def step(self, p_kw: Tensor, q_kvar: Tensor) -> NetworkStep:
-        from envs.network import network_summary
-
-        cfg = self.config
         result = self.solve(p_kw, q_kvar)
-        summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
-        penalty = self._penalty(result, summary, p_kw)
-        info = {_INFO_NAMES[key]: value for key, value in summary.items() if key in _INFO_NAMES}
-        voltage = torch.nan_to_num(result.vm_pu[:, self.model.agent_bus], nan=1.0)
+        voltage, info, violated = self.statistics(result)
+        # the common case, no violation: skip the sharing arithmetic
+        penalty = self.penalty(result, p_kw) if bool(violated) else torch.zeros_like(p_kw)
         return NetworkStep(penalty, voltage, info)
 
     def penalty_table(self, p_kw: Tensor, q_kvar: Tensor, chunk: int = 8192) -> Tensor:
@@ -126,15 +134,12 @@ class PowerFlowNetwork:
         a batch of them, solved ``chunk`` steps at a time (one batched solve per chunk).
         With ``ac`` the Z-bus model solves them (pandapower's equations, ~2e-7 p.u. from
         ``runpp``; ``runpp`` per step would take minutes for a year)."""
-        from envs.network import network_summary
-
-        cfg = self.config
         parts = []
         for start in range(0, p_kw.shape[0], chunk):
             p, q = p_kw[start:start + chunk], q_kvar[start:start + chunk]
             result = self.model.solve(p, q, angles=False)
-            summary = network_summary(result, v_min=cfg.v_min, v_max=cfg.v_max)
-            parts.append(self._penalty(result, summary, p))
+            _, _, violated = self.statistics(result)
+            parts.append(self.penalty(result, p) if bool(violated) else torch.zeros_like(p))
         return torch.cat(parts) if parts else torch.zeros_like(p_kw)
 
 

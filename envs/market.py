@@ -267,7 +267,17 @@ def clear(
         raise ValueError(f"k must be a number in [0, 1], got {k!r}")
     if mechanism == "cda":
         arrival_rank = _checked_arrival_rank(arrival_rank, price)
+    return clear_unchecked(mechanism, price, quantity, retail, feed_in, float(k), arrival_rank)
 
+
+def clear_unchecked(mechanism: str, price: Tensor, quantity: Tensor, retail: Tensor,
+                    feed_in: Tensor, k: float, arrival_rank: Tensor | None = None
+                    ) -> ClearingResult:
+    """:func:`clear` without its input checks, for callers whose inputs are valid by
+    construction (the core: prices from the validated tariff, finite quantities, its own
+    arrival order); it has no host synchronisation, so ``torch.compile`` traces it without
+    graph breaks. ``retail`` and ``feed_in`` are ``[B]`` tensors, ``mechanism`` one of
+    :data:`MECHANISMS`, ``arrival_rank`` ``[B, N]`` (``cda`` only)."""
     price = torch.minimum(torch.maximum(price, feed_in[:, None]), retail[:, None])
     demand = quantity.clamp(min=0.0)
     supply = (-quantity).clamp(min=0.0)
@@ -275,9 +285,9 @@ def clear(
     if mechanism == "none":
         outcome = _no_trade(demand)
     elif mechanism == "uniform":
-        outcome = _uniform(price, demand, supply, float(k))
+        outcome = _uniform(price, demand, supply, k)
     elif mechanism == "pay_as_bid":
-        outcome = _pay_as_bid(price, demand, supply, float(k))
+        outcome = _pay_as_bid(price, demand, supply, k)
     elif mechanism == "mcafee":
         outcome = _mcafee(price, demand, supply, retail, feed_in)
     elif mechanism == "mmr":
@@ -458,8 +468,12 @@ def _step_curve_integral(unit_price: Tensor, volume: Tensor, points: Tensor) -> 
 
 
 def _unsort(sorted_values: Tensor, order: Tensor) -> Tensor:
-    """Undo ``values.gather(1, order)``: put ``sorted_values [B, N]`` back in agent order."""
-    return torch.empty_like(sorted_values).scatter_(1, order, sorted_values)
+    """Undo ``values.gather(1, order)``: put ``sorted_values [B, N]`` back in agent order.
+
+    Scattered into zeros, not ``empty_like`` (the same values: ``order`` is a permutation):
+    inductor (torch 2.13, CPU) compiled the in-place scatter into an uninitialised buffer to
+    NaN when the result fed the P2P fees (``tests/test_compiled.py``)."""
+    return torch.zeros_like(sorted_values).scatter(1, order, sorted_values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -382,6 +382,7 @@ class BatchedPowerFlow:
         self._line_slot = torch.as_tensor(line_slot, dtype=torch.long, device=dev)
         self._trafo_slot = torch.as_tensor(trafo_slot, dtype=torch.long, device=dev)
         self._no_load_sensitivity: GridSensitivity | None = None
+        self._real_form: RealZbus | None = None
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -639,6 +640,13 @@ class BatchedPowerFlow:
         current, converged, iterations = self._iterate(self._injection_pu(p_kw, q_kvar))
         return self._results(current, converged, iterations, angles)
 
+    def real_form(self) -> RealZbus:
+        """This model's Z-bus fixed point in real arithmetic (:class:`RealZbus`), for
+        ``torch.compile`` (inductor generates no code for complex tensors); cached."""
+        if self._real_form is None:
+            self._real_form = RealZbus(self)
+        return self._real_form
+
     # ----------------------------------------------------------------------------------------
     def sensitivity(
         self, p_kw: Tensor | None = None, q_kvar: Tensor | None = None
@@ -799,6 +807,136 @@ def run_ac(
         trafo_p_hv_kw=tensor(trafo_p),
         iterations=iterations,
     )
+
+
+def _real_matrix(complex_t: Tensor) -> Tensor:
+    """``[2 n, 2 m]`` real matrix ``M`` with ``[x.real, x.imag] @ M = [(x @ A).real,
+    (x @ A).imag]`` for the complex ``A = complex_t [n, m]``."""
+    real, imag = complex_t.real, complex_t.imag
+    return torch.cat([torch.cat([real, imag], dim=1), torch.cat([-imag, real], dim=1)], dim=0)
+
+
+class RealZbus:
+    """The Z-bus fixed point of a :class:`BatchedPowerFlow` (:meth:`~BatchedPowerFlow.solve`
+    with ``angles=False``) in real arithmetic, as pure tensor functions without
+    data-dependent control flow, for ``torch.compile`` (the compiled core,
+    ``envs.compiled``). Complex quantities ``[B, n]`` are held as ``[B, 2 n]`` (real parts,
+    then imaginary parts); the same equations as the complex solver, equal to float rounding.
+
+    :meth:`iterate` runs a fixed number of the solver's iterations with its freezing rule
+    (an environment whose last change was below ``tolerance_pu`` keeps its voltages), so
+    calling it until :meth:`all_converged` (or ``max_iterations``) gives each environment
+    the voltages the complex solver gives it: the result does not depend on the batch.
+    """
+
+    def __init__(self, model: BatchedPowerFlow) -> None:
+        self.model = model
+        self.tolerance_pu = model.tolerance_pu
+        self.n_load_bus = model.n_load_bus
+        self.w_load = torch.cat([model._w_load.real, model._w_load.imag])  # [2 L]
+        self.z_load = _real_matrix(model._z_load_t)  # [2 L, 2 L]
+        self.output_offset = torch.cat([model._output_offset.real,
+                                        model._output_offset.imag])  # [2 K]
+        self.output_factor = _real_matrix(model._output_factor_t)  # [2 L, 2 K]
+        self.n_output = model._output_offset.shape[0]
+        self.v_slack = torch.stack([model._v_slack_t.real, model._v_slack_t.imag])  # [2]
+
+    def injection(self, p_kw: Tensor, q_kvar: Tensor) -> Tensor:
+        """``[B, 2 L]``: the complex load-bus injections (p.u., generator sign) of
+        consumption ``p_kw``, ``q_kvar [B, N]`` (kW, kvar)."""
+        model = self.model
+        scale = -1.0 / (_KW_PER_MW * model.base_mva)
+        p_pu, q_pu = p_kw * scale, q_kvar * scale
+        if not model._all_agents_on_grid:
+            p_pu, q_pu = p_pu[:, model._grid_agents], q_pu[:, model._grid_agents]
+        parts = []
+        for part in (p_pu, q_pu):
+            bus = part.new_zeros((part.shape[0], model.n_load_bus))
+            parts.append(bus.index_add(1, model._agent_load_column, part))
+        return torch.cat(parts, dim=1)
+
+    def start(self, injection: Tensor) -> tuple[Tensor, Tensor]:
+        """The solver's start: no-load voltages ``[B, 2 L]`` and change ``[B]`` (inf)."""
+        batch = injection.shape[0]
+        voltage = self.w_load.expand(batch, -1)
+        change = torch.full((batch,), math.inf, dtype=injection.dtype, device=injection.device)
+        return voltage, change
+
+    def _currents(self, injection: Tensor, voltage: Tensor) -> Tensor:
+        """``I = conj(S / V)`` ``[B, 2 L]``."""
+        n = self.n_load_bus
+        s_re, s_im = injection[:, :n], injection[:, n:]
+        v_re, v_im = voltage[:, :n], voltage[:, n:]
+        inverse_square = (v_re.square() + v_im.square()).reciprocal()
+        return torch.cat([(s_re * v_re + s_im * v_im) * inverse_square,
+                          (s_re * v_im - s_im * v_re) * inverse_square], dim=1)
+
+    def iterate(self, injection: Tensor, voltage: Tensor, change: Tensor,
+                count: int) -> tuple[Tensor, Tensor]:
+        """``count`` fixed-point iterations ``V = w + Z I(V)`` from ``voltage [B, 2 L]`` and
+        ``change [B]`` (largest change of a real or imaginary part at the last iteration,
+        p.u.); environments already converged keep their voltages and change."""
+        for _ in range(count):
+            current = self._currents(injection, voltage)
+            updated = torch.addmm(self.w_load, current, self.z_load)
+            step = (updated - voltage).abs().amax(dim=1)
+            running = ~(change < self.tolerance_pu)
+            voltage = torch.where(running[:, None], updated, voltage)
+            change = torch.where(running, step, change)
+        return voltage, change
+
+    def all_converged(self, change: Tensor) -> bool:
+        """Whether every environment has converged (one device sync)."""
+        return bool((change < self.tolerance_pu).all())
+
+    def result(self, injection: Tensor, voltage: Tensor, change: Tensor,
+               iterations: int) -> PowerFlowResult:
+        """The :class:`PowerFlowResult` (``va_degree`` None) of the iterate ``voltage``."""
+        model = self.model
+        batch = voltage.shape[0]
+        current = self._currents(injection, voltage)
+        outputs = torch.addmm(self.output_offset, current, self.output_factor)
+        n_out = self.n_output
+        n_non_slack, n_branch, _ = model._output_split
+        real, imag = outputs[:, :n_out], outputs[:, n_out:]
+
+        def split(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return (values[:, :n_non_slack], values[:, n_non_slack:n_non_slack + n_branch],
+                    values[:, n_non_slack + n_branch:])
+
+        (v_re, from_re, to_re), (v_im, from_im, to_im) = split(real), split(imag)
+        ones = voltage.new_ones((batch, 1))
+        parts_re, parts_im = [ones * self.v_slack[0], v_re], [ones * self.v_slack[1], v_im]
+        if model._has_missing_bus:
+            parts_re.append(ones * math.nan)
+            parts_im.append(ones * math.nan)
+        bus_re, bus_im = torch.cat(parts_re, dim=1), torch.cat(parts_im, dim=1)
+        converged = (change < self.tolerance_pu) & torch.isfinite(change)
+        diverged = ~converged[:, None]
+        layout = model._bus_layout_t
+        vm_pu = (bus_re[:, layout].square() + bus_im[:, layout].square()).sqrt()
+        branch_from, branch_to = model._branch_from_t, model._branch_to_t
+        to_kw = model.base_mva * _KW_PER_MW
+        power_from = bus_re[:, branch_from] * from_re + bus_im[:, branch_from] * from_im
+        power_to = bus_re[:, branch_to] * to_re + bus_im[:, branch_to] * to_im
+        loading = torch.maximum((from_re.square() + from_im.square()).sqrt() * model._scale_from,
+                                (to_re.square() + to_im.square()).sqrt() * model._scale_to)
+        zero = voltage.new_zeros((batch, 1))
+        loading = torch.cat([loading, zero], dim=1).masked_fill(diverged, math.nan)
+        p_from_kw = torch.cat([power_from * to_kw, zero], dim=1).masked_fill(diverged, math.nan)
+        losses_kw = ((power_from + power_to).sum(dim=1) * to_kw).masked_fill(~converged,
+                                                                             math.nan)
+        return PowerFlowResult(
+            vm_pu=vm_pu.masked_fill(diverged, math.nan),
+            va_degree=None,
+            line_loading_percent=loading[:, model._line_slot],
+            trafo_loading_percent=loading[:, model._trafo_slot],
+            losses_kw=losses_kw,
+            converged=converged,
+            line_p_from_kw=p_from_kw[:, model._line_slot],
+            trafo_p_hv_kw=p_from_kw[:, model._trafo_slot],
+            iterations=iterations,
+        )
 
 
 # --------------------------------------------------------------------------------------------

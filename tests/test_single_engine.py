@@ -118,6 +118,8 @@ ENGINE_IRRELEVANT: dict[str, str] = {
     "device": "the engine runs on the CPU: supports() refuses other devices (test below)",
     "dtype": "the engine computes in float64 whatever dtype says (the torch core's dtype); "
              "every case compares it with a float64 core",
+    "compile": "whether the torch core runs its step compiled (same results, "
+               "tests/test_compiled.py); the engine is numba-compiled anyway",
 }
 """The leaf fields of ``EnvConfig`` (dotted paths) that cannot change what the engine
 computes, with the reason; every other field must be set to a non-default value by a case of
