@@ -93,11 +93,12 @@ def test_compiled_equals_eager_every_network_model(network):
 def test_compiled_float32_observation_options_and_compile_time():
     """The default dtype (float32) to float32 rounding, with the observation options on
     (forecasts, community features, voltage, a rule's battery fraction; forecast noise is
-    below) and two-day episodes; the compile time is reported."""
+    below), two-day episodes and behavioural agents (their prospect-theory rewards in the
+    compiled settle stage); the compile time is reported."""
     config = {"community": {"feeder": "synthetic", "n_agents": 5},
               "observation": {"forecast_steps": 2, "community": True,
                               "include_voltage": True, "rule": "community_time_of_use"},
-              "episode": {"length_days": 2}}
+              "episode": {"length_days": 2}, "behaviour": {"share": 0.4}}
     kwargs = {"n_envs": 3, "dtype": "float32"}
     eager = envs.make_batched_env(config, compile=False, **kwargs)
     compiled = envs.make_batched_env(config, compile=True, **kwargs)
@@ -114,6 +115,7 @@ def test_compiled_float32_observation_options_and_compile_time():
                                        equal_nan=True)
     assert compiled.compiled.compile_seconds > 0.0
     assert compiled.compiled.eager_stages == {}
+    assert int(compiled.behavioural.sum()) == 2
 
 
 def test_forecast_noise_runs_observe_eager():
