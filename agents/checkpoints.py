@@ -34,10 +34,11 @@ from envs.files import atomic_write_bytes
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "REQUIRED_KEYS", "load_checkpoint",
            "save_checkpoint"]
 
-CHECKPOINT_FORMAT = 4
+CHECKPOINT_FORMAT = 5
 """Version of the file layout (1: an unverified ``torch.save`` of the checkpoint; 2: the
 collector kept its own list of core attributes; 3: the core's ``get_state``; 4: the core's
-state holds ``day_of_episode``, multi-day episodes)."""
+state holds ``day_of_episode``, multi-day episodes; 5: and ``behaviour_day_gain``, the
+behavioural rewards' day time scale)."""
 
 REQUIRED_KEYS = ("format", "config", "global_step", "algorithm", "collector", "generator",
                  "trainer")

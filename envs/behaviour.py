@@ -21,15 +21,26 @@ with ``x = u - R``: ``u`` the agent's money of the step (``u = -cost``, ``cost``
 * ``zero``: ``R = 0``, ``x = -cost``: every payment is a loss, every net income a gain
   (mental accounting of cash flows).
 
-Time scale: the step (15 minutes). ``V`` is concave in gains and convex in losses, so ``V`` of a
-day's total is not the sum of ``V`` of its steps; a day-level reference would give the value
-of the day's saving as one sparse reward at midnight (or, densely, ``V(S_t) - V(S_{t-1})``
-of the running saving ``S_t``, which needs the running saving in the core's state). The
-step level keeps the reward dense and the core's state unchanged; it treats each 15-minute
-settlement as one prospect (narrow framing).
+Time scale (``behaviour.time_scale``, :data:`TIME_SCALES`): over what the prospect is framed.
 
-The reward of a behavioural agent is ``V(x) * reward_scale``; rational (risk-neutral) agents
-keep ``-cost * reward_scale`` exactly. Scale: ``x`` is money of one step (typically 1e-3 to
+* ``step`` (default): each 15-minute settlement is one prospect (narrow framing); the reward
+  of step ``t`` is ``V(x_t) * reward_scale``. Dense, and the core's state is unchanged.
+* ``day``: the prospect is the day's money against the day's reference (with ``no_p2p``:
+  the day's bill against the day's bill without P2P), ``V`` of Tversky & Kahneman (1992)
+  taken of the day's total rather than of each settlement. Each agent carries its running
+  money of the day ``S_t = x_0 + ... + x_t`` (``S_{-1} = 0`` at every midnight: at each
+  reset and at the midnights inside a multi-day episode), the core's state
+  ``behaviour_day_gain`` (``envs.core.STATE_KEYS``), and the reward of step ``t`` is
+  ``(V(S_t) - V(S_{t-1})) * reward_scale``. The rewards of a day telescope: they sum to
+  ``V(S_95) * reward_scale``, the prospect value of the day's saving (with ``reference``
+  no_p2p: the day's no-P2P bill minus the day's bill), while each step still gets the change
+  it makes to that value (dense). ``V`` is concave in gains and convex in losses, so this is
+  not the sum of the steps' ``V(x_t)``: a loss of one step offsets an earlier gain of the
+  same day before it is weighed as a loss (broad framing within the day).
+
+The reward of a behavioural agent is ``V(x) * reward_scale`` (at the day time scale, the
+step's change of ``V(S_t)`` times ``reward_scale``); rational (risk-neutral) agents keep
+``-cost * reward_scale`` exactly. Scale: ``x`` is money of one step (typically 1e-3 to
 1e-1 currency on the shipped feeders); with ``alpha < 1``, ``x ** alpha > x`` for ``x < 1``
 (0.01 ** 0.88 = 0.0174), and losses weigh ``lambda`` times more, so behavioural rewards are
 larger in magnitude than rational ones and are not money: compare policies by cost and savings
@@ -54,6 +65,10 @@ REFERENCES: tuple[str, ...] = ("no_p2p", "zero")
 """Values of ``behaviour.reference`` (module docstring), in the order of the numba engine's
 codes (:data:`REFERENCE_NO_P2P`, :data:`REFERENCE_ZERO`)."""
 REFERENCE_NO_P2P, REFERENCE_ZERO = 0, 1
+
+TIME_SCALES: tuple[str, ...] = ("step", "day")
+"""Values of ``behaviour.time_scale`` (module docstring): the prospect of one step, or the
+running prospect of the day."""
 
 TK_ALPHA = 0.88
 """Tversky & Kahneman (1992)'s median estimate of the gain exponent."""

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from envs.behaviour import REFERENCES, TK_ALPHA, TK_BETA, TK_LOSS_AVERSION
+from envs.behaviour import REFERENCES, TIME_SCALES, TK_ALPHA, TK_BETA, TK_LOSS_AVERSION
 
 T = TypeVar("T")
 
@@ -457,7 +457,12 @@ class BehaviourConfig:
     reference: str = "no_p2p"
     """The reference money of a step (``envs.behaviour.REFERENCES``): ``no_p2p`` (the agent's
     own no-P2P, idle-battery bill of the same step, network penalties included: ``x`` is the
-    step's saving) or ``zero`` (``x = -cost``). Step level; see ``envs.behaviour`` for why."""
+    step's saving) or ``zero`` (``x = -cost``)."""
+    time_scale: str = "step"
+    """Over what the prospect value is taken (``envs.behaviour.TIME_SCALES``): ``step`` (each
+    step's ``x`` on its own, reward ``V(x_t)``) or ``day`` (the running sum ``S_t`` of the
+    day's ``x``, reward ``V(S_t) - V(S_{t-1})``, restarting at every midnight: a day's
+    rewards sum to ``V`` of the day's total). See ``envs.behaviour``."""
     seed: int = 0
     """Seed of the draw of ``share``, in [0, SEED_MAX]."""
 
@@ -476,6 +481,8 @@ class BehaviourConfig:
               self.loss_aversion)
         check(self.reference in REFERENCES, "reference", f"one of {REFERENCES}",
               self.reference)
+        check(self.time_scale in TIME_SCALES, "time_scale", f"one of {TIME_SCALES}",
+              self.time_scale)
         check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
 
     @property

@@ -19,7 +19,9 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
 7. reward = -(payment + degradation + network penalty + network fee + terminal value)
    * reward_scale; for the behavioural agents of ``behaviour`` (``envs.behaviour``) the
    prospect-theory value of that money against the step's reference instead,
-   ``V(reference_cost - cost) * reward_scale`` (rational agents' rewards are unchanged).
+   ``V(reference_cost - cost) * reward_scale``, or with ``behaviour.time_scale`` day the
+   step's change of ``V`` of the day's running sum ``behaviour_day_gain`` (rational agents'
+   rewards are unchanged).
 
 The no-P2P reference of the metrics (``envs.metrics``: batteries idle, no market, each
 agent's net ``load - PV`` settled with the grid) does not depend on the agents, so its network
@@ -76,7 +78,7 @@ from envs.metrics import no_p2p_step_cost
 
 STATE_KEYS: tuple[str, ...] = (
     "env_seed", "episode_count", "day", "step_of_day", "day_of_episode", "soc_kwh",
-    "episode_start_soc_kwh", "last_price", "last_voltage", "seeded")
+    "episode_start_soc_kwh", "last_price", "last_voltage", "behaviour_day_gain", "seeded")
 """Keys of :meth:`BatchedP2PEnv.get_state`: everything of the core that changes after
 construction (its random draws are counter-based, keyed by ``env_seed`` and
 ``episode_count``, so this is all a resumed run or the numba engine needs)."""
@@ -277,6 +279,9 @@ class BatchedP2PEnv:
         self.episode_start_soc_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
         self.last_price = torch.zeros(b, dtype=self.dtype, device=self.device)
         self.last_voltage = torch.ones(b, n, dtype=self.dtype, device=self.device)
+        # Each agent's running money against its reference over the day so far (currency),
+        # behaviour.time_scale day; stays 0 otherwise (envs.behaviour).
+        self.behaviour_day_gain = torch.zeros(b, n, dtype=self.dtype, device=self.device)
         self._agent_index = torch.arange(n, device=self.device)
 
         levels = config.action
@@ -309,6 +314,10 @@ class BatchedP2PEnv:
         """``[N]`` bool: the behavioural (prospect-theory) agents of ``behaviour``; all False
         when it is off."""
         self._any_behavioural = bool(self.behavioural.any())
+        self._day_time_scale = (self._any_behavioural
+                                and config.behaviour.time_scale == "day")
+        """Whether the rewards use :attr:`behaviour_day_gain` (behavioural agents and
+        ``behaviour.time_scale`` day); else it is never touched after construction."""
         self._seeded = False
         self.compiled: CompiledStages | None = (
             CompiledStages(self) if compile_wanted(config) else None)
@@ -330,17 +339,31 @@ class BatchedP2PEnv:
             raise ConfigError(f"config key 'behaviour.agents': got {cfg.agents!r}; allowed: "
                               f"names of this community's agents ({error})") from None
 
-    def behavioural_reward(self, reward: Tensor, cost: Tensor, reference_cost: Tensor
-                           ) -> Tensor:
-        """The rewards ``[B, N]`` with the behavioural agents' replaced by the prospect value
-        ``V(reference_cost - cost) * reward_scale`` (``envs.behaviour.prospect_value`` of
-        ``behaviour``); ``reward``, ``cost`` (money of the step) and ``reference_cost`` (the
-        agent's no-P2P bill of the step, or 0 with ``behaviour.reference`` zero) ``[B, N]``.
-        The rational agents' entries are ``reward``'s, untouched."""
+    def behavioural_reward(self, reward: Tensor, cost: Tensor, reference_cost: Tensor,
+                           day_gain: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The rewards ``[B, N]`` with the behavioural agents' replaced by their prospect
+        value (``envs.behaviour.prospect_value`` of ``behaviour``, Tversky & Kahneman 1992),
+        and the new running day gain.
+
+        ``reward``, ``cost`` (money of the step) and ``reference_cost`` (the agent's no-P2P
+        bill of the step, or 0 with ``behaviour.reference`` zero) ``[B, N]``; the step's
+        ``x = reference_cost - cost``. Without ``day_gain`` (time scale step) the reward is
+        ``V(x) * reward_scale`` and the second result is None. With ``day_gain [B, N]``, the
+        day's running sum ``S_{t-1}`` before this step (time scale day), it is
+        ``(V(S_t) - V(S_{t-1})) * reward_scale`` with ``S_t = S_{t-1} + x``, returned second
+        (for every agent; only the behavioural agents' rewards use it). The rational agents'
+        entries are ``reward``'s, untouched. Pure (changes no state)."""
         cfg = self.config.behaviour
-        value = behaviour.prospect_value(reference_cost - cost, cfg.alpha, cfg.beta,
-                                         cfg.loss_aversion)
-        return torch.where(self.behavioural, value * self.config.reward_scale, reward)
+        x = reference_cost - cost
+        if day_gain is None:
+            value = behaviour.prospect_value(x, cfg.alpha, cfg.beta, cfg.loss_aversion)
+            new_gain = None
+        else:
+            new_gain = day_gain + x
+            value = (behaviour.prospect_value(new_gain, cfg.alpha, cfg.beta, cfg.loss_aversion)
+                     - behaviour.prospect_value(day_gain, cfg.alpha, cfg.beta,
+                                                cfg.loss_aversion))
+        return torch.where(self.behavioural, value * self.config.reward_scale, reward), new_gain
 
     # ----------------------------------------------------------------------------------------
     # Tables and state: the contract with the numba engine and with checkpoints
@@ -367,7 +390,9 @@ class BatchedP2PEnv:
         :data:`STATE_KEYS`: int64 ``env_seed``, ``episode_count``, ``day`` (0..365),
         ``step_of_day`` (0..95) and ``day_of_episode`` (0..episode_days - 1), each ``[B]``;
         ``soc_kwh`` and ``episode_start_soc_kwh`` ``[B, N]`` (kWh), ``last_price [B]``
-        (currency/kWh), ``last_voltage [B, N]`` (p.u.);
+        (currency/kWh), ``last_voltage [B, N]`` (p.u.), ``behaviour_day_gain [B, N]`` (each
+        agent's running money against its reference over the day so far, currency: the sum
+        ``S`` of ``envs.behaviour``'s day time scale; 0 at the step time scale);
         ``seeded``: whether :meth:`seed` ran (else the next reset seeds with
         ``config.seed``). :meth:`set_state` of a core of the same config restores it."""
         state: dict[str, Tensor | bool] = {
@@ -470,6 +495,10 @@ class BatchedP2PEnv:
         self.last_price = torch.where(mask, midpoint, self.last_price)
         self.last_voltage = torch.where(mask[:, None], torch.ones_like(self.last_voltage),
                                         self.last_voltage)
+        if self._day_time_scale:
+            self.behaviour_day_gain = torch.where(
+                mask[:, None], torch.zeros_like(self.behaviour_day_gain),
+                self.behaviour_day_gain)
         self.episode_count = self.episode_count + mask.long()
 
     # ----------------------------------------------------------------------------------------
@@ -641,11 +670,13 @@ class BatchedP2PEnv:
             "p_kw": net_kwh / self.dt_h, "q_kvar": self.load_kvar[index]}
 
     def _settle(self, trade: dict[str, Tensor], penalty: Tensor
-                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
         """Steps 5, 6 and 7 for :meth:`_trade`'s ``trade`` and the network ``penalty [B, N]``,
-        without changing state: ``(reward [B, N], last_price [B], info)`` (the info of
-        :meth:`step` before the day, the step and the network's statistics). Pure tensor
-        code, compiled by ``envs.compiled``."""
+        without changing state: ``(reward [B, N], last_price [B], day_gain, info)`` (the info
+        of :meth:`step` before the day, the step and the network's statistics; ``day_gain``
+        ``[B, N]`` the new :attr:`behaviour_day_gain` at the day time scale, which
+        :meth:`step` assigns and zeroes at midnight, else None). Pure tensor code, compiled
+        by ``envs.compiled``."""
         cfg = self.config
         p2p_energy, grid_energy = trade["p2p_energy"], trade["grid_energy"]
         # Here rather than in _trade: inductor (torch 2.13, CPU) miscompiled pay_as_bid's
@@ -663,12 +694,15 @@ class BatchedP2PEnv:
         cost = trade["payment"] + trade["degradation"] + penalty + network_fee + terminal
         reward = -cost * cfg.reward_scale
         no_p2p_penalty = self.no_p2p_network_penalty[trade["index"]]
+        day_gain = None
         if self._any_behavioural:
             reference_cost = (
                 no_p2p_step_cost(trade["load_kwh"], trade["pv_kwh"], trade["retail"],
                                  trade["feed_in"], no_p2p_penalty)
                 if cfg.behaviour.reference == "no_p2p" else torch.zeros_like(cost))
-            reward = self.behavioural_reward(reward, cost, reference_cost)
+            reward, day_gain = self.behavioural_reward(
+                reward, cost, reference_cost,
+                self.behaviour_day_gain if self._day_time_scale else None)
         clearing_price = trade["clearing_price"]
         traded = ~torch.isnan(clearing_price)
         last_price = torch.where(traded, clearing_price, self.last_price)
@@ -701,7 +735,7 @@ class BatchedP2PEnv:
             "retail_price": trade["retail"],
             "feed_in_price": trade["feed_in"],
         }
-        return reward, last_price, info
+        return reward, last_price, day_gain, info
 
     def step(self, actions: Tensor
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -718,11 +752,11 @@ class BatchedP2PEnv:
         if stages is None:
             trade = self._trade(battery_fraction, price_fraction, arrival_rank)
             grid = self.network.step(trade["p_kw"], trade["q_kvar"])
-            reward, last_price, info = self._settle(trade, grid.penalty)
+            reward, last_price, day_gain, info = self._settle(trade, grid.penalty)
         else:
             trade = stages.trade(battery_fraction, price_fraction, arrival_rank)
             grid = stages.network_step(trade["p_kw"], trade["q_kvar"])
-            reward, last_price, info = stages.settle(trade, grid.penalty)
+            reward, last_price, day_gain, info = stages.settle(trade, grid.penalty)
         self.last_price = last_price
         self.soc_kwh = info["soc_kwh"]
         if grid.agent_voltage is not None:
@@ -734,6 +768,9 @@ class BatchedP2PEnv:
 
         midnight = self.step_of_day >= STEPS_PER_DAY
         done = midnight & (self.day_of_episode >= self.episode_days - 1)
+        if day_gain is not None:  # the day's sum restarts at every midnight
+            self.behaviour_day_gain = torch.where(midnight[:, None],
+                                                  torch.zeros_like(day_gain), day_gain)
         if self.episode_days > 1:
             # Midnight inside an episode: the next calendar day (the profiles wrap at the
             # year's end, and so does the day); SoC, last price and voltage carry over.

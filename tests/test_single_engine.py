@@ -111,6 +111,16 @@ CASES = {
     "synthetic-behaviour-agents-zero-fees": {
         **SYNTHETIC, "network": {"model": "none", "p2p_fee": 0.01},
         "behaviour": {"agents": ["house_1", "house_4"], "reference": "zero"}},
+    # The day time scale: the running day gain (core state behaviour_day_gain) from the
+    # kernel on a mixed population with network penalties (rewards recomputed after the
+    # kernel, the gain restarted at midnight there too), and over the midnight inside a
+    # two-day episode.
+    "rural1-behaviour-day-violations": {
+        "network": {"v_min": 0.999, "v_max": 1.001},
+        "behaviour": {"share": 0.4, "time_scale": "day", "seed": 2}},
+    "synthetic-behaviour-day-two-day-episodes": {
+        **SYNTHETIC, "episode": {"length_days": 2},
+        "behaviour": {"share": 0.5, "time_scale": "day"}},
 }
 ENGINE_IRRELEVANT: dict[str, str] = {
     "n_envs": "the engine steps one environment: its reference core is built with n_envs=1 "
@@ -130,7 +140,8 @@ ends with some agent above and some below its start SoC: both the charge and the
 the terminal value are compared (asserted)."""
 FAST_CASES = ("rural1-uniform", "rural1-fees", "synthetic-discrete", "rural1-two-day-episodes",
               "rural1-rule-community", "rural1-behaviour-share",
-              "synthetic-behaviour-agents-zero-fees")
+              "synthetic-behaviour-agents-zero-fees", "rural1-behaviour-day-violations",
+              "synthetic-behaviour-day-two-day-episodes")
 """The cases of the fast loop (``pytest -m "not slow"``): the default feeder with its network,
 the fee path, discrete actions, two-day episodes; each case steps more than an episode (2 to
 5 s), the others are marked slow."""
@@ -223,6 +234,13 @@ def test_engine_steps_like_the_core(name: str) -> None:
             assert np.any(terminal != 0.0), step
             if name in BOTH_SIDES:
                 assert np.any(terminal > 0.0) and np.any(terminal < 0.0), terminal
+    state, core_state = engine.get_state(), core.get_state()
+    for key in STATE_KEYS:  # behaviour_day_gain among them: the day time scale's sum
+        np.testing.assert_allclose(np.asarray(state[key], dtype=float),
+                                   np.asarray(core_state[key], dtype=float), rtol=1e-9,
+                                   atol=1e-12, err_msg=key)
+    if config.behaviour.time_scale == "day":  # a day's sum is carried (and not all zero)
+        assert np.any(state["behaviour_day_gain"] != 0.0)
     if config.behaviour.enabled:  # the prospect value really ran
         assert behavioural_steps > 50
     if name == "rural1-violations":

@@ -203,6 +203,7 @@ class Params(NamedTuple):
     behaviour_beta: float  # behaviour.beta
     loss_aversion: float  # behaviour.loss_aversion
     behaviour_reference: int  # code of behaviour.reference: index in REFERENCES
+    day_time_scale: bool  # behavioural agents at behaviour.time_scale day (BatchedP2PEnv)
 
 
 class Buffers(NamedTuple):
@@ -216,6 +217,7 @@ class Buffers(NamedTuple):
     market: np.ndarray  # [5, N] float64 (envs.single.market.clear_into rows)
     arrival_rank: np.ndarray  # [N] int64, the cda's arrival order (BatchedP2PEnv.arrival_rank)
     reward: np.ndarray  # [N] float64
+    day_gain_before: np.ndarray  # [N] the day's running gain before the step (time scale day)
     vm_pu: np.ndarray  # [n_bus]
     line_loading: np.ndarray  # [n_line] %
     trafo_loading: np.ndarray  # [n_trafo] %
@@ -225,7 +227,7 @@ class Buffers(NamedTuple):
 
 # State layout: ints [env_seed, episode_count, day, step_of_day, day_of_episode]; floats
 # soc [N], last_voltage [N], last_price [1], episode_start_soc [N] (kWh, for the terminal
-# value).
+# value), day_gain [N] (BatchedP2PEnv.behaviour_day_gain, currency).
 _SEED, _EPISODE, _DAY, _STEP, _EPISODE_DAY = 0, 1, 2, 3, 4
 
 
@@ -369,10 +371,11 @@ def state_into(tables, params, ints, soc, last_price, out):
 
 
 @njit(cache=True)
-def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc):
+def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc,
+               day_gain):
     """Mirrors ``BatchedP2PEnv._reset_where`` for one environment: draw the start day from
     the episode's stream, zero the step, initial SoC (kept as the episode's start SoC),
-    midpoint price, flat voltage."""
+    midpoint price, flat voltage, the day's running gain zeroed (time scale day)."""
     u = uniform_at(stream_key(ints[_SEED], ints[_EPISODE], STREAM_START_DAY), 0)
     n_days = tables.start_days.shape[0]
     ints[_DAY] = tables.start_days[min(int(u * n_days), n_days - 1)]
@@ -382,6 +385,8 @@ def reset_into(tables, params, ints, soc, last_voltage, last_price, episode_star
         soc[i] = params.initial_soc * tables.capacity_kwh[i]
         episode_start_soc[i] = soc[i]
         last_voltage[i] = 1.0
+        if params.day_time_scale:
+            day_gain[i] = 0.0
     last_price[0] = 0.5 * (tables.retail_price[0] + tables.feed_in_price[0])
     ints[_EPISODE] += 1
 
@@ -424,32 +429,47 @@ def prospect_value(x, alpha, beta, loss_aversion):
 
 
 @njit(cache=True)
-def behavioural_rewards_into(tables, params, agent, retail, feed_in, reward):
+def behavioural_rewards_into(tables, params, agent, retail, feed_in, day_gain_before,
+                             day_gain, reward):
     """Mirrors ``BatchedP2PEnv.behavioural_reward``: the reward ``reward [N]`` of each
-    behavioural agent set to ``V(reference_cost - cost) * reward_scale`` from the agent
-    buffer's ``cost`` row; the reference is ``envs.metrics.no_p2p_step_cost`` of the step
-    (from the buffer's load, PV and no-P2P penalty rows, the same operations in the same
-    order) or 0 (``behaviour.reference`` zero). Other agents' rewards are left as they are."""
+    behavioural agent set to its prospect value of ``x = reference_cost - cost`` from the
+    agent buffer's ``cost`` row; the reference is ``envs.metrics.no_p2p_step_cost`` of the
+    step (from the buffer's load, PV and no-P2P penalty rows, the same operations in the same
+    order) or 0 (``behaviour.reference`` zero). Time scale step: ``V(x) * reward_scale``;
+    day (``params.day_time_scale``): ``day_gain [N] = day_gain_before + x`` for every agent
+    and ``(V(day_gain) - V(day_gain_before)) * reward_scale``. Other agents' rewards are
+    left as they are."""
     for i in range(reward.shape[0]):
-        if not tables.behavioural[i]:
+        if not (tables.behavioural[i] or params.day_time_scale):
             continue
         reference_cost = 0.0
         if params.behaviour_reference == REFERENCE_NO_P2P:
             net = agent[_A_LOAD_KWH, i] - agent[_A_PV_KWH, i]
             bill = retail * max(net, 0.0) + feed_in * min(net, 0.0)
             reference_cost = bill + agent[_A_NO_P2P_NETWORK_PENALTY, i]
-        value = prospect_value(reference_cost - agent[_A_COST, i], params.behaviour_alpha,
-                               params.behaviour_beta, params.loss_aversion)
-        reward[i] = value * params.reward_scale
+        x = reference_cost - agent[_A_COST, i]
+        if params.day_time_scale:
+            day_gain[i] = day_gain_before[i] + x
+            value = (prospect_value(day_gain[i], params.behaviour_alpha,
+                                    params.behaviour_beta, params.loss_aversion)
+                     - prospect_value(day_gain_before[i], params.behaviour_alpha,
+                                      params.behaviour_beta, params.loss_aversion))
+        else:
+            value = prospect_value(x, params.behaviour_alpha, params.behaviour_beta,
+                                   params.loss_aversion)
+        if tables.behavioural[i]:
+            reward[i] = value * params.reward_scale
 
 
 @njit(cache=True)
 def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episode_start_soc,
-                actions, buffers):
+                day_gain, actions, buffers):
     """One 15-minute step; mirrors ``BatchedP2PEnv.step`` at ``B = 1`` without the network
     penalty and fees (the caller adds those when the returned flag asks for them), with the
     terminal value (``BatchedP2PEnv.terminal_value_cost``) on the last step of an episode,
-    and the midnight inside a multi-day episode (next day, SoC kept).
+    and the midnight inside a multi-day episode (next day, SoC kept; the day's running gain
+    of the day time scale zeroed at every midnight, its value before the step kept in
+    ``buffers.day_gain_before`` for the network-charges path).
 
     Returns ``(bad_agent, done, needs_penalty)``: ``bad_agent >= 0`` when that agent's action
     is invalid (nothing changed), ``done`` when the episode ended (``buffers.final_obs`` and
@@ -542,7 +562,10 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
         imports += max(market[1, i], 0.0)
         exports += max(-market[1, i], 0.0)
     if params.any_behavioural:
-        behavioural_rewards_into(tables, params, agent, retail, feed_in, buffers.reward)
+        if params.day_time_scale:
+            buffers.day_gain_before[:] = day_gain
+        behavioural_rewards_into(tables, params, agent, retail, feed_in,
+                                 buffers.day_gain_before, day_gain, buffers.reward)
 
     if not math.isnan(clearing_price):
         last_price[0] = clearing_price
@@ -561,6 +584,8 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
 
     midnight = ints[_STEP] >= STEPS_PER_DAY
     done = midnight and ints[_EPISODE_DAY] >= params.episode_days - 1
+    if midnight and params.day_time_scale:  # the day's sum restarts at every midnight
+        day_gain[:] = 0.0
     if midnight and not done:  # BatchedP2PEnv.step: the next calendar day of the episode
         ints[_DAY] = (ints[_DAY] + 1) % DAYS_PER_YEAR
         ints[_STEP] = 0
@@ -568,7 +593,8 @@ def step_kernel(tables, params, grid, ints, soc, last_voltage, last_price, episo
     if done:
         observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.final_obs)
         state_into(tables, params, ints, soc, last_price, buffers.final_state)
-        reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc)
+        reset_into(tables, params, ints, soc, last_voltage, last_price, episode_start_soc,
+                   day_gain)
     observe_into(tables, params, ints, soc, last_voltage, last_price, buffers.obs)
     return -1, done, needs_penalty
 
@@ -639,7 +665,8 @@ class SingleEnvEngine:
             episode_days=core.episode_days, any_behavioural=bool(core.behavioural.any()),
             behaviour_alpha=config.behaviour.alpha, behaviour_beta=config.behaviour.beta,
             loss_aversion=config.behaviour.loss_aversion,
-            behaviour_reference=REFERENCES.index(config.behaviour.reference))
+            behaviour_reference=REFERENCES.index(config.behaviour.reference),
+            day_time_scale=bool(core.behavioural.any()) and config.behaviour.time_scale == "day")
         # Exact Python types, so that every config compiles to the same kernel signature.
         types = get_type_hints(Params)
         self.params = Params(**{name: types[name](value) for name, value in values.items()})
@@ -653,6 +680,7 @@ class SingleEnvEngine:
             final_state=np.zeros(self.state_dim, np.float32),
             agent=np.zeros((len(AGENT_INFO), n)), env=np.zeros(len(ENV_INFO + NETWORK_INFO)),
             market=np.zeros((5, n)), arrival_rank=np.zeros(n, np.int64), reward=np.zeros(n),
+            day_gain_before=np.zeros(n),
             vm_pu=np.zeros(n_bus),
             line_loading=np.zeros(n_line), trafo_loading=np.zeros(n_trafo),
             line_p_from_kw=np.zeros(n_line), trafo_p_hv_kw=np.zeros(n_trafo))
@@ -662,8 +690,9 @@ class SingleEnvEngine:
         self._last_voltage = np.ones(n)
         self._last_price = np.zeros(1)
         self._episode_start_soc = np.zeros(n)
+        self._day_gain = np.zeros(n)
         self._state = (self._ints, self._soc, self._last_voltage, self._last_price,
-                       self._episode_start_soc)
+                       self._episode_start_soc, self._day_gain)
         self._seeded = False
         self._charges_p2p = core.charges_p2p
         # Actions are always copied to one dtype and layout, so the kernel is compiled (or
@@ -704,7 +733,8 @@ class SingleEnvEngine:
                 "day": ints[_DAY:_DAY + 1], "step_of_day": ints[_STEP:_STEP + 1],
                 "day_of_episode": ints[_EPISODE_DAY:_EPISODE_DAY + 1],
                 "soc_kwh": self._soc[None], "episode_start_soc_kwh": self._episode_start_soc[None],
-                "last_price": self._last_price, "last_voltage": self._last_voltage[None]}
+                "last_price": self._last_price, "last_voltage": self._last_voltage[None],
+                "behaviour_day_gain": self._day_gain[None]}
 
     def get_state(self) -> dict[str, np.ndarray | bool]:
         """A copy of the engine's state as ``BatchedP2PEnv.get_state`` of a core with
@@ -843,7 +873,10 @@ class SingleEnvEngine:
         buffers.reward[:] = -cost * self.params.reward_scale
         if self.params.any_behavioural:
             behavioural_rewards_into(self.tables, self.params, agent, env[_E_RETAIL_PRICE],
-                                     env[_E_FEED_IN_PRICE], buffers.reward)
+                                     env[_E_FEED_IN_PRICE], buffers.day_gain_before,
+                                     self._day_gain, buffers.reward)
+            if self.params.day_time_scale and env[_E_STEP_OF_DAY] == STEPS_PER_DAY - 1:
+                self._day_gain[:] = 0.0  # the step ended the day: its sum restarts
         env[_E_COMMUNITY_COST] = cost.sum()
 
 
