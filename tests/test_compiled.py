@@ -93,19 +93,25 @@ def test_compiled_equals_eager_every_network_model(network):
 def test_compiled_float32_observation_options_and_compile_time():
     """The default dtype (float32) to float32 rounding, with the observation options on
     (forecasts, community features, voltage, a rule's battery fraction; forecast noise is
-    below), two-day episodes and behavioural agents (their prospect-theory rewards in the
-    compiled settle stage); the compile time is reported."""
+    below), two-day episodes and behavioural agents (their prospect-theory rewards at the day
+    time scale in the compiled settle stage, which returns the day's running gain: from two
+    steps before the midnight inside the episode, where it restarts); the compile time is
+    reported."""
     config = {"community": {"feeder": "synthetic", "n_agents": 5},
               "observation": {"forecast_steps": 2, "community": True,
                               "include_voltage": True, "rule": "community_time_of_use"},
-              "episode": {"length_days": 2}, "behaviour": {"share": 0.4}}
+              "episode": {"length_days": 2},
+              "behaviour": {"share": 0.4, "time_scale": "day"}}
     kwargs = {"n_envs": 3, "dtype": "float32"}
     eager = envs.make_batched_env(config, compile=False, **kwargs)
     compiled = envs.make_batched_env(config, compile=True, **kwargs)
     generator = torch.Generator().manual_seed(0)
     for env in (eager, compiled):
         env.reset(seed=0)
-    for _ in range(3):
+        state = env.get_state()
+        state["step_of_day"] = torch.full((3,), STEPS_PER_DAY - 2)
+        env.set_state(state)
+    for step in range(4):
         actions = torch.rand(3, eager.n_agents, 2, generator=generator)
         expected, actual = eager.step(actions), compiled.step(actions)
         for a, b in zip(expected[:4], actual[:4], strict=True):
@@ -113,6 +119,9 @@ def test_compiled_float32_observation_options_and_compile_time():
         for key in expected[4]:
             torch.testing.assert_close(actual[4][key], expected[4][key], rtol=1e-4, atol=1e-4,
                                        equal_nan=True)
+        gain = compiled.behaviour_day_gain
+        torch.testing.assert_close(gain, eager.behaviour_day_gain, rtol=1e-4, atol=1e-5)
+        assert bool(gain.any()) == (step != 1), step  # zero right after the midnight
     assert compiled.compiled.compile_seconds > 0.0
     assert compiled.compiled.eager_stages == {}
     assert int(compiled.behavioural.sum()) == 2
