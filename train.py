@@ -146,6 +146,19 @@ def new_run_dir(logdir: str | Path, config: RunConfig, header: str = "") -> Path
     return run_dir
 
 
+def _after_existing_event_files(run_dir: Path) -> None:
+    """Wait (at most a second) until a new TensorBoard event file of ``run_dir`` sorts after
+    the existing ones: TensorBoard reads a run's files in name order, whose first field is the
+    second of creation, and the rest (host, process, a counter) does not order a resumed
+    writer after the interrupted one within the same second."""
+    seconds = [int(part[3]) for part in (path.name.split(".") for path in
+                                         run_dir.glob("events.out.tfevents.*"))
+               if len(part) > 3 and part[3].isdigit()]
+    deadline = time.monotonic() + 1.5  # a file dated in the future (clock change): give up
+    while seconds and int(time.time()) <= max(seconds) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class Trainer:
     """Builds the environments and the algorithm of ``config`` and runs the training loop:
     iterate, log, evaluate, checkpoint."""
@@ -182,6 +195,10 @@ class Trainer:
             "last_train": {}, "train_time_s": 0.0, "references": None}
         if resume:
             checkpoint = load_checkpoint(self.run_dir / "checkpoint_latest.pt")  # on the CPU
+            if not checkpoint.get("experience", True):
+                raise CheckpointError(f"{self.run_dir / 'checkpoint_latest.pt'} holds no "
+                                      f"replay buffers (a checkpoint to act from): cannot "
+                                      f"resume training from it")
             self.algorithm.load_state_dict(checkpoint["algorithm"])
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
@@ -192,6 +209,8 @@ class Trainer:
                 train.eval_reference)
         # the checkpoint was written after logging its step: drop the later events of the
         # interrupted process (TensorBoard purges steps >= purge_step)
+        if resume:
+            _after_existing_event_files(self.run_dir)
         self.writer = SummaryWriter(
             str(self.run_dir), purge_step=self.collector.global_step + 1 if resume else None)
         if not resume:
@@ -220,10 +239,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------
 
-    def checkpoint(self) -> dict[str, Any]:
+    def checkpoint(self, experience: bool = True) -> dict[str, Any]:
+        """Everything to resume the run (``checkpoint_latest.pt``); ``experience=False``
+        leaves out the replay buffers (``Algorithm.experience_attributes``): a checkpoint to
+        act from (``checkpoint_best.pt``), written at every improving evaluation, which the
+        buffers would make several times larger and slower."""
         return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                "global_step": self.collector.global_step,
-                "algorithm": self.algorithm.state_dict(),
+                "global_step": self.collector.global_step, "experience": experience,
+                "algorithm": self.algorithm.state_dict(experience),
                 "collector": self.collector.state_dict(),
                 "generator": self.generator.get_state(), "trainer": dict(self.state)}
 
@@ -243,7 +266,8 @@ class Trainer:
         if scalars["episodic_return"] > self.state["best_return"]:
             self.state["best_return"] = scalars["episodic_return"]
             self.state["best_eval"] = {"global_step": step, **scalars}
-            save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_best.pt")
+            save_checkpoint(self.checkpoint(experience=False),
+                            self.run_dir / "checkpoint_best.pt")
         if self.on_evaluate is not None:
             self.on_evaluate(step, dict(scalars))
         return scalars

@@ -117,6 +117,11 @@ class Algorithm(abc.ABC):
     """Frozen dataclass of the hyperparameters."""
     checkpoint_attributes: ClassVar[tuple[str, ...]] = ()
     """Attributes with ``state_dict``/``load_state_dict`` saved in checkpoints."""
+    experience_attributes: ClassVar[tuple[str, ...]] = ()
+    """Those of :attr:`checkpoint_attributes` that hold collected experience (replay
+    buffers): needed to resume training, not to act, so left out of ``state_dict(experience=
+    False)`` (``train.py``'s ``checkpoint_best.pt``); loading such a state leaves them as
+    they are."""
 
     def __init__(self, config: Any, spec: EnvSpec, train: TrainConfig,
                  generator: torch.Generator) -> None:
@@ -135,9 +140,14 @@ class Algorithm(abc.ABC):
     def iterate(self, collector: Collector) -> dict[str, float]:
         """Collect experience through ``collector`` and update; return scalars by tag."""
 
-    def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name).state_dict() for name in self.checkpoint_attributes}
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
+        """The algorithm's state; ``experience=False`` leaves out
+        :attr:`experience_attributes` (a state to act from, not to resume)."""
+        return {name: getattr(self, name).state_dict() for name in self.checkpoint_attributes
+                if experience or name not in self.experience_attributes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in self.checkpoint_attributes:
+            if name in self.experience_attributes and name not in state:
+                continue  # a state to act from: the replay buffer stays as it is
             getattr(self, name).load_state_dict(state[name])

@@ -194,6 +194,7 @@ class DDPG(Algorithm):
     Config = DDPGConfig
     checkpoint_attributes = ("actor", "critic", "target_actor", "target_critic",
                              "actor_optimizer", "critic_optimizer", "buffer")
+    experience_attributes = ("buffer",)
 
     def __init__(self, config: DDPGConfig, spec: EnvSpec, train: TrainConfig,
                  generator: torch.Generator) -> None:
@@ -391,8 +392,8 @@ class DDPG(Algorithm):
     # Checkpoint
     # ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "n_updates": self.n_updates,
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
+        return {**super().state_dict(experience), "n_updates": self.n_updates,
                 "ou_state": self.ou_state.clone(), "imitated": self.imitated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -121,6 +121,7 @@ class DQN(Algorithm):
     name = "dqn"
     Config = DQNConfig
     checkpoint_attributes = ("q_network", "target_network", "optimizer", "replay_buffer")
+    experience_attributes = ("replay_buffer",)
 
     def __init__(self, config: DQNConfig, spec: EnvSpec, train: TrainConfig,
                  generator: torch.Generator) -> None:
@@ -242,8 +243,8 @@ class DQN(Algorithm):
     # Checkpoints
     # ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
+        state = super().state_dict(experience)
         state["counters"] = {"epsilon": self.epsilon, "gradient_steps": self.gradient_steps}
         return state
 

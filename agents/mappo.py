@@ -253,8 +253,8 @@ class MAPPO(Algorithm):
     # Training
     # ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "imitated": self.imitated}
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
+        return {**super().state_dict(experience), "imitated": self.imitated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

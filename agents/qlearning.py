@@ -373,7 +373,8 @@ class QLearning(Algorithm):
     # Checkpoints
     # ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
+        # the Q-table is the policy itself: nothing to leave out without experience
         return {"q_table": self.q_table.clone(), "visits": self.visits.clone(),
                 "epsilon": self.epsilon, "updates": self.updates}
 

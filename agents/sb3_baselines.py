@@ -404,11 +404,11 @@ class SB3Algorithm(Algorithm):
     # Checkpoint: SB3's own files, as bytes
     # ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, experience: bool = True) -> dict[str, Any]:
         model_file = io.BytesIO()
         self.model.save(model_file)
         state: dict[str, Any] = {"model": model_file.getvalue(), "replay_buffer": None}
-        if isinstance(self.model, OffPolicyAlgorithm):
+        if experience and isinstance(self.model, OffPolicyAlgorithm):
             buffer_file = io.BytesIO()
             self.model.save_replay_buffer(buffer_file)
             state["replay_buffer"] = buffer_file.getvalue()

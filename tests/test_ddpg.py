@@ -14,7 +14,7 @@ from run_records import assert_same, run_metrics
 import envs
 import train
 from agents.algorithm import EnvSpec
-from agents.checkpoints import load_checkpoint
+from agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from agents.collector import Collector
 from agents.ddpg import DDPG
 from agents.networks import PerAgentMLP
@@ -147,6 +147,33 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
     actions = policy.act(obs, env)
     assert actions.shape == (3, 4, 2) and bool(torch.isfinite(actions).all())
     env.step(actions)  # the core accepts them
+
+
+def test_best_checkpoint_leaves_out_the_replay_buffer(tmp_path):
+    """checkpoint_best.pt is for acting: no replay buffer (smaller, faster to write), and the
+    policy loaded from it acts as the algorithm it was written from; checkpoint_latest.pt keeps
+    the buffer for resuming, and a checkpoint without it is refused for --resume."""
+    config = build_run_config(run_config())
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    trainer.run()
+    best = load_checkpoint(run_dir / "checkpoint_best.pt")
+    latest = load_checkpoint(run_dir / "checkpoint_latest.pt")
+    assert best["experience"] is False and "buffer" not in best["algorithm"]
+    assert latest["experience"] is True and "buffer" in latest["algorithm"]
+    assert ((run_dir / "checkpoint_best.pt").stat().st_size
+            < (run_dir / "checkpoint_latest.pt").stat().st_size / 2)
+    acting = load_policy(run_dir / "checkpoint_best.pt")
+    twin, _ = build(run_config())
+    twin.load_state_dict(best["algorithm"])  # the buffer stays empty, the networks load
+    assert len(twin.buffer) == 0
+    env = envs.make_batched_env(config.env, n_envs=3)
+    obs, _ = env.reset(seed=1)
+    torch.testing.assert_close(acting.act(obs, env),
+                               twin.act(obs, env.state(), deterministic=True))
+    save_checkpoint(best, run_dir / "checkpoint_latest.pt")
+    with pytest.raises(CheckpointError, match="holds no replay buffers"):
+        train.Trainer(config, run_dir, resume=True, progress=False)
 
 
 @pytest.mark.slow
