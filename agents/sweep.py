@@ -884,6 +884,19 @@ def write_results(out: Path, results: Sequence[TrialResult], metric: str, mode: 
 # --------------------------------------------------------------------------------------------
 
 
+def add_ray_arguments(parser: argparse.ArgumentParser, run: str) -> None:
+    """``--address``, ``--cpus`` and ``--verbose``: where and how :func:`run_trials` trains
+    its runs, named ``run`` in the help (a sweep's trial, a leaderboard's cell)."""
+    parser.add_argument("--address", default=None,
+                        help=f"train the {run}s on this running Ray cluster (auto, host:6379; "
+                             f"default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help=f"CPUs of the local Ray, one single-threaded {run} per CPU "
+                             f"(default: every core)")
+    parser.add_argument("--verbose", type=int, default=1,
+                        help=f"Ray Tune's progress output while {run}s train (0-3)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="train.py --sweep",
@@ -918,15 +931,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None,
                         help="sweep folder (default: <logdir>/sweep__<config>__<hash of the "
                              "sweep>; the same command finds it again)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--cpus", type=int, default=None,
-                        help="CPUs of the local Ray (default: every core)")
+    add_ray_arguments(parser, "trial")
     parser.add_argument("--force", action="store_true",
                         help="rerun finished trials instead of skipping them")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate and list the trials, run nothing")
-    parser.add_argument("--verbose", type=int, default=1, help="Tune's verbosity (0-3)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="train.py overrides; [a,b] grid, choice(..), uniform(lo,hi), "
                              "loguniform(lo,hi), randint(lo,hi) vary")

@@ -504,14 +504,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="results/leaderboard", help="output folder")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the evaluations (training: train.torch_threads)")
-    parser.add_argument("--cpus", type=int, default=None,
-                        help="CPUs of the local Ray that trains the cells, one single-threaded "
-                             "cell per CPU (default: every core)")
-    parser.add_argument("--address", default=None,
-                        help="train the cells on this running Ray cluster (auto, host:6379; "
-                             "default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--verbose", type=int, default=1,
-                        help="Ray Tune's progress output while cells train (0-3)")
+    sweep.add_ray_arguments(parser, "cell")
     parser.add_argument("--force", action="store_true",
                         help="redo finished cells and references instead of skipping them")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
