@@ -492,6 +492,137 @@ class BehaviourConfig:
         return self.share > 0.0 or bool(self.agents)
 
 
+STORAGE_MODES = ("none", "market", "virtual")
+STORAGE_OPERATORS = ("rule", "agent")
+STORAGE_RULES = ("community_self_consumption", "idle")
+COST_ALLOCATIONS = ("subscription", "throughput")
+SETTLEMENTS = ("day", "episode")
+LEFTOVER_PRICES = ("feed_in", "retail")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """A battery the community shares (``envs.storage``): off by default (``mode`` none).
+
+    ``market``: the battery is one more participant of the P2P market (after the agents, as
+    ``community_battery``), driven by a built-in ``rule`` or, with ``operator`` agent, by a
+    policy acting as its own agent of the PettingZoo env. ``virtual``: every member holds a
+    virtual account of ``subscription_kwh``; its surplus is stored into it and its deficits
+    drawn from it (draws only within ``draw_hours``) before the market; the physical battery
+    carries the members' net flow; leftover balances are paid at ``leftover_price`` at every
+    midnight (``settle`` day) or at the episode's end. In both modes the battery's costs
+    (capacity, degradation, losses, its grid and market bills, its network-penalty share)
+    are allocated to the members by ``cost_allocation`` and are part of their costs."""
+
+    mode: str = "none"
+    """One of STORAGE_MODES: none (no shared battery), market or virtual."""
+    capacity_kwh: float = 100.0
+    """Usable and unusable cell capacity together, kWh, > 0 (the SoC stays within
+    [soc_min, soc_max] of it)."""
+    power_kw: float = 50.0
+    """Charge and discharge power limit on the AC side, kW, > 0."""
+    charge_efficiency: float = 0.95
+    """Fraction of the AC energy charged that reaches the cells, in (0, 1]."""
+    discharge_efficiency: float = 0.95
+    """Fraction of the energy leaving the cells that reaches the AC side, in (0, 1]."""
+    soc_min: float = 0.1
+    """Lowest state of charge, fraction of capacity."""
+    soc_max: float = 0.9
+    """Highest state of charge, fraction of capacity."""
+    initial_soc: float = 0.5
+    """SoC at every episode's start in mode market, fraction in [soc_min, soc_max]. Mode
+    virtual always starts at soc_min with empty accounts (the physical battery holds the
+    members' balances above its floor)."""
+    degradation_cost: float = 0.02
+    """Cost per kWh of AC-side throughput, currency/kWh, >= 0."""
+    capacity_cost: float = 0.0
+    """Capital and upkeep cost per kWh of capacity per day, currency/(kWh day), >= 0;
+    charged in 96 equal parts over the day's steps."""
+    bus: int | str | None = None
+    """The feeder bus the battery is connected to: a pandapower bus index or bus name, or
+    null for the low-voltage side of the feeder's first transformer (the first agent's bus
+    on a feeder without a transformer). Must be null for a feeder without a network
+    (``synthetic``)."""
+    members: list[str] | None = None
+    """The agents that share the battery (their names), or null for every agent."""
+    cost_allocation: str = "subscription"
+    """How the battery's costs are split among the members (COST_ALLOCATIONS):
+    ``subscription`` (in proportion to ``subscription_kwh``; equal shares by default) or
+    ``throughput`` (virtual mode: in proportion to each member's energy stored plus drawn in
+    the step; by subscription in a step without any)."""
+    operator: str = "rule"
+    """Who drives the battery in mode market (STORAGE_OPERATORS): ``rule`` (the built-in
+    ``rule``) or ``agent`` (a policy: the PettingZoo env gets the agent
+    ``community_battery`` with its own spaces, ``envs.storage``)."""
+    rule: str = "community_self_consumption"
+    """The operator rule of mode market (STORAGE_RULES): ``community_self_consumption``
+    (charge with the members' surplus of the step, discharge into their deficit, orders at
+    the middle of the price band) or ``idle``."""
+    subscription_kwh: float | list[float] = 8.0
+    """Each member's virtual account size, kWh (> 0): one number for every member or one per
+    member (in the order of ``members``, or of the agents); also the weights of
+    ``cost_allocation`` subscription."""
+    draw_hours: list[float] = field(default_factory=lambda: [0.0, 24.0])
+    """Mode virtual: [start, end) hours of the day in which members may draw from their
+    accounts, 0 <= start < end <= 24 (PowerBank: [15, 24]); storing is allowed always."""
+    leftover_price: str | float = "feed_in"
+    """Mode virtual: the price paid for a balance left at settlement, currency/kWh: a number
+    >= 0, or ``feed_in`` / ``retail`` (that step's tariff)."""
+    settle: str = "day"
+    """Mode virtual (SETTLEMENTS): ``day`` (balances are paid out and emptied at every
+    midnight, PowerBank) or ``episode`` (they carry over the days of an episode and are paid
+    out at its end)."""
+
+    def __post_init__(self) -> None:
+        check(self.mode in STORAGE_MODES, "mode", f"one of {STORAGE_MODES}", self.mode)
+        check(0.0 < self.capacity_kwh <= 1e7, "capacity_kwh", "a capacity in (0, 1e7] kWh",
+              self.capacity_kwh)
+        check(0.0 < self.power_kw <= 1e7, "power_kw", "a power in (0, 1e7] kW",
+              self.power_kw)
+        for name in ("charge_efficiency", "discharge_efficiency"):
+            value = getattr(self, name)
+            check(0.0 < value <= 1.0, name, "a value in (0, 1]", value)
+        check(0.0 <= self.soc_min < self.soc_max <= 1.0, "soc_min",
+              "0 <= soc_min < soc_max <= 1", (self.soc_min, self.soc_max))
+        check(self.soc_min <= self.initial_soc <= self.soc_max, "initial_soc",
+              f"a fraction in [soc_min, soc_max] = [{self.soc_min}, {self.soc_max}]",
+              self.initial_soc)
+        for name in ("degradation_cost", "capacity_cost"):
+            check(getattr(self, name) >= 0.0, name, ">= 0", getattr(self, name))
+        check(not isinstance(self.bus, bool) and (not isinstance(self.bus, int)
+                                                  or self.bus >= 0),
+              "bus", "null, a bus index >= 0 or a bus name", self.bus)
+        if self.members is not None:
+            check(len(self.members) > 0 and len(set(self.members)) == len(self.members),
+                  "members", "null (every agent) or a non-empty list of distinct agent names",
+                  self.members)
+        check(self.cost_allocation in COST_ALLOCATIONS, "cost_allocation",
+              f"one of {COST_ALLOCATIONS}", self.cost_allocation)
+        check(self.cost_allocation != "throughput" or self.mode != "market", "cost_allocation",
+              "subscription in mode market (throughput counts virtual stores and draws)",
+              self.cost_allocation)
+        check(self.operator in STORAGE_OPERATORS, "operator", f"one of {STORAGE_OPERATORS}",
+              self.operator)
+        check(self.rule in STORAGE_RULES, "rule", f"one of {STORAGE_RULES}", self.rule)
+        sizes = (self.subscription_kwh if isinstance(self.subscription_kwh, list)
+                 else [self.subscription_kwh])
+        check(len(sizes) > 0 and all(0.0 < size <= 1e7 for size in sizes), "subscription_kwh",
+              "a size in (0, 1e7] kWh, or a non-empty list of them (one per member)",
+              self.subscription_kwh)
+        hours = self.draw_hours
+        check(len(hours) == 2 and 0.0 <= hours[0] < hours[1] <= 24.0, "draw_hours",
+              "[start, end] hours of the day with 0 <= start < end <= 24", hours)
+        check(self.leftover_price in LEFTOVER_PRICES or (
+            not isinstance(self.leftover_price, str) and self.leftover_price >= 0.0),
+            "leftover_price", f"a price >= 0 or one of {LEFTOVER_PRICES}", self.leftover_price)
+        check(self.settle in SETTLEMENTS, "settle", f"one of {SETTLEMENTS}", self.settle)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the community has a shared battery (``mode`` not none)."""
+        return self.mode != "none"
+
+
 DTYPES = ("float32", "float64")
 
 
@@ -508,6 +639,7 @@ class EnvConfig:
     observation: ObservationConfig = field(default_factory=ObservationConfig)
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     reward_scale: float = 1.0
     """Rewards are minus money (payment + degradation + penalty) times this scale (for
     behavioural agents, ``behaviour``: the prospect value of their money times this scale)."""
