@@ -51,6 +51,7 @@ The names both implement live in one module each: random streams and the noise c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -58,7 +59,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from envs import behaviour, fees, market, observations, physics, rng, rules
+from envs import behaviour, fees, market, observations, physics, rng, rules, storage
 from envs.compiled import CompiledStages, compile_wanted
 from envs.config import INT64_MAX, ConfigError, EnvConfig
 from envs.data import (
@@ -81,7 +82,13 @@ STATE_KEYS: tuple[str, ...] = (
     "episode_start_soc_kwh", "last_price", "last_voltage", "behaviour_day_gain", "seeded")
 """Keys of :meth:`BatchedP2PEnv.get_state`: everything of the core that changes after
 construction (its random draws are counter-based, keyed by ``env_seed`` and
-``episode_count``, so this is all a resumed run or the numba engine needs)."""
+``episode_count``, so this is all a resumed run or the numba engine needs); a core with a
+shared battery adds :data:`STORAGE_STATE_KEYS` (:attr:`BatchedP2PEnv.state_keys`)."""
+
+STORAGE_STATE_KEYS: tuple[str, ...] = (
+    "storage_soc_kwh", "storage_start_soc_kwh", "storage_account_kwh")
+"""The state of a shared battery (``storage``, ``envs.storage``): its cell energy and that at
+the episode's start ``[B]`` (kWh), and the members' virtual balances ``[B, N]`` (kWh)."""
 
 
 class CoreTables(NamedTuple):
@@ -295,7 +302,28 @@ class BatchedP2PEnv:
 
         from envs.grid import make_network
 
-        self.network = make_network(config.network, data, self.device, self.dtype)
+        self.storage: storage.SharedStorage | None = None
+        """The shared battery (``storage``, ``envs.storage``), or None."""
+        battery_bus = None
+        if config.storage.enabled:
+            self.storage = storage.SharedStorage(config.storage, self.agent_names, self.device,
+                                                 self.dtype)
+            if data.net_json is not None:
+                battery_bus = storage.storage_bus(config.storage, data.net())
+            elif config.storage.bus is not None:
+                raise ConfigError(f"config key 'storage.bus': got {config.storage.bus!r}; "
+                                  f"allowed: null on feeder {data.name!r}, which has no network")
+        self.network = make_network(config.network, data, self.device, self.dtype,
+                                    battery_bus=battery_bus)
+        self._battery_column = battery_bus is not None and config.network.model != "none"
+        """Whether the network's inputs have the shared battery as a last column."""
+        self.state_keys: tuple[str, ...] = STATE_KEYS + (
+            STORAGE_STATE_KEYS if self.storage is not None else ())
+        """The keys of :meth:`get_state`: :data:`STATE_KEYS`, and :data:`STORAGE_STATE_KEYS`
+        with a shared battery."""
+        self.storage_soc_kwh = torch.zeros(b, dtype=self.dtype, device=self.device)
+        self.storage_start_soc_kwh = torch.zeros(b, dtype=self.dtype, device=self.device)
+        self.storage_account_kwh = torch.zeros(b, n, dtype=self.dtype, device=self.device)
         net_cfg = config.network
         self.charges_p2p = (net_cfg.p2p_fee, net_cfg.p2p_distance_fee,
                             net_cfg.p2p_loss_factor) != (0.0, 0.0, 0.0)
@@ -304,11 +332,17 @@ class BatchedP2PEnv:
         if net_cfg.p2p_distance_fee > 0.0:
             from envs.network import electrical_distance
 
-            self.electrical_distance = electrical_distance(self.network.model)
+            # the agents' block (a shared battery's column is not a trading agent)
+            self.electrical_distance = electrical_distance(self.network.model)[:n, :n]
         # The no-P2P operation's consumption, computed as step() computes a no_p2p policy's
         # (kWh of the step, idle battery, back to kW), and its penalty shares.
         no_p2p_kw = (self.load_kw * self.dt_h - self.pv_kw * self.dt_h) / self.dt_h
-        self.no_p2p_network_penalty = self.network.penalty_table(no_p2p_kw, self.load_kvar)
+        no_p2p_kvar = self.load_kvar
+        if battery_bus is not None:  # the shared battery idle too
+            no_p2p_kw = torch.nn.functional.pad(no_p2p_kw, (0, 1))
+            no_p2p_kvar = torch.nn.functional.pad(no_p2p_kvar, (0, 1))
+        self.no_p2p_network_penalty = self.network.penalty_table(
+            no_p2p_kw, no_p2p_kvar)[:, :n]
         """``[T, N]``: :attr:`CoreTables.no_p2p_network_penalty`."""
         self.behavioural = torch.as_tensor(self._behavioural_mask(), device=self.device)
         """``[N]`` bool: the behavioural (prospect-theory) agents of ``behaviour``; all False
@@ -394,9 +428,10 @@ class BatchedP2PEnv:
         agent's running money against its reference over the day so far, currency: the sum
         ``S`` of ``envs.behaviour``'s day time scale; 0 at the step time scale);
         ``seeded``: whether :meth:`seed` ran (else the next reset seeds with
-        ``config.seed``). :meth:`set_state` of a core of the same config restores it."""
+        ``config.seed``); with a shared battery also :data:`STORAGE_STATE_KEYS`.
+        :meth:`set_state` of a core of the same config restores it."""
         state: dict[str, Tensor | bool] = {
-            name: getattr(self, name).clone() for name in STATE_KEYS if name != "seeded"}
+            name: getattr(self, name).clone() for name in self.state_keys if name != "seeded"}
         state["seeded"] = self._seeded
         return state
 
@@ -406,14 +441,15 @@ class BatchedP2PEnv:
         unless ``state`` has exactly :data:`STATE_KEYS` with the shapes of this core's,
         integers where the core holds integers, finite floats, ``day`` in 0..365,
         ``step_of_day`` in 0..95 and ``day_of_episode`` in 0..episode_days - 1."""
-        if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
+        if not isinstance(state, dict) or set(state) != set(self.state_keys):
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"core state: got keys {keys}; allowed: exactly {list(STATE_KEYS)}")
+            raise ValueError(f"core state: got keys {keys}; allowed: exactly "
+                             f"{list(self.state_keys)}")
         seeded = state["seeded"]
         if not isinstance(seeded, bool | np.bool_):
             raise ValueError(f"core state 'seeded': got {seeded!r}; allowed: a bool")
         values = {}
-        for name in (name for name in STATE_KEYS if name != "seeded"):
+        for name in (name for name in self.state_keys if name != "seeded"):
             current = getattr(self, name)
             value = torch.as_tensor(state[name])
             if tuple(value.shape) != tuple(current.shape) or (
@@ -495,6 +531,15 @@ class BatchedP2PEnv:
         self.last_price = torch.where(mask, midpoint, self.last_price)
         self.last_voltage = torch.where(mask[:, None], torch.ones_like(self.last_voltage),
                                         self.last_voltage)
+        if self.storage is not None:
+            self.storage_soc_kwh = torch.where(
+                mask, torch.full_like(self.storage_soc_kwh, self.storage.initial_kwh),
+                self.storage_soc_kwh)
+            self.storage_start_soc_kwh = torch.where(mask, self.storage_soc_kwh,
+                                                     self.storage_start_soc_kwh)
+            self.storage_account_kwh = torch.where(
+                mask[:, None], torch.zeros_like(self.storage_account_kwh),
+                self.storage_account_kwh)
         if self._day_time_scale:
             self.behaviour_day_gain = torch.where(
                 mask[:, None], torch.zeros_like(self.behaviour_day_gain),
@@ -606,6 +651,40 @@ class BatchedP2PEnv:
         n_price = self._price_levels.shape[0]
         return self._battery_levels[actions // n_price], self._price_levels[actions % n_price]
 
+    @property
+    def storage_operator_agent(self) -> bool:
+        """Whether the shared battery is driven by an agent (mode market, operator agent):
+        :meth:`step` then needs ``storage_actions``."""
+        cfg = self.config.storage
+        return cfg.mode == "market" and cfg.operator == "agent"
+
+    def decode_storage_actions(self, storage_actions: Tensor | None) -> Tensor | None:
+        """Validate the operator agent's ``storage_actions [B, 2]`` (None unless
+        :attr:`storage_operator_agent`); returns them clamped, in the core's dtype. Raises
+        ValueError naming what is wrong."""
+        if not self.storage_operator_agent:
+            if storage_actions is not None:
+                raise ValueError("storage_actions are for a shared battery driven by an agent "
+                                 "(storage.mode market, storage.operator agent); this core "
+                                 f"has storage.mode {self.config.storage.mode!r}, operator "
+                                 f"{self.config.storage.operator!r}: pass none")
+            return None
+        if storage_actions is None:
+            raise ValueError("storage.operator is agent: step() needs storage_actions "
+                             f"[{self.n_envs}, 2] (battery fraction in [-1, 1], price "
+                             f"fraction in [0, 1]) for {storage.BATTERY_AGENT!r}")
+        action = torch.as_tensor(storage_actions, device=self.device)
+        if tuple(action.shape) != (self.n_envs, 2) or not action.is_floating_point():
+            raise ValueError(f"storage_actions must be floats of shape [{self.n_envs}, 2], got "
+                             f"{list(action.shape)} {action.dtype}")
+        action = action.to(self.dtype)
+        valid = (action >= self._action_low - 1e-6) & (action <= self._action_high + 1e-6)
+        if not bool(valid.all()):
+            env = int((~valid.all(dim=-1)).nonzero()[0, 0])
+            raise ValueError(f"storage_actions of env {env} are {action[env].tolist()}; "
+                             f"allowed: finite [battery in [-1, 1], price in [0, 1]]")
+        return action.clamp(self._action_low, self._action_high)
+
     def arrival_rank(self) -> Tensor:
         """``[B, N]`` int64: each agent's place in the arrival order of the step being taken,
         for the continuous double auction (``market.mechanism: cda``), drawn from
@@ -613,33 +692,85 @@ class BatchedP2PEnv:
         info gives it as ``arrival_rank``."""
         counter = rng.forecast_noise_counter(
             self.episode_count, self.day_of_episode * STEPS_PER_DAY + self.step_of_day)
-        return rng.random_rank(self.env_seed, counter, rng.STREAM_CDA_ARRIVAL, self.n_agents)
+        participants = self.n_agents + (
+            1 if self.storage is not None and self.storage.mode == "market" else 0)
+        return rng.random_rank(self.env_seed, counter, rng.STREAM_CDA_ARRIVAL, participants)
 
-    def terminal_value_cost(self, soc_kwh: Tensor) -> Tensor:
+    def terminal_value_cost(self, soc_kwh: Tensor, start_kwh: Tensor | None = None) -> Tensor:
         """Each agent's terminal value of the step being taken, ``[B, N]`` currency:
         ``terminal_price * max(taken, 0) - terminal_credit_price * max(-taken, 0)`` with
         ``taken = episode_start_soc_kwh - soc_kwh`` (kWh) in the environments whose episode
         ends with this step (the last step of the episode's last day), 0 elsewhere (also at
         the midnights inside a multi-day episode) and when ``episode.terminal_value`` is
         false.
-        ``soc_kwh [B, N]`` is the SoC after the step."""
+        ``soc_kwh [B, N]`` is the SoC after the step; ``start_kwh`` (same shape) the SoC at
+        the episode's start, :attr:`episode_start_soc_kwh` when None (the shared battery's
+        ``[B]`` is valued by the same rule)."""
         if not self.terminal_value:
             return torch.zeros_like(soc_kwh)
-        last_step = ((self.step_of_day == STEPS_PER_DAY - 1)
-                     & (self.day_of_episode == self.episode_days - 1))[:, None]
-        taken = self.episode_start_soc_kwh - soc_kwh
+        last_step = self._episode_ends_now()
+        if soc_kwh.dim() == 2:
+            last_step = last_step[:, None]
+        start = self.episode_start_soc_kwh if start_kwh is None else start_kwh
+        taken = start - soc_kwh
         # The numba engine computes the same two products in the same order.
         value = (self.terminal_price * taken.clamp_min(0.0)
                  - self.terminal_credit_price * (-taken).clamp_min(0.0))
         return torch.where(last_step, value, torch.zeros_like(value))
 
+    def _episode_ends_now(self) -> Tensor:
+        """``[B]`` bool: whether the step being taken is its episode's last."""
+        return ((self.step_of_day == STEPS_PER_DAY - 1)
+                & (self.day_of_episode == self.episode_days - 1))
+
+    def storage_observation(self) -> Tensor:
+        """``[B, len(envs.storage.OPERATOR_FEATURES)]``: the shared battery's operator
+        observation (``envs.storage``); needs a shared battery."""
+        if self.storage is None:
+            raise ValueError("storage_observation needs a shared battery (storage.mode "
+                             "market or virtual)")
+        return self.storage.operator_observation(
+            self.storage_soc_kwh, self._shared_features(),
+            self._community_net[self.time_index()])
+
+    def _storage_flows(self, position_kwh: Tensor, retail: Tensor, feed_in: Tensor,
+                       storage_action: Tensor | None) -> storage.StorageFlows:
+        """The shared battery's step (``envs.storage``) before the market, for the members'
+        positions ``[B, N]``; ``storage_action [B, 2]`` the operator agent's (else the
+        rule's)."""
+        shared = self.storage
+        assert shared is not None
+        if shared.mode == "market":
+            if storage_action is None:
+                fraction, price_fraction = shared.operator_rule(position_kwh)
+            else:
+                fraction, price_fraction = storage_action[:, 0], storage_action[:, 1]
+            return shared.market_step(position_kwh, self.storage_soc_kwh, fraction,
+                                      price_fraction, retail, feed_in,
+                                      self.storage_account_kwh)
+        cfg = self.config.storage
+        last_of_day = self.step_of_day == STEPS_PER_DAY - 1
+        settle_now = (last_of_day if cfg.settle == "day"
+                      else torch.zeros_like(last_of_day)) | self._episode_ends_now()
+        if cfg.leftover_price == "feed_in":
+            leftover = feed_in
+        elif cfg.leftover_price == "retail":
+            leftover = retail
+        else:
+            leftover = torch.full_like(feed_in, float(cfg.leftover_price))
+        return shared.virtual_step(position_kwh, self.storage_soc_kwh, self.storage_account_kwh,
+                                   self.step_of_day.clamp_max(STEPS_PER_DAY - 1), settle_now,
+                                   leftover)
+
     def _trade(self, battery_fraction: Tensor, price_fraction: Tensor,
-               arrival_rank: Tensor | None = None) -> dict[str, Tensor]:
+               arrival_rank: Tensor | None = None, storage_action: Tensor | None = None
+               ) -> dict[str, Tensor]:
         """Steps 2 and 3 of a step for decoded actions (``[B, N]`` each), without changing
         state: the profiles, the battery and the market, as a dict of tensors (``p_kw`` and
         ``q_kvar [B, N]``, kW and kvar, are the network's input). ``arrival_rank`` ``[B, N]``:
         the step's :meth:`arrival_rank` under ``cda`` (drawn outside: its integer hashing is
-        not compiled), else None.
+        not compiled), else None. ``storage_action [B, 2]``: the shared battery's operator
+        agent's action (``storage.operator`` agent), else None.
         Pure tensor code (no host sync), compiled by ``envs.compiled``."""
         cfg = self.config
         index = self.time_index()
@@ -654,20 +785,50 @@ class BatchedP2PEnv:
             cfg.battery.soc_min, cfg.battery.soc_max, self.dt_h)
         net_kwh = load_kwh - pv_kwh + battery.energy_kwh
         price = feed_in[:, None] + price_fraction * (retail - feed_in)[:, None]
-        # The tariff is validated by the config and the quantities are finite: no checks.
-        cleared = market.clear_unchecked(cfg.market.mechanism, price, net_kwh, retail, feed_in,
-                                         float(cfg.market.k), arrival_rank)
+        p_kw = net_kwh / self.dt_h
+        q_kvar = self.load_kvar[index]
+        extra: dict[str, Tensor] = {}
+        position = net_kwh
+        if self.storage is None:
+            # The tariff is validated by the config and the quantities are finite: no checks.
+            cleared = market.clear_unchecked(cfg.market.mechanism, price, net_kwh, retail,
+                                             feed_in, float(cfg.market.k), arrival_rank)
+        else:
+            n = self.n_agents
+            flows = self._storage_flows(net_kwh, retail, feed_in, storage_action)
+            position = flows.position_kwh
+            extra = {f"storage_{name}": value for name, value in flows._asdict().items()}
+            if self.storage.mode == "market":  # the battery is participant n
+                both = market.clear_unchecked(
+                    cfg.market.mechanism, torch.cat([price, flows.price[:, None]], dim=1),
+                    torch.cat([net_kwh, flows.energy_kwh[:, None]], dim=1), retail, feed_in,
+                    float(cfg.market.k), arrival_rank)
+                cleared = dataclasses.replace(both, **{
+                    name: getattr(both, name)[:, :n] for name in (
+                        "payment", "p2p_energy", "grid_energy", "p2p_payment", "grid_payment")})
+                extra.update(storage_payment=both.payment[:, n],
+                             storage_p2p_kwh=both.p2p_energy[:, n],
+                             storage_grid_kwh=both.grid_energy[:, n])
+            else:
+                cleared = market.clear_unchecked(cfg.market.mechanism, price, position, retail,
+                                                 feed_in, float(cfg.market.k), arrival_rank)
+                extra.update(storage_payment=torch.zeros_like(retail),
+                             storage_p2p_kwh=torch.zeros_like(retail))
+            if self._battery_column:
+                p_kw = torch.cat([p_kw, (flows.energy_kwh / self.dt_h)[:, None]], dim=1)
+                q_kvar = torch.nn.functional.pad(q_kvar, (0, 1))
         degradation = cfg.battery.degradation_cost * battery.throughput_kwh
-        return {
+        return {**extra,
             "index": index, "load_kwh": load_kwh, "pv_kwh": pv_kwh, "retail": retail,
             "feed_in": feed_in, "price": price, "net_kwh": net_kwh,
             "battery_energy_kwh": battery.energy_kwh, "battery_cut_kwh": battery.cut_kwh,
             "soc_kwh": battery.soc_kwh, "degradation": degradation,
+            "position_kwh": position,
             "payment": cleared.payment, "p2p_energy": cleared.p2p_energy,
             "grid_energy": cleared.grid_energy, "p2p_payment": cleared.p2p_payment,
             "grid_payment": cleared.grid_payment, "clearing_price": cleared.clearing_price,
             "operator_surplus": cleared.operator_surplus,
-            "p_kw": net_kwh / self.dt_h, "q_kvar": self.load_kvar[index]}
+            "p_kw": p_kw, "q_kvar": q_kvar}
 
     def _settle(self, trade: dict[str, Tensor], penalty: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
@@ -678,6 +839,9 @@ class BatchedP2PEnv:
         :meth:`step` assigns and zeroes at midnight, else None). Pure tensor code, compiled
         by ``envs.compiled``."""
         cfg = self.config
+        n = self.n_agents
+        battery_penalty = penalty[:, n] if penalty.shape[1] > n else None
+        penalty = penalty[:, :n]
         p2p_energy, grid_energy = trade["p2p_energy"], trade["grid_energy"]
         # Here rather than in _trade: inductor (torch 2.13, CPU) miscompiled pay_as_bid's
         # payments when these charges were fused into the market's graph.
@@ -692,6 +856,10 @@ class BatchedP2PEnv:
             network_fee = torch.zeros_like(p2p_energy)
         terminal = self.terminal_value_cost(trade["soc_kwh"])
         cost = trade["payment"] + trade["degradation"] + penalty + network_fee + terminal
+        storage_info: dict[str, Tensor] = {}
+        if self.storage is not None:
+            storage_info = self._storage_bill(trade, battery_penalty)
+            cost = cost + storage_info["storage_cost_share"] - storage_info["storage_payout"]
         reward = -cost * cfg.reward_scale
         no_p2p_penalty = self.no_p2p_network_penalty[trade["index"]]
         day_gain = None
@@ -704,6 +872,14 @@ class BatchedP2PEnv:
                 reward, cost, reference_cost,
                 self.behaviour_day_gain if self._day_time_scale else None)
         clearing_price = trade["clearing_price"]
+        grid_import = grid_energy.clamp_min(0.0).sum(dim=1)
+        grid_export = (-grid_energy).clamp_min(0.0).sum(dim=1)
+        p2p_volume = p2p_energy.clamp_min(0.0).sum(dim=1)
+        if self.storage is not None:
+            battery_grid = trade["storage_grid_kwh"]
+            grid_import = grid_import + battery_grid.clamp_min(0.0)
+            grid_export = grid_export + (-battery_grid).clamp_min(0.0)
+            p2p_volume = p2p_volume + trade["storage_p2p_kwh"].clamp_min(0.0)
         traded = ~torch.isnan(clearing_price)
         last_price = torch.where(traded, clearing_price, self.last_price)
         info: dict[str, Tensor] = {
@@ -712,7 +888,7 @@ class BatchedP2PEnv:
             "grid_energy_kwh": grid_energy,
             "p2p_payment": trade["p2p_payment"],
             "grid_payment": trade["grid_payment"],
-            "net_energy_kwh": trade["net_kwh"],
+            "net_energy_kwh": trade["position_kwh"],
             "load_kwh": trade["load_kwh"],
             "pv_kwh": trade["pv_kwh"],
             "battery_energy_kwh": trade["battery_energy_kwh"],
@@ -729,15 +905,62 @@ class BatchedP2PEnv:
             "clearing_price": clearing_price,
             "operator_surplus": trade["operator_surplus"],
             "community_cost": cost.sum(dim=1),
-            "p2p_volume_kwh": p2p_energy.clamp_min(0.0).sum(dim=1),
-            "grid_import_kwh": grid_energy.clamp_min(0.0).sum(dim=1),
-            "grid_export_kwh": (-grid_energy).clamp_min(0.0).sum(dim=1),
+            "p2p_volume_kwh": p2p_volume,
+            "grid_import_kwh": grid_import,
+            "grid_export_kwh": grid_export,
             "retail_price": trade["retail"],
             "feed_in_price": trade["feed_in"],
+            **storage_info,
         }
         return reward, last_price, day_gain, info
 
-    def step(self, actions: Tensor
+    def _storage_bill(self, trade: dict[str, Tensor], battery_penalty: Tensor | None
+                      ) -> dict[str, Tensor]:
+        """The shared battery's infos of the step (``envs.storage.AGENT_INFO`` and
+        ``ENV_INFO``): the operator's bill (``storage_cost``) and its allocation to the
+        members, from :meth:`_trade`'s flows and the battery's network penalty share
+        (None without a network)."""
+        shared = self.storage
+        assert shared is not None
+        energy, soc = trade["storage_energy_kwh"], trade["storage_soc_kwh"]
+        retail, feed_in = trade["retail"], trade["feed_in"]
+        payout = trade["storage_payout"]
+        if battery_penalty is None:
+            battery_penalty = torch.zeros_like(energy)
+        if shared.mode == "market":
+            bill = trade["storage_payment"] + self.terminal_value_cost(
+                soc, self.storage_start_soc_kwh)
+        else:
+            grid = trade["storage_grid_kwh"]
+            # at the episode's end the operator's pool (the cells above the floor: every
+            # balance is settled) is credited as sold at feed-in after discharge losses
+            pool = (soc - shared.floor_kwh).clamp_min(0.0)
+            credit = torch.where(self._episode_ends_now(),
+                                 pool * shared.discharge_efficiency * feed_in,
+                                 torch.zeros_like(pool))
+            bill = (retail * grid.clamp_min(0.0) - feed_in * (-grid).clamp_min(0.0)
+                    + payout.sum(dim=1) - credit)
+        bill = (bill + self.config.storage.degradation_cost * energy.abs()
+                + shared.capacity_cost_per_step + battery_penalty)
+        flows = storage.StorageFlows(**{
+            name: trade[f"storage_{name}"] for name in storage.StorageFlows._fields})
+        return {
+            "storage_stored_kwh": trade["storage_stored_kwh"],
+            "storage_drawn_kwh": trade["storage_drawn_kwh"],
+            "storage_account_kwh": trade["storage_account_kwh"],
+            "storage_payout": payout,
+            "storage_cost_share": shared.allocate(bill, flows),
+            "storage_energy_kwh": energy,
+            "storage_soc_kwh": soc,
+            "storage_grid_kwh": trade["storage_grid_kwh"],
+            "storage_p2p_kwh": trade["storage_p2p_kwh"],
+            "storage_loss_kwh": trade["storage_loss_kwh"],
+            "storage_cost": bill,
+            "storage_network_penalty": battery_penalty,
+            "storage_price": trade["storage_price"],
+        }
+
+    def step(self, actions: Tensor, storage_actions: Tensor | None = None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every environment one 15-minute step.
 
@@ -745,22 +968,29 @@ class BatchedP2PEnv:
         tensors (per agent ``[B, N]`` or per env ``[B]``), listed in the README.
         With ``compile`` on (``envs.compiled``), :meth:`_trade`, the network step,
         :meth:`_settle` and :meth:`observe` run compiled; the rest is the same code.
+        ``storage_actions [B, 2]`` (battery fraction in [-1, 1], price fraction in [0, 1]):
+        the shared battery's operator agent's actions, required with ``storage.operator``
+        agent in mode market and refused otherwise (``envs.storage``).
         """
         battery_fraction, price_fraction = self.decode_actions(actions)
+        storage_action = self.decode_storage_actions(storage_actions)
         arrival_rank = self.arrival_rank() if self.config.market.mechanism == "cda" else None
         stages = self.compiled
         if stages is None:
-            trade = self._trade(battery_fraction, price_fraction, arrival_rank)
+            trade = self._trade(battery_fraction, price_fraction, arrival_rank, storage_action)
             grid = self.network.step(trade["p_kw"], trade["q_kvar"])
             reward, last_price, day_gain, info = self._settle(trade, grid.penalty)
         else:
-            trade = stages.trade(battery_fraction, price_fraction, arrival_rank)
+            trade = stages.trade(battery_fraction, price_fraction, arrival_rank, storage_action)
             grid = stages.network_step(trade["p_kw"], trade["q_kvar"])
             reward, last_price, day_gain, info = stages.settle(trade, grid.penalty)
         self.last_price = last_price
         self.soc_kwh = info["soc_kwh"]
-        if grid.agent_voltage is not None:
-            self.last_voltage = grid.agent_voltage
+        if self.storage is not None:
+            self.storage_soc_kwh = info["storage_soc_kwh"]
+            self.storage_account_kwh = info["storage_account_kwh"]
+        if grid.agent_voltage is not None:  # the agents' (not the shared battery's)
+            self.last_voltage = grid.agent_voltage[:, :self.n_agents]
         self.step_of_day = self.step_of_day + 1
         info.update({"day": self.day.clone(), "step_of_day": self.step_of_day - 1, **grid.info})
         if arrival_rank is not None:

@@ -73,11 +73,15 @@ class PowerFlowNetwork:
     """``zbus`` or ``ac``: power flow, penalties shared by contribution, info statistics."""
 
     def __init__(self, config: NetworkConfig, data: FeederData, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, battery_bus: int | None = None) -> None:
         from envs.network import BatchedPowerFlow
 
         self.config = config
         self.net = data.net()
+        if battery_bus is not None:
+            from envs.storage import with_battery_load
+
+            self.net = with_battery_load(self.net, battery_bus)
         self.model = BatchedPowerFlow.from_pandapower(
             self.net, device=device, dtype=dtype, max_iterations=config.max_iterations)
         self.sensitivity = self.model.sensitivity()
@@ -144,11 +148,14 @@ class PowerFlowNetwork:
 
 
 def make_network(config: NetworkConfig, data: FeederData, device: torch.device,
-                 dtype: torch.dtype) -> NoNetwork | PowerFlowNetwork:
-    """The network model named by ``config.model`` for feeder ``data``."""
+                 dtype: torch.dtype, battery_bus: int | None = None
+                 ) -> NoNetwork | PowerFlowNetwork:
+    """The network model named by ``config.model`` for feeder ``data``; with
+    ``battery_bus`` (a pandapower bus index) a shared battery (``envs.storage``) is one more
+    load at that bus, the last column of ``p_kw``/``q_kvar`` and of the penalties."""
     if config.model == "none":
         return NoNetwork()
     if data.net_json is None:
         raise ValueError(f"network.model={config.model!r} needs a pandapower net, but feeder "
                          f"{data.name!r} has none; use network.model=none")
-    return PowerFlowNetwork(config, data, device, dtype)
+    return PowerFlowNetwork(config, data, device, dtype, battery_bus)
