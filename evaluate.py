@@ -91,6 +91,7 @@ from envs.core import BatchedP2PEnv
 from envs.data import DAYS_PER_YEAR, day_split, load_feeder
 from envs.files import atomic_write_text, plain_json
 from envs.ledger import LedgerWriter
+from envs.storage import require_rule_operator
 from envs.tasks import get_task
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "env" / "default.yaml"
@@ -253,6 +254,7 @@ class Evaluator:
     def __init__(self, config: EnvConfig, days: list[int], seed: int = 0,
                  batch_size: int = 64, record_day: int = 0, progress: Any = None,
                  ledger_dir: str | Path | None = None) -> None:
+        require_rule_operator(config.storage, "evaluate.py")
         self.config = config
         self.days = days
         self.seed = seed

@@ -38,6 +38,7 @@ from envs.config import (
     to_dict,
 )
 from envs.data import day_split
+from envs.storage import require_rule_operator
 from envs.tasks import get_task
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -198,7 +199,9 @@ def resolve_env(env: str | dict[str, Any] | None, train: TrainConfig, seed: int)
     else:
         data = inline
     data.update(run_values)
-    return from_dict(EnvConfig, data, prefix="env.")
+    config = from_dict(EnvConfig, data, prefix="env.")
+    require_rule_operator(config.storage, "train.py's algorithms")
+    return config
 
 
 def build_run_config(source: str | Path | dict[str, Any],

@@ -1014,6 +1014,8 @@ class BatchedP2PEnv:
         if bool(done.any()):
             info["final_observation"] = self.observe()
             info["final_state"] = self.state()
+            if self.storage_operator_agent:
+                info["final_storage_observation"] = self.storage_observation()
             info["done"] = done
             self._reset_where(done)
         self.last_info = info

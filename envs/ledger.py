@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 from envs import market
-from envs.config import EnvConfig, to_dict
+from envs.config import ConfigError, EnvConfig, to_dict
 from envs.files import plain_json
 from envs.info_schema import ARRIVAL_RANK
 
@@ -237,6 +237,11 @@ class LedgerWriter:
     def __init__(self, path: str | Path, config: EnvConfig, agent_names: Sequence[str],
                  seed: int | None = None, meta: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> None:
+        if config.storage.mode == "market":
+            raise ConfigError(
+                "config key 'storage.mode': got 'market'; allowed with a ledger: 'none' or "
+                "'virtual' (the ledger records the agents' trades; a shared battery trading in "
+                "the market is not one of its agents)")
         path = Path(path)
         if path.exists() and not path.is_file():
             raise ValueError(f"ledger {path}: exists and is not a file")

@@ -98,6 +98,9 @@ from envs.data import DAYS_PER_YEAR
 from envs.info_schema import AGENT_INFO, ARRIVAL_RANK, ENV_INFO, INFO_KEYS, NETWORK_INFO
 from envs.ledger import LedgerWriter
 from envs.single.engine import SingleEnvEngine, supports
+from envs.storage import AGENT_INFO as STORAGE_AGENT_INFO
+from envs.storage import BATTERY_AGENT, OPERATOR_FEATURES
+from envs.storage import ENV_INFO as STORAGE_ENV_INFO
 
 ENGINES = ("auto", "numba", "torch")
 RESET_OPTIONS = ("day",)
@@ -129,11 +132,19 @@ class P2PParallelEnv(ParallelEnv):
         self.engine: SingleEnvEngine | TorchEngine = (
             SingleEnvEngine(config) if self.engine_name == "numba" else TorchEngine(config))
         n = self.engine.n_agents
-        self.possible_agents = [f"prosumer_{i}" for i in range(n)]
+        self.prosumers = [f"prosumer_{i}" for i in range(n)]
+        """The prosumer agents, in the engine's order."""
+        self.battery_agent: str | None = (
+            BATTERY_AGENT if self.engine_name == "torch" and self.engine.core.storage_operator_agent
+            else None)
+        """:data:`envs.storage.BATTERY_AGENT` when the shared battery is driven by an agent
+        (``storage.operator`` agent), else None."""
+        self.possible_agents = self.prosumers + (
+            [self.battery_agent] if self.battery_agent else [])
         self.agents: list[str] = []
         self.behavioural_agents: tuple[str, ...] = tuple(
             agent for agent, behavioural in zip(
-                self.possible_agents, self.engine.behavioural.tolist(), strict=True)
+                self.prosumers, self.engine.behavioural.tolist(), strict=True)
             if behavioural)
         """The agents whose reward is the prospect value of ``behaviour`` (none when off)."""
         observation_space = spaces.Box(-np.inf, np.inf, (self.engine.obs_dim,), np.float32)
@@ -143,14 +154,25 @@ class P2PParallelEnv(ParallelEnv):
                 dtype=np.float32)
         else:
             action_space = spaces.Discrete(self.engine.n_discrete_actions)
-        self._observation_spaces = {a: observation_space for a in self.possible_agents}
+        self._observation_spaces = {a: observation_space for a in self.prosumers}
         # Distinct sample streams per agent; spaces are reseeded by tests as needed.
         self._action_spaces = {agent: _copy_space(action_space, seed=i)
-                               for i, agent in enumerate(self.possible_agents)}
+                               for i, agent in enumerate(self.prosumers)}
+        if self.battery_agent:  # its own spaces (envs.storage)
+            self._observation_spaces[BATTERY_AGENT] = spaces.Box(
+                -np.inf, np.inf, (len(OPERATOR_FEATURES),), np.float32)
+            battery_space = spaces.Box(np.array([-1.0, 0.0], np.float32),
+                                       np.array([1.0, 1.0], np.float32), dtype=np.float32)
+            battery_space.seed(n)
+            self._action_spaces[BATTERY_AGENT] = battery_space
         self.state_space = spaces.Box(-np.inf, np.inf, (self.engine.state_dim,), np.float32)
         self._last_info: dict[str, Any] | None = None
         # Every info key, NaN: the start of each agent's info dict.
-        self._undefined_info = dict.fromkeys(INFO_KEYS, math.nan)
+        self._storage_keys = (STORAGE_AGENT_INFO, STORAGE_ENV_INFO) if (
+            config.storage.enabled) else ((), ())
+        """The shared battery's info keys (per agent, per community), none without one."""
+        self._undefined_info = dict.fromkeys(
+            INFO_KEYS + self._storage_keys[0] + self._storage_keys[1], math.nan)
         self._ledger: LedgerWriter | None = None
         self._ledger_episode, self._ledger_step = -1, 0
         if ledger is not None:
@@ -188,7 +210,10 @@ class P2PParallelEnv(ParallelEnv):
             self._ledger.start_episodes([self._ledger_episode], [day], [seed])
         self.agents = list(self.possible_agents)
         self._last_info = None
-        return dict(zip(self.agents, obs, strict=True)), self.reset_infos(day)
+        observations = dict(zip(self.prosumers, obs, strict=True))
+        if self.battery_agent:
+            observations[BATTERY_AGENT] = self.engine.storage_observation()
+        return observations, self.reset_infos(day)
 
     def reset_infos(self, day: int) -> dict[str, dict[str, float]]:
         """The infos of ``reset()`` on ``day``: every :data:`INFO_KEYS` NaN but the day and
@@ -201,7 +226,12 @@ class P2PParallelEnv(ParallelEnv):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode: call reset() first")
         agents = self.possible_agents
-        obs, reward, done, info = self.engine.step(self._action_batch(actions))
+        if self.battery_agent:
+            actions, battery_action = self._split_battery_action(actions)
+            obs, reward, done, info = self.engine.step(self._action_batch(actions),
+                                                       battery_action)
+        else:
+            obs, reward, done, info = self.engine.step(self._action_batch(actions))
         self._last_info = info
         if self._ledger is not None:
             self._ledger.record_step(info, [self._ledger_episode], self._ledger_step,
@@ -210,10 +240,27 @@ class P2PParallelEnv(ParallelEnv):
         if done:
             obs = info["final_observation"]
             self.agents = []
-        return (dict(zip(agents, obs, strict=True)), dict(zip(agents, reward.tolist(),
-                                                              strict=True)),
-                dict.fromkeys(agents, done), dict.fromkeys(agents, False),
-                self.agent_infos(info))
+        observations = dict(zip(self.prosumers, obs, strict=True))
+        rewards = dict(zip(self.prosumers, reward.tolist(), strict=True))
+        if self.battery_agent:
+            observations[BATTERY_AGENT] = (info["final_storage_observation"] if done
+                                           else self.engine.storage_observation())
+            rewards[BATTERY_AGENT] = -info["storage_cost"] * self.config.reward_scale
+        return (observations, rewards, dict.fromkeys(agents, done),
+                dict.fromkeys(agents, False), self.agent_infos(info))
+
+    def _split_battery_action(self, actions: Any) -> tuple[dict[str, Any], np.ndarray]:
+        """The prosumers' actions and the battery agent's ``[2]`` (checked: two real
+        numbers; their range is checked by the core)."""
+        if not isinstance(actions, Mapping) or BATTERY_AGENT not in actions:
+            raise ValueError(f"actions must have one entry per live agent; missing "
+                             f"[{BATTERY_AGENT!r}] (the shared battery's operator agent)")
+        actions = dict(actions)
+        value = actions.pop(BATTERY_AGENT)
+        if not _holds_real_numbers(value) or _shape(value) != (2,):
+            raise ValueError(f"action of agent {BATTERY_AGENT!r}: got {_short_repr(value)}; "
+                             f"allowed: 2 real numbers, battery in [-1, 1], price in [0, 1]")
+        return actions, np.asarray(value, dtype=np.float64)
 
     def _action_batch(self, actions: Any) -> np.ndarray:
         """``actions`` (a dict of every agent's action) as one array ``[N, *shape]`` in the
@@ -221,7 +268,7 @@ class P2PParallelEnv(ParallelEnv):
         The container, the agents, the types, the shapes and that discrete floats are
         integral are checked here; the range and NaN of continuous actions and the range of
         discrete ones by the engine, which names the agent and changes nothing."""
-        agents = self.possible_agents
+        agents = self.prosumers
         if not isinstance(actions, Mapping):
             raise ValueError(f"actions: got {_short_repr(actions)}; allowed: a dict mapping every "
                              f"agent ({agents[0]!r} ... {agents[-1]!r}) to its action")
@@ -274,11 +321,16 @@ class P2PParallelEnv(ParallelEnv):
         shared = self._undefined_info.copy()
         shared.update(zip(self.engine.env_keys, [info[key] for key in self.engine.env_keys],
                           strict=True))
-        rows = zip(*[info[key].tolist() for key in AGENT_INFO], strict=True)
+        agent_keys, env_keys = self._storage_keys
+        shared.update((key, info[key]) for key in env_keys)
+        agent_keys = AGENT_INFO + agent_keys
+        rows = zip(*[info[key].tolist() for key in agent_keys], strict=True)
         infos = {}
-        for agent, row in zip(self.possible_agents, rows, strict=True):
+        for agent, row in zip(self.prosumers, rows, strict=True):
             infos[agent] = shared.copy()
-            infos[agent].update(zip(AGENT_INFO, row, strict=True))
+            infos[agent].update(zip(agent_keys, row, strict=True))
+        if self.battery_agent:
+            infos[BATTERY_AGENT] = shared
         return infos
 
     def state(self) -> np.ndarray:
@@ -301,7 +353,7 @@ class P2PParallelEnv(ParallelEnv):
         if "v_min_pu" in info:
             lines.append(f"voltage {info['v_min_pu']:.4f}-{info['v_max_pu']:.4f} p.u. | max line "
                          f"loading {info['max_line_loading']:.1f}%")
-        for i, agent in enumerate(self.possible_agents):
+        for i, agent in enumerate(self.prosumers):
             lines.append(f"  {agent:>12}: net {info['net_energy_kwh'][i]:+7.3f} kWh "
                          f"p2p {info['p2p_energy_kwh'][i]:+7.3f} pays "
                          f"{info['payment'][i]:+7.4f} soc {info['soc_kwh'][i]:6.2f} kWh")
@@ -337,8 +389,15 @@ class TorchEngine:
     def state(self) -> np.ndarray:
         return self._numpy(self.core.state()).astype(np.float32)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.core.step(torch.as_tensor(actions)[None])
+    def storage_observation(self) -> np.ndarray:
+        """The shared battery's operator observation (``envs.storage.OPERATOR_FEATURES``)."""
+        return self._numpy(self.core.storage_observation()).astype(np.float32)
+
+    def step(self, actions: np.ndarray, storage_action: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.core.step(
+            torch.as_tensor(actions)[None],
+            None if storage_action is None else torch.as_tensor(storage_action)[None])
         done = bool(terminated[0] or truncated[0])
         return (self._numpy(obs).astype(np.float32), self._numpy(reward).astype(np.float64),
                 done, engine_info(info, 0))
@@ -351,11 +410,11 @@ def engine_info(info: Mapping[str, torch.Tensor], index: int) -> dict[str, Any]:
     dropped)."""
     out: dict[str, Any] = {}
     for key, value in info.items():
-        if key in AGENT_INFO:
+        if key in AGENT_INFO or key in STORAGE_AGENT_INFO:
             out[key] = value[index].detach().cpu().numpy().astype(np.float64)
         elif key == ARRIVAL_RANK:
             out[key] = value[index].detach().cpu().numpy()
-        elif key in ("final_observation", "final_state"):
+        elif key in ("final_observation", "final_state", "final_storage_observation"):
             out[key] = value[index].detach().cpu().numpy().astype(np.float32)
         elif key != "done":
             out[key] = float(value[index])

@@ -310,3 +310,14 @@ def with_battery_load(net, bus: int):
     work = copy.deepcopy(net)
     pp.create_load(work, bus=bus, p_mw=0.0, q_mvar=0.0, name=BATTERY_AGENT)
     return work
+
+
+def require_rule_operator(config: StorageConfig, where: str) -> None:
+    """Raise ConfigError unless the shared battery, if any, is driven by its built-in rule:
+    an operator agent (``storage.operator`` agent, mode market) acts through the PettingZoo
+    env (``envs.make_env``) only; ``where`` names what refuses it (``train.py``, ...)."""
+    if config.mode == "market" and config.operator == "agent":
+        raise ConfigError(
+            f"config key 'storage.operator': got 'agent'; allowed in {where}: 'rule' (the "
+            f"battery's operator agent {BATTERY_AGENT!r} acts through the PettingZoo env, "
+            f"envs.make_env; {where} drives the battery with storage.rule)")

@@ -611,6 +611,8 @@ def supports(config: EnvConfig) -> str | None:
         return f"device {config.device!r} (the engine runs on the CPU)"
     if config.network.model == "ac":
         return "network.model 'ac' (pandapower per step)"
+    if config.storage.enabled:
+        return f"storage.mode {config.storage.mode!r} (a shared battery)"
     return None
 
 
