@@ -1090,14 +1090,17 @@ def test_invalid_shared_battery_raises_value_error(overrides: dict, message: str
 
 
 @pytest.mark.parametrize("battery_shares_agent_bus", [False, True])
-def test_shared_battery_column_of_the_network_binds_its_charging(
-    battery_shares_agent_bus: bool,
+@pytest.mark.parametrize(("v_min", "v_max", "binding"), [(0.95, 1.10, (0, 0.95)),
+                                                        (0.50, 1.05, (1, 1.05))])
+def test_shared_battery_column_of_the_network_binds_its_power(
+    battery_shares_agent_bus: bool, v_min: float, v_max: float, binding: tuple[int, float]
 ) -> None:
     # Two agents, 1-hour steps. Agent 1 (no voltage effect) has 8 kWh PV surplus at noon and
     # an 8 kWh evening load. The shared battery's bus drops 0.01 p.u. per kW consumed: with
-    # v_min = 0.95 it may charge at most 5 kW, so 3 kWh are exported (0.10) and bought back
-    # (0.30) instead of all 8 kWh being stored. Agent 0 (no load, no PV) sits at the
-    # battery's bus in the second variant (the two columns are grouped in the LP).
+    # v_min = 0.95 it may charge at most 5 kW (with v_max = 1.05 discharge at most 5 kW), so
+    # 3 kWh are exported (0.10) and bought back (0.30) instead of all 8 kWh being stored.
+    # Agent 0 (no load, no PV) sits at the battery's bus in one variant (the two columns are
+    # then grouped in the LP).
     load = np.array([[0.0, 0.0], [0.0, 8.0]])
     pv = np.array([[0.0, 8.0], [0.0, 0.0]])
     retail, feed_in = np.array([0.30, 0.30]), np.array([0.10, 0.10])
@@ -1105,7 +1108,7 @@ def test_shared_battery_column_of_the_network_binds_its_charging(
                            discharge_efficiency=1.0, initial_soc_kwh=0.0)
     agent_0 = -0.01 if battery_shares_agent_bus else 0.0
     network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.array([[agent_0, 0.0, -0.01]]),
-                                   v_min=0.95, v_max=1.05)
+                                   v_min=v_min, v_max=v_max)
     fleet = BatteryFleet.none(2)
     free = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, shared=shared)
     result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, shared=shared,
@@ -1114,6 +1117,7 @@ def test_shared_battery_column_of_the_network_binds_its_charging(
     assert free.shared_charge_kwh[0] == pytest.approx(8.0, abs=1e-9)
     assert result.network_slack == 0.0
     assert result.shared_charge_kwh[0] == pytest.approx(5.0, abs=1e-9)
+    assert result.shared_discharge_kwh[1] == pytest.approx(5.0, abs=1e-9)
     assert result.cost == pytest.approx(-0.10 * 3 + 0.30 * 3, abs=1e-9)
     # The linearised voltages, recomputed from the schedule with the battery's kW as the
     # last column, are the reported ones and within the limits.
@@ -1121,8 +1125,9 @@ def test_shared_battery_column_of_the_network_binds_its_charging(
                                            - result.shared_discharge_kwh)[:, None]]) / 1.0
     voltage = network.v0_pu + power_kw @ network.dv_dp.T
     np.testing.assert_allclose(result.voltage_pu, voltage, atol=1e-12)
-    assert np.all(voltage >= 0.95 - 1e-9) and np.all(voltage <= 1.05 + 1e-9)
-    assert voltage[0, 0] == pytest.approx(0.95, abs=1e-9)  # the limit binds
+    assert np.all(voltage >= v_min - 1e-9) and np.all(voltage <= v_max + 1e-9)
+    step, limit = binding
+    assert voltage[step, 0] == pytest.approx(limit, abs=1e-9)  # the limit binds
 
 
 def test_network_without_shared_battery_keeps_n_columns() -> None:
