@@ -71,6 +71,11 @@ each home plans its own battery alone with perfect foresight of its own load and
 tariff, imports at retail and exports at feed-in on its own (no sharing), with the same
 terminal value; the community's cost is the sum over homes. ``oracle_household - oracle`` is
 what coordination (sharing energy and planning batteries together) is worth on that day.
+With a shared community battery (``storage.mode`` market or virtual) ``oracle`` and
+``oracle_network`` plan it too (its power at its own bus in the network rows) and are charged
+its degradation, terminal value and constant capacity cost; ``oracle_household`` and
+``oracle_no_p2p_idle`` exclude the shared battery and its capacity cost (no household has a
+community battery): they remain the bounds of the community without it.
 """
 
 from __future__ import annotations
@@ -85,7 +90,13 @@ import torch
 from torch import Tensor
 
 from agents.actions import env_actions
-from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
+from agents.oracle import (
+    BatteryFleet,
+    NetworkLinearisation,
+    OracleResult,
+    SharedBattery,
+    solve_oracle,
+)
 from agents.policy import Policy
 from envs import metrics
 from envs.config import BehaviourConfig
@@ -103,7 +114,7 @@ from envs.rules import (
 __all__ = ["BASELINES", "CommunitySelfConsumption", "CommunityTimeOfUse", "FixedPrice",
            "LossAverse", "MidpointRule", "NoP2P",
            "ORACLES", "PerfectForesightOracle", "RandomPolicy", "SelfConsumption", "TimeOfUse",
-           "ZeroIntelligence", "battery_fleet",
+           "ZeroIntelligence", "battery_fleet", "shared_battery", "storage_capacity_cost",
            "current_load_pv_kw", "float64_tables", "make_oracle", "make_policy",
            "network_linearisation", "self_consumption_fraction", "time_of_use_fraction"]
 
@@ -372,6 +383,32 @@ def battery_fleet(env: Any) -> BatteryFleet:
                         degradation_cost=cfg.degradation_cost)
 
 
+def shared_battery(env: Any) -> SharedBattery | None:
+    """The community's shared battery for the oracle LP (``env.config.storage``), or None
+    when ``storage.mode`` is ``none``. Its initial SoC is ``initial_soc * capacity_kwh`` in
+    mode ``market`` and ``soc_min * capacity_kwh`` in mode ``virtual`` (which starts with
+    empty accounts); power, efficiencies, SoC band and degradation cost as configured."""
+    cfg = env.config.storage
+    if cfg.mode == "none":
+        return None
+    initial = cfg.initial_soc if cfg.mode == "market" else cfg.soc_min
+    return SharedBattery(capacity_kwh=cfg.capacity_kwh, power_kw=cfg.power_kw,
+                         charge_efficiency=cfg.charge_efficiency,
+                         discharge_efficiency=cfg.discharge_efficiency, soc_min=cfg.soc_min,
+                         soc_max=cfg.soc_max, initial_soc_kwh=initial * cfg.capacity_kwh,
+                         degradation_cost=cfg.degradation_cost)
+
+
+def storage_capacity_cost(env: Any, n_days: int) -> float:
+    """The shared battery's capacity cost over ``n_days`` days (currency): ``capacity_cost *
+    capacity_kwh`` per day (the env charges it in equal parts over the day's steps, whatever
+    the battery does); 0 when ``storage.mode`` is ``none``."""
+    cfg = env.config.storage
+    if cfg.mode == "none":
+        return 0.0
+    return float(cfg.capacity_cost * cfg.capacity_kwh * n_days)
+
+
 def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
     """The ``load_kwh``, ``pv_kwh``, ``load_kvar``, ``no_p2p_network_penalty`` ``[T, N]`` and
     ``retail_price``, ``feed_in_price`` ``[T]`` (float64 numpy) of ``n_days`` consecutive days
@@ -392,8 +429,35 @@ def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
             "no_p2p_network_penalty": numpy(env.no_p2p_network_penalty[index])}
 
 
+def _with_storage_load(net: Any, bus: int | str | None) -> Any:
+    """A copy of ``net`` with one more (zero) load, the last, at the shared battery's bus
+    (``StorageConfig.bus``: a bus index, a bus name, or None for the low-voltage side of the
+    first transformer, the first load's bus on a feeder without one)."""
+    import copy
+
+    import pandapower as pp
+
+    if bus is None:
+        bus = int(net.trafo.lv_bus.iloc[0]) if len(net.trafo) else int(net.load.bus.iloc[0])
+    elif isinstance(bus, str):
+        matches = net.bus.index[net.bus["name"].astype(str) == bus]
+        if len(matches) == 0:
+            raise ValueError(f"storage.bus {bus!r}: no bus of that name in the feeder")
+        bus = int(matches[0])
+    elif int(bus) not in net.bus.index:
+        raise ValueError(f"storage.bus {bus}: no bus with that index in the feeder")
+    work = copy.deepcopy(net)
+    pp.create_load(work, bus=int(bus), p_mw=0.0, name="community_battery")
+    return work
+
+
 class _FeederSensitivity:
-    """No-load voltage and sensitivities of the env's feeder (built once per oracle)."""
+    """No-load voltage and sensitivities of the env's feeder (built once per oracle).
+
+    One column per agent; with a shared battery (``storage.mode`` not none) one more, the
+    last, for the battery's bus (``has_storage_column``): the core's own network model when
+    it has that ``N + 1``-th column (``env.network.model``), else the feeder's net with a
+    load added at ``storage.bus``."""
 
     def __init__(self, env: Any) -> None:
         from envs.network import BatchedPowerFlow
@@ -402,14 +466,34 @@ class _FeederSensitivity:
         if net is None:
             raise ValueError(f"oracle_network needs a pandapower net; feeder {env.data.name!r} "
                              "has none")
-        model = BatchedPowerFlow.from_pandapower(net, dtype=torch.float64)
+        self.has_storage_column = env.config.storage.mode != "none"
+        n_agents = len(net.load)  # one agent per load of the feeder
+        model = None
+        if self.has_storage_column:
+            core_model = getattr(getattr(env, "network", None), "model", None)
+            if core_model is not None and core_model.n_agent == n_agents + 1:
+                model = core_model
+            else:
+                net = _with_storage_load(net, env.config.storage.bus)
+        if model is None:
+            model = BatchedPowerFlow.from_pandapower(net, dtype=torch.float64)
+        expected = n_agents + self.has_storage_column
+        if model.n_agent != expected:
+            raise ValueError(f"the feeder's power-flow model has {model.n_agent} injection "
+                             f"columns, the oracle expects {expected} (agents"
+                             f"{' and the shared battery' if self.has_storage_column else ''})")
+
+        def numpy(tensor: Tensor) -> np.ndarray:
+            return tensor.detach().double().cpu().numpy()
+
         sensitivity = model.sensitivity()
-        v_no_load = model.no_load_voltage().numpy()
+        v_no_load = numpy(model.no_load_voltage())
         valid = np.isfinite(v_no_load)
         self.v_no_load = v_no_load[valid]  # [n_bus]
-        # Consumption is minus injection: flip the injection sensitivities.
-        self.dv_dp = -sensitivity.voltage_pu_per_kw.numpy()[valid]  # [n_bus, N] p.u./kW
-        self.dv_dq = -sensitivity.voltage_pu_per_kvar.numpy()[valid]  # [n_bus, N] p.u./kvar
+        # Consumption is minus injection: flip the injection sensitivities. Columns: the
+        # agents, then the shared battery when has_storage_column.
+        self.dv_dp = -numpy(sensitivity.voltage_pu_per_kw)[valid]  # [n_bus, N(+1)] p.u./kW
+        self.dv_dq = -numpy(sensitivity.voltage_pu_per_kvar)[valid]  # [n_bus, N(+1)] p.u./kvar
         sqrt3 = math.sqrt(3.0)
         line_kw = []
         for line in net.line.itertuples():
@@ -417,13 +501,13 @@ class _FeederSensitivity:
             line_kw.append(sqrt3 * vn_kv * line.max_i_ka * line.df * line.parallel * 1000.0)
         trafo_kw = [t.sn_mva * t.parallel * t.df * 1000.0 for t in net.trafo.itertuples()]
         rating_kw = np.asarray(line_kw + trafo_kw, dtype=np.float64)
-        ptdf = sensitivity.branch_ptdf.numpy()  # [n_branch, N] kW flow per kW injected
-        self.dloading_dp = -100.0 * ptdf / rating_kw[:, None]  # [n_branch, N] %/kW consumed
+        ptdf = numpy(sensitivity.branch_ptdf)  # [n_branch, N(+1)] kW flow per kW injected
+        self.dloading_dp = -100.0 * ptdf / rating_kw[:, None]  # [n_branch, N(+1)] %/kW
 
 
 def network_linearisation(env: Any, day: int,
                           sensitivity: _FeederSensitivity | None = None,
-                          n_days: int = 1) -> NetworkLinearisation:
+                          n_days: int = 1, shared: bool = False) -> NetworkLinearisation:
     """The feeder's voltage and loading limits of ``n_days`` days from day ``day``
     (:func:`day_profiles`), linearised for the oracle.
 
@@ -433,13 +517,23 @@ def network_linearisation(env: Any, day: int,
     -100 * PTDF @ p_kw / rating_kw``, the active-power share of the current loading (rating
     ``sqrt(3) V_n I_max`` for lines, ``S_n`` for transformers; reactive flows neglected).
     Limits: ``config.network.v_min``/``v_max`` and 100 % loading. Isolated buses are left out.
+
+    ``N`` injection columns (the agents), or with ``shared`` ``N + 1``, the last the shared
+    battery's bus (for ``solve_oracle(shared=...)``; the env must have a shared battery). The
+    battery draws no reactive power.
     """
     sensitivity = sensitivity or _FeederSensitivity(env)
+    if shared and not sensitivity.has_storage_column:
+        raise ValueError("network_linearisation(shared=True) needs a shared battery "
+                         "(storage.mode market or virtual)")
     profile = day_profiles(env, day, n_days)
-    v0 = sensitivity.v_no_load[None, :] + profile["load_kvar"] @ sensitivity.dv_dq.T
+    n_agents = profile["load_kvar"].shape[1]
+    columns = n_agents + 1 if shared else n_agents
+    v0 = (sensitivity.v_no_load[None, :]
+          + profile["load_kvar"] @ sensitivity.dv_dq[:, :n_agents].T)
     cfg = env.config.network
-    return NetworkLinearisation(v0_pu=v0, dv_dp=sensitivity.dv_dp, v_min=cfg.v_min,
-                                v_max=cfg.v_max, dline_dp=sensitivity.dloading_dp,
+    return NetworkLinearisation(v0_pu=v0, dv_dp=sensitivity.dv_dp[:, :columns], v_min=cfg.v_min,
+                                v_max=cfg.v_max, dline_dp=sensitivity.dloading_dp[:, :columns],
                                 line_max_percent=100.0)
 
 
@@ -457,6 +551,16 @@ class PerfectForesightOracle:
             solve_oracle``'s ``tie_break``: grid exchange avoided as early as possible, each
             battery serving its own home first); the demonstrations of
             ``imitation.tie_break``.
+
+    With a shared battery (``storage.mode`` market or virtual) a P2P oracle (``p2p=True``:
+    ``oracle``, ``oracle_network``) plans it with the homes' batteries
+    (:func:`shared_battery`, ``solve_oracle(shared=...)``; idle with ``use_battery=False``)
+    and its reported cost includes the battery's degradation, terminal value and the constant
+    capacity cost (:func:`storage_capacity_cost`), so it stays a lower bound on the
+    community's cost with the battery. An oracle without P2P (``p2p=False``:
+    ``oracle_household``, ``oracle_no_p2p_idle``) excludes the shared battery and its
+    capacity cost: each household plans alone and has no community battery, so these are the
+    bounds of the community *without* it.
     """
 
     mechanism = None
@@ -470,6 +574,16 @@ class PerfectForesightOracle:
         self.tie_break = tie_break
         self._sensitivity: _FeederSensitivity | None = None
         self._tables: tuple[Any, Any] | None = None  # (env, float64_tables(env))
+
+    def shared_battery(self, env: Any) -> SharedBattery | None:
+        """The shared battery this oracle plans (:func:`shared_battery`), None without one
+        or without P2P (a household oracle has no community battery)."""
+        return shared_battery(env) if self.p2p else None
+
+    def capacity_cost(self, env: Any, n_days: int) -> float:
+        """The shared battery's capacity cost over ``n_days`` days that this oracle's
+        reported cost includes (:func:`storage_capacity_cost`; 0 without P2P)."""
+        return storage_capacity_cost(env, n_days) if self.p2p else 0.0
 
     def solve_day(self, env: Any, day: int) -> tuple[OracleResult, dict[str, np.ndarray]]:
         """The optimal schedule of day ``day`` alone (96 steps, the terminal value at its
@@ -496,18 +610,20 @@ class PerfectForesightOracle:
             self._tables = (env, float64_tables(env))
         tables = self._tables[1]
         profile = day_profiles(tables, day, n_days)
+        shared = self.shared_battery(tables)
         linearisation = None
         if self.network:
             if self._sensitivity is None:
                 self._sensitivity = _FeederSensitivity(tables)
-            linearisation = network_linearisation(tables, day, self._sensitivity, n_days)
+            linearisation = network_linearisation(tables, day, self._sensitivity, n_days,
+                                                  shared=shared is not None)
         result = solve_oracle(profile["load_kwh"], profile["pv_kwh"], profile["retail_price"],
                               profile["feed_in_price"], battery_fleet(tables), p2p=self.p2p,
                               use_battery=self.use_battery, dt_h=env.dt_h,
                               network=linearisation, terminal_price=env.terminal_price,
                               terminal_credit_price=env.terminal_credit_price,
                               tie_break=self.tie_break,
-                              tie_break_reference_kwh=tie_break_reference_kwh)
+                              tie_break_reference_kwh=tie_break_reference_kwh, shared=shared)
         return result, profile
 
     def trajectory(self, result: OracleResult, profile: dict[str, np.ndarray], dt_h: float
@@ -534,7 +650,9 @@ class PerfectForesightOracle:
     def evaluate(self, env: Any, days: list[int], progress: Any = None
                  ) -> tuple[metrics.EpisodeTotals, list[OracleResult]]:
         """Totals (:func:`envs.metrics.schedule_totals`) and schedules of the episodes
-        starting on ``days`` (each ``env.episode_days`` days, :meth:`solve_episode`)."""
+        starting on ``days`` (each ``env.episode_days`` days, :meth:`solve_episode`). With a
+        shared battery the community cost adds its capacity cost (:meth:`capacity_cost`) to
+        the LP's cost, and the grid import and export count its flow."""
         results, profiles = [], []
         for day in days:
             result, profile = self.solve_episode(env, int(day))
@@ -562,6 +680,7 @@ class PerfectForesightOracle:
                 "v_min_pu": voltage.amin((1, 2)), "v_max_pu": voltage.amax((1, 2)),
                 "max_line_loading_percent": loading.amax((1, 2)),
             }
+        capacity = self.capacity_cost(env, env.episode_days)
         throughput = stack([r.charge_kwh + r.discharge_kwh for r in results])
         degradation = stack([env.config.battery.degradation_cost
                              * (r.charge_kwh + r.discharge_kwh).sum(0) for r in results])
@@ -573,11 +692,18 @@ class PerfectForesightOracle:
             battery_kwh=throughput,
             retail_price=stack([p["retail_price"] for p in profiles]),
             feed_in_price=stack([p["feed_in_price"] for p in profiles]),
-            community_cost=torch.tensor([r.cost for r in results], dtype=torch.float64),
+            community_cost=torch.tensor([r.cost + capacity for r in results],
+                                        dtype=torch.float64),
             degradation_cost=degradation, terminal_value_cost=terminal,
             no_p2p_network_penalty=stack([p["no_p2p_network_penalty"] for p in profiles]),
             day=torch.as_tensor(np.asarray(days, dtype=np.int64)),
             p2p=self.p2p, network=network)
+        if any(r.shared_charge_kwh is not None for r in results):
+            # The community's position with the grid includes the shared battery's flow.
+            position = stack([r.net_kwh.sum(1) + r.shared_charge_kwh - r.shared_discharge_kwh
+                              for r in results])  # [E, T]
+            totals.env["grid_import_kwh"] = position.clamp_min(0.0).sum(1)
+            totals.env["grid_export_kwh"] = (-position).clamp_min(0.0).sum(1)
         return totals, results
 
 
@@ -590,7 +716,10 @@ ORACLES: dict[str, dict[str, bool]] = {
 """Oracle variants by name. ``oracle_household``: each agent settles its own net position, so
 the one LP decomposes into an independent perfect-foresight plan per household (no sharing).
 ``oracle_no_p2p_idle`` reproduces ``no_p2p``: a consistency check of the LP against the
-env."""
+env. With a shared battery (``storage.mode`` not none) ``oracle`` and ``oracle_network`` plan it
+too and are charged its costs (capacity cost included); ``oracle_household`` and
+``oracle_no_p2p_idle`` exclude the shared battery and its capacity cost (a household alone has no
+community battery): they bound the community without it (:class:`PerfectForesightOracle`)."""
 
 
 def make_oracle(name: str, tie_break: bool = False) -> PerfectForesightOracle:

@@ -21,11 +21,18 @@ Environment semantics the LP reproduces (all energies in kWh per step of ``dt_h`
   out) and only the community's net position is settled; with ``p2p=False`` each agent
   settles its own net position, which decomposes the LP into one independent problem per
   household (each plans its own battery with perfect foresight, no sharing);
+- optional shared battery (:class:`SharedBattery`, ``envs.config.StorageConfig``), p2p only:
+  one more battery behind no agent's meter, with AC flows ``charge_s[t]``,
+  ``discharge_s[t]`` in ``[0, power_kw * dt_h]``, the same SoC dynamics, bounds and terminal
+  value as a home battery and its own degradation cost; the community settles ``sum_i
+  net[t, i] + charge_s[t] - discharge_s[t]`` with the grid, and with a network the
+  battery's kW is the last injection column (at its own bus);
 - community cost = ``sum_t (retail * import - feed_in * export) + degradation_cost *
   (charge + discharge) + sum_i (terminal_price * max(soc[0, i] - soc[T, i], 0) -
   terminal_credit_price * max(soc[T, i] - soc[0, i], 0))``, the last term the environment's
   terminal value (``episode.terminal_value``: a charge for energy taken from the batteries
-  over the horizon, a smaller credit for energy added).
+  over the horizon, a smaller credit for energy added), plus the shared battery's
+  degradation and terminal value, priced alike.
 
 Charging and discharging in the same step is not forbidden, which makes the LP a
 relaxation of any environment that takes one net battery action per step: the bound stays
@@ -43,18 +50,27 @@ variables      ``charge``, ``discharge`` in ``[0, max_*_kw * dt_h]`` (0 without 
                ``group_power [T, G]`` (kW injected by each group of agents sharing a
                sensitivity column, i.e. a bus) and one slack ``>= 0`` per network row.
                ``soc_deficit``, ``soc_surplus >= 0`` ``[N]``: final SoC below and above
-               the initial one.
-equalities     SoC dynamics; ``net - charge + discharge - curtailment = load - pv``;
-               balance ``import - export = sum_i net`` (p2p) or ``= net`` (per agent);
-               ``group_power[t, g] = sum_(i in g) net[t, i] / dt_h``;
-               ``soc[T - 1] + soc_deficit - soc_surplus = initial SoC``.
+               the initial one. With a shared battery also ``charge_s``,
+               ``discharge_s`` ``[T]`` in ``[0, power_kw * dt_h]``, ``soc_s`` ``[T]`` in
+               ``[soc_min, soc_max] * capacity``, ``soc_deficit_s``, ``soc_surplus_s >= 0``
+               ``[1]``.
+equalities     SoC dynamics (home and shared batteries); ``net - charge + discharge -
+               curtailment = load - pv``; balance ``import - export = sum_i net`` (p2p;
+               ``+ charge_s - discharge_s`` with a shared battery) or ``= net`` (per agent);
+               ``group_power[t, g] = sum_(i in g) net[t, i] / dt_h`` (``+ (charge_s -
+               discharge_s) / dt_h`` in the shared battery's group);
+               ``soc[T - 1] + soc_deficit - soc_surplus = initial SoC`` (and likewise for
+               the shared battery).
 inequalities   network only: ``v0[t, b] + dv_dp[b] @ p_kw[t] <= v_max`` and ``>= v_min``,
                ``-max <= line_loading0[t, l] + dline_dp[l] @ p_kw[t] <= max``, each
-               ``- slack``; rows that the variable bounds already guarantee are dropped.
+               ``- slack``; ``p_kw[t]`` is ``[N]``, or ``[N + 1]`` with the shared
+               battery's kW last; rows that the variable bounds already guarantee are
+               dropped.
 objective      ``retail . import - feed_in . export + degradation . (charge +
                discharge) + terminal_price . soc_deficit - terminal_credit_price .
-               soc_surplus`` (+ ``violation_penalty * slack`` when the limits cannot be
-               met).
+               soc_surplus`` (+ the same terms of the shared battery with its own
+               degradation cost) (+ ``violation_penalty * slack`` when the limits cannot
+               be met).
 =============  =========================================================================
 
 The terminal value ``p * max(d, 0) - c * max(-d, 0)`` of a SoC change ``d = initial -
@@ -83,7 +99,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linprog
 
-__all__ = ["BatteryFleet", "NetworkLinearisation", "OracleResult", "solve_oracle"]
+__all__ = ["BatteryFleet", "NetworkLinearisation", "OracleResult", "SharedBattery",
+           "solve_oracle"]
 
 _SOC_BOUND_TOLERANCE_KWH = 1e-9
 """Tolerance on the initial SoC lying inside [soc_min, soc_max] * capacity (kWh)."""
@@ -182,11 +199,74 @@ class BatteryFleet:
         return cls(capacity_kwh=np.zeros(n_agents), max_charge_kw=0.0, max_discharge_kw=0.0)
 
 
+@dataclass(frozen=True)
+class SharedBattery:
+    """One battery the whole community shares (``envs.config.StorageConfig``), modelled as a
+    home battery is, but not behind any agent's meter: its AC flow enters the community's
+    balance (and, with a network, the power flow at its own bus). Scalars only; invalid
+    values raise a ``ValueError``."""
+
+    capacity_kwh: float
+    """Cell capacity (kWh), > 0; the SoC stays within ``[soc_min, soc_max]`` of it."""
+    power_kw: float
+    """Charge and discharge power limit at the AC side (kW), >= 0."""
+    charge_efficiency: float = 0.95
+    """Fraction of AC charging energy stored, in (0, 1]."""
+    discharge_efficiency: float = 0.95
+    """Fraction of stored energy delivered at the AC side when discharging, in (0, 1]."""
+    soc_min: float = 0.0
+    """Lowest allowed SoC as a fraction of capacity, in [0, 1]."""
+    soc_max: float = 1.0
+    """Highest allowed SoC as a fraction of capacity, in [soc_min, 1]."""
+    initial_soc_kwh: float = 0.0
+    """SoC at the start of the horizon (kWh); must lie within the SoC bounds."""
+    degradation_cost: float = 0.0
+    """Wear cost per kWh of AC throughput, charge + discharge (currency/kWh), >= 0."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or np.ndim(value) != 0:
+                raise ValueError(f"SharedBattery.{field.name} must be a number, got {value!r}")
+            value = float(value)
+            if not np.isfinite(value):
+                raise ValueError(f"SharedBattery.{field.name} must be finite, got {value}")
+            object.__setattr__(self, field.name, value)
+        if self.capacity_kwh <= 0:
+            raise ValueError(f"SharedBattery.capacity_kwh must be > 0, got {self.capacity_kwh}")
+        for name in ("power_kw", "degradation_cost"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SharedBattery.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("charge_efficiency", "discharge_efficiency"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"SharedBattery.{name} must lie in (0, 1], got {value}")
+        for name in ("soc_min", "soc_max"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"SharedBattery.{name} must lie in [0, 1], got {value}")
+        if self.soc_min > self.soc_max:
+            raise ValueError(f"SharedBattery.soc_min ({self.soc_min}) must be <= soc_max "
+                             f"({self.soc_max})")
+        low, high = self.soc_bounds_kwh()
+        if not (low - _SOC_BOUND_TOLERANCE_KWH <= self.initial_soc_kwh
+                <= high + _SOC_BOUND_TOLERANCE_KWH):
+            raise ValueError(f"SharedBattery.initial_soc_kwh ({self.initial_soc_kwh}) outside "
+                             f"[soc_min, soc_max] * capacity = [{low}, {high}]")
+
+    def soc_bounds_kwh(self) -> tuple[float, float]:
+        """Lowest and highest allowed SoC (kWh)."""
+        return self.soc_min * self.capacity_kwh, self.soc_max * self.capacity_kwh
+
+
 @dataclass(frozen=True, eq=False)
 class NetworkLinearisation:
     """Linear sensitivity model of the feeder around zero agent injection.
 
-    Agent net consumption in kW is ``p_kw[t] = net_kwh[t] / dt_h`` (shape ``[N]``). Then
+    Agent net consumption in kW is ``p_kw[t] = net_kwh[t] / dt_h`` (shape ``[N]``); with a
+    :class:`SharedBattery` the sensitivities have ``N + 1`` columns, the last one the shared
+    battery's bus, and ``p_kw[t]`` has the battery's AC power ``(charge - discharge) / dt_h``
+    as its last entry. Then
 
     - bus voltages (p.u.): ``v[t] = v0_pu[t] + dv_dp @ p_kw[t]``, kept within
       ``[v_min, v_max]``;
@@ -199,8 +279,8 @@ class NetworkLinearisation:
     v0_pu: np.ndarray
     """Bus voltages at zero agent injection (p.u.), shape ``[T, n_bus]`` or ``[n_bus]``."""
     dv_dp: np.ndarray
-    """Voltage change per kW of agent net consumption (p.u./kW), shape ``[n_bus, N]``;
-    typically negative (consumption lowers the voltage)."""
+    """Voltage change per kW of agent net consumption (p.u./kW), shape ``[n_bus, N]`` (``[n_bus,
+    N + 1]`` with a shared battery); typically negative (consumption lowers the voltage)."""
     v_min: np.ndarray | float = 0.95
     """Lowest allowed voltage (p.u.), scalar or ``[n_bus]``."""
     v_max: np.ndarray | float = 1.05
@@ -210,7 +290,8 @@ class NetworkLinearisation:
     ``[n_line]``; zeros when omitted."""
     dline_dp: np.ndarray | None = None
     """Line loading change per kW of agent net consumption (percent/kW), shape
-    ``[n_line, N]``; no line constraints when omitted."""
+    ``[n_line, N]`` (``[n_line, N + 1]`` with a shared battery); no line constraints when
+    omitted."""
     line_max_percent: np.ndarray | float = 100.0
     """Largest allowed loading magnitude (percent), scalar or ``[n_line]``."""
     violation_penalty: float = 1e4
@@ -223,8 +304,8 @@ class OracleResult:
     """Optimal community schedule over the horizon (``T`` steps, ``N`` agents)."""
 
     cost: float
-    """Total community cost: grid bill plus battery degradation plus terminal value
-    (currency)."""
+    """Total community cost: grid bill plus battery degradation plus terminal value, of the
+    home batteries and of the shared battery (currency)."""
     grid_import_kwh: np.ndarray
     """Energy bought from the grid by the community, summed over agents (kWh), ``[T]``."""
     grid_export_kwh: np.ndarray
@@ -241,7 +322,8 @@ class OracleResult:
     curtailment_kwh: np.ndarray
     """PV energy curtailed (kWh), ``[T, N]``; zero unless curtailment is allowed."""
     degradation_cost: float
-    """Battery degradation part of ``cost`` (currency)."""
+    """Home batteries' degradation part of ``cost`` (currency); the shared battery's is
+    :attr:`shared_degradation_cost`."""
     terminal_value_cost: float
     """Terminal-value part of ``cost``, the sum of :attr:`agent_terminal_value_cost`
     (currency; < 0 when the batteries end fuller than they started)."""
@@ -258,6 +340,18 @@ class OracleResult:
     """Linearised bus voltages (p.u.), ``[T, n_bus]``; None without a network."""
     line_loading_percent: np.ndarray | None = None
     """Linearised signed line loadings (percent), ``[T, n_line]``; None without lines."""
+    shared_charge_kwh: np.ndarray | None = None
+    """Shared battery's charging energy at the AC side (kWh), ``[T]``; None without one."""
+    shared_discharge_kwh: np.ndarray | None = None
+    """Shared battery's discharging energy at the AC side (kWh), ``[T]``; None without one."""
+    shared_soc_kwh: np.ndarray | None = None
+    """Shared battery's SoC (kWh), ``[T + 1]``, row 0 the initial SoC; None without one."""
+    shared_degradation_cost: float = 0.0
+    """Shared battery's degradation part of ``cost`` (currency); 0 without one."""
+    shared_terminal_value_cost: float = 0.0
+    """Shared battery's terminal value, part of ``cost`` (currency): ``terminal_price *
+    max(initial - final SoC, 0) - terminal_credit_price * max(final - initial SoC, 0)``; 0
+    without one."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,16 +439,17 @@ class _NetworkArrays:
     """Validated network arrays, broadcast to full shapes."""
 
     v0_pu: np.ndarray  # [T, n_bus]
-    dv_dp: np.ndarray  # [n_bus, N]
+    dv_dp: np.ndarray  # [n_bus, N] (N + 1 with a shared battery)
     v_min: np.ndarray  # [n_bus]
     v_max: np.ndarray  # [n_bus]
     line_loading0: np.ndarray  # [T, n_line]
-    dline_dp: np.ndarray  # [n_line, N]
+    dline_dp: np.ndarray  # [n_line, N] (N + 1 with a shared battery)
     line_max_percent: np.ndarray  # [n_line]
 
 
 def _validate_network(network: NetworkLinearisation, n_steps: int, n_agents: int) -> _NetworkArrays:
-    """Check ``network`` against ``T = n_steps`` and ``N = n_agents``; broadcast its arrays."""
+    """Check ``network`` against ``T = n_steps`` and ``n_agents`` injection columns (``N``, or
+    ``N + 1`` with a shared battery); broadcast its arrays."""
     dv_dp = np.asarray(network.dv_dp, dtype=np.float64)
     if dv_dp.ndim != 2 or dv_dp.shape[1] != n_agents:
         raise ValueError(f"network.dv_dp must have shape [n_bus, {n_agents}], got {dv_dp.shape}")
@@ -496,6 +591,7 @@ def solve_oracle(
     terminal_credit_price: float | None = None,
     tie_break: bool = False,
     tie_break_reference_kwh: np.ndarray | None = None,
+    shared: SharedBattery | None = None,
 ) -> OracleResult:
     """Cost-minimal schedule of the whole community with perfect foresight.
 
@@ -536,12 +632,19 @@ def solve_oracle(
             < 0 discharged; e.g. what a rule does on the day): the second LP minimises
             ``sum |charge - discharge - reference|`` (plus 1 % of the greedy objective for
             the ties left), so that the optimum differs from the rule only where that pays.
+        shared: Optional battery shared by the whole community (:class:`SharedBattery`),
+            planned with the homes' batteries: its AC flow ``charge_s - discharge_s`` enters
+            the community balance, its degradation and terminal value (with the same
+            ``terminal_price`` / ``terminal_credit_price``) the cost, and with ``network`` its
+            kW the last sensitivity column (``N + 1`` columns needed). Only with ``p2p=True``
+            (the community settles its net position); ``use_battery=False`` keeps it idle too.
 
     Returns:
         The optimal schedule; see :class:`OracleResult`.
 
     Raises:
-        ValueError: Invalid shapes or values, or ``retail_price < feed_in_price``.
+        ValueError: Invalid shapes or values, ``retail_price < feed_in_price``, or a
+            ``shared`` battery with ``p2p=False`` or with a network of ``N`` columns.
         RuntimeError: HiGHS did not reach an optimal solution (message included).
     """
     load_kwh = np.asarray(load_kwh, dtype=np.float64)
@@ -579,7 +682,21 @@ def solve_oracle(
         raise ValueError(f"terminal_credit_price must be a finite price in [0, terminal_price "
                          f"= {terminal_price}] currency/kWh (a convex terminal value), got "
                          f"{terminal_credit_price}")
-    net_arrays = None if network is None else _validate_network(network, n_steps, n_agents)
+    if shared is not None:
+        if not isinstance(shared, SharedBattery):
+            raise ValueError(f"shared must be a SharedBattery, got {type(shared).__name__}")
+        if not p2p:
+            raise ValueError("a shared battery (shared=SharedBattery) needs p2p=True: only a "
+                             "community that settles its net position can share it")
+    # Injection columns of the network model: the agents, then the shared battery.
+    n_columns = n_agents + (shared is not None)
+    if network is not None and shared is not None:
+        columns = np.shape(network.dv_dp)[-1] if np.ndim(network.dv_dp) == 2 else None
+        if columns == n_agents:
+            raise ValueError(f"with a shared battery the network's sensitivities need N + 1 = "
+                             f"{n_columns} columns (the last one the battery's bus), got "
+                             f"{n_agents}")
+    net_arrays = None if network is None else _validate_network(network, n_steps, n_columns)
     if allow_curtailment is None:
         allow_curtailment = network is not None
 
@@ -592,11 +709,17 @@ def solve_oracle(
         np.where(battery_on, battery.max_discharge_kw * dt_h, 0.0), (n_steps, n_agents)
     )
     curtailment_max = pv_kwh if allow_curtailment else np.zeros_like(pv_kwh)
+    shared_on = shared is not None and use_battery and shared.power_kw > 0
+    shared_max = shared.power_kw * dt_h if shared_on else 0.0  # kWh per step, both ways
     limit_rows: list[_LimitRows] = []
     if net_arrays is not None:
         # Range of the agents' net consumption (kW) allowed by the variable bounds.
         power_low_kw = (load_kwh - pv_kwh - discharge_max) / dt_h
         power_high_kw = (load_kwh - pv_kwh + curtailment_max + charge_max) / dt_h
+        if shared is not None:  # the battery's column: -P .. P (0 when idle)
+            shared_kw = np.full((n_steps, 1), shared_max / dt_h)
+            power_low_kw = np.hstack([power_low_kw, -shared_kw])
+            power_high_kw = np.hstack([power_high_kw, shared_kw])
         limit_rows = [
             _limit_rows_that_can_bind(
                 net_arrays.v0_pu,
@@ -630,6 +753,12 @@ def solve_oracle(
     grid_export = layout.add(*settlement_shape)
     soc_deficit = layout.add(n_agents)  # final SoC below the initial one (kWh)
     soc_surplus = layout.add(n_agents)  # final SoC above the initial one (kWh)
+    if shared is not None:
+        shared_charge = layout.add(n_steps)
+        shared_discharge = layout.add(n_steps)
+        shared_soc = layout.add(n_steps)  # shared_soc[t]: after step t
+        shared_deficit = layout.add(1)
+        shared_surplus = layout.add(1)
     if tie_break:  # |net| = net_above + net_below, for the second (tie-break) objective
         net_above = layout.add(n_steps, n_agents)
         net_below = layout.add(n_steps, n_agents)
@@ -643,12 +772,15 @@ def solve_oracle(
     slacks = [layout.add(len(rows.rhs)) for rows in limit_rows]  # one per network row
     if net_arrays is not None:
         # Agents with identical sensitivity columns (same bus) share one injection
-        # variable, which makes the dense network rows shorter.
+        # variable, which makes the dense network rows shorter. The shared battery is the
+        # last column (it may share a group with the agents at its bus).
         all_sensitivities = np.vstack([net_arrays.dv_dp, net_arrays.dline_dp])
         _, group_first_agent, group_of_agent = np.unique(
             all_sensitivities.T, axis=0, return_index=True, return_inverse=True
         )
         group_of_agent = group_of_agent.ravel()
+        group_of_shared = int(group_of_agent[-1]) if shared is not None else None
+        group_of_agent = group_of_agent[:n_agents]
         group_power = layout.add(n_steps, len(group_first_agent))
 
     lower = np.zeros(layout.n_columns)
@@ -658,6 +790,10 @@ def solve_oracle(
     lower[soc], upper[soc] = battery.soc_bounds_kwh()
     upper[curtailment] = curtailment_max
     lower[net] = -np.inf
+    if shared is not None:
+        upper[shared_charge] = shared_max
+        upper[shared_discharge] = shared_max
+        lower[shared_soc], upper[shared_soc] = shared.soc_bounds_kwh()
     if net_arrays is not None:
         lower[group_power] = -np.inf
 
@@ -683,6 +819,21 @@ def solve_oracle(
     eq.add_terms(rows, grid_import, 1.0)
     eq.add_terms(rows, grid_export, -1.0)
     eq.add_terms(rows[:, None] if p2p else rows, net, -1.0)
+    if shared is not None:  # ... + charge_s - discharge_s (p2p only)
+        eq.add_terms(rows, shared_charge, -1.0)
+        eq.add_terms(rows, shared_discharge, 1.0)
+        # Shared SoC dynamics and terminal SoC change, as the home batteries'.
+        soc_rhs = np.zeros(n_steps)
+        soc_rhs[0] = shared.initial_soc_kwh
+        rows = eq.add_rows(soc_rhs)
+        eq.add_terms(rows, shared_soc, 1.0)
+        eq.add_terms(rows[1:], shared_soc[:-1], -1.0)
+        eq.add_terms(rows, shared_charge, -shared.charge_efficiency)
+        eq.add_terms(rows, shared_discharge, 1.0 / shared.discharge_efficiency)
+        rows = eq.add_rows(np.array([shared.initial_soc_kwh]))
+        eq.add_terms(rows, shared_soc[-1:], 1.0)
+        eq.add_terms(rows, shared_deficit, 1.0)
+        eq.add_terms(rows, shared_surplus, -1.0)
     if tie_break:
         rows = eq.add_rows(np.zeros((n_steps, n_agents)))
         eq.add_terms(rows, net, 1.0)
@@ -705,6 +856,9 @@ def solve_oracle(
         rows = eq.add_rows(np.zeros((n_steps, len(group_first_agent))))
         eq.add_terms(rows, group_power, 1.0)
         eq.add_terms(rows[:, group_of_agent], net, -1.0 / dt_h)
+        if shared is not None:  # ... - (charge_s - discharge_s) / dt_h in the battery's group
+            eq.add_terms(rows[:, group_of_shared], shared_charge, -1.0 / dt_h)
+            eq.add_terms(rows[:, group_of_shared], shared_discharge, 1.0 / dt_h)
     a_eq, b_eq = eq.build(layout.n_columns)
 
     # --- network inequalities: sign * sensitivity[k] @ p_kw[t] - slack <= rhs -----------
@@ -728,6 +882,11 @@ def solve_oracle(
     # Energy taken charged, energy added credited (convex: credit <= charge price).
     cost_vector[soc_deficit] = terminal_price
     cost_vector[soc_surplus] = -terminal_credit_price
+    if shared is not None:
+        cost_vector[shared_charge] = shared.degradation_cost
+        cost_vector[shared_discharge] = shared.degradation_cost
+        cost_vector[shared_deficit] = terminal_price
+        cost_vector[shared_surplus] = -terminal_credit_price
     slack_weights = np.zeros(layout.n_columns)
     for limits, slack in zip(limit_rows, slacks, strict=True):
         slack_weights[slack] = limits.slack_weight
@@ -797,9 +956,26 @@ def solve_oracle(
     if not p2p:
         import_kwh, export_kwh = import_kwh.sum(axis=1), export_kwh.sum(axis=1)
     net_kwh = x[net]
+    shared_arrays: dict[str, np.ndarray | float] = {}
+    if shared is not None:
+        shared_charge_kwh, shared_discharge_kwh = x[shared_charge], x[shared_discharge]
+        shared_taken_kwh = shared.initial_soc_kwh - float(x[shared_soc[-1]])
+        shared_arrays = {
+            "shared_charge_kwh": shared_charge_kwh,
+            "shared_discharge_kwh": shared_discharge_kwh,
+            "shared_soc_kwh": np.concatenate([[shared.initial_soc_kwh], x[shared_soc]]),
+            "shared_degradation_cost": float(
+                shared.degradation_cost * np.sum(shared_charge_kwh + shared_discharge_kwh)),
+            "shared_terminal_value_cost": float(
+                terminal_price * max(shared_taken_kwh, 0.0)
+                - terminal_credit_price * max(-shared_taken_kwh, 0.0)),
+        }
     voltage_pu = loading_percent = None
     if net_arrays is not None:
         power_kw = net_kwh / dt_h
+        if shared is not None:  # the battery's kW, the last column
+            power_kw = np.hstack(
+                [power_kw, ((shared_charge_kwh - shared_discharge_kwh) / dt_h)[:, None]])
         voltage_pu = net_arrays.v0_pu + power_kw @ net_arrays.dv_dp.T
         if net_arrays.dline_dp.shape[0] > 0:
             loading_percent = net_arrays.line_loading0 + power_kw @ net_arrays.dline_dp.T
@@ -822,4 +998,5 @@ def solve_oracle(
         network_slack=float(slack_weights @ x),
         voltage_pu=voltage_pu,
         line_loading_percent=loading_percent,
+        **shared_arrays,
     )

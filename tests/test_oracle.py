@@ -10,7 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.oracle import BatteryFleet, NetworkLinearisation, OracleResult, solve_oracle
+from agents.oracle import (
+    BatteryFleet,
+    NetworkLinearisation,
+    OracleResult,
+    SharedBattery,
+    solve_oracle,
+)
 
 DT_H = 0.25
 LP_TOLERANCE = 1e-7
@@ -910,3 +916,251 @@ def test_tie_break_covers_the_earliest_deficit_from_the_own_battery() -> None:
     np.testing.assert_allclose(greedy.discharge_kwh, [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5],
                                                       [0.0, 0.5]], atol=1e-7)
     np.testing.assert_allclose(greedy.grid_import_kwh, [0.0, 0.0, 0.0, 0.5], atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared community battery
+# ---------------------------------------------------------------------------------------
+
+
+def _shared_battery(rng: np.random.Generator) -> SharedBattery:
+    capacity = rng.uniform(2.0, 20.0)
+    soc_min, soc_max = rng.uniform(0.0, 0.2), rng.uniform(0.8, 1.0)
+    return SharedBattery(
+        capacity_kwh=capacity,
+        power_kw=rng.uniform(0.5, 8.0),
+        charge_efficiency=rng.uniform(0.85, 1.0),
+        discharge_efficiency=rng.uniform(0.85, 1.0),
+        soc_min=soc_min,
+        soc_max=soc_max,
+        initial_soc_kwh=capacity * rng.uniform(soc_min, soc_max),
+        degradation_cost=rng.uniform(0.0, 0.03),
+    )
+
+
+@pytest.mark.parametrize(
+    ("power_kw", "expected_cost", "charged_kwh"),
+    [
+        # Charge all 4 kWh of PV surplus at noon: 0.9 * 0.8 * 4 = 2.88 kWh in the evening.
+        # Cost: 0.30 * (3 - 2.88) import + 0.01 * (4 + 2.88) wear = 0.036 + 0.0688.
+        (5.0, 0.1048, 4.0),
+        # Power-limited to 2 kWh: export 2 at 0.10, 1.44 delivered.
+        # Cost: -0.10 * 2 + 0.30 * (3 - 1.44) + 0.01 * (2 + 1.44) = -0.2 + 0.468 + 0.0344.
+        (2.0, 0.3024, 2.0),
+    ],
+)
+def test_shared_battery_moves_noon_surplus_to_the_evening_hand_computed(
+    power_kw: float, expected_cost: float, charged_kwh: float
+) -> None:
+    # One agent, 1-hour steps: 4 kWh PV surplus at noon, a 3 kWh deficit in the evening.
+    load, pv = np.array([[0.0], [3.0]]), np.array([[4.0], [0.0]])
+    retail, feed_in = np.array([0.30, 0.30]), np.array([0.10, 0.10])
+    shared = SharedBattery(capacity_kwh=10.0, power_kw=power_kw, charge_efficiency=0.9,
+                           discharge_efficiency=0.8, initial_soc_kwh=0.0,
+                           degradation_cost=0.01)
+    fleet = BatteryFleet.none(1)
+    without = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, shared=shared)
+    assert without.cost == pytest.approx(-0.10 * 4 + 0.30 * 3, abs=1e-9)
+    assert without.shared_soc_kwh is None and without.shared_charge_kwh is None
+    assert result.cost == pytest.approx(expected_cost, abs=1e-9)
+    delivered = 0.9 * 0.8 * charged_kwh
+    np.testing.assert_allclose(result.shared_charge_kwh, [charged_kwh, 0.0], atol=1e-9)
+    np.testing.assert_allclose(result.shared_discharge_kwh, [0.0, delivered], atol=1e-9)
+    np.testing.assert_allclose(result.shared_soc_kwh, [0.0, 0.9 * charged_kwh, 0.0],
+                               atol=1e-9)
+    assert result.shared_degradation_cost == pytest.approx(0.01 * (charged_kwh + delivered))
+    assert result.shared_terminal_value_cost == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(result.grid_import_kwh, [0.0, 3.0 - delivered], atol=1e-9)
+    np.testing.assert_allclose(result.grid_export_kwh, [4.0 - charged_kwh, 0.0], atol=1e-9)
+
+
+def test_shared_battery_terminal_value_is_in_the_cost() -> None:
+    # 2 kWh in the shared battery at the start, 1 kWh evening load, lossless. Taking 1 kWh
+    # from the cells costs the terminal price 0.25 < retail 0.30: the battery covers it.
+    load, pv = np.array([[1.0]]), np.array([[0.0]])
+    retail, feed_in = np.array([0.30]), np.array([0.0])
+    shared = SharedBattery(capacity_kwh=4.0, power_kw=4.0, charge_efficiency=1.0,
+                           discharge_efficiency=1.0, initial_soc_kwh=2.0)
+    result = solve_oracle(load, pv, retail, feed_in, BatteryFleet.none(1), dt_h=1.0,
+                          shared=shared, terminal_price=0.25)
+    assert result.cost == pytest.approx(0.25, abs=1e-9)
+    assert result.shared_terminal_value_cost == pytest.approx(0.25, abs=1e-9)
+    assert result.terminal_value_cost == pytest.approx(0.0, abs=1e-12)  # the homes' only
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("terminal_prices", [(0.0, 0.0), (0.3, 0.1)])
+def test_shared_battery_equals_the_same_home_battery_of_a_single_agent(
+    seed: int, terminal_prices: tuple[float, float]
+) -> None:
+    rng = np.random.default_rng(seed)
+    day = random_day(rng, n_steps=24, n_agents=1)
+    shared = _shared_battery(rng)
+    home = BatteryFleet(
+        capacity_kwh=np.array([shared.capacity_kwh]), max_charge_kw=shared.power_kw,
+        max_discharge_kw=shared.power_kw, charge_efficiency=shared.charge_efficiency,
+        discharge_efficiency=shared.discharge_efficiency, soc_min=shared.soc_min,
+        soc_max=shared.soc_max, initial_soc_kwh=shared.initial_soc_kwh,
+        degradation_cost=shared.degradation_cost,
+    )
+    price, credit = terminal_prices
+    prices = {"terminal_price": price, "terminal_credit_price": credit}
+    day.pop("battery")
+    with_home = solve_oracle(**day, battery=home, **prices)
+    with_shared = solve_oracle(**day, battery=BatteryFleet.none(1), shared=shared, **prices)
+    assert with_shared.cost == pytest.approx(with_home.cost, rel=1e-9, abs=1e-9)
+    assert (with_shared.shared_degradation_cost + with_shared.shared_terminal_value_cost
+            == pytest.approx(with_home.degradation_cost + with_home.terminal_value_cost,
+                             abs=1e-6))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shared_battery_never_raises_the_optimum_and_respects_its_limits(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_steps, n_agents = 32, 3
+    day = random_day(rng, n_steps, n_agents)
+    shared = _shared_battery(rng)
+    prices = {"terminal_price": 0.3, "terminal_credit_price": 0.1}
+    without = solve_oracle(**day, **prices)
+    result = solve_oracle(**day, shared=shared, **prices)
+    assert at_most(result.cost, without.cost)
+    # Bounds: power, SoC band, and the SoC dynamics from the AC flows.
+    step_max = shared.power_kw * DT_H
+    charge, discharge, soc = (result.shared_charge_kwh, result.shared_discharge_kwh,
+                              result.shared_soc_kwh)
+    assert charge.shape == discharge.shape == (n_steps,) and soc.shape == (n_steps + 1,)
+    assert np.all(charge >= -1e-9) and np.all(charge <= step_max + 1e-9)
+    assert np.all(discharge >= -1e-9) and np.all(discharge <= step_max + 1e-9)
+    low, high = shared.soc_bounds_kwh()
+    assert np.all(soc >= low - 1e-9) and np.all(soc <= high + 1e-9)
+    assert soc[0] == shared.initial_soc_kwh
+    np.testing.assert_allclose(
+        np.diff(soc),
+        shared.charge_efficiency * charge - discharge / shared.discharge_efficiency,
+        atol=1e-8,
+    )
+    # The community settles its agents' net positions plus the battery's AC flow.
+    np.testing.assert_allclose(
+        result.grid_import_kwh - result.grid_export_kwh,
+        result.net_kwh.sum(1) + charge - discharge, atol=1e-8,
+    )
+    # The cost is the grid bill plus both batteries' wear and terminal value.
+    bill = float(day["retail_price"] @ result.grid_import_kwh
+                 - day["feed_in_price"] @ result.grid_export_kwh)
+    assert result.cost == pytest.approx(
+        bill + result.degradation_cost + result.terminal_value_cost
+        + result.shared_degradation_cost + result.shared_terminal_value_cost, abs=1e-7)
+    # Idle (use_battery=False) it holds its SoC and costs what the idle community does.
+    idle = solve_oracle(**day, shared=shared, use_battery=False, **prices)
+    np.testing.assert_allclose(idle.shared_soc_kwh, shared.initial_soc_kwh, atol=1e-9)
+    assert idle.cost == pytest.approx(solve_oracle(**day, use_battery=False, **prices).cost,
+                                      abs=1e-9)
+
+
+def test_shared_battery_without_p2p_raises_value_error() -> None:
+    day = random_day(np.random.default_rng(0), 4, 2)
+    shared = SharedBattery(capacity_kwh=5.0, power_kw=2.0)
+    with pytest.raises(ValueError, match="shared battery"):
+        solve_oracle(**day, shared=shared, p2p=False)
+    with pytest.raises(ValueError, match="SharedBattery"):
+        solve_oracle(**day, shared="battery")
+    # A network without the battery's column cannot place it.
+    network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="N \\+ 1"):
+        solve_oracle(**day, shared=shared, network=network)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"capacity_kwh": 0.0}, "capacity_kwh"),
+        ({"power_kw": -1.0}, "power_kw"),
+        ({"charge_efficiency": 1.2}, "charge_efficiency"),
+        ({"discharge_efficiency": 0.0}, "discharge_efficiency"),
+        ({"soc_min": 0.9, "soc_max": 0.5}, "soc_min"),
+        ({"initial_soc_kwh": 11.0}, "initial_soc_kwh"),
+        ({"degradation_cost": float("nan")}, "degradation_cost"),
+        ({"capacity_kwh": np.ones(2)}, "capacity_kwh"),
+    ],
+)
+def test_invalid_shared_battery_raises_value_error(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SharedBattery(**{"capacity_kwh": 10.0, "power_kw": 5.0, **overrides})
+
+
+@pytest.mark.parametrize("battery_shares_agent_bus", [False, True])
+@pytest.mark.parametrize(("v_min", "v_max", "binding"), [(0.95, 1.10, (0, 0.95)),
+                                                        (0.50, 1.05, (1, 1.05))])
+def test_shared_battery_column_of_the_network_binds_its_power(
+    battery_shares_agent_bus: bool, v_min: float, v_max: float, binding: tuple[int, float]
+) -> None:
+    # Two agents, 1-hour steps. Agent 1 (no voltage effect) has 8 kWh PV surplus at noon and
+    # an 8 kWh evening load. The shared battery's bus drops 0.01 p.u. per kW consumed: with
+    # v_min = 0.95 it may charge at most 5 kW (with v_max = 1.05 discharge at most 5 kW), so
+    # 3 kWh are exported (0.10) and bought back (0.30) instead of all 8 kWh being stored.
+    # Agent 0 (no load, no PV) sits at the battery's bus in one variant (the two columns are
+    # then grouped in the LP).
+    load = np.array([[0.0, 0.0], [0.0, 8.0]])
+    pv = np.array([[0.0, 8.0], [0.0, 0.0]])
+    retail, feed_in = np.array([0.30, 0.30]), np.array([0.10, 0.10])
+    shared = SharedBattery(capacity_kwh=20.0, power_kw=10.0, charge_efficiency=1.0,
+                           discharge_efficiency=1.0, initial_soc_kwh=0.0)
+    agent_0 = -0.01 if battery_shares_agent_bus else 0.0
+    network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.array([[agent_0, 0.0, -0.01]]),
+                                   v_min=v_min, v_max=v_max)
+    fleet = BatteryFleet.none(2)
+    free = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, shared=shared)
+    result = solve_oracle(load, pv, retail, feed_in, fleet, dt_h=1.0, shared=shared,
+                          network=network)
+    assert free.cost == pytest.approx(0.0, abs=1e-9)
+    assert free.shared_charge_kwh[0] == pytest.approx(8.0, abs=1e-9)
+    assert result.network_slack == 0.0
+    assert result.shared_charge_kwh[0] == pytest.approx(5.0, abs=1e-9)
+    assert result.shared_discharge_kwh[1] == pytest.approx(5.0, abs=1e-9)
+    assert result.cost == pytest.approx(-0.10 * 3 + 0.30 * 3, abs=1e-9)
+    # The linearised voltages, recomputed from the schedule with the battery's kW as the
+    # last column, are the reported ones and within the limits.
+    power_kw = np.hstack([result.net_kwh, (result.shared_charge_kwh
+                                           - result.shared_discharge_kwh)[:, None]]) / 1.0
+    voltage = network.v0_pu + power_kw @ network.dv_dp.T
+    np.testing.assert_allclose(result.voltage_pu, voltage, atol=1e-12)
+    assert np.all(voltage >= v_min - 1e-9) and np.all(voltage <= v_max + 1e-9)
+    step, limit = binding
+    assert voltage[step, 0] == pytest.approx(limit, abs=1e-9)  # the limit binds
+
+
+def test_network_without_shared_battery_keeps_n_columns() -> None:
+    # N + 1 columns without a shared battery are a shape error, as before.
+    day = random_day(np.random.default_rng(1), 4, 2)
+    network = NetworkLinearisation(v0_pu=np.ones(1), dv_dp=np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="dv_dp"):
+        solve_oracle(**day, network=network)
+
+
+def test_oracle_baselines_take_the_shared_battery_from_the_storage_config() -> None:
+    from types import SimpleNamespace
+
+    from agents.baselines import make_oracle, shared_battery, storage_capacity_cost
+    from envs.config import StorageConfig
+
+    def env_with(**storage):
+        return SimpleNamespace(config=SimpleNamespace(storage=StorageConfig(**storage)))
+
+    sizes = {"capacity_kwh": 50.0, "power_kw": 10.0, "soc_min": 0.1, "soc_max": 0.9,
+             "initial_soc": 0.6, "capacity_cost": 0.002, "degradation_cost": 0.03}
+    assert shared_battery(env_with()) is None
+    assert storage_capacity_cost(env_with(), 2) == 0.0
+    market = shared_battery(env_with(mode="market", **sizes))
+    assert market.initial_soc_kwh == pytest.approx(30.0)
+    assert (market.power_kw, market.degradation_cost) == (10.0, 0.03)
+    virtual = shared_battery(env_with(mode="virtual", **sizes))
+    assert virtual.initial_soc_kwh == pytest.approx(5.0)
+    assert storage_capacity_cost(env_with(mode="market", **sizes), 2) == pytest.approx(0.2)
+    env = env_with(mode="virtual", **sizes)
+    # The P2P oracles plan it and pay its capacity; the household and idle ones exclude it.
+    assert make_oracle("oracle").shared_battery(env) is not None
+    assert make_oracle("oracle_network").capacity_cost(env, 1) == pytest.approx(0.1)
+    for name in ("oracle_household", "oracle_no_p2p_idle"):
+        assert make_oracle(name).shared_battery(env) is None
+        assert make_oracle(name).capacity_cost(env, 1) == 0.0
