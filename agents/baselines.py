@@ -429,28 +429,6 @@ def day_profiles(env: Any, day: int, n_days: int = 1) -> dict[str, np.ndarray]:
             "no_p2p_network_penalty": numpy(env.no_p2p_network_penalty[index])}
 
 
-def _with_storage_load(net: Any, bus: int | str | None) -> Any:
-    """A copy of ``net`` with one more (zero) load, the last, at the shared battery's bus
-    (``StorageConfig.bus``: a bus index, a bus name, or None for the low-voltage side of the
-    first transformer, the first load's bus on a feeder without one)."""
-    import copy
-
-    import pandapower as pp
-
-    if bus is None:
-        bus = int(net.trafo.lv_bus.iloc[0]) if len(net.trafo) else int(net.load.bus.iloc[0])
-    elif isinstance(bus, str):
-        matches = net.bus.index[net.bus["name"].astype(str) == bus]
-        if len(matches) == 0:
-            raise ValueError(f"storage.bus {bus!r}: no bus of that name in the feeder")
-        bus = int(matches[0])
-    elif int(bus) not in net.bus.index:
-        raise ValueError(f"storage.bus {bus}: no bus with that index in the feeder")
-    work = copy.deepcopy(net)
-    pp.create_load(work, bus=int(bus), p_mw=0.0, name="community_battery")
-    return work
-
-
 class _FeederSensitivity:
     """No-load voltage and sensitivities of the env's feeder (built once per oracle).
 
@@ -474,7 +452,9 @@ class _FeederSensitivity:
             if core_model is not None and core_model.n_agent == n_agents + 1:
                 model = core_model
             else:
-                net = _with_storage_load(net, env.config.storage.bus)
+                from envs.storage import storage_bus, with_battery_load
+
+                net = with_battery_load(net, storage_bus(env.config.storage, net))
         if model is None:
             model = BatchedPowerFlow.from_pandapower(net, dtype=torch.float64)
         expected = n_agents + self.has_storage_column

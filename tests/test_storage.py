@@ -127,7 +127,7 @@ def test_core_balances(mode: str, mechanism: str) -> None:
     floor, ceiling = config.soc_min * config.capacity_kwh, config.soc_max * config.capacity_kwh
     step_kwh = config.power_kw * 0.25
     moved = 0.0
-    for env, soc_before, accounts_before, reward, info in run_random(
+    for _env, soc_before, _accounts, reward, info in run_random(
             {"storage.mode": mode, "market.mechanism": mechanism,
              "storage.draw_hours": [12.0, 24.0]}):
         physical = info["load_kwh"] - info["pv_kwh"] + info["battery_energy_kwh"]
@@ -196,11 +196,11 @@ def test_virtual_storage_lowers_the_self_consumption_bill() -> None:
 def test_market_rule_charges_from_the_members_surplus() -> None:
     """The community_self_consumption operator charges when the members' net position is a
     surplus and discharges into a deficit; idle never moves."""
-    for env, _, _, _, info in run_random({"storage.mode": "market"}, steps=96):
+    for _env, _, _, _, info in run_random({"storage.mode": "market"}, steps=96):
         members = info["net_energy_kwh"].sum(1)
         q = info["storage_energy_kwh"]
         assert bool((q * members <= 1e-6).all())
-    for env, _, _, _, info in run_random({"storage.mode": "market", "storage.rule": "idle"},
+    for _env, _, _, _, info in run_random({"storage.mode": "market", "storage.rule": "idle"},
                                          steps=20):
         assert float(info["storage_energy_kwh"].abs().sum()) == 0.0
 
