@@ -258,6 +258,8 @@ def test_compiled_equals_eager() -> None:
             action = torch.full((4, env.n_agents, 2), 0.5)
             action[..., 0] = math.sin(step / 5)
             rewards.append(env.step(action)[1])
+        if compiled:  # every stage really ran compiled
+            assert env.compiled is not None and env.compiled.eager_stages == {}
         results.append(torch.stack(rewards))
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
 
