@@ -132,6 +132,20 @@ MECHANISM_METRICS: tuple[tuple[str, str], ...] = (
     ("operator_surplus", "operator surplus"),
 )
 
+STORAGE_TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("savings_vs_no_p2p", "savings"),
+    ("storage_throughput_kwh", "throughput kWh"),
+    ("storage_cycles", "cycles"),
+    ("storage_stored_kwh", "stored kWh"),
+    ("storage_drawn_kwh", "drawn kWh"),
+    ("storage_loss_kwh", "loss kWh"),
+    ("storage_cost", "battery bill"),
+    ("storage_payout", "payout"),
+    ("storage_p2p_kwh", "P2P kWh"),
+)
+"""Columns of the shared battery's table (``storage`` on only, ``envs.metrics.STORAGE_METRICS``):
+its use per day."""
+
 PLOT_METRICS: tuple[tuple[str, str], ...] = (
     ("community_cost", "community cost / day"),
     ("savings_percent", "savings vs no P2P, %"),
@@ -304,7 +318,7 @@ class Evaluator:
             profile = _oracle_profile(env, self.days[self.record_day])
             trajectory = oracle.trajectory(schedules[self.record_day], profile, env.dt_h)
             trajectory["day"] = np.asarray(self.days[self.record_day])
-            return PolicyResult(spec, "-", totals, _per_day(totals), trajectory,
+            return PolicyResult(spec, "-", totals, self._per_day(totals), trajectory,
                                 self.config.episode.length_days)
         policy = self.policy(spec)
         mechanism = policy.mechanism or mechanism or self.config.market.mechanism
@@ -318,8 +332,11 @@ class Evaluator:
         finally:
             ledger = None if writer is None else {
                 "path": str(writer.path), "head": writer.close(), "rows": writer.n_rows}
-        return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory,
+        return PolicyResult(policy.name, mechanism, totals, self._per_day(totals), trajectory,
                             self.config.episode.length_days, ledger)
+
+    def _per_day(self, totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
+        return _per_day(totals, metrics.storage_usable_kwh(self.config.storage))
 
     def _ledger(self, spec: str, policy: Policy, env: BatchedP2PEnv) -> LedgerWriter:
         """A new ledger for ``policy`` in ``env``, ``<policy>__<mechanism>.ledger.sqlite``."""
@@ -337,9 +354,12 @@ def _oracle_profile(env: BatchedP2PEnv, day: int) -> dict[str, np.ndarray]:
     return day_profiles(env, day, env.episode_days)
 
 
-def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
-    return {key: value.double().cpu().numpy()
-            for key, value in metrics.evaluation_summary(totals).items()}
+def _per_day(totals: metrics.EpisodeTotals,
+             storage_usable_kwh: float | None = None) -> dict[str, np.ndarray]:
+    """``envs.metrics.evaluation_summary`` of each episode as numpy arrays (with the shared
+    battery's metrics when ``storage_usable_kwh``, its usable capacity, is given)."""
+    return {key: value.double().cpu().numpy() for key, value in metrics.evaluation_summary(
+        totals, storage_usable_kwh).items()}
 
 
 def summarise(result: PolicyResult, oracle: PolicyResult | None,
@@ -604,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## {config.community.feeder}: {len(days)} {args.days} days, mechanism "
           f"{config.market.mechanism}, network model {network}, seed {args.seed}\n")
     print(markdown_table(rows, TABLE_METRICS + extra))
+    if config.storage.enabled:
+        storage = config.storage
+        print(f"\n## Shared battery (storage.mode {storage.mode}, {storage.capacity_kwh:g} kWh, "
+              f"{storage.power_kw:g} kW), per day\n")
+        print(markdown_table(rows, STORAGE_TABLE_METRICS))
     if mechanism_rows:
         print("\n## Market mechanisms (same policies under every mechanism)\n")
         print(markdown_table(mechanism_rows + oracle_rows, MECHANISM_METRICS + extra))
