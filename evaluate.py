@@ -589,12 +589,19 @@ def storage_sweep(config: EnvConfig, specs: list[str], policies: dict[str, Polic
     ``sizes`` as a shared battery and as home batteries (:func:`sweep_config`); writes
     ``storage_sweep.csv``, ``storage_sweep.md`` and (``plots``) ``storage_sweep.png`` into
     ``out`` atomically. Returns ``(rows, failed)``: a policy that fails at a point is
-    reported and listed in ``failed``; its row is missing."""
+    reported and listed in ``failed``; its row is missing. Raises ConfigError (naming
+    ``--storage-sweep``) before anything runs when a size gives an invalid config."""
     community = config.community
     data = load_feeder(community.feeder, n_agents=community.n_agents, seed=community.seed)
     kwh_per_unit = home_kwh_per_unit(config, data)
-    points = [(layout, size, sweep_config(config, layout, size, kwh_per_unit, data.n_agents))
-              for size in sizes for layout in SWEEP_LAYOUTS]  # bad configs stop here
+    points = []
+    for size in sizes:  # every point's config first: a bad one stops the sweep here
+        for layout in SWEEP_LAYOUTS:
+            try:
+                point = sweep_config(config, layout, size, kwh_per_unit, data.n_agents)
+            except ConfigError as error:
+                raise ConfigError(f"--storage-sweep: {size:g} kWh ({layout}): {error}") from None
+            points.append((layout, size, point))
     results, failed = [], []
     for layout, size, point_config in points:
         evaluator = Evaluator(point_config, days, seed=seed, batch_size=batch_size,
