@@ -47,6 +47,23 @@ the behavioural and of the rational agents (``behavioural_savings``, ``rational_
 ``loss_averse:population=behavioural`` makes the behavioural agents trade as loss-averse
 traders (``agents/baselines.py``) beside truthful rational ones.
 
+Shared battery (``storage.mode`` market or virtual, ``envs.storage``): the rows add its use per
+day (``envs.metrics.STORAGE_METRICS``: throughput, equivalent full cycles of its usable
+capacity, energy stored into and drawn from the accounts, conversion losses, its bill, the
+leftover payouts, its P2P trades), printed as a second table; without one, none of them appears.
+
+``--storage-sweep 0,20,50,100`` (total capacities, kWh) runs a sweep instead of the usual
+evaluation: every policy at every size as one shared battery (``storage.mode`` of the config,
+``virtual`` when it has none; capacity S, power S * ``community.battery_c_rate``, the members'
+accounts splitting its usable capacity; no home batteries; S=0: no shared battery) and as a
+battery in every home (``community.battery_share`` 1, ``battery_kwh_per_mwh`` sized so that
+the homes hold S in all). It writes ``storage_sweep.csv`` (one row per policy, layout and size:
+the mean daily savings vs no P2P and their std over days, the battery's throughput and, for
+the shared battery, the home capacity saving as much, interpolated linearly on the home curve,
+``> max`` beyond the sweep, and the ratio of the shared to that home capacity),
+``storage_sweep.md`` (the printed tables) and ``storage_sweep.png`` (savings against capacity;
+not with ``--no-plots``) into ``--out``, atomically.
+
 ``--ledger DIR`` also writes a tamper-evident trade ledger (``envs.ledger``) of every policy
 that trades in the market, one SQLite file per policy and mechanism,
 ``DIR/<policy>__<mechanism>.ledger.sqlite`` (replaced if it exists), with every step's orders,
