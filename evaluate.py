@@ -542,9 +542,11 @@ def sweep_rows(results: list[tuple[str, str, float, dict[str, Any], float]],
     (:func:`home_equivalent`) and the ratio of the shared to that home capacity."""
     rows = []
     for policy, layout, size, row, installed in results:
-        throughput = row.get("storage_throughput_kwh_mean", float("nan"))
-        if layout == "home" or not math.isfinite(throughput):
-            throughput = row.get("battery_throughput_kwh_mean", float("nan"))
+        # The battery's AC throughput per day: the shared one's (NaN for a policy whose
+        # totals lack it, e.g. a central schedule that does not report it), else the homes'.
+        throughput = (row.get("storage_throughput_kwh_mean", float("nan"))
+                      if layout == "shared" and size > 0 else
+                      row.get("battery_throughput_kwh_mean", float("nan")))
         rows.append({
             "policy": policy, "layout": layout, "capacity_kwh": size,
             "installed_kwh": installed, "days": row["days"],
