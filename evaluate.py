@@ -47,6 +47,23 @@ the behavioural and of the rational agents (``behavioural_savings``, ``rational_
 ``loss_averse:population=behavioural`` makes the behavioural agents trade as loss-averse
 traders (``agents/baselines.py``) beside truthful rational ones.
 
+Shared battery (``storage.mode`` market or virtual, ``envs.storage``): the rows add its use per
+day (``envs.metrics.STORAGE_METRICS``: throughput, equivalent full cycles of its usable
+capacity, energy stored into and drawn from the accounts, conversion losses, its bill, the
+leftover payouts, its P2P trades), printed as a second table; without one, none of them appears.
+
+``--storage-sweep 0,20,50,100`` (total capacities, kWh) runs a sweep instead of the usual
+evaluation: every policy at every size as one shared battery (``storage.mode`` of the config,
+``virtual`` when it has none; capacity S, power S * ``community.battery_c_rate``, the members'
+accounts splitting its usable capacity; no home batteries; S=0: no shared battery) and as a
+battery in every home (``community.battery_share`` 1, ``battery_kwh_per_mwh`` sized so that
+the homes hold S in all). It writes ``storage_sweep.csv`` (one row per policy, layout and size:
+the mean daily savings vs no P2P and their std over days, the battery's throughput and, for
+the shared battery, the home capacity saving as much, interpolated linearly on the home curve,
+``> max`` beyond the sweep, and the ratio of the shared to that home capacity),
+``storage_sweep.md`` (the printed tables) and ``storage_sweep.png`` (savings against capacity;
+not with ``--no-plots``) into ``--out``, atomically.
+
 ``--ledger DIR`` also writes a tamper-evident trade ledger (``envs.ledger``) of every policy
 that trades in the market, one SQLite file per policy and mechanism,
 ``DIR/<policy>__<mechanism>.ledger.sqlite`` (replaced if it exists), with every step's orders,
@@ -88,7 +105,7 @@ from envs.config import (
     to_dict,
 )
 from envs.core import BatchedP2PEnv
-from envs.data import DAYS_PER_YEAR, day_split, load_feeder
+from envs.data import DAYS_PER_YEAR, FeederData, day_split, load_feeder
 from envs.files import atomic_write_text, plain_json
 from envs.ledger import LedgerWriter
 from envs.storage import require_rule_operator
@@ -132,6 +149,20 @@ MECHANISM_METRICS: tuple[tuple[str, str], ...] = (
     ("savings_gini", "Gini"),
     ("operator_surplus", "operator surplus"),
 )
+
+STORAGE_TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("savings_vs_no_p2p", "savings"),
+    ("storage_throughput_kwh", "throughput kWh"),
+    ("storage_cycles", "cycles"),
+    ("storage_stored_kwh", "stored kWh"),
+    ("storage_drawn_kwh", "drawn kWh"),
+    ("storage_loss_kwh", "loss kWh"),
+    ("storage_cost", "battery bill"),
+    ("storage_payout", "payout"),
+    ("storage_p2p_kwh", "P2P kWh"),
+)
+"""Columns of the shared battery's table (``storage`` on only, ``envs.metrics.STORAGE_METRICS``):
+its use per day."""
 
 PLOT_METRICS: tuple[tuple[str, str], ...] = (
     ("community_cost", "community cost / day"),
@@ -253,7 +284,7 @@ class Evaluator:
 
     def __init__(self, config: EnvConfig, days: list[int], seed: int = 0,
                  batch_size: int = 64, record_day: int = 0, progress: Any = None,
-                 ledger_dir: str | Path | None = None) -> None:
+                 ledger_dir: str | Path | None = None, data: FeederData | None = None) -> None:
         require_rule_operator(config.storage, "evaluate.py")
         self.config = config
         self.days = days
@@ -264,8 +295,10 @@ class Evaluator:
         self.ledger_dir = None if ledger_dir is None else Path(ledger_dir)
         """Folder of the trade ledgers (``envs.ledger``), None: no ledger."""
         community = config.community
-        self.data = load_feeder(community.feeder, n_agents=community.n_agents,
-                                seed=community.seed)
+        self.data = data if data is not None else load_feeder(
+            community.feeder, n_agents=community.n_agents, seed=community.seed)
+        """The feeder's data (``data``: already loaded for this community, e.g. by
+        :func:`storage_sweep`)."""
         self._envs: dict[tuple[str, int], BatchedP2PEnv] = {}
         self.policies: dict[str, Policy] = {}
         """Policies by spec, built once (:meth:`policy`)."""
@@ -306,7 +339,7 @@ class Evaluator:
             profile = _oracle_profile(env, self.days[self.record_day])
             trajectory = oracle.trajectory(schedules[self.record_day], profile, env.dt_h)
             trajectory["day"] = np.asarray(self.days[self.record_day])
-            return PolicyResult(spec, "-", totals, _per_day(totals), trajectory,
+            return PolicyResult(spec, "-", totals, self._per_day(totals), trajectory,
                                 self.config.episode.length_days)
         policy = self.policy(spec)
         mechanism = policy.mechanism or mechanism or self.config.market.mechanism
@@ -320,8 +353,11 @@ class Evaluator:
         finally:
             ledger = None if writer is None else {
                 "path": str(writer.path), "head": writer.close(), "rows": writer.n_rows}
-        return PolicyResult(policy.name, mechanism, totals, _per_day(totals), trajectory,
+        return PolicyResult(policy.name, mechanism, totals, self._per_day(totals), trajectory,
                             self.config.episode.length_days, ledger)
+
+    def _per_day(self, totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
+        return _per_day(totals, metrics.storage_usable_kwh(self.config.storage))
 
     def _ledger(self, spec: str, policy: Policy, env: BatchedP2PEnv) -> LedgerWriter:
         """A new ledger for ``policy`` in ``env``, ``<policy>__<mechanism>.ledger.sqlite``."""
@@ -339,9 +375,12 @@ def _oracle_profile(env: BatchedP2PEnv, day: int) -> dict[str, np.ndarray]:
     return day_profiles(env, day, env.episode_days)
 
 
-def _per_day(totals: metrics.EpisodeTotals) -> dict[str, np.ndarray]:
-    return {key: value.double().cpu().numpy()
-            for key, value in metrics.evaluation_summary(totals).items()}
+def _per_day(totals: metrics.EpisodeTotals,
+             storage_usable_kwh: float | None = None) -> dict[str, np.ndarray]:
+    """``envs.metrics.evaluation_summary`` of each episode as numpy arrays (with the shared
+    battery's metrics when ``storage_usable_kwh``, its usable capacity, is given)."""
+    return {key: value.double().cpu().numpy() for key, value in metrics.evaluation_summary(
+        totals, storage_usable_kwh).items()}
 
 
 def summarise(result: PolicyResult, oracle: PolicyResult | None,
@@ -394,6 +433,231 @@ def markdown_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], .
         cells += [_cell(row.get(f"{key}_mean"), row.get(f"{key}_std")) for key, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Storage sweep: a shared battery against home batteries of the same total capacity
+# --------------------------------------------------------------------------------------------
+
+SWEEP_LAYOUTS: tuple[str, ...] = ("shared", "home")
+"""The battery layouts of ``--storage-sweep``: one battery the community shares
+(``storage``), or a battery in every home (``community.battery_share`` 1)."""
+
+
+def parse_storage_sizes(text: str) -> list[float]:
+    """The total capacities (kWh) of ``--storage-sweep``: a comma list of distinct numbers
+    >= 0, returned sorted. Raises ConfigError naming the option."""
+    usage = "a comma list of distinct total capacities in kWh >= 0, e.g. 0,20,50,100"
+    try:
+        sizes = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"--storage-sweep: expected {usage}; got {text!r}") from None
+    if not sizes:
+        raise ConfigError(f"--storage-sweep: expected {usage}; got no size")
+    bad = [size for size in sizes if not math.isfinite(size) or size < 0.0]
+    if bad:
+        raise ConfigError(f"--storage-sweep: expected {usage}; got {bad[0]:g}")
+    if len(set(sizes)) != len(sizes):
+        repeated = next(size for size in sizes if sizes.count(size) > 1)
+        raise ConfigError(f"--storage-sweep: expected {usage}; {repeated:g} is given twice")
+    return sorted(sizes)
+
+
+def home_kwh_per_unit(config: EnvConfig, data: FeederData) -> float:
+    """The community's total home battery capacity (kWh) per unit of
+    ``community.battery_kwh_per_mwh`` with a battery in every home (``battery_share`` 1):
+    read from an env built on the loaded feeder (``BatchedP2PEnv.capacity_kwh``)."""
+    probe = env_config(config, n_envs=1, **{"storage.mode": "none",
+                                            "community.battery_share": 1.0,
+                                            "community.battery_kwh_per_mwh": 1.0})
+    total = float(BatchedP2PEnv(probe, data).capacity_kwh.double().sum())
+    if total <= 0.0:
+        raise ConfigError("--storage-sweep: the community has no consumption to size home "
+                          "batteries by (battery_kwh_per_mwh)")
+    return total
+
+
+def sweep_config(config: EnvConfig, layout: str, size: float, kwh_per_unit: float,
+                 n_agents: int) -> EnvConfig:
+    """The env config of one ``--storage-sweep`` point: total capacity ``size`` kWh as one
+    shared battery (``layout`` shared) or as a battery in every home (``home``).
+
+    shared: ``storage.mode`` the config's (``virtual`` when it has none),
+    ``storage.capacity_kwh`` ``size``, ``storage.power_kw`` ``size * community.battery_c_rate``
+    (the home batteries' C-rate), no home batteries; in mode virtual the members' accounts
+    split the usable capacity ``(soc_max - soc_min) size`` (``subscription_kwh``, equally, or
+    in the config's proportions when it lists one size per member), so that the whole
+    battery can be used. Size 0: no shared battery (``storage.mode`` none).
+    home: no shared battery, ``battery_share`` 1 and ``battery_kwh_per_mwh`` such that the
+    homes' capacities add up to ``size`` (``kwh_per_unit``: :func:`home_kwh_per_unit`).
+    ``n_agents``: the community's agents (the members when ``storage.members`` is null)."""
+    community = config.community
+    if layout == "home":
+        return env_config(config, **{"storage.mode": "none", "community.battery_share": 1.0,
+                                     "community.battery_kwh_per_mwh": size / kwh_per_unit})
+    if layout != "shared":
+        raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(SWEEP_LAYOUTS)}")
+    if size == 0.0:
+        return env_config(config, **{"storage.mode": "none", "community.battery_share": 0.0})
+    storage = config.storage
+    mode = storage.mode if storage.enabled else "virtual"
+    overrides: dict[str, Any] = {
+        "storage.mode": mode, "storage.capacity_kwh": size,
+        "storage.power_kw": size * community.battery_c_rate, "community.battery_share": 0.0}
+    if mode == "virtual":
+        usable = (storage.soc_max - storage.soc_min) * size
+        if isinstance(storage.subscription_kwh, list):
+            weights = np.asarray(storage.subscription_kwh, dtype=float)
+            overrides["storage.subscription_kwh"] = (usable * weights / weights.sum()).tolist()
+        else:
+            members = len(storage.members) if storage.members is not None else n_agents
+            overrides["storage.subscription_kwh"] = usable / members
+    return env_config(config, **overrides)
+
+
+def home_equivalent(savings: float, sizes: list[float],
+                    home_savings: list[float]) -> tuple[float, str]:
+    """The home battery capacity (kWh, total) saving ``savings``: linear interpolation on
+    the home curve ``home_savings`` over ``sizes`` (ascending), its first crossing.
+
+    Returns ``(capacity, text)``: text the capacity (``%.1f``), ``> max`` (NaN capacity) when
+    no point of the sweep reaches ``savings``, ``<= min`` (the smallest size) when the
+    smallest home size saves at least as much and is not 0; ``–`` (NaN) for a NaN saving."""
+    curve = np.asarray(home_savings, dtype=float)
+    if not math.isfinite(savings) or not np.isfinite(curve).all():
+        return float("nan"), "–"
+    if savings <= curve[0]:
+        return sizes[0], (f"{sizes[0]:.1f}" if sizes[0] == 0.0 else f"<= {sizes[0]:g}")
+    for k in range(len(sizes) - 1):
+        low, high = curve[k], curve[k + 1]
+        if low < savings <= high:
+            capacity = sizes[k] + (savings - low) / (high - low) * (sizes[k + 1] - sizes[k])
+            return float(capacity), f"{capacity:.1f}"
+    return float("nan"), "> max"
+
+
+def sweep_rows(results: list[tuple[str, str, float, dict[str, Any], float]],
+               sizes: list[float]) -> list[dict[str, Any]]:
+    """The rows of ``storage_sweep.csv`` from ``(policy, layout, size, summarise row,
+    installed kWh)`` of every evaluated point: the mean daily savings vs no P2P (and their
+    std over days) and, for the shared layout, the home capacity saving as much
+    (:func:`home_equivalent`) and the ratio of the shared to that home capacity."""
+    rows = []
+    for policy, layout, size, row, installed in results:
+        # The battery's AC throughput per day: the shared one's (NaN for a policy whose
+        # totals lack it, e.g. a central schedule that does not report it), else the homes'.
+        throughput = (row.get("storage_throughput_kwh_mean", float("nan"))
+                      if layout == "shared" and size > 0 else
+                      row.get("battery_throughput_kwh_mean", float("nan")))
+        rows.append({
+            "policy": policy, "layout": layout, "capacity_kwh": size,
+            "installed_kwh": installed, "days": row["days"],
+            "savings_mean": row["savings_vs_no_p2p_mean"],
+            "savings_std": row["savings_vs_no_p2p_std"],
+            "savings_percent_mean": row["savings_percent_mean"],
+            "throughput_kwh_mean": throughput,
+            "storage_cycles_mean": row.get("storage_cycles_mean", float("nan")),
+            "home_equivalent_kwh": float("nan"), "home_equivalent": "",
+            "shared_over_home": float("nan"), "shared_over_home_text": ""})
+    for row in rows:
+        if row["layout"] != "shared":
+            continue
+        home = {r["capacity_kwh"]: r["savings_mean"] for r in rows
+                if r["policy"] == row["policy"] and r["layout"] == "home"}
+        if any(size not in home for size in sizes):
+            continue  # the policy failed on part of the home curve
+        capacity, text = home_equivalent(row["savings_mean"], sizes, [home[s] for s in sizes])
+        row["home_equivalent_kwh"], row["home_equivalent"] = capacity, text
+        size = row["capacity_kwh"]
+        if text == "> max":
+            row["shared_over_home_text"] = f"< {size / sizes[-1]:.2f}" if sizes[-1] > 0 else "–"
+        elif math.isfinite(capacity) and capacity > 0 and not text.startswith("<="):
+            row["shared_over_home"] = size / capacity
+            row["shared_over_home_text"] = f"{size / capacity:.2f}"
+        else:
+            row["shared_over_home_text"] = "–"
+    return rows
+
+
+def sweep_markdown(rows: list[dict[str, Any]], sizes: list[float], mode: str) -> str:
+    """``storage_sweep.md``: per policy, the savings of both layouts at every size and the
+    home capacity saving as much as each shared battery."""
+    lines = [f"Savings vs no P2P per day (mean ± std over days); shared battery mode {mode}; "
+             "home: a battery in every home, same total capacity; home kWh for the same "
+             "savings: linear interpolation on the home curve (> max: beyond the sweep).", ""]
+    for policy in dict.fromkeys(row["policy"] for row in rows):
+        lines += [f"### {policy}", "",
+                  "| capacity kWh | shared savings | home savings | home kWh for shared's "
+                  "savings | shared / home capacity |", "|---|---|---|---|---|"]
+        by = {(r["layout"], r["capacity_kwh"]): r for r in rows if r["policy"] == policy}
+        for size in sizes:
+            shared, home = by.get(("shared", size)), by.get(("home", size))
+            cells = [f"{size:g}",
+                     _cell(shared["savings_mean"], shared["savings_std"]) if shared else "failed",
+                     _cell(home["savings_mean"], home["savings_std"]) if home else "failed",
+                     (shared["home_equivalent"] or "–") if shared else "–",
+                     (shared["shared_over_home_text"] or "–") if shared else "–"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def storage_sweep(config: EnvConfig, specs: list[str], policies: dict[str, Policy],
+                  days: list[int], sizes: list[float], out: Path, *, seed: int = 0,
+                  batch_size: int = 64, progress: Any = None,
+                  plots: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``--storage-sweep``: every policy of ``specs`` on ``days`` with each total capacity of
+    ``sizes`` as a shared battery and as home batteries (:func:`sweep_config`); writes
+    ``storage_sweep.csv``, ``storage_sweep.md`` and (``plots``) ``storage_sweep.png`` into
+    ``out`` atomically. Returns ``(rows, failed)``: a policy that fails at a point is
+    reported and listed in ``failed``; its row is missing. Raises ConfigError (naming
+    ``--storage-sweep``) before anything runs when a size gives an invalid config."""
+    community = config.community
+    data = load_feeder(community.feeder, n_agents=community.n_agents, seed=community.seed)
+    kwh_per_unit = home_kwh_per_unit(config, data)
+    points = []
+    for size in sizes:  # every point's config first: a bad one stops the sweep here
+        for layout in SWEEP_LAYOUTS:
+            try:
+                point = sweep_config(config, layout, size, kwh_per_unit, data.n_agents)
+            except ConfigError as error:
+                raise ConfigError(f"--storage-sweep: {size:g} kWh ({layout}): {error}") from None
+            points.append((layout, size, point))
+    results, failed = [], []
+    for layout, size, point_config in points:
+        evaluator = Evaluator(point_config, days, seed=seed, batch_size=batch_size,
+                              progress=progress, data=data)
+        evaluator.policies.update(policies)
+        installed = (float(evaluator.env(n_envs=1).capacity_kwh.double().sum())
+                     if layout == "home" else
+                     (point_config.storage.capacity_kwh if point_config.storage.enabled
+                      else 0.0))
+        for spec in specs:
+            try:
+                result = evaluator.run(spec)
+            except Exception as error:  # one failing point must not end the sweep
+                message = f"{failure_message(spec, error)} ({layout}, {size:g} kWh)"
+                tqdm.write(f"error: {message}", file=sys.stderr)
+                failed.append({"policy": spec, "layout": layout, "capacity_kwh": size,
+                               "error": message})
+                continue
+            results.append((result.name, layout, size, summarise(result, None), installed))
+    rows = sweep_rows(results, sizes)
+    mode = config.storage.mode if config.storage.enabled else "virtual"
+    text = sweep_markdown(rows, sizes, mode)
+    if failed:
+        text += "\nFailed:\n\n" + "\n".join(f"- {entry['error']}" for entry in failed) + "\n"
+    if rows:
+        atomic_write_text(out / "storage_sweep.csv", csv_text(rows))
+    atomic_write_text(out / "storage_sweep.md", text)
+    if plots and rows:
+        from envs import plots as plotting
+
+        plotting.plot_storage_sweep(
+            rows, out / "storage_sweep.png",
+            title=f"{community.feeder}, {len(days)} days: shared battery ({mode}) vs home "
+                  "batteries")
+    return rows, failed
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,6 +716,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ledger", default=None, metavar="DIR",
                         help="write a tamper-evident trade ledger (envs.ledger) per policy "
                              "and mechanism into this folder")
+    parser.add_argument("--storage-sweep", default=None, metavar="SIZES",
+                        help="comma list of total battery capacities in kWh (e.g. 0,20,50,100): "
+                             "evaluate every policy with that capacity as one shared battery "
+                             "and as home batteries; writes storage_sweep.csv/.md/.png instead "
+                             "of the usual outputs")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="env config overrides key=value")
@@ -553,11 +822,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.ledger is not None and Path(args.ledger).exists() and not Path(
                 args.ledger).is_dir():
             raise ConfigError(f"--ledger {args.ledger}: exists and is not a folder")
+        sizes = None
+        if args.storage_sweep is not None:
+            sizes = parse_storage_sizes(args.storage_sweep)
+            if mechanisms or args.ledger is not None:
+                raise ConfigError("--storage-sweep runs the policies under the config's "
+                                  "mechanism without ledgers: leave out --mechanisms and "
+                                  "--ledger")
         # Every policy is built before anything runs: a spec that cannot be loaded stops here.
         policies = {spec: build_policy(spec) for spec in specs if spec not in ORACLES}
     except (ConfigError, PolicyLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if sizes is not None:
+        return _storage_sweep_main(args, config, specs, policies, days, sizes)
 
     out = Path(args.out)
     step_specs = [s for s in specs if s not in ORACLES]
@@ -606,6 +884,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## {config.community.feeder}: {len(days)} {args.days} days, mechanism "
           f"{config.market.mechanism}, network model {network}, seed {args.seed}\n")
     print(markdown_table(rows, TABLE_METRICS + extra))
+    if config.storage.enabled:
+        storage = config.storage
+        print(f"\n## Shared battery (storage.mode {storage.mode}, {storage.capacity_kwh:g} kWh, "
+              f"{storage.power_kw:g} kW), per day\n")
+        print(markdown_table(rows, STORAGE_TABLE_METRICS))
     if mechanism_rows:
         print("\n## Market mechanisms (same policies under every mechanism)\n")
         print(markdown_table(mechanism_rows + oracle_rows, MECHANISM_METRICS + extra))
@@ -636,6 +919,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {len(failed)} evaluation(s) failed (above, and under 'failed' in "
               f"results.json): " + ", ".join(sorted({entry["policy"] for entry in failed})),
               file=sys.stderr)
+        return 2
+    return 0
+
+
+def _storage_sweep_main(args: argparse.Namespace, config: EnvConfig, specs: list[str],
+                        policies: dict[str, Policy], days: list[int], sizes: list[float]) -> int:
+    """``--storage-sweep``: :func:`storage_sweep`, its table printed; exit code 2 when a
+    sweep point's config is invalid or a policy failed somewhere."""
+    out = Path(args.out)
+    progress = tqdm(total=len(days) * len(specs) * len(sizes) * len(SWEEP_LAYOUTS), unit="day",
+                    disable=args.no_progress, file=sys.stderr)
+    try:
+        rows, failed = storage_sweep(config, specs, policies, days, sizes, out, seed=args.seed,
+                                     batch_size=args.batch_size, progress=progress,
+                                     plots=not args.no_plots)
+    except ConfigError as error:
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    progress.close()
+    mode = config.storage.mode if config.storage.enabled else "virtual"
+    print(f"\n## Storage sweep, {config.community.feeder}: {len(days)} {args.days} days, "
+          f"mechanism {config.market.mechanism}, seed {args.seed}\n")
+    print(sweep_markdown(rows, sizes, mode))
+    written = [out / name for name in ("storage_sweep.csv", "storage_sweep.md",
+                                       "storage_sweep.png") if (out / name).is_file()]
+    print("wrote " + ", ".join(str(path) for path in written))
+    if failed:
+        print(f"error: {len(failed)} evaluation(s) failed (above, and in storage_sweep.md): "
+              + ", ".join(sorted({entry["policy"] for entry in failed})), file=sys.stderr)
         return 2
     return 0
 

@@ -39,6 +39,21 @@ battery_throughput_kwh      sum_i sum_t |battery AC energy|
 degradation_cost            sum_i degradation_cost * throughput_i
 ==========================  ===================================================================
 
+With a shared battery (``storage.mode`` market or virtual, ``envs.storage``) the accumulator
+also sums the battery's infos and :func:`evaluation_summary` adds (only then):
+
+==========================  ===================================================================
+storage_throughput_kwh      sum_t |storage_energy_kwh| (its AC flow)
+storage_cycles              storage_throughput_kwh / (2 (soc_max - soc_min) capacity_kwh)
+storage_stored_kwh          sum_t sum_i storage_stored_kwh (virtual: into the accounts)
+storage_drawn_kwh           sum_t sum_i storage_drawn_kwh (virtual: out of the accounts)
+storage_loss_kwh            sum_t storage_loss_kwh (conversion losses)
+storage_cost                sum_t storage_cost (the battery's bill, allocated to the members,
+                            already inside their costs)
+storage_payout              sum_t sum_i storage_payout (leftover balances paid out)
+storage_p2p_kwh             sum_t |storage_p2p_kwh| (its market trades, market mode)
+==========================  ===================================================================
+
 with ``D_t`` and ``S_t`` the community's total demand and supply (sums of positive and of
 negative net positions) at step ``t``. The terminal value (``episode.terminal_value``, charged
 by the core on an episode's last step) is part of every cost: a battery that is never used
@@ -53,11 +68,15 @@ causing fewer penalties as well as by paying less for energy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from envs.data import STEP_HOURS
+
+if TYPE_CHECKING:
+    from envs.config import StorageConfig
 
 # Per-agent sums [B, N] and per-env sums [B] kept over an episode.
 _AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "terminal_value_cost",
@@ -65,6 +84,21 @@ _AGENT_KEYS = ("cost", "payment", "degradation_cost", "network_penalty", "termin
 _ENV_KEYS = ("grid_import_kwh", "grid_export_kwh", "p2p_volume_kwh", "price_volume",
              "matchable_kwh", "voltage_violations", "line_violations", "losses_kwh",
              "operator_surplus", "community_cost", "network_steps", "network_fee")
+STORAGE_METRICS: tuple[str, ...] = (
+    "storage_throughput_kwh", "storage_cycles", "storage_stored_kwh", "storage_drawn_kwh",
+    "storage_loss_kwh", "storage_cost", "storage_payout", "storage_p2p_kwh")
+"""The shared battery's metrics of :func:`evaluation_summary` (with ``storage`` on only)."""
+# Per-env sums [B] of a shared battery's infos, kept only when the infos carry them:
+# total key -> (info key, reduction of a step's value).
+_STORAGE_SUMS = {
+    "storage_throughput_kwh": ("storage_energy_kwh", "abs"),
+    "storage_stored_kwh": ("storage_stored_kwh", "agents"),
+    "storage_drawn_kwh": ("storage_drawn_kwh", "agents"),
+    "storage_loss_kwh": ("storage_loss_kwh", "env"),
+    "storage_cost": ("storage_cost", "env"),
+    "storage_payout": ("storage_payout", "agents"),
+    "storage_p2p_kwh": ("storage_p2p_kwh", "abs"),
+}
 # Per-env extremes over an episode: key -> (reduction, value at episode start).
 _ENV_EXTREMES = {"v_min_pu": (torch.fmin, float("inf")), "v_max_pu": (torch.fmax, float("-inf")),
                  "max_line_loading_percent": (torch.fmax, float("-inf")),
@@ -184,6 +218,14 @@ class EpisodeAccumulator:
         e["community_cost"] += info["community_cost"].to(dtype)
         if "network_fee" in info:
             e["network_fee"] += info["network_fee"].sum(1).to(dtype)
+        if "storage_energy_kwh" in info:  # a shared battery (envs.storage)
+            for key, (name, reduction) in _STORAGE_SUMS.items():
+                value = info[name].to(dtype)
+                value = (value.abs() if reduction == "abs" else
+                         value.sum(1) if reduction == "agents" else value)
+                if key not in e:
+                    e[key] = torch.zeros_like(e["community_cost"])
+                e[key] += value
         violations = network_info(info, "voltage_violations")
         if violations is not None:
             e["network_steps"] += 1.0
@@ -404,11 +446,19 @@ def captured_savings_share(savings: Tensor, oracle_savings: Tensor) -> Tensor:
                        torch.full_like(total, float("nan")))
 
 
-def evaluation_summary(totals: EpisodeTotals) -> dict[str, Tensor]:
+def evaluation_summary(totals: EpisodeTotals,
+                       storage_usable_kwh: float | None = None) -> dict[str, Tensor]:
     """:func:`summary` plus the no-P2P cost, grid import and export (kWh), P2P network fees
     (currency) and the episode's extreme voltages (p.u.) and line and transformer loadings
     (%), each ``[E]``. Network metrics are NaN for
-    episodes run without a network model (rather than a misleading 0)."""
+    episodes run without a network model (rather than a misleading 0).
+
+    With a shared battery also the :data:`STORAGE_METRICS`: when the totals carry its sums
+    (the accumulator of a core with ``storage`` on), or when ``storage_usable_kwh`` is given
+    (the env has a shared battery: NaN for totals without its sums, e.g. a central schedule
+    that does not report them). ``storage_usable_kwh``: its usable capacity
+    ``(soc_max - soc_min) capacity_kwh`` (:func:`storage_usable_kwh`), the divisor of
+    ``storage_cycles`` (NaN without it). Without either, no storage metric appears."""
     metrics = summary(totals)
     metrics["no_p2p_cost"] = totals.agent["no_p2p_cost"].sum(1)
     metrics["grid_import_kwh"] = totals.env["grid_import_kwh"]
@@ -420,14 +470,30 @@ def evaluation_summary(totals: EpisodeTotals) -> dict[str, Tensor]:
     has_network = totals.env["network_steps"] > 0
     for key in ("voltage_violations", "line_violations", "losses_kwh", *_ENV_EXTREMES):
         metrics[key] = torch.where(has_network, metrics[key], nan)
+    if "storage_throughput_kwh" in totals.env or storage_usable_kwh is not None:
+        usable = storage_usable_kwh or 0.0
+        for key in STORAGE_METRICS:
+            if key == "storage_cycles":
+                throughput = totals.env.get("storage_throughput_kwh", nan)
+                metrics[key] = throughput / (2.0 * usable) if usable > 0 else nan
+            else:
+                metrics[key] = totals.env.get(key, nan)
     return metrics
+
+
+def storage_usable_kwh(storage: StorageConfig) -> float | None:
+    """The usable capacity ``(soc_max - soc_min) capacity_kwh`` of a ``storage`` config
+    section, kWh; None when it is off (mode none)."""
+    if not storage.enabled:
+        return None
+    return float((storage.soc_max - storage.soc_min) * storage.capacity_kwh)
 
 
 EPISODE_SUMS: tuple[str, ...] = (
     "community_cost", "savings_vs_no_p2p", "episodic_return", "p2p_volume_kwh",
     "voltage_violations", "line_violations", "losses_kwh", "battery_throughput_kwh",
     "degradation_cost", "network_penalty", "terminal_value_cost", "operator_surplus",
-    "no_p2p_cost", "grid_import_kwh", "grid_export_kwh", "network_fee")
+    "no_p2p_cost", "grid_import_kwh", "grid_export_kwh", "network_fee", *STORAGE_METRICS)
 """Metrics of :func:`evaluation_summary` that are sums over an episode's steps (money,
 energy, counts, the return); the others are ratios, prices or extremes."""
 

@@ -1,5 +1,6 @@
 """Evaluation plots (PNG, matplotlib's Agg backend): a day's trajectory, metrics across policies,
-per-agent savings, and the market-mechanism comparison.
+per-agent savings, the market-mechanism comparison and the storage sweep (savings against battery
+capacity).
 
 Every function takes plain numbers (numpy arrays, dicts, lists of rows as written by
 ``evaluate.py``), writes one PNG to ``path`` and returns the path. No computation of metrics
@@ -22,7 +23,8 @@ import numpy as np  # noqa: E402
 from envs.data import STEP_HOURS  # noqa: E402
 from envs.files import atomic_write  # noqa: E402
 
-__all__ = ["plot_agent_savings", "plot_day", "plot_mechanisms", "plot_policy_metrics"]
+__all__ = ["plot_agent_savings", "plot_day", "plot_mechanisms", "plot_policy_metrics",
+           "plot_storage_sweep"]
 
 _MIN_TRADE_KWH = 1e-6
 """Steps with less P2P volume than this (float round-off of balanced positions) show no price."""
@@ -185,5 +187,32 @@ def plot_mechanisms(rows: list[dict[str, Any]], metrics: Sequence[tuple[str, str
         ax.axhline(0.0, color="k", lw=0.6)
     axes[0, 0].legend(fontsize=8, ncol=min(4, len(policies) + 1))
     fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_storage_sweep(rows: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """``evaluate.py --storage-sweep``: mean savings per day vs no P2P against the total
+    battery capacity, one line per policy and layout (solid: one shared battery, dashed: a
+    battery in every home; one colour per policy). Means only: the std over days (in the
+    sweep's CSV) mostly reflects the weather and would hide the differences. ``rows``: dicts
+    with ``policy``, ``layout``, ``capacity_kwh`` and ``savings_mean``."""
+    policies = list(dict.fromkeys(row["policy"] for row in rows))
+    layouts = list(dict.fromkeys(row["layout"] for row in rows))
+    styles = {"shared": "-", "home": "--"}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for j, policy in enumerate(policies):
+        for layout in layouts:
+            points = sorted((row["capacity_kwh"], row["savings_mean"]) for row in rows
+                            if row["policy"] == policy and row["layout"] == layout)
+            if points:
+                size, mean = np.asarray(points, dtype=float).T
+                ax.plot(size, mean, styles.get(layout, ":"), marker="o", ms=4,
+                        color=f"C{j}", label=f"{policy}, {layout}")
+    ax.set_xlabel("total battery capacity, kWh")
+    ax.set_ylabel("mean savings vs no P2P / day")
+    ax.legend(fontsize=8, ncol=min(2, max(1, len(policies))))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
