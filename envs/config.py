@@ -557,7 +557,8 @@ class StorageConfig:
     rule: str = "community_self_consumption"
     """The operator rule of mode market (STORAGE_RULES): ``community_self_consumption``
     (charge with the members' surplus of the step, discharge into their deficit, orders at
-    the middle of the price band) or ``idle``."""
+    the middle of the price band) or ``idle``. With ``market.mechanism`` none there is no
+    market to trade in and both keep the battery idle."""
     subscription_kwh: float | list[float] = 8.0
     """Each member's virtual account size, kWh (> 0): one number for every member or one per
     member (in the order of ``members``, or of the agents); also the weights of

@@ -307,7 +307,7 @@ class BatchedP2PEnv:
         battery_bus = None
         if config.storage.enabled:
             self.storage = storage.SharedStorage(config.storage, self.agent_names, self.device,
-                                                 self.dtype)
+                                                 self.dtype, config.market.mechanism)
             if data.net_json is not None:
                 battery_bus = storage.storage_bus(config.storage, data.net())
             elif config.storage.bus is not None:

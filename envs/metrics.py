@@ -213,6 +213,11 @@ class EpisodeAccumulator:
         price = torch.nan_to_num(info["clearing_price"].to(dtype), nan=0.0)
         e["price_volume"] += price * volume
         net = info["net_energy_kwh"].to(dtype)
+        if "storage_price" in info:  # a shared battery trading in the market is a participant
+            trading = ~torch.isnan(info["storage_price"])
+            battery = torch.where(trading, info["storage_energy_kwh"],
+                                  torch.zeros_like(info["storage_energy_kwh"]))
+            net = torch.cat([net, battery.to(dtype)[:, None]], dim=1)
         e["matchable_kwh"] += matchable_kwh(net)
         e["operator_surplus"] += info["operator_surplus"].to(dtype)
         e["community_cost"] += info["community_cost"].to(dtype)

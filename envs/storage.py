@@ -9,7 +9,8 @@ Two operating modes (``storage.mode``, :class:`envs.config.StorageConfig`):
   and its AC energy is its market position: what the market does not clear settles with the
   grid. The operator is a built-in rule (``storage.rule``: ``community_self_consumption``
   charges with the members' surplus of the step and discharges into their deficit, orders at
-  the middle of the band; ``idle``) or, with ``storage.operator`` agent, a policy: the
+  the middle of the band; ``idle``; under ``market.mechanism`` none, with no market to trade
+  in, the rules keep the battery idle) or, with ``storage.operator`` agent, a policy: the
   PettingZoo env then has the agent :data:`BATTERY_AGENT` with its own spaces
   (:func:`operator_observation`), and the batched core's ``step`` takes its actions
   ``[B, 2]`` as ``storage_actions``.
@@ -125,12 +126,16 @@ class SharedStorage:
         config: the ``storage`` section (mode not none).
         agent_names: the community's agents.
         device, dtype: the core's.
+        mechanism: ``market.mechanism``.
     """
 
     def __init__(self, config: StorageConfig, agent_names: tuple[str, ...],
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, mechanism: str = "uniform") -> None:
         self.config = config
         self.mode = config.mode
+        self.mechanism = mechanism
+        """The market's mechanism (``market.mechanism``): under ``none`` there is no market
+        and the operator rule keeps the battery idle."""
         n = len(agent_names)
         names = list(agent_names)
         if config.members is None:
@@ -182,7 +187,7 @@ class SharedStorage:
         """The built-in operator rule's action ``(battery fraction [B], price fraction [B])``
         for the members' positions ``[B, N]`` of the step (mode market, operator rule)."""
         surplus = -(position_kwh * self.member).sum(dim=1)
-        if self.config.rule == "idle":
+        if self.config.rule == "idle" or self.mechanism == "none":
             fraction = torch.zeros_like(surplus)
         else:  # community_self_consumption
             fraction = (surplus / (self.power_kw * STEP_HOURS)).clamp(-1.0, 1.0)

@@ -411,3 +411,28 @@ def test_numba_engine_refuses_storage() -> None:
     with pytest.raises(ValueError, match="storage"):
         make_env(None, engine="numba", **{"storage.mode": "virtual"})
     assert make_env(None, **{"storage.mode": "virtual"}).engine_name == "torch"
+
+
+def test_rule_is_idle_without_a_market() -> None:
+    """Under market.mechanism none a market-mode battery has nobody to trade with: the rule
+    keeps it idle (it would otherwise buy at retail what the members export at feed-in)."""
+    for _env, _, _, _, info in run_random({"storage.mode": "market",
+                                           "market.mechanism": "none"}, steps=40):
+        assert float(info["storage_energy_kwh"].abs().sum()) == 0.0
+
+
+def test_allocative_efficiency_counts_the_market_battery() -> None:
+    """The battery's orders are part of what the market could match: allocative efficiency
+    stays within [0, 1] with a market-mode battery."""
+    from envs.metrics import EpisodeAccumulator, allocative_efficiency
+
+    env = make_batched_env(None, n_envs=2, **SYNTHETIC, **{"storage.mode": "market"})
+    env.reset(seed=4, days=[160, 161])
+    accumulator = EpisodeAccumulator(2, env.n_agents)
+    totals = None
+    for _ in range(96):
+        _, reward, _, _, info = env.step(torch.zeros(2, env.n_agents, 2))
+        totals = accumulator.update(info, reward) or totals
+    assert totals is not None
+    efficiency = allocative_efficiency(totals)
+    assert bool(((efficiency >= 0) & (efficiency <= 1 + 1e-6)).all()), efficiency
