@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import envs
-from envs.config import env_config
+from envs.config import StorageConfig, env_config
 from envs.core import STATE_KEYS, CoreTables
 from envs.data import STEPS_PER_DAY
 from envs.info_schema import ARRIVAL_RANK
@@ -130,6 +130,10 @@ ENGINE_IRRELEVANT: dict[str, str] = {
              "every case compares it with a float64 core",
     "compile": "whether the torch core runs its step compiled (same results, "
                "tests/test_compiled.py); the engine is numba-compiled anyway",
+    **{f"storage.{field.name}": "a shared battery runs on the torch engine only: supports() "
+       "refuses storage.mode other than none (tests/test_storage.py), and every other "
+       "storage key is read only with a shared battery"
+       for field in dataclasses.fields(StorageConfig)},
 }
 """The leaf fields of ``EnvConfig`` (dotted paths) that cannot change what the engine
 computes, with the reason; every other field must be set to a non-default value by a case of
@@ -404,6 +408,7 @@ def test_bad_actions_name_the_agent_and_change_nothing() -> None:
 def test_unsupported_configs_are_refused() -> None:
     assert supports(env_config(None)) is None
     assert "ac" in supports(env_config({"network": {"model": "ac"}}))
+    assert "storage" in supports(env_config({"storage": {"mode": "virtual"}}))
     with pytest.raises(ValueError, match="engine='torch'"):
         SingleEnvEngine(env_config({"network": {"model": "ac"}}))
 

@@ -221,3 +221,24 @@ def test_a_bad_size_list_exits_2_naming_the_option(sizes, tmp_path, capsys):
     assert "--storage-sweep" in error
     assert error.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_oracle_reports_the_shared_battery_use() -> None:
+    """The P2P oracle plans the shared battery: its throughput and losses are reported
+    (losses = the efficiencies applied to the planned flows), its accounts and bill are not
+    (NaN: a central plan has none)."""
+
+    from agents.baselines import make_oracle
+    from envs import make_batched_env
+
+    env = make_batched_env(None, n_envs=1, **{
+        "community.feeder": "synthetic", "community.n_agents": 4, "network.model": "none",
+        "storage.mode": "market", "compile": False})
+    totals, results = make_oracle("oracle").evaluate(env, [170])
+    charge, discharge = results[0].shared_charge_kwh, results[0].shared_discharge_kwh
+    assert float(totals.env["storage_throughput_kwh"][0]) == pytest.approx(
+        float(charge.sum() + discharge.sum()))
+    assert float(totals.env["storage_loss_kwh"][0]) == pytest.approx(
+        float(charge.sum() * 0.05 + discharge.sum() * (1 / 0.95 - 1)))
+    assert float(totals.env["storage_throughput_kwh"][0]) > 0.0
+    assert math.isnan(float(totals.env["storage_cost"][0]))
