@@ -7,7 +7,9 @@ loop over environments or agents in ``reset`` or ``step``. One step is 15 minute
    bids or asks (fraction of the band [feed-in, retail]);
 2. the battery is driven within its physical limits (``envs.physics``); the cut is reported;
 3. the agent's net position ``load - PV + battery charge`` (kWh, > 0 buys) is cleared in the
-   P2P market (``envs.market``), the rest settles with the grid;
+   P2P market (``envs.market``), the rest settles with the grid; with a shared battery
+   (``storage``, ``envs.storage``) the virtual accounts first store and draw, or the battery
+   joins the market as one more participant, and its bill is allocated to the members;
 4. the network model (``envs.network``) computes voltages, loadings and losses, and shares
    the penalties of limit violations among the agents that caused them;
 5. optional network-use fees and loss charges on P2P trades (``envs.fees``) are charged to
