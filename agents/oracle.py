@@ -575,6 +575,21 @@ TIE_BREAK_TOLERANCE = 1e-7
 """Relative cost the tie-break schedule of :func:`solve_oracle` may add to the optimum."""
 
 
+def _add_soc_dynamics(eq: _SparseRows, soc: np.ndarray, charge: np.ndarray,
+                      discharge: np.ndarray, initial_kwh: np.ndarray | float,
+                      charge_efficiency: float, discharge_efficiency: float) -> None:
+    """SoC rows ``soc[t] - soc[t-1] - eta_c * charge[t] + discharge[t] / eta_d = 0`` for
+    variable blocks ``[T, ...]`` (home batteries ``[T, N]``, the shared one ``[T]``), with
+    ``soc[-1]``, the constant initial SoC, moved to the right-hand side."""
+    rhs = np.zeros(soc.shape)
+    rhs[0] = initial_kwh
+    rows = eq.add_rows(rhs)
+    eq.add_terms(rows, soc, 1.0)
+    eq.add_terms(rows[1:], soc[:-1], -1.0)
+    eq.add_terms(rows, charge, -charge_efficiency)
+    eq.add_terms(rows, discharge, 1.0 / discharge_efficiency)
+
+
 def solve_oracle(
     load_kwh: np.ndarray,
     pv_kwh: np.ndarray,
@@ -799,15 +814,8 @@ def solve_oracle(
 
     # --- equality constraints ----------------------------------------------------------
     eq = _SparseRows()
-    # SoC dynamics: soc[t] - soc[t-1] - eta_c * charge[t] + discharge[t] / eta_d = 0,
-    # with soc[-1] the (constant) initial SoC moved to the right-hand side.
-    soc_rhs = np.zeros((n_steps, n_agents))
-    soc_rhs[0] = battery.initial_soc_kwh
-    rows = eq.add_rows(soc_rhs)
-    eq.add_terms(rows, soc, 1.0)
-    eq.add_terms(rows[1:], soc[:-1], -1.0)
-    eq.add_terms(rows, charge, -battery.charge_efficiency)
-    eq.add_terms(rows, discharge, 1.0 / battery.discharge_efficiency)
+    _add_soc_dynamics(eq, soc, charge, discharge, battery.initial_soc_kwh,
+                      battery.charge_efficiency, battery.discharge_efficiency)
     # Net position: net - charge + discharge - curtailment = load - pv.
     rows = eq.add_rows(load_kwh - pv_kwh)
     eq.add_terms(rows, net, 1.0)
@@ -823,13 +831,9 @@ def solve_oracle(
         eq.add_terms(rows, shared_charge, -1.0)
         eq.add_terms(rows, shared_discharge, 1.0)
         # Shared SoC dynamics and terminal SoC change, as the home batteries'.
-        soc_rhs = np.zeros(n_steps)
-        soc_rhs[0] = shared.initial_soc_kwh
-        rows = eq.add_rows(soc_rhs)
-        eq.add_terms(rows, shared_soc, 1.0)
-        eq.add_terms(rows[1:], shared_soc[:-1], -1.0)
-        eq.add_terms(rows, shared_charge, -shared.charge_efficiency)
-        eq.add_terms(rows, shared_discharge, 1.0 / shared.discharge_efficiency)
+        _add_soc_dynamics(eq, shared_soc, shared_charge, shared_discharge,
+                          shared.initial_soc_kwh, shared.charge_efficiency,
+                          shared.discharge_efficiency)
         rows = eq.add_rows(np.array([shared.initial_soc_kwh]))
         eq.add_terms(rows, shared_soc[-1:], 1.0)
         eq.add_terms(rows, shared_deficit, 1.0)
