@@ -245,13 +245,14 @@ def test_state_round_trip_and_keys() -> None:
 
 
 @pytest.mark.slow
-def test_compiled_equals_eager() -> None:
+@pytest.mark.parametrize("mode", ["virtual", "market"])
+def test_compiled_equals_eager(mode: str) -> None:
     """The compiled core (``compile`` true) gives the eager core's numbers with a shared
     battery, to float rounding."""
     results = []
     for compiled in (False, True):
         env = make_batched_env(None, n_envs=4, **{**SYNTHETIC, "compile": compiled,
-                                                  "storage.mode": "virtual"})
+                                                  "storage.mode": mode})
         env.reset(seed=2)
         rewards = []
         for step in range(40):
