@@ -175,11 +175,18 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(plain_json(record), indent=1) + "\n")
 
 
-def read_record(path: str | Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def read_record(path: str | Path, settings: dict[str, Any],
+                defaults: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The finished record at ``path``, or None when there is none (not yet run, or a file
     that is not a complete record: it is redone). A record made with other ``settings``
     (budget, days, seed) raises :class:`ConfigError` naming the setting, rather than mixing
-    results of two budgets; rerun with ``--force`` or another ``--out``."""
+    results of two budgets; rerun with ``--force`` or another ``--out``.
+
+    ``defaults`` (shaped as ``settings``, e.g. the env config's defaults under ``env``): a
+    key the stored settings do not have at all (a config key added after the record was
+    made) matches when the wanted value is that key's default, the value every run had
+    before the key existed; an older record thus stays valid when a new config section that
+    is off by default appears."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -192,7 +199,8 @@ def read_record(path: str | Path, settings: dict[str, Any]) -> dict[str, Any] | 
     if not isinstance(record, dict) or "settings" not in record:
         warnings.warn(f"leaderboard: '{path}' holds no settings; redoing it", stacklevel=2)
         return None
-    difference = _first_difference(record["settings"], plain_json(settings))
+    difference = _first_difference(record["settings"], plain_json(settings),
+                                   defaults=None if defaults is None else plain_json(defaults))
     if difference is not None:
         key, stored, wanted = difference
         raise ConfigError(
@@ -201,11 +209,19 @@ def read_record(path: str | Path, settings: dict[str, Any]) -> dict[str, Any] | 
     return record
 
 
-def _first_difference(stored: Any, wanted: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
-    """The first dotted key where two JSON values differ, with both values (None if equal)."""
+def _first_difference(stored: Any, wanted: Any, prefix: str = "",
+                      defaults: Any = None) -> tuple[str, Any, Any] | None:
+    """The first dotted key where two JSON values differ, with both values (None if equal);
+    a key absent from ``stored`` compares ``defaults``' value for it (when ``defaults`` has
+    it) with ``wanted``'s (see :func:`read_record`)."""
     if isinstance(stored, dict) and isinstance(wanted, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         for key in sorted(set(stored) | set(wanted)):
-            found = _first_difference(stored.get(key), wanted.get(key), f"{prefix}{key}.")
+            if key not in stored and key in defaults:
+                found = _first_difference(defaults[key], wanted.get(key), f"{prefix}{key}.")
+            else:
+                found = _first_difference(stored.get(key), wanted.get(key), f"{prefix}{key}.",
+                                          defaults.get(key))
             if found is not None:
                 return found
         return None

@@ -95,7 +95,7 @@ from agents.leaderboard import rule_names  # noqa: E402
 from agents.policy import PolicyLoadError  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
 from envs import metrics  # noqa: E402
-from envs.config import ConfigError, load_yaml, to_dict  # noqa: E402
+from envs.config import ConfigError, EnvConfig, load_yaml, to_dict  # noqa: E402
 from envs.files import atomic_write, atomic_write_text  # noqa: E402
 from envs.tasks import get_task, task_env_config, task_names  # noqa: E402
 
@@ -156,6 +156,17 @@ def reference_settings(task: str, days: list[int], eval_seed: int) -> dict[str, 
             "oracle": get_task(task).oracle}
 
 
+def settings_defaults(algo: str | None = None) -> dict[str, Any]:
+    """Default values shaped as the records' settings (``agents.leaderboard.read_record``'s
+    ``defaults``): the env config's defaults under ``env``, and with ``algo`` (a registry
+    name, the run config's ``algo``) its run config's under ``run_config``. A record made
+    before a config key existed matches when this run leaves that key at its default."""
+    defaults: dict[str, Any] = {"env": to_dict(EnvConfig())}
+    if algo is not None:
+        defaults["run_config"] = build_run_config({"algo": algo}).to_dict()
+    return defaults
+
+
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
     """What a cell depends on: its resolved run config, the scored days and the seed."""
     return {"run_config": config.to_dict(), "days": days, "eval_seed": eval_seed,
@@ -176,7 +187,7 @@ def references(task: str, days: list[int], eval_seed: int, out: Path, force: boo
     registered after the record was made is evaluated and added)."""
     settings = reference_settings(task, days, eval_seed)
     path = cell_folder(out, task) / "references.json"
-    record = None if force else leaderboard.read_record(path, settings)
+    record = None if force else leaderboard.read_record(path, settings, settings_defaults())
     policies = {} if record is None else record["policies"]
     missing = [name for name in (settings["oracle"], *rule_names()) if name not in policies]
     if not missing:
@@ -189,7 +200,7 @@ def references(task: str, days: list[int], eval_seed: int, out: Path, force: boo
     leaderboard.write_record(path, {"task": task, "settings": settings, "policies": policies})
     print(f"[{task}] references: {', '.join(missing)} in {time.perf_counter() - start:.0f} s",
           flush=True)
-    return leaderboard.read_record(path, settings)
+    return leaderboard.read_record(path, settings, settings_defaults())
 
 
 def run_config(task: str, algo: str, seed: int, steps: int | None,
@@ -290,7 +301,7 @@ def score_cell(cell: Cell, result: sweep.TrialResult, refs: dict[str, Any], out:
                   ("global_step", "agent_steps", "best_eval", train.TIMING_KEY)},
         "train_wall_s": train_wall, "score_wall_s": score_wall,
         "wall_s": (train_wall or 0.0) + score_wall, **scored(scores)})
-    record = leaderboard.read_record(path, settings)
+    record = leaderboard.read_record(path, settings, settings_defaults(cell.config.algo))
     row = columns(record, refs)
     print(f"{cell.label}: {row['community_cost']:.2f}/day, oracle share "
           f"{row['oracle_share']:.3f} (trained in {train_wall or 0.0:.0f} s, scored in "
@@ -305,7 +316,7 @@ def policy_cell(task: str, spec: str, refs: dict[str, Any], out: Path, force: bo
     days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
     settings = policy_settings(task, spec, days, eval_seed)
     path = policy_record_path(out, task, spec)
-    record = None if force else leaderboard.read_record(path, settings)
+    record = None if force else leaderboard.read_record(path, settings, settings_defaults())
     if record is not None:
         print(f"[{task}] policy {spec}: done ({path})", flush=True)
         return record
@@ -318,7 +329,7 @@ def policy_cell(task: str, spec: str, refs: dict[str, Any], out: Path, force: bo
         return None
     leaderboard.write_record(path, {"task": task, "policy": spec, "settings": settings,
                                     "wall_s": time.perf_counter() - start, **scored(result)})
-    record = leaderboard.read_record(path, settings)
+    record = leaderboard.read_record(path, settings, settings_defaults())
     row = columns(record, refs)
     print(f"[{task}] policy {spec}: {row['community_cost']:.2f}/day, oracle share "
           f"{row['oracle_share']:.3f} ({record['wall_s']:.0f} s)", flush=True)
@@ -582,16 +593,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.force:
             for cell in cells:
                 record = leaderboard.read_record(cell.record_path(out), cell_settings(
-                    cell.config, days[cell.task], args.eval_seed))
+                    cell.config, days[cell.task], args.eval_seed),
+                    settings_defaults(cell.config.algo))
                 if record is not None:
                     done[(cell.task, cell.algo, cell.seed)] = record
             for task in tasks:
                 leaderboard.read_record(cell_folder(out, task) / "references.json",
-                                        reference_settings(task, days[task], args.eval_seed))
+                                        reference_settings(task, days[task], args.eval_seed),
+                                        settings_defaults())
                 for spec in policies:
                     leaderboard.read_record(policy_record_path(out, task, spec),
                                             policy_settings(task, spec, days[task],
-                                                            args.eval_seed))
+                                                            args.eval_seed),
+                                            settings_defaults())
         to_train = [cell for cell in cells if (cell.task, cell.algo, cell.seed) not in done]
         ray_options = sweep.RayOptions(address=args.address, cpus=args.cpus)
         if to_train:

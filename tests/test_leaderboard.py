@@ -314,3 +314,25 @@ def test_submitted_policies_are_scored_beside_the_references_without_training(
         assert cli.main(["--tasks", tiny_task, "--out", str(fresh), "--policies", bad]) == 2
         assert message in capsys.readouterr().err
         assert not fresh.exists()
+
+
+def test_a_record_older_than_a_config_key_matches_its_default(tmp_path):
+    """A record made before a config section existed (no ``storage`` in its settings) is
+    still valid when this run leaves the section at its default, and is refused when the
+    run sets it to something else; a key the record has is compared as ever."""
+    from envs.config import EnvConfig, StorageConfig, to_dict
+
+    path = tmp_path / "cells" / "Flat" / "mappo__0.json"
+    defaults = {"env": to_dict(EnvConfig())}
+    wanted = {"env": to_dict(EnvConfig()), "days": [6]}
+    stored = {"env": {k: v for k, v in wanted["env"].items() if k != "storage"}, "days": [6]}
+    leaderboard.write_record(path, {"settings": stored, "metrics": {}})
+    assert leaderboard.read_record(path, wanted, defaults) is not None
+    with pytest.raises(ConfigError, match=r"env\.storage"):  # without defaults: a difference
+        leaderboard.read_record(path, wanted)
+    virtual = dict(wanted, env={**wanted["env"],
+                                "storage": to_dict(StorageConfig(mode="virtual"))})
+    with pytest.raises(ConfigError, match=r"env\.storage\.mode='none'.*'virtual'"):
+        leaderboard.read_record(path, virtual, defaults)
+    with pytest.raises(ConfigError, match=r"days"):
+        leaderboard.read_record(path, dict(wanted, days=[7]), defaults)
