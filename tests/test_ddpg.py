@@ -56,6 +56,15 @@ def test_default_config_builds():
         build_run_config(ROOT / "configs" / "ddpg.yaml", ["ddpg.noise_type=pink"])
 
 
+def test_imitation_config_builds():
+    """configs/ddpg_imitation.yaml: a residual clone anchored on its demonstrations."""
+    config = build_run_config(ROOT / "configs" / "ddpg_imitation.yaml")
+    hyperparameters = config.hyperparameters
+    assert config.algo == "ddpg" and hyperparameters.bc_target == "demonstrations"
+    assert hyperparameters.residual and hyperparameters.imitation.days > 0
+    assert hyperparameters.imitation.tie_break == "rule" and not hyperparameters.learn_price
+
+
 def test_warm_up_then_finite_losses_and_bounded_actions():
     algorithm, collector = build(run_config())
     for _ in range(7):  # uniformly random actions, no update yet

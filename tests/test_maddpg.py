@@ -130,6 +130,15 @@ def test_default_config_builds():
     assert config.algo == "maddpg" and config.hyperparameters.max_grad_norm == 0.5
 
 
+def test_imitation_config_builds():
+    """configs/maddpg_imitation.yaml: a residual clone anchored on its demonstrations."""
+    config = build_run_config(ROOT / "configs" / "maddpg_imitation.yaml")
+    hyperparameters = config.hyperparameters
+    assert config.algo == "maddpg" and hyperparameters.bc_target == "demonstrations"
+    assert hyperparameters.residual and hyperparameters.imitation.days > 0
+    assert hyperparameters.imitation.tie_break == "rule" and not hyperparameters.learn_price
+
+
 def test_short_training_finite_losses():
     algorithm, collector = build(run_config())
     for _ in range(8):
