@@ -181,8 +181,16 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tmp_path):
-    config = build_run_config(run_config(noise_type="ou"))
+@pytest.mark.parametrize("anchored", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, anchored):
+    """With ``bc_target: demonstrations`` too: the demonstrations are not in the checkpoint,
+    the resumed run loads the same ones again (here from the cache the first run wrote)."""
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path / "cache"))
+    anchor = {"residual": True, "bc_alpha": 0.1, "bc_target": "demonstrations",
+              "actor_delay": 4, "imitation": {"days": 2, "epochs": 2, "tie_break": "rule"}}
+    env = {**SYNTHETIC, "observation": {"rule": "time_of_use"}}
+    config = build_run_config(run_config(env, noise_type="ou", **anchor) if anchored
+                              else run_config(noise_type="ou"))
     reference = train.new_run_dir(tmp_path / "reference", config)
     train.Trainer(config, reference, progress=False).run()
 
