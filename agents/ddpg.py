@@ -45,12 +45,19 @@ from agents.actions import RulePrior, symmetric_to_env
 from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
-from agents.imitation import ImitationConfig, check_rule_feature, clone
+from agents.imitation import (
+    ImitationConfig,
+    check_rule_feature,
+    clone,
+    demonstrations,
+    imitation_loss,
+)
 from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
 _NOISE_TYPES = ("gaussian", "ou")
+BC_TARGETS = ("replay", "demonstrations")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,17 @@ class DDPGConfig:
     """TD3+BC (Fujimoto & Gu 2021): the actor maximises ``alpha / mean|Q| * Q(s, pi(s)) -
     (pi(s) - a)^2`` with ``a`` the replayed action, which keeps it near the actions it was
     collected with (a clone fine-tuned rather than unlearnt; 2.5 in the paper). null = plain
-    DDPG."""
+    DDPG. ``bc_target`` chooses what ``a`` is."""
+    bc_target: str = "replay"
+    """What the actor regresses with ``bc_alpha``: ``replay`` = the replayed actions
+    (TD3+BC; they drift with the policy that collected them), ``demonstrations`` = the
+    cloned oracle demonstrations (``imitation``, which must be on), a fixed anchor: every
+    actor update adds the cloning loss (``agents.imitation.imitation_loss``: squared error of
+    the core's battery and price actions, summed over both, of the actor as it acts, residual
+    included) on a minibatch of ``ceil(batch_size / N)`` demonstration steps of every agent
+    to ``-bc_alpha / mean|Q| * Q``. The demonstrations are derived data, kept on the
+    algorithm's device and not in the checkpoint: a resumed run loads them again from the
+    cache of ``agents.imitation.oracle_demonstrations`` (or solves them again)."""
     actor_delay: int = 0
     """Critic updates before the first actor update: the critic first learns the value of
     the actor it is given, so that an untrained critic's gradient does not undo a cloned
@@ -134,6 +151,15 @@ class DDPGConfig:
         check(1 <= self.n_step <= 960, "n_step", "an integer in [1, 960]", self.n_step)
         check(self.bc_alpha is None or self.bc_alpha > 0.0, "bc_alpha", "> 0 or null",
               self.bc_alpha)
+        check(self.bc_target in BC_TARGETS, "bc_target", f"one of {BC_TARGETS}",
+              self.bc_target)
+        if self.bc_target == "demonstrations":
+            check(self.imitation.days > 0, "bc_target",
+                  "'replay' unless imitation.days > 0 (demonstrations to regress)",
+                  self.bc_target)
+            check(self.bc_alpha is not None, "bc_target",
+                  "'replay' unless bc_alpha is set (the weight of Q against the regression)",
+                  self.bc_target)
         check(0.0 < self.gamma <= 1.0, "gamma", "a value in (0, 1]", self.gamma)
         check(0.0 < self.tau <= 1.0, "tau", "a value in (0, 1]", self.tau)
         for name in ("actor_lr", "critic_lr"):
@@ -224,6 +250,10 @@ class DDPG(Algorithm):
                                    torch.float32, device=device)
         self.imitated = False
         """Whether the actor has cloned the oracle (``imitation``; not repeated on resume)."""
+        self.demonstrations: tuple[Tensor, Tensor] | None = None
+        """The cloned demonstrations ``(obs [S, N, O], battery [S, N])`` on the device, which
+        the actor regresses with ``bc_target: demonstrations`` (loaded by :meth:`iterate`,
+        not checkpointed)."""
         self.n_updates = 0
         """Critic updates so far (the actor is updated every policy_frequency-th)."""
         self.ou_state = torch.zeros(spec.n_envs, n, a, device=device)
@@ -254,6 +284,11 @@ class DDPG(Algorithm):
         obs = obs.to(torch.float32)
         output = actor(obs)
         return self._held(torch.tanh(output if self.prior is None else output + self.prior(obs)))
+
+    def _env_policy(self, obs: Tensor) -> Tensor:
+        """The actor's actions in the core's units ``[..., N, 2]`` (battery in [-1, 1], price in
+        [0, 1]; residual included): what cloning regresses onto the demonstrations."""
+        return symmetric_to_env(self._policy(self.actor, obs))
 
     def _held(self, action: Tensor) -> Tensor:
         """``action`` (symmetric) with the price at the midpoint (0) unless ``learn_price``."""
@@ -296,8 +331,7 @@ class DDPG(Algorithm):
     def imitate(self, env_config: Any) -> float:
         """Behaviour cloning of the oracle (``imitation`` settings, ``agents.imitation``) into
         the actor and its target; returns the last epoch's mean squared error."""
-        loss = clone(lambda obs: symmetric_to_env(self._policy(self.actor, obs)),
-                     self.actor.parameters(), self.config.imitation, env_config,
+        loss = clone(self._env_policy, self.actor.parameters(), self.config.imitation, env_config,
                      self.generator, self.device,
                      self.train_config.eval_reference)
         self.target_actor.load_state_dict(self.actor.state_dict())
@@ -309,6 +343,10 @@ class DDPG(Algorithm):
         cloned = {}
         if config.imitation.days and not self.imitated:
             cloned["losses/imitation_loss"] = self.imitate(collector.env.config)
+        if config.bc_target == "demonstrations" and self.demonstrations is None:
+            self.demonstrations = demonstrations(config.imitation, collector.env.config,
+                                                 self.device,
+                                                 self.train_config.eval_reference)
         for _ in range(config.rollout_steps):
             # a cloned actor explores around itself from the start, not uniformly at random
             random = collector.global_step < config.learning_starts and not self.imitated
@@ -367,10 +405,14 @@ class DDPG(Algorithm):
                                           own_actions=policy_actions)
                 if config.bc_alpha is None:
                     actor_loss = -q_policy.mean()
-                else:  # TD3+BC: Q scaled to unit magnitude, plus regression on replayed actions
+                else:  # TD3+BC: Q scaled to unit magnitude, plus a regression
                     scale = config.bc_alpha / q_policy.detach().abs().mean().clamp_min(1e-8)
-                    actor_loss = (-scale * q_policy.mean()
-                                  + (policy_actions - actions).square().mean())
+                    if config.bc_target == "demonstrations":
+                        bc_loss = self._demonstration_loss(env_steps)
+                        scalars["bc_loss"] = float(bc_loss.detach())
+                    else:  # onto the replayed actions
+                        bc_loss = (policy_actions - actions).square().mean()
+                    actor_loss = -scale * q_policy.mean() + bc_loss
                 self._step(self.actor_optimizer, actor_loss, self.actor)
                 for parameter in trainable:
                     parameter.requires_grad_(True)
@@ -378,6 +420,17 @@ class DDPG(Algorithm):
                 scalars["actor_loss"] = float(actor_loss.detach())
             polyak_update(self.critic, self.target_critic, config.tau)
         return scalars
+
+    def _demonstration_loss(self, rows: int) -> Tensor:
+        """The cloning loss (``agents.imitation.imitation_loss``) of the actor on ``rows``
+        demonstration steps (every agent) drawn uniformly with the run's generator."""
+        if self.demonstrations is None:
+            raise RuntimeError("bc_target: demonstrations needs the demonstrations loaded "
+                               "(DDPG.iterate loads them)")
+        obs, battery = self.demonstrations
+        index = torch.randint(obs.shape[0], (rows,), generator=self.generator,
+                              device=self.generator.device).to(obs.device)
+        return imitation_loss(self._env_policy(obs[index]), battery[index])
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, network: nn.Module
               ) -> None:

@@ -39,8 +39,8 @@ from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "TIE_BREAKS", "ImitationConfig",
-           "check_rule_feature", "clone",
-           "imitated_oracle", "oracle_demonstrations", "training_days"]
+           "check_rule_feature", "clone", "demonstrations", "imitated_oracle",
+           "imitation_loss", "oracle_demonstrations", "training_days"]
 
 CACHE_VERSION = 1
 IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
@@ -201,30 +201,44 @@ def imitated_oracle(config: ImitationConfig, eval_reference: str) -> str:
     return eval_reference if eval_reference in IMITATED_ORACLES else "oracle"
 
 
+def demonstrations(config: ImitationConfig, env_config: EnvConfig,
+                   device: torch.device | str = "cpu", eval_reference: str = "oracle"
+                   ) -> tuple[Tensor, Tensor]:
+    """The demonstrations :func:`clone` regresses: ``(obs [S, N, obs_dim], battery fraction
+    [S, N])`` on ``device``, S = ``config.days`` x steps per episode (one row per env-step,
+    every agent), of the oracle :func:`imitated_oracle` picks."""
+    obs, battery = oracle_demonstrations(env_config, config.days,
+                                         imitated_oracle(config, eval_reference),
+                                         config.tie_break)
+    n_agents = obs.shape[2]
+    return (obs.reshape(-1, n_agents, obs.shape[-1]).to(device),
+            battery.reshape(-1, n_agents).to(device))
+
+
+def imitation_loss(action: Tensor, battery: Tensor) -> Tensor:
+    """Behaviour-cloning loss of the core's continuous actions ``[..., N, 2]`` against the
+    demonstrated battery fractions ``[..., N]`` and the midpoint price: the squared errors of
+    both parts summed, averaged over agent-steps (action units)."""
+    return ((action[..., 0] - battery).square() + (action[..., 1] - MIDPOINT).square()).mean()
+
+
 def clone(act: Callable[[Tensor], Tensor], parameters: Iterable[torch.nn.Parameter],
           config: ImitationConfig, env_config: EnvConfig, generator: torch.Generator,
           device: torch.device | str = "cpu", eval_reference: str = "oracle") -> float:
     """Regress ``act`` (observations ``[S, N, obs_dim]`` -> the core's continuous actions
     ``[S, N, 2]``, differentiable in ``parameters``) onto the battery actions of the oracle
-    (:func:`imitated_oracle`) and the midpoint price, on ``config.days`` training days of
-    ``env_config``. Returns the last epoch's mean squared error (action units, both
-    parts)."""
-    obs, battery = oracle_demonstrations(env_config, config.days,
-                                         imitated_oracle(config, eval_reference),
-                                         config.tie_break)
-    n_agents = obs.shape[2]
-    obs = obs.reshape(-1, n_agents, obs.shape[-1]).to(device)  # [S, N, O], S = days * steps
-    target = battery.reshape(-1, n_agents).to(device)
-    rows = math.ceil(config.minibatch / n_agents)
+    (:func:`imitated_oracle`) and the midpoint price (:func:`imitation_loss`), on
+    ``config.days`` training days of ``env_config`` (:func:`demonstrations`). Returns the
+    last epoch's mean squared error (action units, both parts)."""
+    obs, target = demonstrations(config, env_config, device, eval_reference)
+    rows = math.ceil(config.minibatch / obs.shape[1])
     optimizer = torch.optim.Adam([p for p in parameters if p.requires_grad], lr=config.lr)
     mean_loss = math.nan
     for _ in range(config.epochs):
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device)
         total = 0.0
         for index in order.to(device).split(rows):
-            action = act(obs[index])
-            loss = ((action[..., 0] - target[index]).square()
-                    + (action[..., 1] - MIDPOINT).square()).mean()
+            loss = imitation_loss(act(obs[index]), target[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

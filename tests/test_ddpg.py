@@ -13,6 +13,7 @@ from run_records import assert_same, run_metrics
 
 import envs
 import train
+from agents import registry
 from agents.algorithm import EnvSpec
 from agents.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from agents.collector import Collector
@@ -53,6 +54,15 @@ def test_default_config_builds():
     assert config.algo == "ddpg" and config.hyperparameters.gradient_steps >= 1
     with pytest.raises(ConfigError, match="ddpg.noise_type"):
         build_run_config(ROOT / "configs" / "ddpg.yaml", ["ddpg.noise_type=pink"])
+
+
+def test_imitation_config_builds():
+    """configs/ddpg_imitation.yaml: a residual clone anchored on its demonstrations."""
+    config = build_run_config(ROOT / "configs" / "ddpg_imitation.yaml")
+    hyperparameters = config.hyperparameters
+    assert config.algo == "ddpg" and hyperparameters.bc_target == "demonstrations"
+    assert hyperparameters.residual and hyperparameters.imitation.days > 0
+    assert hyperparameters.imitation.tie_break == "rule" and not hyperparameters.learn_price
 
 
 def test_warm_up_then_finite_losses_and_bounded_actions():
@@ -212,3 +222,105 @@ def test_price_held_at_the_midpoint_without_learn_price(noise_type):
         algorithm.iterate(collector)
     actions = algorithm.act(collector.obs, collector.env.state())
     assert torch.equal(actions[..., 1], torch.full_like(actions[..., 1], 0.5))
+
+
+# ------------------------------------------------------------------------------------------
+# bc_target: demonstrations (shared with MADDPG, tests/test_maddpg.py)
+# ------------------------------------------------------------------------------------------
+
+RULE_SYNTHETIC = {**SYNTHETIC, "community": {"feeder": "synthetic", "n_agents": 4,
+                                             "battery_share": 1.0},
+                  "observation": {"rule": "time_of_use"}}
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "maddpg"])
+def test_bc_target_settings_name_the_key(algo):
+    def config(**section: Any) -> dict:
+        return {"algo": algo, "env": SYNTHETIC, algo: section}
+
+    with pytest.raises(ConfigError, match=rf"'{algo}\.bc_target'.*imitation\.days"):
+        build_run_config(config(bc_target="demonstrations", bc_alpha=1.0))
+    with pytest.raises(ConfigError, match=rf"'{algo}\.bc_target'.*bc_alpha"):
+        build_run_config(config(bc_target="demonstrations", imitation={"days": 2}))
+    with pytest.raises(ConfigError, match=rf"'{algo}\.bc_target'"):
+        build_run_config(config(bc_target="oracle", bc_alpha=1.0, imitation={"days": 2}))
+    built = build_run_config(config(bc_target="demonstrations", bc_alpha=1.0,
+                                    imitation={"days": 2}))
+    assert built.hyperparameters.bc_target == "demonstrations"
+    assert build_run_config(config()).hyperparameters.bc_target == "replay"
+
+
+def build_family(algo: str, **section: Any) -> tuple[DDPG, Collector]:
+    """DDPG or MADDPG (``algo``) on the small config of :func:`run_config` with a rule in the
+    observation, updating the actor at every update from the start, without exploration
+    noise, as a residual on the rule, with ``section`` on top."""
+    defaults = {"learning_starts": 0, "exploration_noise": 0.0, "actor_lr": 3e-3,
+                "policy_frequency": 1, "residual": True, "imitation": {"days": 2}}
+    data = run_config(RULE_SYNTHETIC, **{**defaults, **section})
+    hyperparameters = data.pop("ddpg")
+    data = {**data, "algo": algo, algo: hyperparameters}
+    config = build_run_config(data)
+    env = envs.make_batched_env(config.env)
+    algorithm = registry.get(algo)(config.hyperparameters, EnvSpec.from_env(env),
+                                   config.train, make_generator(config.seed))
+    return algorithm, Collector(env, seed=config.seed)
+
+
+def give_demonstrations(algorithm: DDPG, collector: Collector,
+                        battery: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic demonstrations instead of the oracle's (no LP): 64 observations near those
+    of ``collector``'s environments, with the battery target ``battery``, or (None) the
+    actor's own deterministic actions there, standing in for a clone. The algorithm counts
+    as cloned, so that no cloning runs."""
+    obs = collector.obs.to(torch.float32)
+    rows = obs[torch.arange(64) % obs.shape[0]]
+    rows = rows + 0.1 * torch.randn(rows.shape, generator=torch.Generator().manual_seed(0))
+    if battery is None:
+        target = algorithm.act(rows, None, deterministic=True)[..., 0].clone()
+    else:
+        target = torch.full(rows.shape[:2], battery)
+    algorithm.demonstrations = (rows, target)
+    algorithm.imitated = True
+    return rows, target
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "maddpg"])
+@pytest.mark.parametrize("bc_target", ["demonstrations", "replay"])
+def test_demonstrations_pull_a_residual_actor_onto_the_demonstrated_actions(algo, bc_target):
+    """With a negligible Q term the actor regresses the demonstration minibatch: a residual
+    actor (which acts as the rule plus its output, as it was cloned) learns to play the
+    demonstrated battery fraction 0.3 and the midpoint price on the demonstrated
+    observations, in the core's units; with ``bc_target: replay`` it does not (it regresses
+    its own replayed actions)."""
+    algorithm, collector = build_family(algo, bc_alpha=1e-6, bc_target=bc_target)
+    obs, target = give_demonstrations(algorithm, collector, 0.3)
+    before = float((algorithm.act(obs, None, deterministic=True)[..., 0] - target).abs().mean())
+    for _ in range(150):
+        scalars = algorithm.iterate(collector)
+    assert ("losses/bc_loss" in scalars) == (bc_target == "demonstrations")
+    actions = algorithm.act(obs, None, deterministic=True)
+    error = float((actions[..., 0] - target).abs().mean())
+    if bc_target == "demonstrations":
+        assert error < 0.03 < 0.3 < before, (error, before)
+        torch.testing.assert_close(actions[..., 1], torch.full_like(target, 0.5), atol=0.05,
+                                   rtol=0.0)
+    else:
+        assert error > 0.1
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "maddpg"])
+def test_a_large_bc_weight_keeps_the_actor_at_the_clone(algo):
+    """A tiny bc_alpha (a huge regression weight) keeps the actor at the demonstrated
+    actions (its own at the start, standing in for a clone) through 60 actor updates; plain
+    DDPG (bc_alpha null) moves several times as far."""
+    def distance(**section: Any) -> float:
+        algorithm, collector = build_family(algo, **section)
+        obs, clone = give_demonstrations(algorithm, collector)
+        for _ in range(30):
+            algorithm.iterate(collector)
+        return float((algorithm.act(obs, None, deterministic=True)[..., 0] - clone)
+                     .abs().mean())
+
+    anchored = distance(bc_alpha=1e-3, bc_target="demonstrations")
+    free = distance(imitation={"days": 0})
+    assert anchored < 0.02 and free > 5 * anchored, (anchored, free)

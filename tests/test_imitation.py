@@ -256,3 +256,58 @@ def test_auto_imitates_the_runs_reference_oracle():
     grid = build_run_config({"algo": "mappo", "env": {"task": "Grid-Rebound"}})
     assert imitation.imitated_oracle(grid.hyperparameters.imitation,
                                      grid.train.eval_reference) == "oracle_network"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["ddpg", "maddpg"])
+def test_demonstration_anchor_keeps_the_clone_and_is_reloaded_on_resume(cache, algo):
+    """``bc_target: demonstrations``: after cloning, actor updates with a tiny bc_alpha keep
+    the actor as near the demonstrations as its clone (the same loss as cloning, residual
+    actor included), while plain DDPG updates (bc_alpha null) move it away from them. The
+    demonstrations are not checkpointed: a restored algorithm loads the same ones again (from
+    the cache) without cloning again."""
+    env_config = {**ENV, "observation": {"rule": "time_of_use"}}
+
+    def trained(**section):
+        config = build_run_config({
+            "algo": algo, "seed": 0, "env": env_config,
+            "train": {"total_steps": 64, "n_envs": 4, "eval_episodes": 4, "torch_threads": 1},
+            algo: {"learning_starts": 0, "batch_size": 64, "hidden_sizes": [32, 32],
+                   "exploration_noise": 0.0, "actor_lr": 1e-3, "policy_frequency": 1,
+                   "residual": True,
+                   "imitation": {"days": 2, "epochs": 200, "lr": 3e-3, "tie_break": "rule"},
+                   **section}})
+        env = envs.make_batched_env(config.env)
+        cls = registry.get(algo)
+        algorithm = cls(config.hyperparameters, EnvSpec.from_env(env), config.train,
+                        make_generator(0))
+        collector = Collector(env, seed=0)
+        algorithm.iterate(collector)  # clones
+        obs, battery = imitation.oracle_demonstrations(config.env, 2, tie_break="rule")
+        obs, battery = obs.reshape(-1, 4, obs.shape[-1]), battery.reshape(-1, 4)
+
+        def error() -> float:  # mean |battery action - demonstration|
+            action = algorithm.act(obs, None, deterministic=True)[..., 0]
+            return float((action - battery).abs().mean())
+
+        cloned = error()
+        for _ in range(30):
+            algorithm.iterate(collector)
+        return error() - cloned, algorithm, (config, env, cls, collector)
+
+    anchored, algorithm, (config, env, cls, collector) = trained(
+        bc_alpha=1e-3, bc_target="demonstrations")
+    free, *_ = trained()
+    assert anchored < 0.005 and free > 0.02, (anchored, free)
+
+    demonstrations = algorithm.demonstrations
+    assert demonstrations is not None and demonstrations[0].shape[1:] == (4, env.obs_dim)
+    assert "demonstrations" not in algorithm.state_dict()
+    restored = cls(config.hyperparameters, EnvSpec.from_env(env), config.train,
+                   make_generator(1))
+    restored.load_state_dict(algorithm.state_dict())
+    assert restored.demonstrations is None
+    scalars = restored.iterate(collector)
+    assert "losses/imitation_loss" not in scalars and "losses/bc_loss" in scalars
+    for mine, theirs in zip(restored.demonstrations, demonstrations, strict=True):
+        torch.testing.assert_close(mine, theirs)

@@ -130,6 +130,15 @@ def test_default_config_builds():
     assert config.algo == "maddpg" and config.hyperparameters.max_grad_norm == 0.5
 
 
+def test_imitation_config_builds():
+    """configs/maddpg_imitation.yaml: a residual clone anchored on its demonstrations."""
+    config = build_run_config(ROOT / "configs" / "maddpg_imitation.yaml")
+    hyperparameters = config.hyperparameters
+    assert config.algo == "maddpg" and hyperparameters.bc_target == "demonstrations"
+    assert hyperparameters.residual and hyperparameters.imitation.days > 0
+    assert hyperparameters.imitation.tie_break == "rule" and not hyperparameters.learn_price
+
+
 def test_short_training_finite_losses():
     algorithm, collector = build(run_config())
     for _ in range(8):
@@ -172,8 +181,16 @@ def test_checkpoint_loads_back_and_acts(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_equals_uninterrupted(tmp_path):
-    config = build_run_config(run_config(noise_type="ou"))
+@pytest.mark.parametrize("anchored", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, anchored):
+    """With ``bc_target: demonstrations`` too: the demonstrations are not in the checkpoint,
+    the resumed run loads the same ones again (here from the cache the first run wrote)."""
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path / "cache"))
+    anchor = {"residual": True, "bc_alpha": 0.1, "bc_target": "demonstrations",
+              "actor_delay": 4, "imitation": {"days": 2, "epochs": 2, "tie_break": "rule"}}
+    env = {**SYNTHETIC, "observation": {"rule": "time_of_use"}}
+    config = build_run_config(run_config(env, noise_type="ou", **anchor) if anchored
+                              else run_config(noise_type="ou"))
     reference = train.new_run_dir(tmp_path / "reference", config)
     train.Trainer(config, reference, progress=False).run()
 
