@@ -24,11 +24,29 @@ agent transitions. One iteration is ``train_frequency`` steps of the batched cor
 ``learning_starts`` env-steps were collected. Epsilon decays linearly from
 ``epsilon_start`` to ``epsilon_end`` over ``exploration_fraction * train.total_steps``
 env-steps (CleanRL's schedule). Deterministic actions (evaluation) are ``argmax_a Q``.
+
+Learning from demonstrations (DQfD: Hester et al. 2018, "Deep Q-learning from
+demonstrations", AAAI), with ``imitation.days`` > 0: before the first rollout the network is
+pretrained on the perfect-foresight optimum's demonstrations (``agents.imitation``, the
+section shared with MAPPO, DDPG and MADDPG) with DQfD's large-margin loss
+``max_a [Q(s, a) + l(a_E, a)] - Q(s, a_E)``, ``l = margin`` for ``a != a_E`` and 0 for the
+demonstrated action ``a_E``, for ``imitation.epochs`` passes (its own Adam, ``imitation.lr``,
+``imitation.minibatch`` agent-steps per step; the target network then copies it), so that
+the greedy action is the demonstrated one by at least ``margin``. The demonstrations are
+continuous (battery fraction, the price at the tariff midpoint); ``a_E`` is the grid action
+nearest to them (:func:`demonstrated_actions`: nearest battery level, nearest price level,
+ties to the higher level). With ``demo_weight`` > 0 every TD update adds ``demo_weight``
+times the margin loss on a minibatch of ``batch_size`` demonstration env-steps (every agent)
+drawn with the run's generator: DQfD's supervised term, which keeps the greedy policy on the
+demonstrations where the TD targets alone would drift off. DQfD's n-step return loss on the
+demonstrations is not used (the demonstrations carry no rewards); its n-step TD loss on the
+agent's own replay is ``n_step``.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +57,7 @@ from torch import Tensor, nn
 from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
+from agents.imitation import MIDPOINT, ImitationConfig, check_rule_feature, clone, demonstrations
 from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
@@ -92,6 +111,19 @@ class DQNConfig:
     """One network for all agents (true) or one per agent as a batched ensemble (false)."""
     agent_id: bool = True
     """Give the shared network a one-hot agent id (ignored when shared is false)."""
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    """Pretrain on the perfect-foresight optimum's demonstrations before the first rollout
+    (``imitation.days`` > 0; ``agents.imitation``) with the large-margin loss (DQfD, module
+    docstring); the target network starts from the pretrained one."""
+    margin: float = 0.8
+    """DQfD's margin ``l(a_E, a)`` for actions other than the demonstrated one: the greedy
+    action's lead in Q that the supervised loss asks for (0.8 in the paper, with rewards
+    clipped to [-1, 1]; the rewards here are euros per step)."""
+    demo_weight: float = 0.0
+    """Weight (DQfD's lambda) of the large-margin loss on a minibatch of demonstrations added
+    to every TD update; 0 = the demonstrations only pretrain. Needs ``imitation.days`` > 0.
+    The demonstrations are derived data, not in the checkpoint: a resumed run loads them
+    again from the cache of ``agents.imitation.oracle_demonstrations``."""
 
     def __post_init__(self) -> None:
         for name in ("buffer_size", "target_network_frequency", "batch_size", "train_frequency",
@@ -113,6 +145,40 @@ class DQNConfig:
               "a non-empty list of positive widths", self.hidden_sizes)
         check(self.activation in ACTIVATIONS, "activation", f"one of {tuple(ACTIVATIONS)}",
               self.activation)
+        check(self.margin > 0.0, "margin", "> 0", self.margin)
+        check(self.demo_weight >= 0.0, "demo_weight", ">= 0", self.demo_weight)
+        if self.demo_weight > 0.0:
+            check(self.imitation.days > 0, "demo_weight",
+                  "0 unless imitation.days > 0 (demonstrations to learn from)",
+                  self.demo_weight)
+
+
+def demonstrated_actions(battery: Tensor, battery_levels: int, price_levels: int,
+                         price: float = MIDPOINT) -> Tensor:
+    """The discrete actions ``[...]`` (int64, ``battery_level * price_levels + price_level``,
+    ``envs.core.BatchedP2PEnv.decode_actions``) nearest to the demonstrated battery fractions
+    ``battery [...]`` in [-1, 1] and the price fraction ``price`` in [0, 1]: the battery level
+    of ``linspace(-1, 1, battery_levels)`` and the price level of ``linspace(0, 1,
+    price_levels)`` nearest to each, a tie (a value halfway between two levels) going to the
+    higher level."""
+    def nearest(fraction: Tensor, levels: int) -> Tensor:
+        index = torch.floor(fraction.clamp(0.0, 1.0) * (levels - 1) + 0.5)
+        return index.to(torch.int64).clamp(0, levels - 1)
+
+    battery_index = nearest((battery.to(torch.float64) + 1.0) / 2.0, battery_levels)
+    price_index = nearest(torch.full_like(battery, price, dtype=torch.float64), price_levels)
+    return battery_index * price_levels + price_index
+
+
+def margin_loss(q_values: Tensor, actions: Tensor, margin: float) -> Tensor:
+    """DQfD's large-margin loss ``max_a [Q(s, a) + l(a_E, a)] - Q(s, a_E)`` averaged over
+    agent-steps: ``q_values [..., A]``, demonstrated ``actions [...]`` (int64), ``l = margin``
+    for ``a != a_E`` and 0 for ``a_E``; 0 exactly when the demonstrated action leads every
+    other by at least ``margin``."""
+    index = actions[..., None]
+    penalty = torch.full_like(q_values, margin).scatter(-1, index, 0.0)
+    return ((q_values + penalty).max(dim=-1).values
+            - q_values.gather(-1, index).squeeze(-1)).mean()
 
 
 class DQN(Algorithm):
@@ -130,6 +196,7 @@ class DQN(Algorithm):
             raise ConfigError(f"config key 'env.action.type': got {spec.action_type!r}; "
                               f"allowed: 'discrete' (dqn acts on the discrete action grid: "
                               f"set env.action.type: discrete)")
+        check_rule_feature(config.imitation, spec.feature_names, f"{self.name}.imitation")
         n, device = spec.n_agents, self.device
         if config.shared:
             self.q_network: nn.Module = AgentMLP(
@@ -150,6 +217,13 @@ class DQN(Algorithm):
         """Exploration probability of the last training step."""
         self.gradient_steps = 0
         """Gradient steps taken so far (target updates are counted in them)."""
+        self.imitated = False
+        """Whether the network was pretrained on the demonstrations (not repeated on resume)."""
+        self.demonstrations: tuple[Tensor, Tensor] | None = None
+        """The demonstrations ``(obs [S, N, O], discrete action [S, N])`` on the device, for
+        ``demo_weight`` (loaded by :meth:`iterate`, not checkpointed)."""
+        self.action_levels: tuple[int, int] | None = None
+        """``(battery_levels, price_levels)`` of the env's grid (set by :meth:`iterate`)."""
 
     # ----------------------------------------------------------------------------------------
     # Acting
@@ -178,20 +252,69 @@ class DQN(Algorithm):
                                config.exploration_fraction * self.train_config.total_steps,
                                global_step)
 
+    def imitate(self, env_config: Any) -> float:
+        """DQfD pretraining (module docstring) of the network on the demonstrations
+        (``imitation`` settings, ``agents.imitation.clone``'s epochs and minibatches) and a
+        copy into the target network; returns the last epoch's mean margin loss."""
+        battery_levels, price_levels = self._levels(env_config)
+        margin = self.config.margin
+
+        def loss(obs: Tensor, battery: Tensor) -> Tensor:
+            actions = demonstrated_actions(battery, battery_levels, price_levels)
+            return margin_loss(self.q_values(obs), actions, margin)
+
+        value = clone(None, self.q_network.parameters(), self.config.imitation, env_config,
+                      self.generator, self.device, self.train_config.eval_reference,
+                      loss_fn=loss)
+        self.target_network.load_state_dict(self.q_network.state_dict())
+        self.imitated = True
+        return value
+
+    def _levels(self, env_config: Any) -> tuple[int, int]:
+        self.action_levels = (env_config.action.battery_levels, env_config.action.price_levels)
+        return self.action_levels
+
+    def load_demonstrations(self, env_config: Any) -> tuple[Tensor, Tensor]:
+        """The demonstrations as ``(obs [S, N, O], discrete action [S, N])`` on the device
+        (:func:`demonstrated_actions`), kept for ``demo_weight``."""
+        obs, battery = demonstrations(self.config.imitation, env_config, self.device,
+                                      self.train_config.eval_reference)
+        self.demonstrations = (obs, demonstrated_actions(battery, *self._levels(env_config)))
+        return self.demonstrations
+
+    @torch.no_grad()
+    def demonstration_agreement(self) -> float:
+        """Fraction of demonstrated agent-steps where the greedy action is the demonstrated
+        one."""
+        if self.demonstrations is None:
+            return math.nan
+        obs, actions = self.demonstrations
+        hits = sum(int((self.q_values(rows).argmax(-1) == target).sum())
+                   for rows, target in zip(obs.split(1024), actions.split(1024), strict=True))
+        return hits / actions.numel()
+
     def iterate(self, collector: Collector) -> dict[str, float]:
         config = self.config
+        scalars: dict[str, float] = {}
+        if config.imitation.days and not self.imitated:
+            scalars["losses/imitation_loss"] = self.imitate(collector.env.config)
+            self.load_demonstrations(collector.env.config)
+            scalars["charts/demonstration_agreement"] = self.demonstration_agreement()
+        if config.demo_weight > 0.0 and self.demonstrations is None:
+            self.load_demonstrations(collector.env.config)
         for _ in range(config.train_frequency):
             self.epsilon = self.epsilon_at(collector.global_step)
             transition = collector.step(self.act(collector.obs, collector.state))
             self.replay_buffer.add(transition)
-        scalars = {"charts/epsilon": self.epsilon}
+        scalars["charts/epsilon"] = self.epsilon
         if collector.global_step < config.learning_starts:
             return scalars
         sums = {"td_loss": 0.0, "q_values": 0.0}
+        if config.demo_weight > 0.0:
+            sums["margin_loss"] = 0.0
         for _ in range(config.gradient_steps):
-            loss, q_mean = self._gradient_step()
-            sums["td_loss"] += loss
-            sums["q_values"] += q_mean
+            for key, value in self._gradient_step().items():
+                sums[key] += value
         scalars.update({f"losses/{key}": value / config.gradient_steps
                         for key, value in sums.items()})
         return scalars
@@ -213,7 +336,7 @@ class DQN(Algorithm):
         not_done = (~batch["terminated"]).to(next_value.dtype)[:, None]
         return batch["rewards"] + self.config.gamma * not_done * next_value
 
-    def _gradient_step(self) -> tuple[float, float]:
+    def _gradient_step(self) -> dict[str, float]:
         config = self.config
         if config.n_step > 1:
             batch = self.replay_buffer.sample_n_step(config.batch_size, self.generator,
@@ -224,7 +347,13 @@ class DQN(Algorithm):
         target = self.td_targets(batch)
         q_taken = self.q_network(batch["obs"]).gather(
             -1, batch["actions"][..., None]).squeeze(-1)  # [M, N]
-        loss = F.huber_loss(q_taken, target, delta=config.huber_delta)
+        td_loss = F.huber_loss(q_taken, target, delta=config.huber_delta)
+        scalars = {"td_loss": float(td_loss.detach()), "q_values": float(q_taken.detach().mean())}
+        loss = td_loss
+        if config.demo_weight > 0.0:
+            supervised = self._demonstration_loss(config.batch_size)
+            scalars["margin_loss"] = float(supervised.detach())
+            loss = loss + config.demo_weight * supervised
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.q_network.parameters(), config.max_grad_norm)
@@ -232,7 +361,18 @@ class DQN(Algorithm):
         self.gradient_steps += 1
         if self.gradient_steps % config.target_network_frequency == 0:
             self.update_target()
-        return float(loss.detach()), float(q_taken.detach().mean())
+        return scalars
+
+    def _demonstration_loss(self, rows: int) -> Tensor:
+        """The large-margin loss on ``rows`` demonstration env-steps (every agent) drawn
+        uniformly with the run's generator."""
+        if self.demonstrations is None:
+            raise RuntimeError("dqn.demo_weight needs the demonstrations loaded (DQN.iterate "
+                               "loads them)")
+        obs, actions = self.demonstrations
+        index = torch.randint(obs.shape[0], (rows,), generator=self.generator,
+                              device=self.generator.device).to(obs.device)
+        return margin_loss(self.q_values(obs[index]), actions[index], self.config.margin)
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -245,13 +385,15 @@ class DQN(Algorithm):
 
     def state_dict(self, experience: bool = True) -> dict[str, Any]:
         state = super().state_dict(experience)
-        state["counters"] = {"epsilon": self.epsilon, "gradient_steps": self.gradient_steps}
+        state["counters"] = {"epsilon": self.epsilon, "gradient_steps": self.gradient_steps,
+                             "imitated": self.imitated}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.epsilon = float(state["counters"]["epsilon"])
         self.gradient_steps = int(state["counters"]["gradient_steps"])
+        self.imitated = bool(state["counters"].get("imitated", False))
 
 
 ALGORITHM = DQN

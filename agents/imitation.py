@@ -15,8 +15,8 @@ Demonstrations depend only on the env config and the days, so they are cached in
 solving takes about a second per day on a 13-agent feeder.
 
 :class:`ImitationConfig` is the ``imitation`` section of the algorithms that can clone
-(``mappo.imitation``, ``ddpg.imitation``, ``maddpg.imitation``) and :func:`clone` the one
-behaviour-cloning loop they share.
+(``mappo.imitation``, ``ddpg.imitation``, ``maddpg.imitation``, ``dqn.imitation``) and
+:func:`clone` the one behaviour-cloning loop they share.
 """
 
 from __future__ import annotations
@@ -222,14 +222,27 @@ def imitation_loss(action: Tensor, battery: Tensor) -> Tensor:
     return ((action[..., 0] - battery).square() + (action[..., 1] - MIDPOINT).square()).mean()
 
 
-def clone(act: Callable[[Tensor], Tensor], parameters: Iterable[torch.nn.Parameter],
+def clone(act: Callable[[Tensor], Tensor] | None, parameters: Iterable[torch.nn.Parameter],
           config: ImitationConfig, env_config: EnvConfig, generator: torch.Generator,
-          device: torch.device | str = "cpu", eval_reference: str = "oracle") -> float:
+          device: torch.device | str = "cpu", eval_reference: str = "oracle",
+          loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> float:
     """Regress ``act`` (observations ``[S, N, obs_dim]`` -> the core's continuous actions
     ``[S, N, 2]``, differentiable in ``parameters``) onto the battery actions of the oracle
     (:func:`imitated_oracle`) and the midpoint price (:func:`imitation_loss`), on
     ``config.days`` training days of ``env_config`` (:func:`demonstrations`). Returns the
-    last epoch's mean squared error (action units, both parts)."""
+    last epoch's mean loss (here the squared error, action units, both parts).
+
+    ``loss_fn(obs [M, N, obs_dim], battery [M, N]) -> scalar``, when given, replaces
+    ``imitation_loss(act(obs), battery)`` (``act`` is then unused): DQN's large-margin loss
+    on its discrete actions (``agents.dqn``) goes through the same epochs and minibatches."""
+    if loss_fn is None:
+        if act is None:
+            raise ValueError("clone needs act or loss_fn")
+        policy = act
+
+        def loss_fn(obs: Tensor, battery: Tensor) -> Tensor:
+            return imitation_loss(policy(obs), battery)
+
     obs, target = demonstrations(config, env_config, device, eval_reference)
     rows = math.ceil(config.minibatch / obs.shape[1])
     optimizer = torch.optim.Adam([p for p in parameters if p.requires_grad], lr=config.lr)
@@ -238,7 +251,7 @@ def clone(act: Callable[[Tensor], Tensor], parameters: Iterable[torch.nn.Paramet
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device)
         total = 0.0
         for index in order.to(device).split(rows):
-            loss = imitation_loss(act(obs[index]), target[index])
+            loss = loss_fn(obs[index], target[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
