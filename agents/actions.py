@@ -44,9 +44,21 @@ def env_actions(battery_fraction: Tensor, price_fraction: Tensor, env: Any) -> T
     action = env.config.action
     if action.type == "continuous":
         return torch.stack([battery_fraction, price_fraction], dim=-1)
-    battery_level = torch.round((battery_fraction + 1.0) / 2.0 * (action.battery_levels - 1))
-    price_level = torch.round(price_fraction * (action.price_levels - 1))
-    return (battery_level.long() * action.price_levels + price_level.long())
+    return discrete_actions(battery_fraction, price_fraction, action.battery_levels,
+                            action.price_levels)
+
+
+def discrete_actions(battery_fraction: Tensor, price_fraction: Tensor, battery_levels: int,
+                     price_levels: int) -> Tensor:
+    """The discrete action ``battery_level * price_levels + price_level`` (int64, ``[...]``)
+    nearest to a battery fraction in [-1, 1] and a price fraction in [0, 1] (each ``[...]``):
+    the nearest of ``battery_levels`` levels evenly spaced over [-1, 1] and of
+    ``price_levels`` over [0, 1] (``envs.core.BatchedP2PEnv.decode_actions``'s grid); a value
+    halfway between two levels goes to the even level index (``torch.round``)."""
+    battery_level = torch.round((battery_fraction.clamp(-1.0, 1.0) + 1.0) / 2.0
+                                * (battery_levels - 1))
+    price_level = torch.round(price_fraction.clamp(0.0, 1.0) * (price_levels - 1))
+    return battery_level.long() * price_levels + price_level.long()
 
 
 class RulePrior:

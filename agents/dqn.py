@@ -35,8 +35,9 @@ demonstrated action ``a_E``, for ``imitation.epochs`` passes (its own Adam, ``im
 the greedy action is the demonstrated one by at least ``margin``. The demonstrations are
 continuous (battery fraction, the price at the tariff midpoint); ``a_E`` is the grid action
 nearest to them (:func:`demonstrated_actions`: nearest battery level, nearest price level,
-ties to the higher level). With ``demo_weight`` > 0 every TD update adds ``demo_weight``
-times the margin loss on a minibatch of ``batch_size`` demonstration env-steps (every agent)
+halfway values to the even level index: the actions the demonstrations' replay played in
+the discrete core). With ``demo_weight`` > 0 every TD update adds ``demo_weight`` times
+the margin loss on a minibatch of ``batch_size`` demonstration env-steps (every agent)
 drawn with the run's generator: DQfD's supervised term, which keeps the greedy policy on the
 demonstrations where the TD targets alone would drift off. DQfD's n-step return loss on the
 demonstrations is not used (the demonstrations carry no rewards); its n-step TD loss on the
@@ -54,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.actions import discrete_actions
 from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
@@ -153,21 +155,15 @@ class DQNConfig:
                   self.demo_weight)
 
 
-def demonstrated_actions(battery: Tensor, battery_levels: int, price_levels: int,
-                         price: float = MIDPOINT) -> Tensor:
-    """The discrete actions ``[...]`` (int64, ``battery_level * price_levels + price_level``,
-    ``envs.core.BatchedP2PEnv.decode_actions``) nearest to the demonstrated battery fractions
-    ``battery [...]`` in [-1, 1] and the price fraction ``price`` in [0, 1]: the battery level
-    of ``linspace(-1, 1, battery_levels)`` and the price level of ``linspace(0, 1,
-    price_levels)`` nearest to each, a tie (a value halfway between two levels) going to the
-    higher level."""
-    def nearest(fraction: Tensor, levels: int) -> Tensor:
-        index = torch.floor(fraction.clamp(0.0, 1.0) * (levels - 1) + 0.5)
-        return index.to(torch.int64).clamp(0, levels - 1)
-
-    battery_index = nearest((battery.to(torch.float64) + 1.0) / 2.0, battery_levels)
-    price_index = nearest(torch.full_like(battery, price, dtype=torch.float64), price_levels)
-    return battery_index * price_levels + price_index
+def demonstrated_actions(battery: Tensor, battery_levels: int, price_levels: int) -> Tensor:
+    """The discrete actions ``[...]`` (int64) DQN is taught for the demonstrated battery
+    fractions ``battery [...]``: the nearest battery level and the price level nearest to the
+    tariff midpoint the demonstrations bid (``agents.actions.discrete_actions``; halfway
+    values go to the even level index). These are the actions the replay of the optimum
+    played in a discrete core (``agents.imitation``'s replay goes through
+    ``agents.actions.env_actions``), so each demonstrated observation follows its action."""
+    return discrete_actions(battery, torch.full_like(battery, MIDPOINT), battery_levels,
+                            price_levels)
 
 
 def margin_loss(q_values: Tensor, actions: Tensor, margin: float) -> Tensor:

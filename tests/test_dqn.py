@@ -1,24 +1,27 @@
 """DQN (agents/dqn.py): double-DQN targets on a hand-made case, target-network updates, the
-shared network and the per-agent ensemble, and training through train.py's entry points
-(losses, checkpoint, resume with the replay buffer)."""
+shared network and the per-agent ensemble, learning from demonstrations (DQfD: the level
+mapping, the large-margin loss, pretraining, config errors), and training through train.py's
+entry points (losses, checkpoint, resume with the replay buffer, with demonstrations too)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from run_records import run_metrics, tensorboard_scalars
+from run_records import assert_same, run_metrics, tensorboard_scalars
 from torch import nn
 
 import envs
 import train
+from agents import imitation
 from agents.algorithm import EnvSpec
 from agents.checkpoints import load_checkpoint
 from agents.collector import Collector
-from agents.dqn import DQN, DQNConfig
+from agents.dqn import DQN, DQNConfig, demonstrated_actions, margin_loss
 from agents.networks import PerAgentMLP, mlp
 from agents.policy import load_policy
 from agents.run_config import TrainConfig, build_run_config, eval_env_config, make_generator
@@ -212,6 +215,158 @@ def test_shipped_config_is_valid_and_discrete():
     assert config.hyperparameters == DQNConfig()  # the YAML states every default
 
 
+def test_shipped_imitation_config():
+    """configs/dqn_imitation.yaml: DQfD pretraining and the margin loss in every update, on
+    a grid whose price levels hold the midpoint the demonstrations bid."""
+    config = build_run_config(ROOT / "configs" / "dqn_imitation.yaml")
+    hyperparameters = config.hyperparameters
+    assert config.env.action.type == "discrete" and config.env.observation.rule != "none"
+    assert hyperparameters.imitation.days == 60 and hyperparameters.demo_weight > 0
+    assert hyperparameters.imitation.tie_break == "rule"
+    assert config.env.action.price_levels % 2 == 1  # 0.5 is a level
+
+
+# --------------------------------------------------------------------------------------------
+# Learning from demonstrations (DQfD)
+# --------------------------------------------------------------------------------------------
+
+
+def test_demonstrated_actions_are_the_nearest_levels():
+    """Battery levels -1, -0.5, 0, 0.5, 1 and price levels 0, 0.5, 1: index = battery level
+    * 3 + 1 (the midpoint); a fraction halfway between two levels goes to the even index."""
+    battery = torch.tensor([[-1.0, -0.8, -0.3, 0.0], [0.2, 0.3, 0.25, 1.0]])
+    expected = torch.tensor([[0 * 3 + 1, 0 * 3 + 1, 1 * 3 + 1, 2 * 3 + 1],
+                             [2 * 3 + 1, 3 * 3 + 1, 2 * 3 + 1, 4 * 3 + 1]])
+    assert torch.equal(demonstrated_actions(battery, 5, 3), expected)
+    # 21 battery levels (steps of 0.1): 0.33 -> 0.3 (level 13), -0.96 -> -1.0 (level 0);
+    # 4 price levels 0, 1/3, 2/3, 1: the midpoint is halfway between 1 and 2, the even one
+    assert torch.equal(demonstrated_actions(torch.tensor([0.33, -0.96]), 21, 4),
+                       torch.tensor([13 * 4 + 2, 0 * 4 + 2]))
+    # what the discrete core decodes is the nearest level
+    env = envs.make_batched_env({**SYNTHETIC, "action": {"type": "discrete",
+                                                         "battery_levels": 5,
+                                                         "price_levels": 3}}, n_envs=2)
+    decoded_battery, decoded_price = env.decode_actions(expected)
+    torch.testing.assert_close(decoded_battery, torch.tensor(
+        [[-1.0, -1.0, -0.5, 0.0], [0.0, 0.5, 0.0, 1.0]], dtype=decoded_battery.dtype))
+    torch.testing.assert_close(decoded_price, torch.full_like(decoded_price, 0.5))
+
+
+def test_margin_loss_hand_case():
+    q = torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.5, 0.0]])
+    # row 0: a_E = 1 leads by 1 >= 0.8: 0; row 1: a_E = 2: max(0.8, 1.3, 0) - 0 = 1.3
+    torch.testing.assert_close(margin_loss(q, torch.tensor([1, 2]), 0.8),
+                               torch.tensor((0.0 + 1.3) / 2))
+    # a_E = 0 in row 0: max(1, 3.8, 2.8) - 1 = 2.8
+    torch.testing.assert_close(margin_loss(q[:1], torch.tensor([0]), 0.8), torch.tensor(2.8))
+
+
+LEVELS = {"type": "discrete", "battery_levels": 5, "price_levels": 3}
+
+
+def synthetic_demonstrations(monkeypatch, env, days: int = 3) -> tuple[torch.Tensor, ...]:
+    """Stand-in for the oracle's demonstrations (no LP): the observations of ``days``
+    episodes of ``env`` with noise, and a battery fraction that depends on them (so that one
+    action everywhere cannot match)."""
+    generator = torch.Generator().manual_seed(3)
+    obs, _ = env.reset(seed=0)
+    rows = obs[0].to(torch.float32).expand(days * 96, *obs.shape[1:]).clone()
+    rows = rows + torch.randn(rows.shape, generator=generator)
+    battery = torch.tanh(2.0 * rows[..., 0] - rows[..., 1])
+    demo_obs = rows.reshape(days, 96, *rows.shape[1:])
+    demo_battery = battery.reshape(days, 96, -1)
+    calls = []
+
+    def fake(config, n_days, oracle="oracle", tie_break="none"):
+        calls.append(n_days)
+        return demo_obs, demo_battery
+
+    monkeypatch.setattr(imitation, "oracle_demonstrations", fake)
+    return rows, battery, calls
+
+
+def build_dqfd(monkeypatch, **overrides) -> tuple[DQN, Collector, torch.Tensor, torch.Tensor]:
+    env = envs.make_batched_env({**SYNTHETIC, "action": LEVELS}, n_envs=1)
+    config = DQNConfig(**{"hidden_sizes": [64, 64], "learning_starts": 10_000,
+                          "imitation": imitation.ImitationConfig(days=3, epochs=200, lr=3e-3),
+                          **overrides})
+    algorithm = DQN(config, EnvSpec.from_env(env), TrainConfig(total_steps=100_000),
+                    make_generator(0))
+    obs, battery, _ = synthetic_demonstrations(monkeypatch, env)
+    return algorithm, Collector(env, seed=0), obs, battery
+
+
+def test_pretraining_makes_the_greedy_action_the_demonstrated_one(monkeypatch):
+    """DQfD pretraining (before the first rollout) on synthetic demonstrations: afterwards
+    the greedy action is the demonstrated discrete action (nearest battery level, midpoint
+    price) on the demonstrated observations, which the untrained network's is not; the
+    target network is the pretrained one, and pretraining is not repeated."""
+    algorithm, collector, obs, battery = build_dqfd(monkeypatch)
+    demonstrated = demonstrated_actions(battery, 5, 3)
+    assert len(demonstrated.unique()) >= 4
+
+    def agreement() -> float:
+        greedy = algorithm.act(obs, None, deterministic=True)
+        return float((greedy == demonstrated).to(torch.float32).mean())
+
+    before = agreement()
+    scalars = algorithm.iterate(collector)
+    assert algorithm.imitated and math.isfinite(scalars["losses/imitation_loss"])
+    after = agreement()
+    assert before < 0.5 and after > 0.98, (before, after)
+    assert scalars["charts/demonstration_agreement"] == pytest.approx(after)
+    for online, target in zip(algorithm.q_network.parameters(),
+                              algorithm.target_network.parameters(), strict=True):
+        assert torch.equal(online, target)
+    assert algorithm.state_dict()["counters"]["imitated"]
+    weights = [p.detach().clone() for p in algorithm.q_network.parameters()]
+    algorithm.iterate(collector)  # before learning_starts: no pretraining, no update
+    assert all(torch.equal(a, b) for a, b in zip(weights, algorithm.q_network.parameters(),
+                                                 strict=True))
+
+
+def test_demo_weight_adds_the_margin_loss_to_td_updates(monkeypatch):
+    """With ``demo_weight`` every TD update also takes the margin loss on a demonstration
+    minibatch (logged as losses/margin_loss), which keeps the greedy policy on the
+    demonstrations through TD updates that, alone, move it off them."""
+    def agreement_after_updates(demo_weight: float) -> tuple[float, dict]:
+        algorithm, collector, obs, battery = build_dqfd(
+            monkeypatch, learning_starts=0, demo_weight=demo_weight, epsilon_start=1.0,
+            epsilon_end=1.0, learning_rate=3e-3, target_network_frequency=10, batch_size=32)
+        demonstrated = demonstrated_actions(battery, 5, 3)
+        for _ in range(200):
+            scalars = algorithm.iterate(collector)
+        greedy = algorithm.act(obs, None, deterministic=True)
+        return float((greedy == demonstrated).to(torch.float32).mean()), scalars
+
+    anchored, scalars = agreement_after_updates(1.0)
+    assert math.isfinite(scalars["losses/margin_loss"])
+    free, free_scalars = agreement_after_updates(0.0)
+    assert "losses/margin_loss" not in free_scalars
+    assert anchored > 0.9 and free < anchored - 0.2, (anchored, free)
+
+
+def test_demonstration_settings_name_the_key():
+    def config(**section) -> dict:
+        return {"algo": "dqn", "env": SYNTHETIC, "dqn": section}
+
+    with pytest.raises(ConfigError, match=r"'dqn\.demo_weight'.*imitation\.days"):
+        build_run_config(config(demo_weight=1.0))
+    with pytest.raises(ConfigError, match=r"'dqn\.demo_weight'"):
+        build_run_config(config(demo_weight=-0.1, imitation={"days": 2}))
+    with pytest.raises(ConfigError, match=r"'dqn\.margin'"):
+        build_run_config(config(margin=0.0, imitation={"days": 2}))
+    with pytest.raises(ConfigError, match=r"'dqn\.imitation\.epochs'"):
+        build_run_config(config(imitation={"days": 2, "epochs": 0}))
+    built = build_run_config(config(demo_weight=0.5, imitation={"days": 2}))
+    assert built.hyperparameters.demo_weight == 0.5
+    # tie_break: rule needs a rule in the observation
+    rule = build_run_config(config(imitation={"days": 2, "tie_break": "rule"}))
+    env = envs.make_batched_env(rule.env)
+    with pytest.raises(ConfigError, match=r"'dqn\.imitation\.tie_break'"):
+        DQN(rule.hyperparameters, EnvSpec.from_env(env), rule.train, make_generator(0))
+
+
 # --------------------------------------------------------------------------------------------
 # Training through train.py's entry points
 # --------------------------------------------------------------------------------------------
@@ -274,3 +429,37 @@ def test_training_checkpoint_and_resume(tmp_path, overrides):
         for key, value in expected[name].items():
             assert torch.equal(resumed[name][key], value), (name, key)
     assert resumed["counters"] == expected["counters"]
+
+
+@pytest.mark.slow
+def test_resume_with_demonstrations_equals_uninterrupted(tmp_path, monkeypatch):
+    """Pretraining on the oracle's demonstrations and ``demo_weight``: the demonstrations are
+    not in the checkpoint; the resumed run does not pretrain again and loads the same
+    demonstrations (here from the cache the first run wrote), so it ends as the
+    uninterrupted run."""
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path / "cache"))
+    data = run_config(demo_weight=0.5, margin=0.1, epsilon_start=0.1,
+                      imitation={"days": 2, "epochs": 2, "tie_break": "rule"})
+    data["env"] = {**SYNTHETIC, "observation": {"rule": "time_of_use"}}
+    config = build_run_config(data)
+    reference = train.new_run_dir(tmp_path / "reference", config)
+    train.Trainer(config, reference, progress=False).run()
+    curves = tensorboard_scalars(reference, speed=False)
+    assert len(curves["losses/imitation_loss"]) == 1
+    assert len(curves["losses/margin_loss"]) == 96 - 7
+
+    run_dir = train.new_run_dir(tmp_path / "interrupted", config)
+    assert train.Trainer(config, run_dir, progress=False).run(
+        stop_after_steps=45 * ITERATION) is None
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["global_step"] == 40 * ITERATION
+    assert checkpoint["algorithm"]["counters"]["imitated"]
+    assert train.Trainer(config, run_dir, resume=True, progress=False).run() is not None
+
+    timing = train.TIMING_KEY
+    expected = json.loads((reference / "metrics.json").read_text())
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    expected.pop(timing), resumed.pop(timing)
+    assert expected == resumed
+    assert tensorboard_scalars(run_dir, speed=False) == curves
+    assert_same(load_checkpoint(reference)["algorithm"], load_checkpoint(run_dir)["algorithm"])

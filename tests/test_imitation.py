@@ -164,7 +164,7 @@ def test_cloning_moves_the_actor_onto_the_optimum(cache):
     assert fresh.imitated  # a resumed run does not clone again
 
 
-@pytest.mark.parametrize("algo", ["mappo", "ddpg", "maddpg"])
+@pytest.mark.parametrize("algo", ["mappo", "ddpg", "maddpg", "dqn"])
 @pytest.mark.parametrize(("key", "value"), [
     ("days", -1), ("days", 400), ("epochs", 0), ("lr", 0), ("minibatch", 0), ("oracle", "lp"),
     ("tie_break", "nearest"), ("tie_break", "true")])
