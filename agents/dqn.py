@@ -281,7 +281,7 @@ class DQN(Algorithm):
     @torch.no_grad()
     def demonstration_agreement(self) -> float:
         """Fraction of demonstrated agent-steps where the greedy action is the demonstrated
-        one."""
+        one (logged after pretraining as ``charts/demonstration_agreement``)."""
         if self.demonstrations is None:
             return math.nan
         obs, actions = self.demonstrations
@@ -296,6 +296,8 @@ class DQN(Algorithm):
             scalars["losses/imitation_loss"] = self.imitate(collector.env.config)
             self.load_demonstrations(collector.env.config)
             scalars["charts/demonstration_agreement"] = self.demonstration_agreement()
+            if config.demo_weight == 0.0:
+                self.demonstrations = None  # only pretraining needed them
         if config.demo_weight > 0.0 and self.demonstrations is None:
             self.load_demonstrations(collector.env.config)
         for _ in range(config.train_frequency):
