@@ -49,6 +49,7 @@ from agents.imitation import (
     ImitationConfig,
     check_rule_feature,
     clone,
+    demonstration_batch,
     demonstrations,
     imitation_loss,
 )
@@ -427,10 +428,8 @@ class DDPG(Algorithm):
         if self.demonstrations is None:
             raise RuntimeError("bc_target: demonstrations needs the demonstrations loaded "
                                "(DDPG.iterate loads them)")
-        obs, battery = self.demonstrations
-        index = torch.randint(obs.shape[0], (rows,), generator=self.generator,
-                              device=self.generator.device).to(obs.device)
-        return imitation_loss(self._env_policy(obs[index]), battery[index])
+        obs, battery = demonstration_batch(self.demonstrations, rows, self.generator)
+        return imitation_loss(self._env_policy(obs), battery)
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor, network: nn.Module
               ) -> None:

@@ -59,7 +59,14 @@ from agents.actions import discrete_actions
 from agents.algorithm import Algorithm, EnvSpec, epsilon_greedy, linear_schedule
 from agents.buffers import ReplayBuffer
 from agents.collector import Collector
-from agents.imitation import MIDPOINT, ImitationConfig, check_rule_feature, clone, demonstrations
+from agents.imitation import (
+    MIDPOINT,
+    ImitationConfig,
+    check_rule_feature,
+    clone,
+    demonstration_batch,
+    demonstrations,
+)
 from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
@@ -367,10 +374,8 @@ class DQN(Algorithm):
         if self.demonstrations is None:
             raise RuntimeError("dqn.demo_weight needs the demonstrations loaded (DQN.iterate "
                                "loads them)")
-        obs, actions = self.demonstrations
-        index = torch.randint(obs.shape[0], (rows,), generator=self.generator,
-                              device=self.generator.device).to(obs.device)
-        return margin_loss(self.q_values(obs[index]), actions[index], self.config.margin)
+        obs, actions = demonstration_batch(self.demonstrations, rows, self.generator)
+        return margin_loss(self.q_values(obs), actions, self.config.margin)
 
     @torch.no_grad()
     def update_target(self) -> None:

@@ -39,8 +39,8 @@ from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "TIE_BREAKS", "ImitationConfig",
-           "check_rule_feature", "clone", "demonstrations", "imitated_oracle",
-           "imitation_loss", "oracle_demonstrations", "training_days"]
+           "check_rule_feature", "clone", "demonstration_batch", "demonstrations",
+           "imitated_oracle", "imitation_loss", "oracle_demonstrations", "training_days"]
 
 CACHE_VERSION = 1
 IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
@@ -258,3 +258,14 @@ def clone(act: Callable[[Tensor], Tensor] | None, parameters: Iterable[torch.nn.
             total += loss.item() * len(index)
         mean_loss = total / obs.shape[0]
     return mean_loss
+
+
+def demonstration_batch(demonstrations: tuple[Tensor, Tensor], rows: int,
+                        generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``rows`` demonstration steps (observations and their targets, every agent) drawn
+    uniformly with ``generator`` from ``demonstrations`` ``(obs, target)``: the minibatch of
+    the demonstration losses that anchor RL (``ddpg.bc_target``, ``dqn.demo_weight``)."""
+    obs, target = demonstrations
+    index = torch.randint(obs.shape[0], (rows,), generator=generator,
+                          device=generator.device).to(obs.device)
+    return obs[index], target[index]
