@@ -686,14 +686,16 @@ class PerfectForesightOracle:
             totals.env["grid_export_kwh"] = (-position).clamp_min(0.0).sum(1)
             # The battery's use as evaluate.py reports it (envs.metrics' storage_* sums); a
             # central plan has no accounts, payouts, market or bill of its own: NaN there.
+            from envs.storage import conversion_loss_kwh
+
             cfg = env.config.storage
             charge = stack([r.shared_charge_kwh for r in results])
             discharge = stack([r.shared_discharge_kwh for r in results])
             nan = torch.full_like(totals.env["community_cost"], float("nan"))
             totals.env.update({
                 "storage_throughput_kwh": (charge + discharge).sum(1),
-                "storage_loss_kwh": (charge * (1.0 - cfg.charge_efficiency) + discharge * (
-                    1.0 / cfg.discharge_efficiency - 1.0)).sum(1),
+                "storage_loss_kwh": conversion_loss_kwh(
+                    charge, discharge, cfg.charge_efficiency, cfg.discharge_efficiency).sum(1),
                 "storage_cost": nan,
                 "storage_stored_kwh": nan, "storage_drawn_kwh": nan, "storage_payout": nan,
                 "storage_p2p_kwh": nan})

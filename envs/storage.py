@@ -49,7 +49,7 @@ whole bill, battery included (``tests/test_storage.py``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -90,6 +90,15 @@ energy it bought (> 0) or sold in the market (market mode), kWh; ``storage_loss_
 conversion loss of the step, kWh; ``storage_cost`` the operator's bill of the step (what is
 allocated), money; ``storage_network_penalty`` its network-penalty share, money;
 ``storage_price`` its posted price (market mode; NaN in virtual mode), currency/kWh."""
+
+
+def conversion_loss_kwh(charge_kwh: Any, discharge_kwh: Any, charge_efficiency: float,
+                        discharge_efficiency: float) -> Any:
+    """The energy lost converting AC charge and discharge (kWh, each >= 0; tensors or
+    arrays): ``charge (1 - eta_c) + discharge (1 / eta_d - 1)``, the ``storage_loss_kwh`` of
+    the core and of the oracle's planned flows."""
+    return (charge_kwh * (1.0 - charge_efficiency)
+            + discharge_kwh * (1.0 / discharge_efficiency - 1.0))
 
 
 class StorageFlows(NamedTuple):
@@ -204,8 +213,8 @@ class SharedStorage:
             torch.full_like(soc_kwh, self.power_kw), self.charge_efficiency,
             self.discharge_efficiency, self.config.soc_min, self.config.soc_max, STEP_HOURS)
         energy = battery.energy_kwh
-        loss = (energy.clamp_min(0.0) * (1.0 - self.charge_efficiency)
-                + (-energy).clamp_min(0.0) * (1.0 / self.discharge_efficiency - 1.0))
+        loss = conversion_loss_kwh(energy.clamp_min(0.0), (-energy).clamp_min(0.0),
+                                   self.charge_efficiency, self.discharge_efficiency)
         zeros = torch.zeros_like(position_kwh)
         return StorageFlows(
             position_kwh=position_kwh, stored_kwh=zeros, drawn_kwh=zeros,
@@ -251,8 +260,8 @@ class SharedStorage:
         energy = torch.where(change >= 0.0, change / self.charge_efficiency,
                              change * self.discharge_efficiency)
         soc = (soc_kwh + change).clamp(self.floor_kwh, self.ceiling_kwh)
-        loss = (energy.clamp_min(0.0) * (1.0 - self.charge_efficiency)
-                + (-energy).clamp_min(0.0) * (1.0 / self.discharge_efficiency - 1.0))
+        loss = conversion_loss_kwh(energy.clamp_min(0.0), (-energy).clamp_min(0.0),
+                                   self.charge_efficiency, self.discharge_efficiency)
         payout = torch.where(settle_now[:, None], account * leftover_price[:, None],
                              torch.zeros_like(account))
         account = torch.where(settle_now[:, None], torch.zeros_like(account), account)
