@@ -105,7 +105,7 @@ from envs.config import (
     to_dict,
 )
 from envs.core import BatchedP2PEnv
-from envs.data import DAYS_PER_YEAR, FeederData, day_split, load_feeder
+from envs.data import DAYS_PER_YEAR, FeederData, build_assets, day_split, load_feeder
 from envs.files import atomic_write_text, plain_json
 from envs.ledger import LedgerWriter
 from envs.storage import require_rule_operator
@@ -466,11 +466,12 @@ def parse_storage_sizes(text: str) -> list[float]:
 def home_kwh_per_unit(config: EnvConfig, data: FeederData) -> float:
     """The community's total home battery capacity (kWh) per unit of
     ``community.battery_kwh_per_mwh`` with a battery in every home (``battery_share`` 1):
-    read from an env built on the loaded feeder (``BatchedP2PEnv.capacity_kwh``)."""
+    the batteries ``envs.data.build_assets`` sizes on the loaded feeder (what a core of that
+    config holds as ``capacity_kwh``)."""
     probe = env_config(config, n_envs=1, **{"storage.mode": "none",
                                             "community.battery_share": 1.0,
                                             "community.battery_kwh_per_mwh": 1.0})
-    total = float(BatchedP2PEnv(probe, data).capacity_kwh.double().sum())
+    total = float(build_assets(data, probe.community).battery_kwh.astype(np.float64).sum())
     if total <= 0.0:
         raise ConfigError("--storage-sweep: the community has no consumption to size home "
                           "batteries by (battery_kwh_per_mwh)")
