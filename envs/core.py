@@ -340,7 +340,7 @@ class BatchedP2PEnv:
         # (kWh of the step, idle battery, back to kW), and its penalty shares.
         no_p2p_kw = (self.load_kw * self.dt_h - self.pv_kw * self.dt_h) / self.dt_h
         no_p2p_kvar = self.load_kvar
-        if battery_bus is not None:  # the shared battery idle too
+        if self._battery_column:  # the shared battery idle too
             no_p2p_kw = torch.nn.functional.pad(no_p2p_kw, (0, 1))
             no_p2p_kvar = torch.nn.functional.pad(no_p2p_kvar, (0, 1))
         self.no_p2p_network_penalty = self.network.penalty_table(
