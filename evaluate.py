@@ -725,7 +725,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="env config overrides key=value")
-    return parser.parse_args(argv)
+    # key=value overrides may come before, between or after the options
+    return parser.parse_intermixed_args(argv)
 
 
 def _policy_specs(text: str) -> list[str]:

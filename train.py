@@ -381,7 +381,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(agents/sweep.py; options: python train.py --sweep --help)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. train.total_steps=20000 seed=3")
-    return parser.parse_args(argv)
+    # key=value overrides may come before, between or after the options
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

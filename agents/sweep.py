@@ -939,7 +939,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="train.py overrides; [a,b] grid, choice(..), uniform(lo,hi), "
                              "loguniform(lo,hi), randint(lo,hi) vary")
-    return parser.parse_args(argv)
+    # key=value overrides may come before, between or after the options
+    return parser.parse_intermixed_args(argv)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:

@@ -521,7 +521,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="run-config overrides for every cell: train.* for all, <algo>.* "
                              "for that algorithm's cells only")
-    return parser.parse_args(argv)
+    # key=value overrides may come before, between or after the options
+    return parser.parse_intermixed_args(argv)
 
 
 def _split_list(text: str, what: str) -> list[str]:

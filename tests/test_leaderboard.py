@@ -336,3 +336,10 @@ def test_a_record_older_than_a_config_key_matches_its_default(tmp_path):
         leaderboard.read_record(path, virtual, defaults)
     with pytest.raises(ConfigError, match=r"days"):
         leaderboard.read_record(path, dict(wanted, days=[7]), defaults)
+
+
+def test_overrides_may_stand_between_options():
+    args = load_cli().parse_args(["train.n_envs=8", "--seeds", "0", "mappo.gamma=0.9",
+                                  "--force"])
+    assert args.overrides == ["train.n_envs=8", "mappo.gamma=0.9"]
+    assert args.seeds == "0" and args.force

@@ -357,3 +357,20 @@ def test_every_shipped_algorithm_config_builds(path):
     config = build_run_config(path)
     assert path.stem == config.algo or path.stem.startswith(f"{config.algo}_")
     assert config.algo in registry.names()
+
+
+def test_overrides_may_stand_between_options():
+    """``key=value`` overrides before, between and after options all reach the run (argparse's
+    plain ``parse_args`` refused an override after an option that followed another override;
+    the leaderboard's parser: tests/test_leaderboard.py)."""
+    import evaluate
+    from agents import sweep
+
+    args = train.parse_args(["seed=3", "--no-progress", "train.total_steps=10", "--task", "Flat",
+                             "name=x"])
+    assert args.overrides == ["seed=3", "train.total_steps=10", "name=x"]
+    assert args.no_progress and args.task == "Flat"
+    args = evaluate.parse_args(["community.n_agents=4", "--no-plots", "market.k=0.3"])
+    assert args.overrides == ["community.n_agents=4", "market.k=0.3"] and args.no_plots
+    args = sweep.parse_args(["seed=1", "--seeds", "0-1", "train.n_envs=8"])
+    assert args.overrides == ["seed=1", "train.n_envs=8"]
