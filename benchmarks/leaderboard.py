@@ -425,6 +425,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compute_markdown(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
+    """What the learners' cells cost, from their records: per task and config the training
+    seconds (``train_wall_s``: training without evaluations, in the cell's own process) and
+    scoring seconds of one seed, mean [min, max], and the sums over all cells; '' without
+    cells. Records older than these fields count as unknown (–)."""
+    if not cells:
+        return ""
+    lines = ["| task | policy | seeds | train s per seed | score s per seed |",
+             "|---|---|---:|---:|---:|"]
+    totals = {"train_wall_s": 0.0, "score_wall_s": 0.0}
+    unknown = 0
+    for (task, algo), records in cells.items():
+        texts = []
+        for key in totals:
+            values = _numbers([record.get(key) for record in records])
+            known = values[np.isfinite(values)]
+            unknown += len(values) - len(known) if key == "train_wall_s" else 0
+            totals[key] += float(known.sum())
+            texts.append("–" if not len(known) else (
+                f"{known.mean():.0f} [{known.min():.0f}, {known.max():.0f}]"))
+        lines.append(f"| {task} | {algo} | {len(records)} | {texts[0]} | {texts[1]} |")
+    n_cells = sum(len(records) for records in cells.values())
+    note = f" ({unknown} without a recorded time)" if unknown else ""
+    return ("\n".join(lines) + f"\n\n{n_cells} cells{note}: {totals['train_wall_s']:.0f} s of "
+            f"training and {totals['score_wall_s']:.0f} s of scoring, summed over cells (each "
+            f"cell's own process; cells train side by side, one per `train.torch_threads` CPUs "
+            f"of `--cpus`).\n")
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """The leaderboard as CSV: per column its IQM (the measured value for references) and
     95 % CI bounds (empty where undefined)."""
@@ -690,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f"- {task}: reference oracle `{refs[task]['settings']['oracle']}`, best "
                       f"rule `{best_rule(refs[task])[0]}` ({best_rule(refs[task])[1]:.2f}/day)\n"
                       for task in tasks))
+    compute = compute_markdown(cell_records)
+    if compute:
+        text += f"\n## Compute\n\n{compute}"
     atomic_write_text(out / "leaderboard.md", text)
     atomic_write_text(out / "leaderboard.csv", csv_text(rows))
     plot(rows, out / "leaderboard.png", title)

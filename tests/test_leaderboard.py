@@ -343,3 +343,15 @@ def test_overrides_may_stand_between_options():
                                   "--force"])
     assert args.overrides == ["train.n_envs=8", "mappo.gamma=0.9"]
     assert args.seeds == "0" and args.force
+
+
+def test_compute_table_from_the_records():
+    cli = load_cli()
+    cells = {("Flat", "mappo"): [{"train_wall_s": 10.0, "score_wall_s": 2.0},
+                                 {"train_wall_s": 30.0, "score_wall_s": 4.0}],
+             ("Flat", "ddpg"): [{"train_wall_s": None, "score_wall_s": 1.0}]}
+    text = cli.compute_markdown(cells)
+    assert "| Flat | mappo | 2 | 20 [10, 30] | 3 [2, 4] |" in text
+    assert "| Flat | ddpg | 1 | – | 1 [1, 1] |" in text
+    assert "3 cells (1 without a recorded time): 40 s of training and 7 s of scoring" in text
+    assert cli.compute_markdown({}) == ""
