@@ -1,7 +1,8 @@
 """Checkpoint files of ``train.py``: written atomically, verified by a checksum when read.
 
 A checkpoint file holds ``{"format": CHECKPOINT_FORMAT, "sha256": hex digest, "payload":
-bytes}``, where ``payload`` is the ``torch.save`` of the checkpoint itself:
+uint8 tensor}``, where ``payload`` is the ``torch.save`` of the checkpoint itself (format 5
+files, whose payload is a ``bytes`` object, are read as well):
 
 =============  ===========================================================================
 key            content
@@ -27,18 +28,24 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from envs.files import atomic_write_bytes
+from envs.files import atomic_save
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "REQUIRED_KEYS", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "READABLE_FORMATS", "REQUIRED_KEYS",
+           "load_checkpoint", "save_checkpoint"]
 
-CHECKPOINT_FORMAT = 5
+CHECKPOINT_FORMAT = 6
 """Version of the file layout (1: an unverified ``torch.save`` of the checkpoint; 2: the
 collector kept its own list of core attributes; 3: the core's ``get_state``; 4: the core's
 state holds ``day_of_episode``, multi-day episodes; 5: and ``behaviour_day_gain``, the
-behavioural rewards' day time scale)."""
+behavioural rewards' day time scale; 6: the payload is a uint8 tensor, which ``torch.save``
+streams to the file, where 5's ``bytes`` went through two more in-memory copies: saving a
+3 GB replay buffer took 13 GB)."""
+
+READABLE_FORMATS = (5, 6)
+"""Container formats :func:`load_checkpoint` reads (5 and 6 hold the same checkpoint)."""
 
 REQUIRED_KEYS = ("format", "config", "global_step", "algorithm", "collector", "generator",
                  "trainer")
@@ -56,11 +63,14 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         raise ValueError(f"checkpoint lacks {missing}")
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    payload = buffer.getvalue()
-    container = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": payload}, container)
-    return atomic_write_bytes(path, container.getvalue())
+    view = buffer.getbuffer()  # the serialised checkpoint, hashed and written without a copy
+    try:
+        container = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(view).hexdigest(),
+                     "payload": torch.frombuffer(view, dtype=torch.uint8)}
+        return atomic_save(container, path)
+    finally:
+        container = None  # the tensor on the view must go before the view is released
+        view.release()
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,13 +86,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     except Exception as error:  # truncated, empty, not a torch file: all unusable alike
         raise CheckpointError(f"'{path}' is not a readable checkpoint (damaged or truncated "
                               f"file?): {type(error).__name__}: {error}") from None
-    if not isinstance(container, dict) or container.get("format") != CHECKPOINT_FORMAT:
-        found = container.get("format") if isinstance(container, dict) else None
+    found = container.get("format") if isinstance(container, dict) else None
+    if found not in READABLE_FORMATS:
         raise CheckpointError(f"'{path}' is not a checkpoint of format {CHECKPOINT_FORMAT} "
-                              f"(found format {found!r}); it was not written by this version "
-                              f"of train.py")
-    payload, digest = container.get("payload"), container.get("sha256")
-    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != digest:
+                              f"(found format {found!r}; this version of train.py reads "
+                              f"formats {', '.join(map(str, READABLE_FORMATS))})")
+    payload, digest = container.pop("payload", None), container.get("sha256")
+    if found >= 6 and isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8:
+        payload = payload.reshape(-1).numpy()  # a view of the tensor's memory
+    elif found >= 6:
+        payload = None  # format 6 holds a tensor: anything else is damage
+    if not isinstance(payload, bytes | np.ndarray) or (
+            hashlib.sha256(payload).hexdigest() != digest):
         raise CheckpointError(f"'{path}' is damaged: its content does not match its SHA-256 "
                               f"checksum")
     try:

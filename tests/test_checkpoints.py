@@ -94,16 +94,17 @@ def test_other_formats_and_missing_keys(tmp_path):
 
     payload = buffer.getvalue()
     torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-                "payload": payload}, tmp_path / "partial.pt")
+                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)},
+               tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="collector"):
         load_checkpoint(tmp_path / "partial.pt")
-    previous = _checkpoint() | {"format": CHECKPOINT_FORMAT - 1}  # the collector's old layout
+    previous = _checkpoint() | {"format": 4}  # the core's state without behaviour_day_gain
     buffer = io.BytesIO()
     torch.save(previous, buffer)
     payload = buffer.getvalue()
-    torch.save({"format": CHECKPOINT_FORMAT - 1, "sha256": hashlib.sha256(payload).hexdigest(),
+    torch.save({"format": 4, "sha256": hashlib.sha256(payload).hexdigest(),
                 "payload": payload}, tmp_path / "previous.pt")
-    with pytest.raises(CheckpointError, match=f"found format {CHECKPOINT_FORMAT - 1}"):
+    with pytest.raises(CheckpointError, match="found format 4"):
         load_checkpoint(tmp_path / "previous.pt")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -125,3 +126,44 @@ def test_stale_temporaries_are_removed(tmp_path):
     stale.write_bytes(b"partial")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_format_5_files_still_load(tmp_path):
+    """Format 5 held the same checkpoint with its payload as ``bytes``: read, and checked."""
+    import hashlib
+
+    buffer = io.BytesIO()
+    torch.save(_checkpoint() | {"format": 5}, buffer)
+    payload = buffer.getvalue()
+    container = {"format": 5, "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+    torch.save(container, tmp_path / "v5.pt")
+    loaded = load_checkpoint(tmp_path / "v5.pt")
+    assert loaded["global_step"] == 1234
+    assert torch.equal(loaded["algorithm"]["value"], torch.arange(5.0))
+    torch.save(container | {"payload": payload[:-1] + b"?"}, tmp_path / "v5_bad.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "v5_bad.pt")
+    # a format 6 container must hold a uint8 tensor
+    torch.save(container | {"format": 6}, tmp_path / "v6_bytes.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "v6_bytes.pt")
+
+
+def test_saving_copies_the_serialised_checkpoint_once(tmp_path):
+    """The serialised checkpoint is held once in memory while it is hashed and written (format
+    5 held it four times over: a 3 GB replay buffer took 13 GB to save). tracemalloc sees the
+    Python buffers (BytesIO, bytes), not the tensors' own storage."""
+    import tracemalloc
+
+    checkpoint = _checkpoint()
+    checkpoint["algorithm"] = {"buffer": torch.ones(8_000_000)}  # 32 MB
+    size = 32_000_000
+    tracemalloc.start()
+    try:
+        save_checkpoint(checkpoint, tmp_path / "c.pt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size < peak < 1.6 * size
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["algorithm"]["buffer"],
+                       checkpoint["algorithm"]["buffer"])
