@@ -541,9 +541,10 @@ def run_trials(trials: Sequence[Trial], state_dir: str | Path, *,
     ``force``); an interrupted one continues from its run folder's ``checkpoint_latest.pt``;
     a failed one is retried. Ray is started only when a trial is to run (:func:`ray_session`:
     a Ray already initialised by the caller is used and left running). A trial that raises
-    is returned with status ``error`` and its error; the others go on. Interrupted (Ctrl-C):
-    the trials not recorded are returned as ``pending`` and ``KeyboardInterrupt`` is not
-    raised.
+    is returned with status ``error`` and its error; the others go on. Interrupted (Ctrl-C),
+    or Tune's own loop failing (Ray's memory monitor killing a trial's actor as it starts
+    makes ``Tuner.fit`` raise): the trials not recorded are returned as ``pending``, with one
+    message and nothing raised.
     """
     from ray import tune
 
@@ -587,11 +588,19 @@ def run_trials(trials: Sequence[Trial], state_dir: str | Path, *,
 
 def _fit(tuner: Any, state_dir: Path, resolve: Resolver) -> None:
     """``tuner.fit()``; then record the error of each failed trial the callback missed.
-    Ctrl-C ends it quietly: what finished is recorded, the rest runs on the next call."""
+    Ctrl-C, or an error of Tune's own loop (not of a trial), ends it with one message: what
+    finished is recorded, the rest runs on the next call."""
     try:
         grid = tuner.fit()
     except KeyboardInterrupt:
         print("sweep: interrupted; rerun the same command to continue", file=sys.stderr)
+        return
+    except Exception as error:  # Tune's own loop failed, e.g. Ray's memory monitor killed a
+        # trial's actor while it started: what finished is recorded, the rest stays pending
+        first = (str(error).strip().splitlines() or [""])[0][:400]
+        print(f"sweep: error: Ray Tune stopped: {type(error).__name__}: {first}\nThe trials "
+              f"not finished are left pending: rerun the same command to continue them",
+              file=sys.stderr)
         return
     for result in grid:
         found = resolve(result.config or {}) if result.error is not None else None

@@ -730,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"leaderboard.py: error: failed (above): {', '.join(failed)}", file=sys.stderr)
     if unfinished:
-        print(f"leaderboard.py: {len(unfinished)} cells did not finish (interrupted): "
+        print(f"leaderboard.py: {len(unfinished)} cells did not finish (interrupted, or Ray "
+              f"Tune stopped: above): "
               f"{', '.join(unfinished)}; rerun the same command to continue them",
               file=sys.stderr)
         return 130

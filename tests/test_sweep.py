@@ -294,3 +294,20 @@ def test_optuna_with_asha_runs_and_resumes(local_ray, config_path, tmp_path):
         assert record["status"] in ("finished", "stopped")
         assert 1e-4 <= record["params"]["mappo.actor_lr"] <= 1e-2
         assert record["params"]["env.market.mechanism"] in ("uniform", "mmr")
+
+
+def test_an_error_of_tunes_own_loop_leaves_trials_pending(tmp_path, capsys):
+    """Ray's memory monitor killing a trial's actor as it started made ``Tuner.fit`` raise a
+    RuntimeError out of the leaderboard (a traceback, the finished cells unscored): now one
+    message, and the caller gets the trials back as pending to rerun."""
+
+    class FailingTuner:
+        def fit(self):
+            raise RuntimeError("Caught unexpected exception: 1 worker(s) were killed due to "
+                               "the node running low on memory.\nObject store memory usage: ...")
+
+    sweep._fit(FailingTuner(), tmp_path, lambda config: None)
+    err = capsys.readouterr().err
+    assert "Ray Tune stopped: RuntimeError: Caught unexpected exception: 1 worker(s) were " \
+           "killed due to the node running low on memory." in err
+    assert "Object store" not in err and "rerun the same command" in err
