@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from envs.files import atomic_save
+from envs.files import TEMPORARY_SUFFIX, atomic_save
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "READABLE_FORMATS", "REQUIRED_KEYS",
            "load_checkpoint", "save_checkpoint"]
@@ -40,9 +42,9 @@ CHECKPOINT_FORMAT = 6
 """Version of the file layout (1: an unverified ``torch.save`` of the checkpoint; 2: the
 collector kept its own list of core attributes; 3: the core's ``get_state``; 4: the core's
 state holds ``day_of_episode``, multi-day episodes; 5: and ``behaviour_day_gain``, the
-behavioural rewards' day time scale; 6: the payload is a uint8 tensor, which ``torch.save``
-streams to the file, where 5's ``bytes`` went through two more in-memory copies: saving a
-3 GB replay buffer took 13 GB)."""
+behavioural rewards' day time scale; 6: the payload is a uint8 tensor mapped from a temporary
+file, which ``torch.save`` streams into the container, where 5's ``bytes`` were serialised
+in memory and copied three more times: saving a 3 GB replay buffer took 13 GB)."""
 
 READABLE_FORMATS = (5, 6)
 """Container formats :func:`load_checkpoint` reads (5 and 6 hold the same checkpoint)."""
@@ -61,16 +63,26 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    view = buffer.getbuffer()  # the serialised checkpoint, hashed and written without a copy
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, inner = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=TEMPORARY_SUFFIX)
+    os.close(handle)
+    container: dict[str, Any] | None = None
     try:
-        container = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(view).hexdigest(),
-                     "payload": torch.frombuffer(view, dtype=torch.uint8)}
+        torch.save(checkpoint, inner)  # streamed to disk: no copy of the buffers in memory
+        with open(inner, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256")  # in 256 KiB pieces
+        size = os.path.getsize(inner)
+        # the payload tensor maps the file (page cache, not process memory) while the
+        # container is written
+        container = {"format": CHECKPOINT_FORMAT, "sha256": digest.hexdigest(),
+                     "payload": torch.from_file(inner, shared=True, size=size,
+                                                dtype=torch.uint8)}
         return atomic_save(container, path)
     finally:
-        container = None  # the tensor on the view must go before the view is released
-        view.release()
+        container = None  # unmaps the file
+        Path(inner).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -82,7 +94,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at '{path}'")
     try:
-        container = torch.load(path, map_location="cpu", weights_only=True)
+        # mapped: the payload stays in the page cache while it is hashed and read
+        container = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # truncated, empty, not a torch file: all unusable alike
         raise CheckpointError(f"'{path}' is not a readable checkpoint (damaged or truncated "
                               f"file?): {type(error).__name__}: {error}") from None

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "plain_json", "remove_stale_temporaries"]
+__all__ = ["TEMPORARY_SUFFIX", "atomic_save", "atomic_write", "atomic_write_bytes",
+           "atomic_write_text", "plain_json", "remove_stale_temporaries"]
 
 TEMPORARY_SUFFIX = ".tmp"
 
