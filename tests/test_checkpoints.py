@@ -176,7 +176,7 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path):
     before = (tmp_path / "c.pt").read_bytes()
     checkpoint = _checkpoint()
     checkpoint["trainer"] = {"not serialisable": lambda: None}
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # "can't pickle a lambda"
         save_checkpoint(checkpoint, tmp_path / "c.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert (tmp_path / "c.pt").read_bytes() == before  # the previous checkpoint is intact
