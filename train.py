@@ -169,6 +169,7 @@ class Trainer:
         """``on_evaluate(global_step, scalars)`` is called after each evaluation with the
         ``eval/*`` scalars as logged, without the prefix (``agents.sweep`` reports them to Ray
         Tune)."""
+        self._started = time.perf_counter()  # metrics.json's timing.wall_time_s
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.on_evaluate = on_evaluate
         train = config.train
@@ -332,7 +333,10 @@ class Trainer:
             "train": state["last_train"],
             TIMING_KEY: {"train_time_s": state["train_time_s"],
                          "agent_steps_per_s": collector.global_step * self.n_agents
-                         / max(state["train_time_s"], 1e-9)},
+                         / max(state["train_time_s"], 1e-9),
+                         # this process's whole run: building the envs, imitation, training,
+                         # evaluations and checkpoints (a resumed run: its own part)
+                         "wall_time_s": time.perf_counter() - self._started},
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics

@@ -292,15 +292,16 @@ def score_cell(cell: Cell, result: sweep.TrialResult, refs: dict[str, Any], out:
         str(run_dir / SCORED_CHECKPOINT))
     score_wall = time.perf_counter() - start
     train_metrics = result.metrics or {}
-    train_wall = (train_metrics.get(train.TIMING_KEY) or {}).get("train_time_s")
+    timing = train_metrics.get(train.TIMING_KEY) or {}
+    train_wall, run_wall = timing.get("train_time_s"), timing.get("wall_time_s")
     path = cell.record_path(out)
     leaderboard.write_record(path, {
         "task": cell.task, "algo": cell.algo, "seed": cell.seed, "settings": settings,
         "run_dir": str(run_dir),
         "train": {key: train_metrics.get(key) for key in
                   ("global_step", "agent_steps", "best_eval", train.TIMING_KEY)},
-        "train_wall_s": train_wall, "score_wall_s": score_wall,
-        "wall_s": (train_wall or 0.0) + score_wall, **scored(scores)})
+        "train_wall_s": train_wall, "run_wall_s": run_wall, "score_wall_s": score_wall,
+        "wall_s": (run_wall or train_wall or 0.0) + score_wall, **scored(scores)})
     record = leaderboard.read_record(path, settings, settings_defaults(cell.config.algo))
     row = columns(record, refs)
     print(f"{cell.label}: {row['community_cost']:.2f}/day, oracle share "
@@ -426,32 +427,35 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def compute_markdown(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
-    """What the learners' cells cost, from their records: per task and config the training
-    seconds (``train_wall_s``: training without evaluations, in the cell's own process) and
-    scoring seconds of one seed, mean [min, max], and the sums over all cells; '' without
-    cells. Records older than these fields count as unknown (–)."""
+    """What the learners' cells cost, from their records: per task and config the seconds of
+    one seed, mean [min, max], of its training iterations (``train_wall_s``), of its whole run
+    (``run_wall_s``: building the envs, imitation, training, evaluations, checkpoints, in the
+    cell's own process) and of its scoring, and the sums over all cells; '' without cells.
+    Records older than a field count as unknown (–)."""
     if not cells:
         return ""
-    lines = ["| task | policy | seeds | train s per seed | score s per seed |",
-             "|---|---|---:|---:|---:|"]
-    totals = {"train_wall_s": 0.0, "score_wall_s": 0.0}
-    unknown = 0
+    keys = ("train_wall_s", "run_wall_s", "score_wall_s")
+    lines = ["| task | policy | seeds | training s per seed | whole run s per seed | "
+             "scoring s per seed |", "|---|---|---:|---:|---:|---:|"]
+    totals = dict.fromkeys(keys, 0.0)
+    unknown = dict.fromkeys(keys, 0)
     for (task, algo), records in cells.items():
         texts = []
-        for key in totals:
+        for key in keys:
             values = _numbers([record.get(key) for record in records])
             known = values[np.isfinite(values)]
-            unknown += len(values) - len(known) if key == "train_wall_s" else 0
+            unknown[key] += len(values) - len(known)
             totals[key] += float(known.sum())
             texts.append("–" if not len(known) else (
                 f"{known.mean():.0f} [{known.min():.0f}, {known.max():.0f}]"))
-        lines.append(f"| {task} | {algo} | {len(records)} | {texts[0]} | {texts[1]} |")
+        lines.append(f"| {task} | {algo} | {len(records)} | " + " | ".join(texts) + " |")
     n_cells = sum(len(records) for records in cells.values())
-    note = f" ({unknown} without a recorded time)" if unknown else ""
-    return ("\n".join(lines) + f"\n\n{n_cells} cells{note}: {totals['train_wall_s']:.0f} s of "
-            f"training and {totals['score_wall_s']:.0f} s of scoring, summed over cells (each "
-            f"cell's own process; cells train side by side, one per `train.torch_threads` CPUs "
-            f"of `--cpus`).\n")
+    sums = [f"{totals[key]:.0f} s of {what}" + (
+        f" ({unknown[key]} cells unknown)" if unknown[key] else "")
+            for key, what in zip(keys, ("training", "whole runs", "scoring"), strict=True)]
+    return ("\n".join(lines) + f"\n\n{n_cells} cells: {', '.join(sums)}, summed over cells "
+            f"(each cell's own process; cells train side by side, one per "
+            f"`train.torch_threads` CPUs of `--cpus`).\n")
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:

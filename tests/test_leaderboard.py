@@ -36,6 +36,13 @@ def load_cli():
     return module
 
 
+def scores_table(out: Path) -> str:
+    """leaderboard.md without its compute table (the seconds of each run differ)."""
+    text = (out / "leaderboard.md").read_text()
+    assert "\n## Compute\n" in text
+    return text.split("\n## Compute\n")[0]
+
+
 def test_iqm_of_hand_computed_arrays():
     # sorted: 1 2 | 3 4 5 6 | 10 100: the middle half's mean
     assert leaderboard.iqm([10, 1, 2, 3, 100, 4, 5, 6]) == pytest.approx(4.5)
@@ -170,13 +177,15 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
         assert record["run_dir"] == result.run_dir and Path(result.run_dir) in runs
         assert record["train"]["global_step"] == 32
         assert record["train_wall_s"] == result.metrics["timing"]["train_time_s"]
+        assert record["run_wall_s"] == result.metrics["timing"]["wall_time_s"]
+        assert record["run_wall_s"] > record["train_wall_s"] > 0
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png"):
         assert (out / name).stat().st_size > 0
     rows = (out / "leaderboard.csv").read_text().splitlines()
     rules = [name for name in BASELINES if name != "random"]  # every rule-based baseline
     assert {"no_p2p", "self_consumption", "zi", "fixed_price"} <= set(rules)
     assert [r.split(",")[1] for r in rows[1:]] == [*rules, "oracle", "mappo"]
-    table = (out / "leaderboard.md").read_text()
+    table = scores_table(out)
     assert "| Tiny | mappo | 2 |" in table
 
     # killed while seed 1 was scored: its record was never written; the run is scored again
@@ -190,7 +199,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     assert trained == [1] and returned[0].reused  # only the unscored cell, not retrained
     assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()
             if p.name in kept} == kept
-    assert (out / "leaderboard.md").read_text() == table  # the same measurements
+    assert scores_table(out) == table  # the same measurements
 
     # killed while seed 1 trained: no record, no metrics.json; it continues in its run folder
     (cells / "mappo__1.json").unlink()
@@ -202,7 +211,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     assert trained == [1] and not returned[0].reused
     assert run_folders(out, tiny_task) == runs and (run_1 / "metrics.json").is_file()
     assert json.loads((cells / "mappo__1.json").read_text())["run_dir"] == str(run_1)
-    assert (out / "leaderboard.md").read_text() == table
+    assert scores_table(out) == table
 
     # a baseline registered later is scored and added; no cell is redone
     monkeypatch.setitem(BASELINES, "copycat", BASELINES["self_consumption"])
@@ -347,11 +356,12 @@ def test_overrides_may_stand_between_options():
 
 def test_compute_table_from_the_records():
     cli = load_cli()
-    cells = {("Flat", "mappo"): [{"train_wall_s": 10.0, "score_wall_s": 2.0},
-                                 {"train_wall_s": 30.0, "score_wall_s": 4.0}],
-             ("Flat", "ddpg"): [{"train_wall_s": None, "score_wall_s": 1.0}]}
+    cells = {("Flat", "mappo"): [{"train_wall_s": 10.0, "run_wall_s": 15.0, "score_wall_s": 2.0},
+                                 {"train_wall_s": 30.0, "run_wall_s": 45.0, "score_wall_s": 4.0}],
+             ("Flat", "ddpg"): [{"train_wall_s": 5.0, "score_wall_s": 1.0}]}  # an older record
     text = cli.compute_markdown(cells)
-    assert "| Flat | mappo | 2 | 20 [10, 30] | 3 [2, 4] |" in text
-    assert "| Flat | ddpg | 1 | – | 1 [1, 1] |" in text
-    assert "3 cells (1 without a recorded time): 40 s of training and 7 s of scoring" in text
+    assert "| Flat | mappo | 2 | 20 [10, 30] | 30 [15, 45] | 3 [2, 4] |" in text
+    assert "| Flat | ddpg | 1 | 5 [5, 5] | – | 1 [1, 1] |" in text
+    assert ("3 cells: 45 s of training, 60 s of whole runs (1 cells unknown), 7 s of scoring"
+            in text)
     assert cli.compute_markdown({}) == ""
