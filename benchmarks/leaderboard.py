@@ -450,10 +450,11 @@ def compute_markdown(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
                 f"{known.mean():.0f} [{known.min():.0f}, {known.max():.0f}]"))
         lines.append(f"| {task} | {algo} | {len(records)} | " + " | ".join(texts) + " |")
     n_cells = sum(len(records) for records in cells.values())
-    sums = [f"{totals[key]:.0f} s of {what}" + (
-        f" ({unknown[key]} cells unknown)" if unknown[key] else "")
+    sums = [f"{what} not recorded" if unknown[key] == n_cells else (
+        f"{totals[key]:.0f} s of {what}"
+        + (f" ({unknown[key]} of the cells not recorded)" if unknown[key] else ""))
             for key, what in zip(keys, ("training", "whole runs", "scoring"), strict=True)]
-    return ("\n".join(lines) + f"\n\n{n_cells} cells: {', '.join(sums)}, summed over cells "
+    return ("\n".join(lines) + f"\n\n{n_cells} cell{'s' * (n_cells != 1)}: {', '.join(sums)}, summed over cells "
             f"(each cell's own process; cells train side by side, one per "
             f"`train.torch_threads` CPUs of `--cpus`).\n")
 

@@ -362,6 +362,9 @@ def test_compute_table_from_the_records():
     text = cli.compute_markdown(cells)
     assert "| Flat | mappo | 2 | 20 [10, 30] | 30 [15, 45] | 3 [2, 4] |" in text
     assert "| Flat | ddpg | 1 | 5 [5, 5] | – | 1 [1, 1] |" in text
-    assert ("3 cells: 45 s of training, 60 s of whole runs (1 cells unknown), 7 s of scoring"
-            in text)
+    assert ("3 cells: 45 s of training, 60 s of whole runs (1 of the cells not recorded), 7 s "
+            "of scoring" in text)
+    old = {("Flat", "ddpg"): cells[("Flat", "ddpg")]}
+    assert "1 cell: 5 s of training, whole runs not recorded, 1 s of scoring" in (
+        cli.compute_markdown(old))
     assert cli.compute_markdown({}) == ""
