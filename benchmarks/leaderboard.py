@@ -454,7 +454,8 @@ def compute_markdown(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
         f"{totals[key]:.0f} s of {what}"
         + (f" ({unknown[key]} of the cells not recorded)" if unknown[key] else ""))
             for key, what in zip(keys, ("training", "whole runs", "scoring"), strict=True)]
-    return ("\n".join(lines) + f"\n\n{n_cells} cell{'s' * (n_cells != 1)}: {', '.join(sums)}, summed over cells "
+    counted = f"{n_cells} cell{'s' * (n_cells != 1)}"
+    return ("\n".join(lines) + f"\n\n{counted}: {', '.join(sums)}, summed over cells "
             f"(each cell's own process; cells train side by side, one per "
             f"`train.torch_threads` CPUs of `--cpus`).\n")
 
