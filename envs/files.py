@@ -18,40 +18,28 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["TEMPORARY_SUFFIX", "atomic_save", "atomic_write", "atomic_write_bytes",
-           "atomic_write_named", "atomic_write_text", "plain_json", "remove_stale_temporaries"]
+           "atomic_write_text", "plain_json", "remove_stale_temporaries"]
 
 TEMPORARY_SUFFIX = ".tmp"
 
 
-def atomic_write_named(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(name of a temporary file beside path)`` (parent folders are created; the
-    file exists, empty), ``fsync`` what it wrote and move it onto ``path``. Returns ``path``.
-    On any error the temporary file is removed and ``path`` is left as it was."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(binary file)`` on a temporary file beside ``path`` (parent folders are
+    created), ``fsync`` it and move it onto ``path``. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=TEMPORARY_SUFFIX)
-    os.close(handle)
     try:
-        write(Path(temporary))
-        with open(temporary, "r+b") as file:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(binary file)`` on a temporary file beside ``path`` (parent folders are
-    created), ``fsync`` it and move it onto ``path``. Returns ``path``."""
-
-    def to_file(temporary: Path) -> None:
-        with open(temporary, "wb") as file:
-            write(file)
-
-    return atomic_write_named(path, to_file)
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
@@ -65,12 +53,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically. ``torch.save`` gets the temporary file's
-    name, not a Python file object: through a file object (torch 2.13) it fails on a tensor
-    over 2 GiB ("unexpected pos"), as a replay buffer of 111 agents is."""
+    """``torch.save(obj)`` to ``path`` atomically."""
     import torch
 
-    return atomic_write_named(path, lambda temporary: torch.save(obj, temporary))
+    return atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def plain_json(value: Any) -> Any:

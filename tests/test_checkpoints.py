@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -181,37 +180,3 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path):
         save_checkpoint(checkpoint, tmp_path / "c.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert (tmp_path / "c.pt").read_bytes() == before  # the previous checkpoint is intact
-
-
-def test_atomic_save_hands_torch_a_file_name(tmp_path, monkeypatch):
-    """Through a Python file object torch.save (2.13) fails on a tensor over 2 GiB
-    ("unexpected pos", a DQN replay buffer of 111 agents; reproduced by hand, too large for
-    the suite): atomic_save gives it the temporary file's name."""
-    from envs.files import atomic_save
-
-    real_save, targets = torch.save, []
-
-    def spy(obj, f, *args, **kwargs):
-        targets.append(f)
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", spy)
-    atomic_save({"x": torch.arange(3)}, tmp_path / "x.pt")
-    assert len(targets) == 1 and isinstance(targets[0], str | Path)
-    assert torch.equal(torch.load(tmp_path / "x.pt")["x"], torch.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
-
-
-def test_atomic_write_named_leaves_the_target_on_error(tmp_path):
-    from envs.files import atomic_write_named
-
-    target = tmp_path / "f.bin"
-    atomic_write_named(target, lambda temporary: temporary.write_bytes(b"first"))
-
-    def fail(temporary):
-        temporary.write_bytes(b"half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_named(target, fail)
-    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
