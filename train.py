@@ -433,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; continue with: python train.py --resume {run_dir}",
               file=sys.stderr)
         return 130
+    except CheckpointError as error:  # e.g. a full disk: the last checkpoint is intact
+        print(f"train.py: error: {error}\ncontinue with: python train.py --resume {run_dir}",
+              file=sys.stderr)
+        return 2
     assert metrics is not None
     print(summary_text(run_dir, metrics, run_dir.parent))
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     os.close(handle)
     container: dict[str, Any] | None = None
     try:
-        torch.save(checkpoint, inner)  # streamed to disk: no copy of the buffers in memory
+        _write(checkpoint, inner, path)  # streamed to disk: no copy of the buffers in memory
         digest, piece = hashlib.sha256(), memoryview(bytearray(1 << 20))
         with open(inner, "rb") as file:  # in 1 MiB pieces (hashlib.file_digest: Python 3.11)
             while read := file.readinto(piece):
@@ -81,10 +82,29 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         container = {"format": CHECKPOINT_FORMAT, "sha256": digest.hexdigest(),
                      "payload": torch.from_file(inner, shared=True, size=size,
                                                 dtype=torch.uint8)}
-        return atomic_save(container, path)
+        _write(container, None, path)
+        return path
     finally:
         container = None  # unmaps the file
         Path(inner).unlink(missing_ok=True)
+
+
+def _write(obj: dict[str, Any], name: str | None, path: Path) -> None:
+    """``torch.save(obj)`` to the file ``name``, or atomically to ``path`` when ``name`` is
+    None. A failed write (a full disk shows as torch's "unexpected pos" or an OSError) raises
+    :class:`CheckpointError` naming ``path`` and the space left on its disk; the checkpoint
+    already at ``path`` stays as it was."""
+    try:
+        if name is None:
+            atomic_save(obj, path)
+        else:
+            torch.save(obj, name)
+    except (OSError, RuntimeError) as error:
+        free = shutil.disk_usage(path.parent).free / 2**30
+        raise CheckpointError(
+            f"cannot write the checkpoint '{path}': {type(error).__name__}: {error} "
+            f"({free:.1f} GiB free on its disk; writing needs about twice the checkpoint's "
+            f"size for a moment; the previous checkpoint there is unchanged)") from error
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:

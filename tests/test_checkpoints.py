@@ -180,3 +180,24 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path):
         save_checkpoint(checkpoint, tmp_path / "c.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert (tmp_path / "c.pt").read_bytes() == before  # the previous checkpoint is intact
+
+
+def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
+    """torch.save on a full disk says only "unexpected pos" (seen when finished runs' 4 GB
+    checkpoints filled the disk): CheckpointError names the file and the free space, the
+    previous checkpoint stays, no temporary is left."""
+    path = save_checkpoint(_checkpoint(), tmp_path / "c.pt")
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "sha256" in obj:  # the container, after the payload
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "832 vs 726")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write the checkpoint .*c\.pt.*unexpected "
+                                              r"pos.*GiB free on its disk"):
+        save_checkpoint(_checkpoint(), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]

@@ -374,3 +374,25 @@ def test_overrides_may_stand_between_options():
     assert args.overrides == ["community.n_agents=4", "market.k=0.3"] and args.no_plots
     args = sweep.parse_args(["seed=1", "--seeds", "0-1", "train.n_envs=8"])
     assert args.overrides == ["seed=1", "train.n_envs=8"]
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A full disk while writing checkpoint_latest.pt: one error naming the file and how to
+    resume, exit code 2, no traceback."""
+    from agents import checkpoints
+
+    real_write = checkpoints._write
+
+    def full_disk(obj, name, path):
+        if name is None and path.name == "checkpoint_latest.pt":
+            raise checkpoints.CheckpointError(f"cannot write the checkpoint '{path}': disk full")
+        return real_write(obj, name, path)
+
+    monkeypatch.setattr(checkpoints, "_write", full_disk)
+    config = write_config(tmp_path / "small.yaml", small_config())
+    assert train.main(["--config", str(config), "--logdir", str(tmp_path / "runs"),
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the checkpoint" in err and "Traceback" not in err
+    assert f"python train.py --resume {only_run(tmp_path / 'runs')}" in err
