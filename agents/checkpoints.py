@@ -45,7 +45,8 @@ collector kept its own list of core attributes; 3: the core's ``get_state``; 4: 
 state holds ``day_of_episode``, multi-day episodes; 5: and ``behaviour_day_gain``, the
 behavioural rewards' day time scale; 6: the payload is a uint8 tensor mapped from a temporary
 file, which ``torch.save`` streams into the container, where 5's ``bytes`` were serialised
-in memory and copied three more times: saving a 3 GB replay buffer took 13 GB)."""
+in memory and copied three more times: a MADDPG run whose checkpoint is about 1.5 GB
+grew to 13 GB while saving)."""
 
 READABLE_FORMATS = (5, 6)
 """Container formats :func:`load_checkpoint` reads (5 and 6 hold the same checkpoint)."""
