@@ -23,18 +23,19 @@ file never loads silently with other weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from envs.files import TEMPORARY_SUFFIX, atomic_save
+from envs.files import atomic_save, temporary_beside
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "READABLE_FORMATS", "REQUIRED_KEYS",
            "load_checkpoint", "save_checkpoint"]
@@ -66,13 +67,12 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     if missing:
         raise ValueError(f"checkpoint lacks {missing}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, inner = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=TEMPORARY_SUFFIX)
+    handle, inner = temporary_beside(path)
     os.close(handle)
     container: dict[str, Any] | None = None
     try:
-        _write(checkpoint, inner, path)  # streamed to disk: no copy of the buffers in memory
+        with _write_failures(path):  # streamed to disk: no copy of the buffers in memory
+            torch.save(checkpoint, inner)
         digest, piece = hashlib.sha256(), memoryview(bytearray(1 << 20))
         with open(inner, "rb") as file:  # in 1 MiB pieces (hashlib.file_digest: Python 3.11)
             while read := file.readinto(piece):
@@ -81,25 +81,22 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
         # the payload tensor maps the file (page cache, not process memory) while the
         # container is written
         container = {"format": CHECKPOINT_FORMAT, "sha256": digest.hexdigest(),
-                     "payload": torch.from_file(inner, shared=True, size=size,
+                     "payload": torch.from_file(str(inner), shared=True, size=size,
                                                 dtype=torch.uint8)}
-        _write(container, None, path)
-        return path
+        with _write_failures(path):
+            return atomic_save(container, path)
     finally:
         container = None  # unmaps the file
-        Path(inner).unlink(missing_ok=True)
+        inner.unlink(missing_ok=True)
 
 
-def _write(obj: dict[str, Any], name: str | None, path: Path) -> None:
-    """``torch.save(obj)`` to the file ``name``, or atomically to ``path`` when ``name`` is
-    None. A failed write (a full disk shows as torch's "unexpected pos" or an OSError) raises
-    :class:`CheckpointError` naming ``path`` and the space left on its disk; the checkpoint
-    already at ``path`` stays as it was."""
+@contextlib.contextmanager
+def _write_failures(path: Path) -> Iterator[None]:
+    """A failed write of the checkpoint ``path`` (a full disk shows as torch's "unexpected
+    pos" or an OSError) raises :class:`CheckpointError` naming ``path`` and the space left on
+    its disk; the checkpoint already at ``path`` stays as it was."""
     try:
-        if name is None:
-            atomic_save(obj, path)
-        else:
-            torch.save(obj, name)
+        yield
     except (OSError, RuntimeError) as error:
         free = shutil.disk_usage(path.parent).free / 2**30
         raise CheckpointError(

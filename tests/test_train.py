@@ -382,14 +382,14 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_p
     resume, exit code 2, no traceback."""
     from agents import checkpoints
 
-    real_write = checkpoints._write
+    real_save = checkpoints.atomic_save
 
-    def full_disk(obj, name, path):
-        if name is None and path.name == "checkpoint_latest.pt":
-            raise checkpoints.CheckpointError(f"cannot write the checkpoint '{path}': disk full")
-        return real_write(obj, name, path)
+    def full_disk(obj, path):
+        if Path(path).name == "checkpoint_latest.pt":
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path)
 
-    monkeypatch.setattr(checkpoints, "_write", full_disk)
+    monkeypatch.setattr(checkpoints, "atomic_save", full_disk)
     config = write_config(tmp_path / "small.yaml", small_config())
     assert train.main(["--config", str(config), "--logdir", str(tmp_path / "runs"),
                        "--no-progress"]) == 2
