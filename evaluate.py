@@ -694,8 +694,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="env YAML or run folder (default: a run among --policies, else "
                              "configs/env/default.yaml)")
     parser.add_argument("--task", default=None,
-                        help="evaluate on a named task of envs/tasks.py (its env YAML; "
-                             "not with --config)")
+                        help="evaluate on a named task of envs/tasks.py or a task file of your "
+                             "own (the path of an env YAML; not with --config)")
     parser.add_argument("--policies", default="no_p2p,self_consumption,zi,fixed_price,oracle",
                         help="comma-separated policy specs, oracles, run folders and your "
                              "own policies: module.path:Name[:key=value...], "

@@ -358,13 +358,15 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
 
 def task_overrides(task: str | None, overrides: list[str]) -> list[str]:
     """The run-config overrides of ``--task``: ``env.task=<task>`` (``agents.run_config``'s
-    ``resolve_env``) and ``name=<task>`` (run folders named after the task) unless
-    ``overrides`` set ``name``, followed by ``overrides``. No task: ``overrides``."""
+    ``resolve_env``; a task file of your own by its absolute path, ``envs.tasks.Task.spec``)
+    and ``name=<task's name>`` (run folders named after the task) unless ``overrides`` set
+    ``name``, followed by ``overrides``. No task: ``overrides``."""
     if task is None:
         return list(overrides)
-    name = get_task(task, where="--task").name  # an unknown name lists the valid ones
+    found = get_task(task, where="--task")  # an unknown name lists the valid ones
     names_run = any(item.split("=", 1)[0].strip() == "name" for item in overrides)
-    return [f"env.task={name}", *([] if names_run else [f"name={name}"]), *overrides]
+    return [f"env.task={found.spec}", *([] if names_run else [f"name={found.name}"]),
+            *overrides]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -373,8 +375,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=None,
                         help="run config YAML (default: configs/mappo.yaml)")
     parser.add_argument("--task", default=None,
-                        help="train on a named task of envs/tasks.py (Flat, Peak-Storage, ...): "
-                             "its env YAML replaces the run config's env base, inline env keys "
+                        help="train on a named task of envs/tasks.py (Flat, Peak-Storage, "
+                             "...) or a task file of your own (the path of an env YAML): its "
+                             "env YAML replaces the run config's env base, inline env keys "
                              "stay; the run is named after the task unless name= is given")
     parser.add_argument("--logdir", default="runs", help="root folder of runs (default: runs)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",

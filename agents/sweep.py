@@ -916,7 +916,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None,
                         help="seeds, e.g. 0-4 or 0,3,7 (default: the config's seed)")
     parser.add_argument("--tasks", default=None,
-                        help="comma-separated tasks of envs/tasks.py (as train.py --task)")
+                        help="comma-separated tasks of envs/tasks.py or task files of your own "
+                             "(paths of env YAMLs; as train.py --task)")
     parser.add_argument("--search", choices=("grid", "random", "optuna"), default=None,
                         help="grid (default without distributions), random (default with "
                              "them) or optuna (TPE through Tune's OptunaSearch)")

@@ -531,7 +531,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "rule-based baselines and the oracle (see the module docstring).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tasks", default=",".join(task_names()),
-                        help="comma-separated task names (envs/tasks.py)")
+                        help="comma-separated task names (envs/tasks.py) and task files of your "
+                             "own (paths of env YAMLs, each named after its file)")
     parser.add_argument("--algos", default=None,
                         help="comma-separated shipped run configs, each trained with "
                              "configs/<name>.yaml (an algorithm or a variant of one); default: "
@@ -594,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tasks = [get_task(name, where="--tasks").name for name in _split_list(args.tasks,
                                                                                 "tasks")]
+        if len(set(tasks)) != len(tasks):  # "Flat,flat", or two task files of one name
+            raise ConfigError(f"--tasks: tasks of the same name in {tasks}")
         policies = _split_list(args.policies, "policies") if args.policies.strip() else []
         if args.algos is None:
             algos = [] if policies else list(shipped_algorithms())

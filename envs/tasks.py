@@ -29,17 +29,30 @@ PV-Hosting     semiurb4       pv_share 1.0, pv_kwp_per_mwh 2.0, battery_share  o
 Feeders are SimBench's ``1-LV-rural1--0-sw``, ``1-LV-urban6--0-sw`` and
 ``1-LV-semiurb4--0-sw`` (agents in brackets); every other key takes ``envs/config.py``'s
 default.
+
+**Tasks of your own.** Wherever a task name is taken, the path of an env YAML
+(``my_tasks/two-rate.yaml``, ending in ``.yaml`` or ``.yml``; relative to the current
+folder) is a task too: named after the file's stem (``two-rate``), with the reference oracle
+``oracle_network`` when its ``network.model`` is a power flow (the optimum within the feeder's
+limits) and ``oracle`` with ``network.model: none``. Once resolved, the stem also names it in
+the same process, and :attr:`Task.spec` (the file's absolute path) names it in any process:
+
+    python benchmarks/leaderboard.py --tasks Flat,my_tasks/two-rate.yaml
+    python train.py --task my_tasks/two-rate.yaml --config configs/mappo_imitation.yaml
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.config import ConfigError, EnvConfig, env_config
 
-__all__ = ["TASKS", "TASKS_DIR", "Task", "get_task", "task_env_config", "task_names"]
+__all__ = ["TASKS", "TASKS_DIR", "TASK_FILE_SUFFIXES", "Task", "get_task", "task_env_config",
+           "task_names"]
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "configs" / "tasks"
 """Folder of the task YAMLs (beside the installed packages, as every shipped config)."""
@@ -60,8 +73,15 @@ class Task:
 
     @property
     def config_path(self) -> Path:
-        """Path of the task's env YAML."""
+        """Path of the task's env YAML (a task of your own: ``file`` is absolute)."""
         return TASKS_DIR / self.file
+
+    @property
+    def spec(self) -> str:
+        """What :func:`get_task` resolves to this task in any process: the suite's name, or
+        the absolute path of a task file of your own (``train.task_overrides`` writes it as
+        ``env.task``)."""
+        return self.file if Path(self.file).is_absolute() else self.name
 
 
 TASKS: dict[str, Task] = {task.name: task for task in (
@@ -98,15 +118,61 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+"""How the path of a task file of your own ends (anything else is looked up as a name)."""
+
+_OWN_TASKS: dict[Path, Task] = {}
+"""Tasks of your own resolved in this process, by their file's absolute path."""
+
+
 def get_task(name: Any, where: str = "config key 'task'") -> Task:
-    """The task called ``name`` (case-insensitive). An unknown name raises
-    :class:`ConfigError` naming ``where`` it was given and listing the valid names."""
+    """The task called ``name`` (case-insensitive), or the task of your own in the env YAML
+    at the path ``name`` (module docstring). An unknown name raises :class:`ConfigError`
+    naming ``where`` it was given and listing the valid names; a task file that is missing,
+    invalid or named like a task of the suite raises it naming the file."""
     if isinstance(name, str):
+        key = name.strip()
         by_lower = {task.lower(): task for task in TASKS}
-        found = by_lower.get(name.strip().lower())
+        found = by_lower.get(key.lower())
         if found is not None:
             return TASKS[found]
-    raise ConfigError(f"{where}: unknown task {name!r}; allowed: {', '.join(TASKS)}")
+        if key.lower().endswith(TASK_FILE_SUFFIXES):
+            return _own_task(key, where)
+        own = [task for task in _OWN_TASKS.values() if task.name.lower() == key.lower()]
+        if len(own) == 1:
+            return own[0]
+        if len(own) > 1:
+            raise ConfigError(f"{where}: task {name!r} is ambiguous: task files "
+                              f"{', '.join(task.file for task in own)}; give the path")
+    raise ConfigError(f"{where}: unknown task {name!r}; allowed: {', '.join(TASKS)}, or the "
+                      f"path of an env YAML ({' or '.join(TASK_FILE_SUFFIXES)}) for a task of "
+                      f"your own")
+
+
+def _own_task(path_text: str, where: str) -> Task:
+    """The task of your own in the env YAML at ``path_text`` (module docstring)."""
+    path = Path(os.path.abspath(Path(path_text).expanduser()))
+    if path in _OWN_TASKS:
+        return _OWN_TASKS[path]
+    if not path.is_file():
+        raise ConfigError(f"{where}: no task file '{path_text}' ({path}); allowed: the suite's "
+                          f"tasks {', '.join(TASKS)} or the path of an env YAML")
+    name = path.stem
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):  # it names run and result folders
+        raise ConfigError(f"{where}: the task file '{path_text}' would be named {name!r}; "
+                          f"rename the file (allowed: 1-100 letters, digits, '_', '.', '-')")
+    clash = [task for task in TASKS if task.lower() == name.lower()]
+    if clash:
+        raise ConfigError(f"{where}: the task file '{path_text}' would be named {name!r}, "
+                          f"like the suite's task {clash[0]}; rename the file")
+    try:
+        config = env_config(path)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: task file '{path_text}': {error}") from None
+    oracle = "oracle" if config.network.model == "none" else "oracle_network"
+    task = Task(name, str(path), f"a task of your own ({path})", oracle)
+    _OWN_TASKS[path] = task
+    return task
 
 
 def task_env_config(name: str, **overrides: Any) -> EnvConfig:

@@ -368,3 +368,34 @@ def test_compute_table_from_the_records():
     assert "1 cell: 5 s of training, whole runs not recorded, 1 s of scoring" in (
         cli.compute_markdown(old))
     assert cli.compute_markdown({}) == ""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread", "local_ray")
+def test_a_task_file_of_your_own_is_a_leaderboard_task(tmp_path, monkeypatch, capsys):
+    """``--tasks <env YAML>``: the file is a task named after its stem, trained on Ray (the
+    trials run in other processes and folders) and scored against its references; the same
+    name twice is refused."""
+    monkeypatch.setattr(tasks, "_OWN_TASKS", {})
+    path = tmp_path / "mine" / "two-rate.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(
+        {"community": {"feeder": "synthetic", "n_agents": 4, "battery_share": 1.0},
+         "tariff": {"retail_tou": [0.15] * 7 + [0.35] * 15 + [0.15] * 2},
+         "network": {"model": "none"}}))
+    cli = load_cli()
+    out = tmp_path / "lb"
+    argv = tiny_mappo_argv(str(path), out)
+    argv[argv.index("--seeds") + 1] = "0"
+    assert cli.main(argv) == 0
+    record = json.loads((out / "cells" / "two-rate" / "mappo__0.json").read_text())
+    assert record["task"] == "two-rate"
+    assert record["settings"]["run_config"]["env"]["community"]["n_agents"] == 4
+    assert len(run_folders(out, "two-rate")) == 1
+    refs = json.loads((out / "cells" / "two-rate" / "references.json").read_text())
+    assert refs["settings"]["oracle"] == "oracle"
+    table = (out / "leaderboard.md").read_text()
+    assert "| two-rate | mappo | 1 |" in table and "| two-rate | `oracle` | 1 |" in table
+    capsys.readouterr()
+    assert cli.main(["--tasks", f"Flat,flat,{path}", "--out", str(tmp_path / "x")]) == 2
+    assert "tasks of the same name" in capsys.readouterr().err

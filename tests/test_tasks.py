@@ -147,3 +147,87 @@ def test_evaluate_cli_task(tmp_path, capsys):
     assert evaluate.main(["--task", "TOU", *args]) == 2
     assert "TOU-Arbitrage" in capsys.readouterr().err
     assert evaluate.main(["--task", "Flat", "--config", "configs/env/default.yaml", *args]) == 2
+
+
+# --- tasks of your own: the path of an env YAML wherever a task name is taken ---------------
+
+TWO_RATE = {"community": {"feeder": "synthetic", "n_agents": 5, "battery_share": 1.0},
+            "tariff": {"retail_tou": [0.15] * 7 + [0.35] * 15 + [0.15] * 2},
+            "network": {"model": "none"}}
+
+
+@pytest.fixture
+def own_tasks(monkeypatch):
+    """A fresh register of the tasks of your own resolved in this process."""
+    import envs.tasks
+
+    monkeypatch.setattr(envs.tasks, "_OWN_TASKS", {})
+
+
+def write_task(folder: Path, name: str, data: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.usefixtures("own_tasks")
+def test_a_task_file_of_your_own_is_a_task(tmp_path, monkeypatch):
+    path = write_task(tmp_path / "mine", "two-rate.yaml", TWO_RATE)
+    monkeypatch.chdir(tmp_path)
+    task = get_task(" mine/two-rate.yaml ")  # relative to the current folder
+    assert (task.name, task.config_path, task.spec) == ("two-rate", path, str(path))
+    assert task.oracle == "oracle"  # network.model none: nothing for oracle_network to respect
+    assert get_task("TWO-RATE") is task and get_task(str(path)) is task  # resolved once
+    config = task_env_config("two-rate", n_envs=3)
+    assert config.community.n_agents == 5 and config.n_envs == 3
+    assert config.tariff.hourly()[0] == TWO_RATE["tariff"]["retail_tou"]
+    # a power flow on: the reference is the optimum within the feeder's limits
+    zbus = write_task(tmp_path, "zbus.yml", {"community": {"feeder": "synthetic"}})
+    assert get_task(str(zbus)).oracle == "oracle_network"
+    # train.py --task: the run config takes the file's env by its absolute path (so that a
+    # Ray trial in another folder resolves it too) and the run its name
+    overrides = train.task_overrides("mine/two-rate.yaml", ["seed=3"])
+    assert overrides == [f"env.task={path}", "name=two-rate", "seed=3"]
+    monkeypatch.chdir(ROOT)
+    run = build_run_config(ROOT / "configs" / "dqn.yaml", overrides)
+    assert run.name == "two-rate" and run.train.eval_reference == "oracle"
+    assert run.env.community.n_agents == 5 and run.env.action.type == "discrete"
+
+
+@pytest.mark.usefixtures("own_tasks")
+def test_bad_task_files_are_refused_naming_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"--task: no task file 'nowhere/x\.yaml'.*Flat"):
+        get_task("nowhere/x.yaml", where="--task")
+    flat = write_task(tmp_path, "flat.yaml", TWO_RATE)  # would shadow the suite's Flat
+    with pytest.raises(ConfigError, match=r"named 'flat', like the suite's task Flat"):
+        get_task(str(flat))
+    spaced = write_task(tmp_path, "two rate.yaml", TWO_RATE)  # names run folders
+    with pytest.raises(ConfigError, match=r"named 'two rate'; rename.*letters, digits"):
+        get_task(str(spaced))
+    bad = write_task(tmp_path, "bad.yaml", {"community": {"n_agent": 5}})
+    with pytest.raises(ConfigError, match=r"task file '.*bad\.yaml': .*n_agent"):
+        get_task(str(bad))
+    import envs.tasks
+
+    assert not envs.tasks._OWN_TASKS  # nothing registered by a refused file
+    # two files of one name: each by its path, the name alone is ambiguous
+    first = get_task(str(write_task(tmp_path / "a", "same.yaml", TWO_RATE)))
+    second = get_task(str(write_task(tmp_path / "b", "same.yaml", TWO_RATE)))
+    assert first.spec != second.spec and first.name == second.name == "same"
+    with pytest.raises(ConfigError, match=r"'same' is ambiguous.*give the path"):
+        get_task("same")
+
+
+@pytest.mark.usefixtures("own_tasks")
+def test_evaluate_cli_on_a_task_file(tmp_path, capsys):
+    path = write_task(tmp_path, "two-rate.yaml", TWO_RATE)
+    out = tmp_path / "out"
+    assert evaluate.main(["--task", str(path), "--policies", "no_p2p", "--days", "6",
+                          "--no-plots", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["config"]["community"]["n_agents"] == 5
+    assert report["config"]["tariff"]["retail_tou"] == TWO_RATE["tariff"]["retail_tou"]
+    assert evaluate.main(["--task", str(tmp_path / "missing.yaml"), "--policies", "no_p2p",
+                          "--out", str(out)]) == 2
+    assert "no task file" in capsys.readouterr().err
