@@ -280,7 +280,7 @@ class Trainer:
         train, collector, state = self.config.train, self.collector, self.state
         bar = tqdm(total=train.total_steps, initial=collector.global_step, unit="env-step",
                    unit_scale=True, dynamic_ncols=True, disable=not self.progress)
-        last_checkpoint = time.monotonic()
+        last_checkpoint, saved_step = time.monotonic(), None
         try:
             if state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
@@ -316,10 +316,12 @@ class Trainer:
                     while train.checkpoint_every and state["next_checkpoint"] <= step:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
-                    last_checkpoint = time.monotonic()
+                    last_checkpoint, saved_step = time.monotonic(), step
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
-            save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+                saved_step = None
+            if saved_step != collector.global_step:  # not saved already at this very state
+                save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
         finally:
             bar.close()
             self.writer.close()
