@@ -89,16 +89,21 @@ def test_other_formats_and_missing_keys(tmp_path):
         load_checkpoint(old)
     partial = _checkpoint()
     del partial["collector"]
-    buffer = io.BytesIO()
-    torch.save(partial, buffer)
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"lacks the checkpoint keys \['collector'\]"):
+        load_checkpoint(tmp_path / "partial.pt")
     import hashlib
 
+    buffer = io.BytesIO()
+    torch.save(partial | {"format": 6}, buffer)
     payload = buffer.getvalue()
-    torch.save({"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+    torch.save({"format": 6, "sha256": hashlib.sha256(payload).hexdigest(),
                 "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)},
-               tmp_path / "partial.pt")
-    with pytest.raises(CheckpointError, match="collector"):
-        load_checkpoint(tmp_path / "partial.pt")
+               tmp_path / "partial6.pt")
+    with pytest.raises(CheckpointError, match=r"lacks the checkpoint keys \['collector'\]"):
+        load_checkpoint(tmp_path / "partial6.pt")
+    with pytest.raises(ValueError, match="format 1.*writes format"):
+        save_checkpoint(_checkpoint() | {"format": 1}, tmp_path / "v1.pt")
     previous = _checkpoint() | {"format": 4}  # the core's state without behaviour_day_gain
     buffer = io.BytesIO()
     torch.save(previous, buffer)
@@ -129,9 +134,25 @@ def test_stale_temporaries_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
 
-def test_format_5_files_still_load(tmp_path):
-    """Format 5 held the same checkpoint with its payload as ``bytes``: read, and checked."""
+def test_format_5_and_6_files_still_load(tmp_path):
+    """Formats 5 and 6 held the same checkpoint in a container with its SHA-256, its
+    payload as ``bytes`` (5) or a uint8 tensor (6): read, and checked."""
     import hashlib
+
+    buffer = io.BytesIO()
+    torch.save(_checkpoint() | {"format": 6}, buffer)
+    payload = bytearray(buffer.getvalue())
+    container = {"format": 6, "sha256": hashlib.sha256(payload).hexdigest(),
+                 "payload": torch.frombuffer(payload, dtype=torch.uint8)}
+    torch.save(container, tmp_path / "v6.pt")
+    loaded = load_checkpoint(tmp_path / "v6.pt")
+    assert loaded["global_step"] == 1234 and loaded["format"] == 6
+    assert torch.equal(loaded["algorithm"]["value"], torch.arange(5.0))
+    payload[-30] ^= 1  # a flip the zip's CRC-32 of the container cannot see: the SHA-256 does
+    torch.save(container | {"payload": torch.frombuffer(payload, dtype=torch.uint8)},
+               tmp_path / "v6_bad.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "v6_bad.pt")
 
     buffer = io.BytesIO()
     torch.save(_checkpoint() | {"format": 5}, buffer)
@@ -150,12 +171,18 @@ def test_format_5_files_still_load(tmp_path):
         load_checkpoint(tmp_path / "v6_bytes.pt")
 
 
-def test_saving_holds_no_copy_of_the_checkpoint_in_memory(tmp_path):
-    """The checkpoint is serialised to a temporary file and mapped from there into the
-    container (format 5 held it four to six times over in memory: a MADDPG run with a
-    checkpoint of about 1.5 GB grew to 13 GB while saving). tracemalloc sees Python's buffers
-    (BytesIO, bytes), which held those copies, not the tensors' own storage."""
+def test_saving_holds_no_copy_of_the_checkpoint_in_memory(tmp_path, monkeypatch):
+    """The checkpoint is streamed to its file once (format 5 held it four to six times over
+    in memory: a MADDPG run with a checkpoint of about 1.5 GB grew to 13 GB while saving;
+    format 6 wrote it twice, to a temporary file and into its container). tracemalloc sees
+    Python's buffers (BytesIO, bytes), which held those copies, not the tensors' own
+    storage."""
     import tracemalloc
+
+    written = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, *args, **kwargs: (
+        written.append(obj), real_save(obj, *args, **kwargs))[1])
 
     checkpoint = _checkpoint()
     checkpoint["algorithm"] = {"buffer": torch.ones(8_000_000)}  # 32 MB
@@ -166,6 +193,7 @@ def test_saving_holds_no_copy_of_the_checkpoint_in_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 4_000_000  # an eighth of the checkpoint
+    assert len(written) == 1 and written[0] is checkpoint  # one write, of the checkpoint
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["algorithm"]["buffer"],
                        checkpoint["algorithm"]["buffer"])
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left
@@ -191,7 +219,7 @@ def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
     real_save = torch.save
 
     def full_disk(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and "sha256" in obj:  # the container, after the payload
+        if isinstance(obj, dict) and "collector" in obj:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
                                "832 vs 726")
         return real_save(obj, f, *args, **kwargs)
