@@ -6,7 +6,8 @@ rule-based baseline and the task's oracle on the task's held-out test days.
         [--episodes 0] [--out results/leaderboard] [--cpus N | --address auto] [--force]
         [train.n_envs=64 mappo.actor_lr=1e-3 ...]
 
-For each task (``envs/tasks.py``):
+For each task (``envs/tasks.py``; ``--tasks my_tasks/two-rate.yaml``, the path of an env YAML,
+is a task of your own named after the file):
 
 1. **References**, once per task, in this process: every rule-based baseline of
    ``agents.baselines.BASELINES`` (all but ``random``) and the task's oracle (``oracle`` or
