@@ -62,7 +62,7 @@ from agents.run_config import (
     make_generator,
 )
 from envs import metrics as env_metrics
-from envs.config import ConfigError, EnvConfig, to_dict
+from envs.config import ActionConfig, ConfigError, EnvConfig, to_dict
 from envs.data import cache_dir
 from envs.files import atomic_write_text, remove_stale_temporaries
 from envs.tasks import get_task
@@ -89,10 +89,14 @@ def evaluation_references(config: EnvConfig, days: list[int], seed: int, oracle:
     """What ``eval/oracle_share`` and ``eval/gain_vs_best_rule`` compare with on ``days``:
     ``{"oracle": name, "oracle_savings": [per day, against no_p2p], "rule_costs": {rule:
     mean community cost per day}}``, evaluated as ``evaluate.py`` does (seed ``seed``) and
-    cached in ``envs.data.cache_dir()/references`` (a damaged cache is evaluated again)."""
+    cached in ``envs.data.cache_dir()/references`` (a damaged cache is evaluated again).
+
+    The rules play continuous actions whatever the run's ``env.action``, as in the
+    leaderboard's references: a discrete learner (dqn, qlearning) is compared with the rules of
+    the task, not with the rules rounded to its action grid."""
     import evaluate  # the one evaluation path of the tables; imports train lazily, not back
 
-    env_config = dataclasses.replace(config, n_envs=1, device="cpu")
+    env_config = dataclasses.replace(config, n_envs=1, device="cpu", action=ActionConfig())
     key = json.dumps({"env": to_dict(env_config), "days": days, "seed": seed,
                       "oracle": oracle, "rules": rule_names(),
                       "version": REFERENCES_VERSION}, sort_keys=True)

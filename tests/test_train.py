@@ -191,6 +191,29 @@ def test_reference_scalars_score_the_references_themselves(tmp_path, monkeypatch
     assert train.evaluation_references(env_config, days, 3, "oracle") == references
 
 
+@pytest.mark.slow
+def test_a_discrete_run_is_compared_with_the_rules_of_the_task(tmp_path, monkeypatch):
+    """The references of a run with discrete actions are the continuous task's, as the
+    leaderboard's: its rules are not rounded to the run's action grid (on a 3-level grid the
+    rules cost more, which made a discrete learner look better than it is)."""
+    import evaluate
+    from agents.leaderboard import best_rule
+
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    continuous = train.eval_env_config(build_run_config(small_config()))
+    discrete = train.eval_env_config(build_run_config(
+        small_config(), ["env.action.type=discrete", "env.action.battery_levels=3",
+                         "env.action.price_levels=2"]))
+    assert discrete.action.type == "discrete"
+    days = train.evaluation_days(continuous, 3)
+    references = train.evaluation_references(discrete, days, 3, "oracle")
+    assert references == train.evaluation_references(continuous, days, 3, "oracle")
+    name, cost = best_rule(references["rule_costs"])
+    on_grid = float(evaluate.Evaluator(discrete, days, seed=3).run(name)
+                    .per_day["community_cost"].mean())
+    assert abs(on_grid - cost) > 1e-3  # the grid changes what the rule pays
+
+
 def test_same_seed_same_curves(reference_run, tmp_path):
     config = write_config(tmp_path / "small.yaml", small_config())
     assert train.main(["--config", str(config), "--logdir", str(tmp_path / "runs"),
