@@ -18,26 +18,19 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "plain_json", "remove_stale_temporaries", "temporary_beside"]
+           "plain_json", "remove_stale_temporaries"]
 
 TEMPORARY_SUFFIX = ".tmp"
-
-
-def temporary_beside(path: str | Path) -> tuple[int, Path]:
-    """A new empty temporary file in ``path``'s folder (created with its parents), named so
-    that :func:`remove_stale_temporaries` finds it: ``(open OS handle, its path)``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=TEMPORARY_SUFFIX)
-    return handle, Path(temporary)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(binary file)`` on a temporary file beside ``path`` (parent folders are
     created), ``fsync`` it and move it onto ``path``. Returns ``path``."""
     path = Path(path)
-    handle, temporary = temporary_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                    suffix=TEMPORARY_SUFFIX)
+    temporary = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
