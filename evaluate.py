@@ -80,6 +80,7 @@ import io
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -411,6 +412,42 @@ def summarise(result: PolicyResult, oracle: PolicyResult | None,
     savings = metrics.agent_savings(result.totals).double() / result.episode_days
     row["agent_savings"] = savings.nanmean(0).tolist() if savings.numel() else []
     return row
+
+
+def record_scores(result: PolicyResult) -> dict[str, Any]:
+    """What a leaderboard record (``benchmarks/leaderboard.py``) keeps of one evaluated
+    policy: :func:`summarise`'s row and the per-day savings against ``no_p2p`` (for the share
+    of the task oracle's savings, computed when the table is made)."""
+    return {"summary": summarise(result, None),
+            "savings_per_day": result.per_day["savings_vs_no_p2p"]}
+
+
+@dataclass(frozen=True)
+class RunScorer:
+    """Scores a trained run's checkpoint on fixed days with a fixed seed, in the run's own env
+    config: ``agents.sweep.Trial.post`` of the leaderboard's cells, so that each cell is
+    scored in its Ray worker right after training, beside the other cells, instead of one
+    after another in the driver once all have trained.
+
+    ``scorer(config, run_dir, metrics)`` returns :func:`record_scores` of ``<run_dir>/
+    <checkpoint>`` plus ``days``, ``eval_seed``, ``checkpoint`` (what it was scored with, for
+    the caller to check) and ``score_wall_s``; ``{"error": message}`` when scoring raised
+    (the run did train: its caller scores it again and reports the failure)."""
+
+    days: tuple[int, ...]
+    seed: int
+    checkpoint: str
+
+    def __call__(self, config: Any, run_dir: str | Path, metrics_json: Any = None
+                 ) -> dict[str, Any]:
+        start = time.perf_counter()
+        path = Path(run_dir) / self.checkpoint
+        try:
+            result = Evaluator(config.env, list(self.days), seed=self.seed).run(str(path))
+        except Exception as error:  # the run trained: the caller scores it again and reports
+            return {"error": failure_message(str(path), error)}
+        return {"days": list(self.days), "eval_seed": self.seed, "checkpoint": self.checkpoint,
+                "score_wall_s": time.perf_counter() - start, **record_scores(result)}
 
 
 def _cell(mean: float, std: float) -> str:

@@ -25,11 +25,14 @@ is a task of your own named after the file):
    CPU) and stopped at the end; ``--address`` (or ``RAY_ADDRESS``) sends the cells to a running
    cluster instead, whose nodes need peergrid installed and ``--out`` on a file system they
    share with this machine at the same path. Ray (``pip install 'peergrid[sweep]'``) is needed
-   only when a cell is to be trained. Back in this process, ``evaluate.Evaluator`` scores each
-   trained run's final checkpoint (``checkpoint_latest.pt``; not the best one, which
-   ``train.py`` picks by evaluations on test days: choosing on the scored days would flatter
-   the learners) in the run's own env config (the task's, plus the algorithm's inline env keys
-   such as dqn's discrete actions) on the same days with the same seed. Saved as
+   only when a cell is to be trained. Cells start largest community first (the longest
+   first, so that the last to start are short ones: :func:`largest_first`). Right after
+   training, in the same worker, ``evaluate.RunScorer`` scores the run's final checkpoint
+   (``checkpoint_latest.pt``; not the best one, which ``train.py`` picks by evaluations on
+   test days: choosing on the scored days would flatter the learners) in the run's own env
+   config (the task's, plus the algorithm's inline env keys such as dqn's discrete actions)
+   on the same days with the same seed; a run trained without those scores (by an earlier
+   version, or scored on other days) is scored in this process. Saved as
    ``<out>/cells/<task>/<algo>__<seed>.json``; the engine's own state (a record per trained
    run, keyed by a hash of its run config, and Tune's folders) is in ``<out>/sweep/``.
 3. **Submitted policies** (``--policies``), one per spec, no training: any spec that
@@ -97,6 +100,7 @@ from agents.policy import PolicyLoadError  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
 from envs import metrics  # noqa: E402
 from envs.config import ConfigError, EnvConfig, load_yaml, to_dict  # noqa: E402
+from envs.data import load_feeder  # noqa: E402
 from envs.files import atomic_write, atomic_write_text  # noqa: E402
 from envs.tasks import get_task, task_env_config, task_names  # noqa: E402
 
@@ -174,14 +178,6 @@ def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[st
             "checkpoint": SCORED_CHECKPOINT}
 
 
-def scored(result: evaluate.PolicyResult) -> dict[str, Any]:
-    """What a record keeps of one evaluated policy: ``evaluate.summarise``'s row and the
-    per-day savings against ``no_p2p`` (for the share of the oracle's savings, computed with
-    the task's oracle when the table is made)."""
-    return {"summary": evaluate.summarise(result, None),
-            "savings_per_day": result.per_day["savings_vs_no_p2p"]}
-
-
 def references(task: str, days: list[int], eval_seed: int, out: Path, force: bool
                ) -> dict[str, Any]:
     """The task's oracle and every rule-based baseline on ``days`` (cached; a baseline
@@ -197,7 +193,7 @@ def references(task: str, days: list[int], eval_seed: int, out: Path, force: boo
     start = time.perf_counter()
     evaluator = evaluate.Evaluator(task_env_config(task), days, seed=eval_seed)
     for name in missing:
-        policies[name] = scored(evaluator.run(name))
+        policies[name] = evaluate.record_scores(evaluator.run(name))
     leaderboard.write_record(path, {"task": task, "settings": settings, "policies": policies})
     print(f"[{task}] references: {', '.join(missing)} in {time.perf_counter() - start:.0f} s",
           flush=True)
@@ -232,11 +228,16 @@ class Cell:
     def record_path(self, out: Path) -> Path:
         return cell_folder(out, self.task) / f"{self.algo}__{self.seed}.json"
 
-    def trial(self, out: Path) -> sweep.Trial:
-        """The cell as a trial of ``agents.sweep``: a run folder under ``<out>/runs/<task>``."""
+    def trial(self, out: Path, days: list[int] | None = None, eval_seed: int = 0
+              ) -> sweep.Trial:
+        """The cell as a trial of ``agents.sweep``: a run folder under ``<out>/runs/<task>``;
+        with ``days``, the trial's worker also scores the run's :data:`SCORED_CHECKPOINT` on
+        them with ``eval_seed`` right after training (``evaluate.RunScorer``)."""
+        post = None if days is None else evaluate.RunScorer(tuple(days), eval_seed,
+                                                             SCORED_CHECKPOINT)
         return sweep.Trial(self.config, out / "runs" / self.task,
                            {"task": self.task, "algo": self.algo, "seed": self.seed},
-                           header=self.header)
+                           header=self.header, post=post)
 
 
 def plan_cell(task: str, algo: str, seed: int, steps: int | None,
@@ -249,14 +250,32 @@ def plan_cell(task: str, algo: str, seed: int, steps: int | None,
     return Cell(task, algo, seed, run_config(task, algo, seed, steps, overrides), header)
 
 
+def largest_first(cells: list[Cell]) -> list[Cell]:
+    """``cells`` with those of the larger communities (more agents) first, otherwise in their
+    order: the long cells start first and the last to start are short ones, so that no CPU
+    waits long at the end for one cell (longest processing time first)."""
+    sizes: dict[tuple[str, int | None, int], int] = {}
+    for cell in cells:
+        community = cell.config.env.community
+        key = (community.feeder, community.n_agents, community.seed)
+        if key not in sizes:
+            sizes[key] = load_feeder(community.feeder, n_agents=community.n_agents,
+                                     seed=community.seed).n_agents
+    return sorted(cells, key=lambda cell: -sizes[(cell.config.env.community.feeder,
+                                                  cell.config.env.community.n_agents,
+                                                  cell.config.env.community.seed)])
+
+
 def train_cells(cells: list[Cell], out: Path, ray_options: sweep.RayOptions, force: bool,
-                verbose: int) -> list[sweep.TrialResult]:
+                verbose: int, days: dict[str, list[int]], eval_seed: int
+                ) -> list[sweep.TrialResult]:
     """Train ``cells`` as trials of ``agents.sweep.run_trials`` (state in ``<out>/sweep``),
-    returning their results in order. An engine record of a finished run whose scored
-    checkpoint is gone (the run folder was deleted or moved) is dropped first: that cell
-    trains again rather than failing when it is scored."""
+    each scored in its worker on its task's ``days`` with ``eval_seed`` once trained
+    (:meth:`Cell.trial`), returning their results in order. An engine record of a finished
+    run whose scored checkpoint is gone (the run folder was deleted or moved) is dropped
+    first: that cell trains again rather than failing when it is scored."""
     state = out / SWEEP_STATE
-    trials = [cell.trial(out) for cell in cells]
+    trials = [cell.trial(out, days[cell.task], eval_seed) for cell in cells]
     to_run = []
     for cell, trial in zip(cells, trials, strict=True):
         result = None if force else sweep.read_result(state, trial.key)
@@ -287,11 +306,17 @@ def score_cell(cell: Cell, result: sweep.TrialResult, refs: dict[str, Any], out:
     training time without evaluations, metrics.json ``timing``; s) and ``score_wall_s`` (s)."""
     days, eval_seed = refs["settings"]["days"], refs["settings"]["eval_seed"]
     settings = cell_settings(cell.config, days, eval_seed)
-    start = time.perf_counter()
     run_dir = Path(result.run_dir or "")
-    scores = evaluate.Evaluator(cell.config.env, days, seed=eval_seed).run(
-        str(run_dir / SCORED_CHECKPOINT))
-    score_wall = time.perf_counter() - start
+    extra = result.extra if isinstance(result.extra, dict) else {}
+    if (extra.get("days") == list(days) and extra.get("eval_seed") == eval_seed
+            and extra.get("checkpoint") == SCORED_CHECKPOINT and "summary" in extra):
+        scores = {key: extra[key] for key in ("summary", "savings_per_day")}
+        score_wall = float(extra["score_wall_s"])  # scored in the trial's worker
+    else:  # trained before scoring moved into the workers, or on other days
+        start = time.perf_counter()
+        scores = evaluate.record_scores(evaluate.Evaluator(cell.config.env, days, seed=eval_seed)
+                                        .run(str(run_dir / SCORED_CHECKPOINT)))
+        score_wall = time.perf_counter() - start
     train_metrics = result.metrics or {}
     timing = train_metrics.get(train.TIMING_KEY) or {}
     train_wall, run_wall = timing.get("train_time_s"), timing.get("wall_time_s")
@@ -302,7 +327,7 @@ def score_cell(cell: Cell, result: sweep.TrialResult, refs: dict[str, Any], out:
         "train": {key: train_metrics.get(key) for key in
                   ("global_step", "agent_steps", "best_eval", train.TIMING_KEY)},
         "train_wall_s": train_wall, "run_wall_s": run_wall, "score_wall_s": score_wall,
-        "wall_s": (run_wall or train_wall or 0.0) + score_wall, **scored(scores)})
+        "wall_s": (run_wall or train_wall or 0.0) + score_wall, **scores})
     record = leaderboard.read_record(path, settings, settings_defaults(cell.config.algo))
     row = columns(record, refs)
     print(f"{cell.label}: {row['community_cost']:.2f}/day, oracle share "
@@ -330,7 +355,8 @@ def policy_cell(task: str, spec: str, refs: dict[str, Any], out: Path, force: bo
               file=sys.stderr, flush=True)
         return None
     leaderboard.write_record(path, {"task": task, "policy": spec, "settings": settings,
-                                    "wall_s": time.perf_counter() - start, **scored(result)})
+                                    "wall_s": time.perf_counter() - start,
+                                    **evaluate.record_scores(result)})
     record = leaderboard.read_record(path, settings, settings_defaults())
     row = columns(record, refs)
     print(f"[{task}] policy {spec}: {row['community_cost']:.2f}/day, oracle share "
@@ -646,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                                             policy_settings(task, spec, days[task],
                                                             args.eval_seed),
                                             settings_defaults())
-        to_train = [cell for cell in cells if (cell.task, cell.algo, cell.seed) not in done]
+        to_train = largest_first([cell for cell in cells
+                                  if (cell.task, cell.algo, cell.seed) not in done])
         ray_options = sweep.RayOptions(address=args.address, cpus=args.cpus)
         if to_train:
             if importlib.util.find_spec("ray") is None:
@@ -684,8 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             if (cell.task, cell.algo, cell.seed) in done:
                 print(f"{cell.label}: done ({cell.record_path(out)})", flush=True)
-        results = (train_cells(to_train, out, ray_options, args.force, args.verbose)
-                   if to_train else [])
+        results = (train_cells(to_train, out, ray_options, args.force, args.verbose, days,
+                               args.eval_seed) if to_train else [])
         for cell, result in zip(to_train, results, strict=True):
             if result.status == sweep.FINISHED:
                 try:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+import evaluate
 import train
 from agents import leaderboard
 from agents.baselines import BASELINES
@@ -130,6 +131,11 @@ def local_ray():
     ray.shutdown()
 
 
+def same_json(a, b) -> bool:
+    """Equal as JSON (NaN, a missing measurement, equals NaN)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def run_folders(out: Path, task: str) -> list[Path]:
     return sorted(path.parent for path in (out / "runs" / task).glob("*/config.yaml"))
 
@@ -175,6 +181,11 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     for seed, result in enumerate(returned):  # scored from the trial's own run folder
         record = json.loads((cells / f"mappo__{seed}.json").read_text())
         assert record["run_dir"] == result.run_dir and Path(result.run_dir) in runs
+        # ... in the trial's worker (evaluate.RunScorer): its scores are the record's
+        assert result.extra["checkpoint"] == "checkpoint_latest.pt"
+        assert same_json(result.extra["summary"], record["summary"])
+        assert result.extra["savings_per_day"] == record["savings_per_day"]
+        assert record["score_wall_s"] == result.extra["score_wall_s"] > 0
         assert record["train"]["global_step"] == 32
         assert record["train_wall_s"] == result.metrics["timing"]["train_time_s"]
         assert record["run_wall_s"] == result.metrics["timing"]["wall_time_s"]
@@ -266,6 +277,48 @@ def test_force_and_failed_or_interrupted_cells(tiny_task, tmp_path, monkeypatch,
         cells = out / "cells" / tiny_task
         assert sorted(p.name for p in cells.iterdir()) == ["mappo__0.json", "references.json"]
         assert json.loads((cells / "mappo__0.json").read_text())["run_dir"] == str(run_dir)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_run_is_scored_by_its_scorer_as_by_the_evaluator(tiny_task, tmp_path):
+    """``evaluate.RunScorer``, which scores each cell in its worker, gives the record what
+    ``evaluate.Evaluator`` gives on the same days and seed; a checkpoint it cannot score is
+    an error message, not an exception (the driver scores the run again and reports it)."""
+    cli = load_cli()
+    out = tmp_path / "lb"
+    cell = cli.plan_cell(tiny_task, "mappo", 0, 32, tiny_mappo_argv(tiny_task, out)[-5:])
+    trial = cell.trial(out, [6, 13], 3)
+    assert trial.post == evaluate.RunScorer((6, 13), 3, "checkpoint_latest.pt")
+    assert cell.trial(out).post is None
+    run_dir = train.new_run_dir(trial.logdir, trial.config, "a run")
+    train.Trainer(trial.config, run_dir, progress=False).run()
+    scores = trial.post(trial.config, run_dir, None)
+    expected = evaluate.Evaluator(cell.config.env, [6, 13], seed=3).run(
+        str(run_dir / "checkpoint_latest.pt"))
+    assert scores["days"] == [6, 13] and scores["eval_seed"] == 3 and scores["score_wall_s"] > 0
+    assert same_json(scores["summary"], evaluate.summarise(expected, None))
+    np.testing.assert_array_equal(scores["savings_per_day"],
+                                  expected.per_day["savings_vs_no_p2p"])
+    (run_dir / "checkpoint_latest.pt").write_bytes(b"not a checkpoint")
+    failed = trial.post(trial.config, run_dir, None)
+    assert set(failed) == {"error"} and "checkpoint_latest.pt" in failed["error"]
+
+
+def test_cells_of_larger_communities_train_first(tmp_path, monkeypatch):
+    """Longest first: the 111-agent Urban-Scale cells before the 41-agent feeder's before the
+    13-agent one's before a 4-agent task file's; within a task the order is kept."""
+    cli = load_cli()
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(
+        {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}))
+    monkeypatch.chdir(tmp_path)
+    cells = [cli.plan_cell(task, algo, seed, 32, [])
+             for task in ("Flat", "Grid-Rebound", "tiny.yaml", "Urban-Scale")
+             for algo in ("mappo", "ddpg") for seed in (0, 1)]
+    ordered = cli.largest_first(cells)
+    assert [cell.task for cell in ordered] == (["Urban-Scale"] * 4 + ["Grid-Rebound"] * 4
+                                               + ["Flat"] * 4 + ["tiny.yaml"] * 4)
+    assert [(c.algo, c.seed) for c in ordered[:4]] == [("mappo", 0), ("mappo", 1),
+                                                       ("ddpg", 0), ("ddpg", 1)]
 
 
 @pytest.mark.parametrize("extra, message", [
