@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -273,6 +274,27 @@ def test_failing_trial_is_reported_and_the_other_finishes(local_ray, tmp_path):
     again = sweep.run_trials(trials, tmp_path / "state")
     assert again[0].reused and again[0].run_dir == ok.run_dir
     assert again[1].status == "error" and not again[1].reused
+
+
+def worker_pid(config, run_dir, metrics):
+    """A trial's ``post`` hook naming the worker process it ran in."""
+    return {"pid": os.getpid(), "final_eval": metrics["final_eval"]}
+
+
+@pytest.mark.slow
+def test_trials_reuse_worker_processes_with_the_same_results(local_ray, tmp_path):
+    """Four trials on two CPUs run in fewer than four worker processes (each new process
+    costs seconds of start-up and imports per trial), and a trial that ran in a reused worker
+    ends exactly as its twin (the same run config but the name) that did not."""
+    trials = [sweep.Trial(build_run_config(tiny_config(), [f"seed={seed}", f"name={name}"]),
+                          tmp_path / "runs", {"seed": seed, "name": name}, post=worker_pid)
+              for name in ("first", "again") for seed in (0, 1)]
+    results = sweep.run_trials(trials, tmp_path / "state")
+    assert [result.status for result in results] == ["finished"] * 4
+    pids = [result.extra["pid"] for result in results]
+    assert len(set(pids)) < len(trials)
+    for seed in (0, 1):
+        assert results[seed].extra["final_eval"] == results[2 + seed].extra["final_eval"]
 
 
 @pytest.mark.slow
