@@ -53,7 +53,7 @@ from agents.imitation import (
     demonstrations,
     imitation_loss,
 )
-from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
+from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, adam, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
@@ -243,9 +243,9 @@ class DDPG(Algorithm):
         self.critic = self._build_critic()
         self.target_actor = frozen_copy(self.actor)
         self.target_critic = frozen_copy(self.critic)
-        self.actor_optimizer = torch.optim.Adam(
+        self.actor_optimizer = adam(
             [p for p in self.actor.parameters() if p.requires_grad], lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(
+        self.critic_optimizer = adam(
             [p for p in self.critic.parameters() if p.requires_grad], lr=config.critic_lr)
         self.buffer = ReplayBuffer(config.buffer_size, n, spec.obs_dim, spec.state_dim, (a,),
                                    torch.float32, device=device)

@@ -67,7 +67,7 @@ from agents.imitation import (
     demonstration_batch,
     demonstrations,
 )
-from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, polyak_update
+from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, adam, polyak_update
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
@@ -211,9 +211,8 @@ class DQN(Algorithm):
                                          generator, device=device)
         self.target_network = copy.deepcopy(self.q_network)
         self.target_network.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.q_network.parameters() if p.requires_grad],
-            lr=config.learning_rate)
+        self.optimizer = adam([p for p in self.q_network.parameters() if p.requires_grad],
+                              lr=config.learning_rate)
         self.replay_buffer = ReplayBuffer(config.buffer_size, n, spec.obs_dim, spec.state_dim,
                                           (), torch.int64, device=device)
         self.epsilon = config.epsilon_start

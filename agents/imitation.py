@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.networks import adam
 from envs.config import ConfigError, EnvConfig, check, to_dict
 from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
@@ -245,7 +246,7 @@ def clone(act: Callable[[Tensor], Tensor] | None, parameters: Iterable[torch.nn.
 
     obs, target = demonstrations(config, env_config, device, eval_reference)
     rows = math.ceil(config.minibatch / obs.shape[1])
-    optimizer = torch.optim.Adam([p for p in parameters if p.requires_grad], lr=config.lr)
+    optimizer = adam([p for p in parameters if p.requires_grad], lr=config.lr)
     mean_loss = math.nan
     for _ in range(config.epochs):
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device)

@@ -40,7 +40,7 @@ from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
 from agents.imitation import ImitationConfig, check_rule_feature, clone
-from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, mlp
+from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, adam, mlp
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
@@ -175,10 +175,10 @@ class MAPPO(Algorithm):
         actor_params = [p for p in self.actor.parameters() if p.requires_grad]
         if self.continuous:
             actor_params += list(self.log_std.parameters())
-        self.optimizer = torch.optim.Adam([
+        self.optimizer = adam([
             {"params": actor_params, "lr": config.actor_lr, "name": "actor"},
             {"params": list(self.critic.parameters()), "lr": config.critic_lr,
-             "name": "critic"}], eps=1e-5)
+             "name": "critic"}], lr=config.actor_lr, eps=1e-5)
         self.value_normalizer = RunningMeanStd(device=device)
         self.imitated = False
         """Whether the actor has cloned the oracle (``imitation``; not repeated on resume)."""

@@ -8,11 +8,29 @@ Nothing here touches torch's global random state: layers are built with
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+"""Devices whose Adam steps run fused (``torch.optim.Adam(fused=True)``): one kernel over all
+parameters instead of a Python loop of small ops per parameter."""
+
+
+def adam(params: Any, lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """Every algorithm's Adam: ``params`` (tensors, or param-group dicts) with ``lr`` and
+    ``eps``, fused where the parameters' device has it (:data:`FUSED_ADAM_DEVICES`). The same
+    update as the per-parameter loop up to the last bits of float rounding, in a fraction of
+    the time for these small networks (README, "What would make training 2x faster")."""
+    groups = list(params)
+    tensors = [p for group in groups for p in (group["params"] if isinstance(group, dict)
+                                                 else [group])]
+    fused = bool(tensors) and all(p.device.type in FUSED_ADAM_DEVICES for p in tensors)
+    return torch.optim.Adam(groups, lr=lr, eps=eps, fused=fused or None)
 
 
 def linear(in_features: int, out_features: int, gain: float, generator: torch.Generator,
