@@ -34,7 +34,13 @@ def sinkhorn_plan(bought: Tensor, sold: Tensor, distance: Tensor, temperature: f
                   iterations: int = 50) -> Tensor:
     """Bilateral plan ``T [B, N, N]`` (buyer i, seller j) with row sums ``bought [B, N]`` and
     column sums ``sold [B, N]`` (kWh, equal totals per environment), preferring small
-    ``distance [N, N]`` (normalised to max 1) with strength ``1 / temperature``."""
+    ``distance [N, N]`` (normalised to max 1) with strength ``1 / temperature``.
+
+    ``iterations`` Sinkhorn scalings, then the rounding of Altschuler, Weed and Rigollet
+    (2017, "Near-linear time approximation algorithms for optimal transport via Sinkhorn
+    iteration", Algorithm 2): where the scalings have not converged (a low temperature, few
+    iterations) the plan is moved onto the exact marginals, so every buyer's plan sums to
+    what it bought and every seller's to what it sold; a converged plan is left as it is."""
     kernel = torch.exp(-distance / max(temperature, 1e-6))  # [N, N]
     total = bought.sum(dim=1, keepdim=True)
     tiny = torch.finfo(bought.dtype).tiny
@@ -45,6 +51,12 @@ def sinkhorn_plan(bought: Tensor, sold: Tensor, distance: Tensor, temperature: f
         u = row / (v @ kernel.T).clamp_min(tiny)
         v = col / (u @ kernel).clamp_min(tiny)
     plan = u[:, :, None] * kernel[None] * v[:, None, :]
+    plan = plan * (row / plan.sum(2).clamp_min(tiny)).clamp(max=1.0)[:, :, None]
+    plan = plan * (col / plan.sum(1).clamp_min(tiny)).clamp(max=1.0)[:, None, :]
+    row_error = (row - plan.sum(2)).clamp_min(0.0)  # what rows and columns still lack
+    col_error = (col - plan.sum(1)).clamp_min(0.0)
+    plan = plan + row_error[:, :, None] * col_error[:, None, :] / row_error.sum(
+        1, keepdim=True)[:, :, None].clamp_min(tiny)
     return plan * total[:, :, None]
 
 
