@@ -255,15 +255,16 @@ def largest_first(cells: list[Cell]) -> list[Cell]:
     order: the long cells start first and the last to start are short ones, so that no CPU
     waits long at the end for one cell (longest processing time first)."""
     sizes: dict[tuple[str, int | None, int], int] = {}
-    for cell in cells:
+
+    def minus_size(cell: Cell) -> int:
         community = cell.config.env.community
         key = (community.feeder, community.n_agents, community.seed)
-        if key not in sizes:
+        if key not in sizes:  # each community's data loaded once
             sizes[key] = load_feeder(community.feeder, n_agents=community.n_agents,
                                      seed=community.seed).n_agents
-    return sorted(cells, key=lambda cell: -sizes[(cell.config.env.community.feeder,
-                                                  cell.config.env.community.n_agents,
-                                                  cell.config.env.community.seed)])
+        return -sizes[key]
+
+    return sorted(cells, key=minus_size)
 
 
 def train_cells(cells: list[Cell], out: Path, ray_options: sweep.RayOptions, force: bool,
