@@ -37,8 +37,12 @@ train: install
 sweep: install
 	$(BIN)/python train.py --sweep $(ARGS)
 
+# The suite in two processes (pytest-xdist), one test file each at a time so that a file's
+# module fixtures (a reference run, a local Ray) are built once: 324 s against 592 s in one
+# process on a 2-core machine. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 bench: install
 	$(BIN)/python benchmarks/env_throughput.py

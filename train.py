@@ -202,8 +202,9 @@ class Trainer:
             checkpoint = load_checkpoint(self.run_dir / "checkpoint_latest.pt")  # on the CPU
             if not checkpoint.get("experience", True):
                 raise CheckpointError(f"{self.run_dir / 'checkpoint_latest.pt'} holds no "
-                                      f"replay buffers (a checkpoint to act from): cannot "
-                                      f"resume training from it")
+                                      f"replay buffers (a checkpoint to act from, or a "
+                                      f"run finished with train.keep_buffers=false): "
+                                      f"cannot resume training from it")
             self.algorithm.load_state_dict(checkpoint["algorithm"])
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
@@ -324,8 +325,10 @@ class Trainer:
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
                 saved_step = None
-            if saved_step != collector.global_step:  # not saved already at this very state
-                save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
+            drop_buffers = not train.keep_buffers and self.algorithm.experience_attributes
+            if saved_step != collector.global_step or drop_buffers:  # not saved as it ends
+                save_checkpoint(self.checkpoint(experience=not drop_buffers),
+                                self.run_dir / "checkpoint_latest.pt")
         finally:
             bar.close()
             self.writer.close()

@@ -598,6 +598,13 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
+CELL_OVERRIDES = ("train.keep_buffers=false",)
+"""Given to every cell before the command line's overrides (which may change them): a
+finished cell's ``checkpoint_latest.pt`` without its replay buffers, several hundred MB to
+1.5 GB each on the larger feeders for the off-policy learners (tens of GB over the whole
+leaderboard)."""
+
+
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:
     """Each shipped config's overrides; only ``train.*`` and ``<algo>.*`` keys (the task
     fixes the env, ``--seeds`` the seed); ``<algo>.*`` applies to every config of that
@@ -646,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds: expected integers, got {args.seeds!r}") from None
         if args.steps is not None and args.steps < 1:
             raise ConfigError(f"--steps must be >= 1, got {args.steps}")
-        overrides = _check_overrides(args.overrides, algos)
+        overrides = _check_overrides([*CELL_OVERRIDES, *args.overrides], algos)
         days = {task: evaluate.select_days(task_env_config(task), "test", args.episodes)
                 for task in tasks}
         if args.cpus is not None and args.cpus < 1:

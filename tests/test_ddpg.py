@@ -324,3 +324,27 @@ def test_a_large_bc_weight_keeps_the_actor_at_the_clone(algo):
     anchored = distance(bc_alpha=1e-3, bc_target="demonstrations")
     free = distance(imitation={"days": 0})
     assert anchored < 0.02 and free > 5 * anchored, (anchored, free)
+
+
+@pytest.mark.parametrize("keep_buffers", [True, False])
+def test_keep_buffers_decides_only_the_finished_checkpoint(tmp_path, keep_buffers):
+    """train.keep_buffers=false writes the finished run's checkpoint_latest.pt without the
+    replay buffer (the leaderboard's disk), while a periodic checkpoint keeps it so that an
+    interrupted run resumes exactly; such a finished run then refuses --resume by name."""
+    data = run_config()
+    data["train"]["keep_buffers"] = keep_buffers
+    config = build_run_config(data)
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    assert trainer.run(stop_after_steps=20 * ITERATION) is None
+    trainer.release()
+    periodic = load_checkpoint(run_dir)
+    assert periodic["experience"] and periodic["algorithm"]["buffer"]["size"] > 0
+    train.Trainer(config, run_dir, resume=True, progress=False).run()
+    final = load_checkpoint(run_dir)
+    assert final["global_step"] == config.train.total_steps
+    assert final["experience"] is keep_buffers
+    assert ("buffer" in final["algorithm"]) is keep_buffers
+    if not keep_buffers:
+        with pytest.raises(CheckpointError, match="keep_buffers=false"):
+            train.Trainer(config, run_dir, resume=True, progress=False)
