@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,9 @@ from envs.config import (
     to_dict,
 )
 from envs.data import day_split
+from envs.files import FOLDER_NAME_RULE, is_folder_name
 from envs.storage import require_rule_operator
 from envs.tasks import get_task
-
-_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 EVAL_REFERENCES = ("auto", "oracle", "oracle_network", "none")
 """Values of ``train.eval_reference``."""
@@ -126,9 +124,7 @@ class _RunHeader:
     ``_`` and ``.`` (no path separators, so the folder stays inside ``--logdir``)."""
 
     def __post_init__(self) -> None:
-        check(bool(_RUN_NAME.fullmatch(self.name)) and self.name not in (".", ".."), "name",
-              "letters, digits, '-', '_' and '.' (1 to 100 characters, no path separators)",
-              self.name)
+        check(is_folder_name(self.name), "name", FOLDER_NAME_RULE, self.name)
         check(0 <= self.seed <= SEED_MAX, "seed", f"an integer in [0, {SEED_MAX}]", self.seed)
 
 

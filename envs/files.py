@@ -12,15 +12,27 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "plain_json", "remove_stale_temporaries"]
+__all__ = ["FOLDER_NAME_RULE", "atomic_save", "atomic_write", "atomic_write_bytes",
+           "atomic_write_text", "is_folder_name", "plain_json", "remove_stale_temporaries"]
 
 TEMPORARY_SUFFIX = ".tmp"
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+FOLDER_NAME_RULE = "1-100 letters, digits, '_', '.' and '-' (no path separators)"
+"""What :func:`is_folder_name` allows, for error messages."""
+
+
+def is_folder_name(text: str) -> bool:
+    """Whether ``text`` may name a run or result folder (a run config's ``name``, a task
+    file's stem): :data:`FOLDER_NAME_RULE`, and not ``.`` or ``..``, so the folder stays inside
+    its parent on every file system."""
+    return bool(_FOLDER_NAME.fullmatch(text)) and text not in (".", "..")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

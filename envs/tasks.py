@@ -44,12 +44,12 @@ the same process, and :attr:`Task.spec` (the file's absolute path) names it in a
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.config import ConfigError, EnvConfig, env_config
+from envs.files import FOLDER_NAME_RULE, is_folder_name
 
 __all__ = ["TASKS", "TASKS_DIR", "TASK_FILE_SUFFIXES", "Task", "get_task", "task_env_config",
            "task_names"]
@@ -158,9 +158,9 @@ def _own_task(path_text: str, where: str) -> Task:
         raise ConfigError(f"{where}: no task file '{path_text}' ({path}); allowed: the suite's "
                           f"tasks {', '.join(TASKS)} or the path of an env YAML")
     name = path.stem
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):  # it names run and result folders
+    if not is_folder_name(name):  # it names run and result folders
         raise ConfigError(f"{where}: the task file '{path_text}' would be named {name!r}; "
-                          f"rename the file (allowed: 1-100 letters, digits, '_', '.', '-')")
+                          f"rename the file (allowed: {FOLDER_NAME_RULE})")
     clash = [task for task in TASKS if task.lower() == name.lower()]
     if clash:
         raise ConfigError(f"{where}: the task file '{path_text}' would be named {name!r}, "
