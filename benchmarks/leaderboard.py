@@ -16,25 +16,24 @@ is a task of your own named after the file):
    ``<out>/cells/<task>/references.json`` (a baseline registered later is scored and added by
    the next run).
 2. **Cells**, one per algorithm x seed. Every cell without a finished record is one trial of
-   ``agents.sweep.run_trials`` (Ray Tune): ``train.Trainer`` trains ``configs/<algo>.yaml`` on
-   the task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``,
-   with ``train.total_steps=--steps`` when given and the trailing overrides) into a run folder
-   under ``<out>/runs/<task>/``, in a Ray worker; the cells of all tasks train side by side,
-   each asking Ray for ``train.torch_threads`` CPUs (1 in the shipped configs). By default a
-   local Ray is started with ``--cpus`` CPUs (default: every core; one single-threaded cell per
-   CPU) and stopped at the end; ``--address`` (or ``RAY_ADDRESS``) sends the cells to a running
-   cluster instead, whose nodes need peergrid installed and ``--out`` on a file system they
-   share with this machine at the same path. Ray (``pip install 'peergrid[sweep]'``) is needed
-   only when a cell is to be trained. Cells start largest community first (the longest
-   first, so that the last to start are short ones: :func:`largest_first`). Right after
-   training, in the same worker, ``evaluate.RunScorer`` scores the run's final checkpoint
-   (``checkpoint_latest.pt``; not the best one, which ``train.py`` picks by evaluations on
-   test days: choosing on the scored days would flatter the learners) in the run's own env
-   config (the task's, plus the algorithm's inline env keys such as dqn's discrete actions)
-   on the same days with the same seed; a run trained without those scores (by an earlier
-   version, or scored on other days) is scored in this process. Saved as
-   ``<out>/cells/<task>/<algo>__<seed>.json``; the engine's own state (a record per trained
-   run, keyed by a hash of its run config, and Tune's folders) is in ``<out>/sweep/``.
+   ``agents.sweep.run_trials`` (Ray Tune): ``train.Trainer`` trains ``configs/<algo>.yaml`` on the
+   task (as ``python train.py --task <task> --config configs/<algo>.yaml seed=<seed>``, with
+   ``train.total_steps=--steps`` when given and the trailing overrides) into a run folder under
+   ``<out>/runs/<task>/<config>/``, in a Ray worker; the cells of all tasks train side by side, each
+   asking Ray for ``train.torch_threads`` CPUs (1 in the shipped configs). By default a local Ray is
+   started with ``--cpus`` CPUs (default: every core; one single-threaded cell per CPU) and stopped
+   at the end; ``--address`` (or ``RAY_ADDRESS``) sends the cells to a running cluster instead,
+   whose nodes need peergrid installed and ``--out`` on a file system they share with this machine
+   at the same path. Ray (``pip install 'peergrid[sweep]'``) is needed only when a cell is to be
+   trained. Cells start largest community first (the longest first, so that the last to start are
+   short ones: :func:`largest_first`). Right after training, in the same worker,
+   ``evaluate.RunScorer`` scores the run's final checkpoint (``checkpoint_latest.pt``; not the best
+   one, which ``train.py`` picks by evaluations on test days: choosing on the scored days would
+   flatter the learners) in the run's own env config (the task's, plus the algorithm's inline env
+   keys such as dqn's discrete actions) on the same days with the same seed; a run trained without
+   those scores (by an earlier version, or scored on other days) is scored in this process. Saved as
+   ``<out>/cells/<task>/<algo>__<seed>.json``; the engine's own state (a record per trained run,
+   keyed by a hash of its run config, and Tune's folders) is in ``<out>/sweep/``.
 3. **Submitted policies** (``--policies``), one per spec, no training: any spec that
    ``evaluate.py --policies`` takes but the oracles (a policy of your own, ``agents.external``:
    ``module.path:Name``, ``path/to/file.py:Name``, ``sb3:model.zip``; a variant of a rule such
@@ -230,12 +229,14 @@ class Cell:
 
     def trial(self, out: Path, days: list[int] | None = None, eval_seed: int = 0
               ) -> sweep.Trial:
-        """The cell as a trial of ``agents.sweep``: a run folder under ``<out>/runs/<task>``;
-        with ``days``, the trial's worker also scores the run's :data:`SCORED_CHECKPOINT` on
-        them with ``eval_seed`` right after training (``evaluate.RunScorer``)."""
+        """The cell as a trial of ``agents.sweep``: a run folder under
+        ``<out>/runs/<task>/<config>`` (run folders are named after the algorithm, which a
+        config and its variants share); with ``days``, the trial's worker also scores the
+        run's :data:`SCORED_CHECKPOINT` on them with ``eval_seed`` right after training
+        (``evaluate.RunScorer``)."""
         post = None if days is None else evaluate.RunScorer(tuple(days), eval_seed,
                                                              SCORED_CHECKPOINT)
-        return sweep.Trial(self.config, out / "runs" / self.task,
+        return sweep.Trial(self.config, out / "runs" / self.task / self.algo,
                            {"task": self.task, "algo": self.algo, "seed": self.seed},
                            header=self.header, post=post)
 

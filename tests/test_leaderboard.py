@@ -137,7 +137,8 @@ def same_json(a, b) -> bool:
 
 
 def run_folders(out: Path, task: str) -> list[Path]:
-    return sorted(path.parent for path in (out / "runs" / task).glob("*/config.yaml"))
+    """The run folders of ``task``'s cells (``<out>/runs/<task>/<config>/<run>``)."""
+    return sorted(path.parent for path in (out / "runs" / task).glob("*/*/config.yaml"))
 
 
 def tiny_mappo_argv(task: str, out: Path) -> list[str]:
@@ -177,7 +178,7 @@ def test_interrupted_leaderboard_resumes_without_redoing_cells(tiny_task, tmp_pa
     assert sorted(p.name for p in cells.iterdir()) == ["mappo__0.json", "mappo__1.json",
                                                        "references.json"]
     runs = run_folders(out, tiny_task)
-    assert len(runs) == 2
+    assert len(runs) == 2 and {run.parent.name for run in runs} == {"mappo"}
     for seed, result in enumerate(returned):  # scored from the trial's own run folder
         record = json.loads((cells / f"mappo__{seed}.json").read_text())
         assert record["run_dir"] == result.run_dir and Path(result.run_dir) in runs
