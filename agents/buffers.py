@@ -122,7 +122,7 @@ class ReplayBuffer:
         index = torch.randint(self.size, (batch_size,), generator=generator,
                               device=generator.device)
         index = index.to(self.rewards.device)
-        return {name: getattr(self, name)[index] for name in self._tensors()}
+        return {name: getattr(self, name).index_select(0, index) for name in self._tensors()}
 
     def sample_n_step(self, batch_size: int, generator: torch.Generator, n_step: int,
                       gamma: float, stride: int) -> dict[str, Tensor]:
@@ -136,8 +136,9 @@ class ReplayBuffer:
         index = torch.randint(self.size, (batch_size,), generator=generator,
                               device=generator.device).to(self.rewards.device)
         age = (self.position - 1 - index) % self.capacity  # 0 = the newest slot
-        batch = {name: getattr(self, name)[index] for name in ("obs", "state", "actions")}
-        total = torch.zeros_like(self.rewards[index])
+        batch = {name: getattr(self, name).index_select(0, index)
+                 for name in ("obs", "state", "actions")}
+        total = self.rewards.new_zeros((batch_size, *self.rewards.shape[1:]))
         discount = torch.ones(batch_size, dtype=self.rewards.dtype, device=index.device)
         last = index.clone()
         alive = torch.ones(batch_size, dtype=torch.bool, device=index.device)
@@ -146,13 +147,14 @@ class ReplayBuffer:
             if k and not bool(alive.any()):
                 break
             slot = (index + k * stride) % self.capacity
-            total += torch.where(alive[:, None], discount[:, None] * self.rewards[slot], 0.0)
+            total += torch.where(alive[:, None],
+                                 discount[:, None] * self.rewards.index_select(0, slot), 0.0)
             last = torch.where(alive, slot, last)
             discount = torch.where(alive, discount * gamma, discount)
-            alive &= ~self.terminated[slot]
-        ended = self.terminated[last]
-        batch.update(rewards=total, next_obs=self.next_obs[last],
-                     next_state=self.next_state[last], terminated=ended,
+            alive &= ~self.terminated.index_select(0, slot)
+        ended = self.terminated.index_select(0, last)
+        batch.update(rewards=total, next_obs=self.next_obs.index_select(0, last),
+                     next_state=self.next_state.index_select(0, last), terminated=ended,
                      discount=torch.where(ended, 0.0, discount))
         return batch
 
