@@ -20,7 +20,7 @@ import yaml
 
 import evaluate
 import train
-from agents import leaderboard
+from agents import leaderboard, sweep
 from agents.baselines import BASELINES
 from envs import files, tasks
 from envs.config import ConfigError
@@ -126,7 +126,7 @@ def local_ray():
     reuses a running Ray and leaves it running, so it starts once."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": sweep.WORKER_ENV})
     yield
     ray.shutdown()
 
