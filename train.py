@@ -325,8 +325,9 @@ class Trainer:
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
                 saved_step = None
-            drop_buffers = not train.keep_buffers and self.algorithm.experience_attributes
-            if saved_step != collector.global_step or drop_buffers:  # not saved as it ends
+            # the final state, unless the last iteration saved it already as it is to stay
+            drop_buffers = not train.keep_buffers and bool(self.algorithm.experience_attributes)
+            if saved_step != collector.global_step or drop_buffers:
                 save_checkpoint(self.checkpoint(experience=not drop_buffers),
                                 self.run_dir / "checkpoint_latest.pt")
         finally:

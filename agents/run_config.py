@@ -68,11 +68,12 @@ class TrainConfig:
     keep_buffers: bool = True
     """Keep the replay buffers (``Algorithm.experience_attributes``) in the finished run's
     last ``checkpoint_latest.pt``, so that it can be trained further with ``--resume`` and a
-    larger ``total_steps``. ``false`` writes that last checkpoint without them (from about
-    90 MB on 13 agents to about 1.5 GB on 111 for DDPG/MADDPG/DQN; MAPPO and Q-learning keep
-    none): the periodic checkpoints keep them, so an interrupted run still resumes exactly;
-    a finished one then cannot be resumed (``checkpoint_best.pt`` acts as before). The
-    leaderboard sets it false unless ``--keep-buffers``."""
+    larger ``total_steps``. ``false`` writes that last checkpoint without them (DDPG, MADDPG
+    and DQN: about 90 MB on the 13-home feeder, up to several GB on the 111-home one; MAPPO
+    and Q-learning keep none): the periodic checkpoints keep them, so an interrupted run
+    still resumes exactly; a finished one then refuses ``--resume`` (its checkpoints act as
+    before). The leaderboard gives its cells ``false`` (``train.keep_buffers=true`` on its
+    command line keeps them)."""
     device: str = "cpu"
     """Torch device of the environments and networks (sets the env's ``device``)."""
     torch_threads: int = 1
