@@ -172,8 +172,12 @@ def settings_defaults(algo: str | None = None) -> dict[str, Any]:
 
 
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
-    """What a cell depends on: its resolved run config, the scored days and the seed."""
-    return {"run_config": config.to_dict(), "days": days, "eval_seed": eval_seed,
+    """What a cell's scores depend on: its resolved run config but ``train.keep_buffers``
+    (what the finished run's checkpoint keeps: :data:`CELL_OVERRIDES` sets it, and records
+    made before it did still count), the scored days and the seed."""
+    run_config = config.to_dict()
+    del run_config["train"]["keep_buffers"]
+    return {"run_config": run_config, "days": days, "eval_seed": eval_seed,
             "checkpoint": SCORED_CHECKPOINT}
 
 

@@ -401,6 +401,25 @@ def test_a_record_older_than_a_config_key_matches_its_default(tmp_path):
         leaderboard.read_record(path, dict(wanted, days=[7]), defaults)
 
 
+def test_a_record_made_before_cells_dropped_their_buffers_still_counts(tmp_path):
+    """The leaderboard gives its cells train.keep_buffers=false (what the finished run's
+    checkpoint keeps, not its scores): a record made with the default true, before that,
+    is not a record of other settings."""
+    cli = load_cli()
+    days = [6]
+    kept = cli.plan_cell("Flat", "mappo", 0, 100, ["train.keep_buffers=true"])
+    dropped = cli.plan_cell("Flat", "mappo", 0, 100, list(cli.CELL_OVERRIDES))
+    assert kept.config.train.keep_buffers and not dropped.config.train.keep_buffers
+    path = kept.record_path(tmp_path)
+    leaderboard.write_record(path, {"settings": cli.cell_settings(kept.config, days, 0)})
+    assert leaderboard.read_record(path, cli.cell_settings(dropped.config, days, 0),
+                                   cli.settings_defaults("mappo")) is not None
+    other = cli.plan_cell("Flat", "mappo", 0, 200, list(cli.CELL_OVERRIDES))
+    with pytest.raises(ConfigError, match=r"total_steps"):  # a setting that counts still does
+        leaderboard.read_record(path, cli.cell_settings(other.config, days, 0),
+                                cli.settings_defaults("mappo"))
+
+
 def test_overrides_may_stand_between_options():
     args = load_cli().parse_args(["train.n_envs=8", "--seeds", "0", "mappo.gamma=0.9",
                                   "--force"])
