@@ -317,7 +317,8 @@ class Trainer:
                 by_steps = train.checkpoint_every and step >= state["next_checkpoint"]
                 by_time = train.checkpoint_minutes and (
                     time.monotonic() - last_checkpoint >= 60.0 * train.checkpoint_minutes)
-                if by_steps or by_time:
+                # not in the iteration that ends training: the final checkpoint follows at once
+                if (by_steps or by_time) and step < train.total_steps:
                     while train.checkpoint_every and state["next_checkpoint"] <= step:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")

@@ -171,12 +171,18 @@ def settings_defaults(algo: str | None = None) -> dict[str, Any]:
     return defaults
 
 
+CHECKPOINT_KEYS = ("keep_buffers", "checkpoint_every", "checkpoint_minutes")
+"""``train`` keys that decide when checkpoints are written and what they keep, not what is
+trained: not one of a cell record's settings (:data:`CELL_OVERRIDES` sets two of them, and
+records made before it did still count)."""
+
+
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
-    """What a cell's scores depend on: its resolved run config but ``train.keep_buffers``
-    (what the finished run's checkpoint keeps: :data:`CELL_OVERRIDES` sets it, and records
-    made before it did still count), the scored days and the seed."""
+    """What a cell's scores depend on: its resolved run config but :data:`CHECKPOINT_KEYS`,
+    the scored days and the seed."""
     run_config = config.to_dict()
-    del run_config["train"]["keep_buffers"]
+    for key in CHECKPOINT_KEYS:
+        del run_config["train"][key]
     return {"run_config": run_config, "days": days, "eval_seed": eval_seed,
             "checkpoint": SCORED_CHECKPOINT}
 
@@ -603,11 +609,15 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
-CELL_OVERRIDES = ("train.keep_buffers=false",)
+CELL_OVERRIDES = ("train.keep_buffers=false", "train.checkpoint_every=0")
 """Given to every cell before the command line's overrides (which may change them): a
-finished cell's ``checkpoint_latest.pt`` without its replay buffers, several hundred MB to
-1.5 GB each on the larger feeders for the off-policy learners (tens of GB over the whole
-leaderboard)."""
+finished cell's ``checkpoint_latest.pt`` without its replay buffers (several hundred MB to
+1.5 GB each on the larger feeders for the off-policy learners, tens of GB over the whole
+leaderboard), and periodic checkpoints by wall time only (``train.checkpoint_minutes``, 10 by
+default) instead of every ``checkpoint_every`` env-steps: a cell is minutes long, and each
+periodic write of its replay buffer took 1.5-7 s of a 44-106 s cell (DDPG on Urban-Scale,
+DDPG with imitation on Grid-Rebound), while an interrupted leaderboard loses at most those
+minutes of a cell."""
 
 
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:

@@ -11,10 +11,12 @@ Categories (exclusive wall time: a timed call nested in another is subtracted fr
 - ``collector``: the rest of ``Collector.step`` (``env.state()``, final observations,
   episode accumulator);
 - ``policy (forward, sampling)``: the algorithm's acting calls during the rollout
-  (MAPPO ``_policy_output``/``_sample``/``_value``/``_to_env``, DDPG ``_explore``);
+  (MAPPO ``_policy_output``/``_sample``/``_value``/``_to_env``, DDPG ``_explore``, DQN and
+  Q-learning ``act``);
 - ``rollout other``: the rest of ``iterate`` outside the update (buffer writes, GAE, rewards);
 - ``replay buffer add``: off-policy ``buffer.add``;
-- ``update``: the algorithm's ``_update`` (PPO epochs, or each gradient step), with its
+- ``update``: the algorithm's ``_update`` (PPO epochs, or each gradient step; DQN's
+  ``_gradient_step``, Q-learning's table update ``learn``), with its
   ``policy forward`` calls (MAPPO) shown as a sub-row;
 - ``imitation``: behaviour cloning before the first rollout (``imitate``), once per run;
 - ``logging``: ``SummaryWriter.add_scalar``/``add_text``, ``pop_episodes`` and the episode
@@ -108,6 +110,14 @@ class Timer:
         setattr(owner, name, timed)
 
 
+ACTING = ("_policy_output", "_sample", "_value", "_to_env", "_explore", "act")
+"""The algorithms' acting calls in the rollout (MAPPO's, DDPG/MADDPG's, DQN's and
+Q-learning's ``act``)."""
+UPDATES = ("_update", "_gradient_step", "learn")
+"""An update, by algorithm: MAPPO's and DDPG/MADDPG's ``_update``, DQN's gradient step,
+Q-learning's table update; the first the algorithm has is timed."""
+
+
 def instrument(trainer: train.Trainer, timer: Timer) -> None:
     """Wrap the parts of ``trainer`` (instances, and ``train``'s imported functions)."""
     algorithm = trainer.algorithm
@@ -115,12 +125,17 @@ def instrument(trainer: train.Trainer, timer: Timer) -> None:
     timer.wrap(trainer.collector, "step", "collector")
     timer.wrap(trainer.collector, "pop_episodes", "logging")
     timer.wrap(algorithm, "iterate", "rollout other")
-    for name in ("_policy_output", "_sample", "_value", "_to_env", "_explore"):
+    for name in ACTING:
         if hasattr(algorithm, name):
             timer.wrap(algorithm, name, "policy (forward, sampling)")
-    if hasattr(algorithm, "buffer") and hasattr(algorithm.buffer, "add"):
-        timer.wrap(algorithm.buffer, "add", "replay buffer add")
-    timer.wrap(algorithm, "_update", "update")
+    for name in ("buffer", "replay_buffer"):
+        if hasattr(getattr(algorithm, name, None), "add"):
+            timer.wrap(getattr(algorithm, name), "add", "replay buffer add")
+    updates = [name for name in UPDATES if hasattr(algorithm, name)]
+    if not updates:
+        raise SystemExit(f"train_profile.py: {type(algorithm).__name__} has none of the update "
+                         f"methods it times ({', '.join(UPDATES)})")
+    timer.wrap(algorithm, updates[0], "update")
     if hasattr(algorithm, "imitate"):
         timer.wrap(algorithm, "imitate", "imitation")
     timer.wrap(trainer.writer, "add_scalar", "logging")

@@ -21,6 +21,8 @@ each agent's annual consumption; this is cheap and never cached.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import io
 import json
@@ -83,12 +85,19 @@ class FeederData:
         return self.load_kw.sum(axis=0) * STEP_HOURS
 
     def net(self):
-        """A fresh pandapower net of the feeder (None for a community without one)."""
+        """A fresh pandapower net of the feeder (None for a community without one): a copy of
+        the net parsed once per process (parsing takes 0.3 s, a copy 0.01 s; a run builds one
+        for its training and one for its evaluation environments)."""
         if self.net_json is None:
             return None
-        import pandapower as pp
+        return copy.deepcopy(_parsed_net(self.net_json))
 
-        return pp.from_json_string(self.net_json)
+
+@functools.lru_cache(maxsize=8)
+def _parsed_net(net_json: str):
+    import pandapower as pp
+
+    return pp.from_json_string(net_json)
 
 
 def _cache_path(name: str, n_agents: int | None, seed: int) -> Path:

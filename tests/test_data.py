@@ -186,3 +186,20 @@ def test_unknown_feeder_and_misplaced_n_agents():
         load_feeder("mars")
     with pytest.raises(ValueError, match="n_agents is set only for the synthetic"):
         load_feeder("case33bw", n_agents=3)
+
+
+def test_each_net_is_a_fresh_copy_of_the_feeder():
+    """FeederData.net parses the feeder's JSON once per process and hands out copies: a net
+    changed by one user (a battery load added, a result table written) leaves the next one
+    equal to the parsed JSON."""
+    import pandapower as pp
+
+    data = load_feeder("1-LV-rural1--0-sw")
+    first = data.net()
+    first.load.loc[first.load.index[0], "p_mw"] += 1.0
+    pp.create_load(first, bus=int(first.bus.index[0]), p_mw=0.5)
+    second = data.net()
+    parsed = pp.from_json_string(data.net_json)
+    assert len(second.load) == len(parsed.load) == len(first.load) - 1
+    assert second.load.equals(parsed.load) and second.line.equals(parsed.line)
+    assert second is not data.net()
