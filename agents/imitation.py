@@ -250,14 +250,15 @@ def clone(act: Callable[[Tensor], Tensor] | None, parameters: Iterable[torch.nn.
     mean_loss = math.nan
     for _ in range(config.epochs):
         order = torch.randperm(obs.shape[0], generator=generator, device=generator.device)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=device)
         for index in order.to(device).split(rows):
-            loss = loss_fn(obs[index], target[index])
+            # index_select: the rows advanced indexing gives, several times faster on CPU
+            loss = loss_fn(obs.index_select(0, index), target.index_select(0, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(index)
-        mean_loss = total / obs.shape[0]
+            total += loss.detach() * len(index)  # no host sync per step
+        mean_loss = float(total) / obs.shape[0]
     return mean_loss
 
 
