@@ -90,7 +90,10 @@ class AgentMLP(nn.Module):
     def forward(self, x: Tensor, agent: Tensor | None = None) -> Tensor:
         hidden = self.input(x)
         if self.agent_table.shape[0]:
-            hidden = hidden + (self.agent_table if agent is None else self.agent_table[agent])
+            # index_select: the rows of agent_table[agent], and a backward (index_add_) that
+            # is faster on CPU than advanced indexing's accumulating index_put_, equal sums
+            hidden = hidden + (self.agent_table if agent is None
+                               else self.agent_table.index_select(0, agent))
         return self.body(hidden)
 
 
