@@ -26,8 +26,10 @@ import hashlib
 import io
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +42,9 @@ from envs.data import cache_dir, day_split
 from envs.files import atomic_write_bytes
 
 __all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "TIE_BREAKS", "ImitationConfig",
-           "check_rule_feature", "clone", "demonstration_batch", "demonstrations",
-           "imitated_oracle", "imitation_loss", "oracle_demonstrations", "training_days"]
+           "check_rule_feature", "clone", "demonstration_batch", "demonstration_request",
+           "demonstrations", "demonstrations_path", "imitated_oracle", "imitation_loss",
+           "oracle_demonstrations", "solve_demonstrations", "training_days"]
 
 CACHE_VERSION = 1
 IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
@@ -160,6 +163,36 @@ def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
             "battery": fraction.astype(np.float32)}  # [D, T, N]
 
 
+def demonstrations_path(config: EnvConfig, n_days: int, oracle: str = "oracle",
+                        tie_break: str = "none") -> Path:
+    """The cache file of :func:`oracle_demonstrations` with these arguments (there once they
+    have been solved on this machine)."""
+    days = training_days(config, n_days)
+    key = _cache_key(config, days, oracle if tie_break == "none" else f"{oracle}:{tie_break}")
+    return cache_dir() / "demonstrations" / f"{key}.npz"
+
+
+def demonstration_request(run_config: Any) -> tuple[EnvConfig, int, str, str] | None:
+    """The arguments of :func:`oracle_demonstrations` that a run of ``run_config``
+    (``agents.run_config.RunConfig``) clones from, or None when it clones nothing (no
+    ``imitation`` section, or ``imitation.days`` 0)."""
+    config = getattr(run_config.hyperparameters, "imitation", None)
+    if not isinstance(config, ImitationConfig) or not config.days:
+        return None
+    return (run_config.env, config.days,
+            imitated_oracle(config, run_config.train.eval_reference), config.tie_break)
+
+
+def solve_demonstrations(request: tuple[EnvConfig, int, str, str]) -> float:
+    """:func:`oracle_demonstrations` of a :func:`demonstration_request` into the cache, with
+    one torch thread (a worker process's job; ``benchmarks/leaderboard.py`` solves the sets
+    its cells need before they train); returns the seconds it took."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    oracle_demonstrations(*request)
+    return time.perf_counter() - start
+
+
 def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle",
                           tie_break: str = "none") -> tuple[Tensor, Tensor]:
     """``(obs [D, T, N, obs_dim], battery fraction [D, T, N])`` of the optimum of ``oracle``
@@ -171,8 +204,7 @@ def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
         raise ConfigError("config key 'imitation.tie_break': got 'rule'; allowed only with a "
                           "rule in the observation (set env.observation.rule)")
     days = training_days(config, n_days)
-    key = _cache_key(config, days, oracle if tie_break == "none" else f"{oracle}:{tie_break}")
-    path = cache_dir() / "demonstrations" / f"{key}.npz"
+    path = demonstrations_path(config, n_days, oracle, tie_break)
     data: dict[str, Any] | None = None
     if path.is_file():
         try:

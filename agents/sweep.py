@@ -430,7 +430,14 @@ keep the update's large blocks there, so every one is mapped and unmapped again 
 3.9 million against 0.42 million, 7.8 s against 1.7 s of system time, MAPPO 1.6x slower on
 Urban-Scale; README, "Sweeps on Ray"). One arena, glibc's main one, for every thread of the
 worker makes a trial train as fast as ``train.py``. A Ray started by the caller should pass
-``runtime_env={"env_vars": WORKER_ENV}`` to ``ray.init``."""
+``runtime_env={"env_vars": WORKER_ENV}`` to ``ray.init`` (:func:`local_ray_options` does)."""
+
+
+def local_ray_options(cpus: int) -> dict[str, Any]:
+    """``ray.init`` keywords of a local Ray with ``cpus`` CPUs as the sweeps start one: no
+    dashboard, Ray's logging left alone, workers with :data:`WORKER_ENV`."""
+    return {"num_cpus": cpus, "include_dashboard": False, "configure_logging": False,
+            "runtime_env": {"env_vars": dict(WORKER_ENV)}}
 
 
 @contextlib.contextmanager
@@ -444,12 +451,11 @@ def ray_session(options: RayOptions) -> Iterator[None]:
         yield
         return
     address = options.resolved_address()
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
     if address is not None:
-        ray.init(address=address, configure_logging=False, runtime_env=runtime_env)
+        ray.init(address=address, configure_logging=False,
+                 runtime_env={"env_vars": dict(WORKER_ENV)})
     else:
-        ray.init(num_cpus=options.cpus or os.cpu_count() or 1, include_dashboard=False,
-                 configure_logging=False, runtime_env=runtime_env)
+        ray.init(**local_ray_options(options.cpus or os.cpu_count() or 1))
     try:
         yield
     finally:

@@ -73,11 +73,13 @@ import hashlib
 import importlib.util
 import io
 import math
+import multiprocessing
 import os
 import sys
 import textwrap
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,11 @@ import train  # noqa: E402
 from agents import leaderboard, registry, sweep  # noqa: E402
 from agents.baselines import ORACLES  # noqa: E402
 from agents.external import file_sha256, spec_source_file  # noqa: E402
+from agents.imitation import (  # noqa: E402
+    demonstration_request,
+    demonstrations_path,
+    solve_demonstrations,
+)
 from agents.leaderboard import rule_names  # noqa: E402
 from agents.policy import PolicyLoadError  # noqa: E402
 from agents.run_config import RunConfig, build_run_config  # noqa: E402
@@ -259,6 +266,46 @@ def plan_cell(task: str, algo: str, seed: int, steps: int | None,
               + (f", train.total_steps={steps}" if steps is not None else "")
               + (f", {' '.join(overrides)}" if overrides else ""))
     return Cell(task, algo, seed, run_config(task, algo, seed, steps, overrides), header)
+
+
+def prepare_demonstrations(cells: list[Cell], cpus: int) -> None:
+    """Solve the oracle demonstrations that ``cells`` clone from and this machine's cache
+    (``agents.imitation``) lacks, each distinct set once and ``cpus`` at a time, before the
+    cells train: otherwise the first cells of a task, started together, would each solve the
+    same set (minutes per set on the larger feeders) while holding a CPU. A set that fails
+    here is left to its cells, which report the error."""
+    jobs: dict[Path, tuple[Cell, tuple[EnvConfig, int, str, str], list[str]]] = {}
+    for cell in largest_first(cells):
+        request = demonstration_request(cell.config)
+        if request is None:
+            continue
+        path = demonstrations_path(*request)
+        if path in jobs:
+            if cell.algo not in jobs[path][2]:
+                jobs[path][2].append(cell.algo)
+        elif not path.is_file():
+            jobs[path] = (cell, request, [cell.algo])
+    if not jobs:
+        return
+    print(f"demonstrations: solving {len(jobs)} sets, {min(cpus, len(jobs))} at a time",
+          flush=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(cpus, len(jobs)), mp_context=context) as pool:
+        futures = {pool.submit(solve_demonstrations, request): (cell, request, algos)
+                   for cell, request, algos in jobs.values()}
+        try:
+            for future in as_completed(futures):
+                cell, request, algos = futures[future]
+                what = (f"[{cell.task}] demonstrations of {', '.join(algos)} ({request[1]} days "
+                        f"of {request[2]})")
+                try:
+                    print(f"{what} in {future.result():.0f} s", flush=True)
+                except Exception as error:  # the cells solve it again and report it
+                    print(f"leaderboard.py: warning: {what}: {type(error).__name__}: {error}",
+                          file=sys.stderr, flush=True)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def largest_first(cells: list[Cell]) -> list[Cell]:
@@ -734,6 +781,13 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             if (cell.task, cell.algo, cell.seed) in done:
                 print(f"{cell.label}: done ({cell.record_path(out)})", flush=True)
+        if to_train and args.address is None:  # a cluster's nodes have caches of their own
+            try:
+                prepare_demonstrations(to_train, args.cpus or os.cpu_count() or 1)
+            except KeyboardInterrupt:
+                print("leaderboard.py: interrupted while solving demonstrations; rerun the same "
+                      "command to continue", file=sys.stderr)
+                return 130
         results = (train_cells(to_train, out, ray_options, args.force, args.verbose, days,
                                args.eval_seed) if to_train else [])
         for cell, result in zip(to_train, results, strict=True):

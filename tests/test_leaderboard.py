@@ -125,8 +125,7 @@ def local_ray():
     """One local Ray (2 CPUs) for the module's leaderboards that train: ``agents.sweep``
     reuses a running Ray and leaves it running, so it starts once."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, runtime_env={"env_vars": sweep.WORKER_ENV})
+    ray.init(**sweep.local_ray_options(2), log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -475,3 +474,39 @@ def test_a_task_file_of_your_own_is_a_leaderboard_task(tmp_path, monkeypatch, ca
     capsys.readouterr()
     assert cli.main(["--tasks", f"Flat,flat,{path}", "--out", str(tmp_path / "x")]) == 2
     assert "tasks of the same name" in capsys.readouterr().err
+
+
+def test_demonstrations_are_solved_once_before_the_cells(tmp_path, monkeypatch, capsys):
+    """The leaderboard solves each set of demonstrations its cells clone from once (MAPPO's
+    and DDPG's imitation configs share one on a task), in worker processes, into the cache
+    the cells read; a cached set and a cell that clones nothing are left alone."""
+    import shutil
+
+    from agents.imitation import demonstration_request, demonstrations_path, oracle_demonstrations
+    from envs.data import cache_dir
+
+    cli = load_cli()
+    feeder = cache_dir() / "1-LV-rural1--0-sw.v1.npz"
+    if feeder.is_file():  # the feeder's profiles, so that only the demonstrations are new
+        shutil.copy(feeder, tmp_path / feeder.name)
+    monkeypatch.setenv("PEERGRID_CACHE", str(tmp_path))
+    cells = [cli.plan_cell("Flat", algo, seed, 100, overrides)
+             for algo, seed, overrides in (("mappo_imitation", 0, ["mappo.imitation.days=2"]),
+                                           ("mappo_imitation", 1, ["mappo.imitation.days=2"]),
+                                           ("ddpg_imitation", 0, ["ddpg.imitation.days=2"]),
+                                           ("ddpg", 0, []))]
+    requests = [demonstration_request(cell.config) for cell in cells]
+    assert requests[3] is None
+    path = demonstrations_path(*requests[0])
+    assert path.parent.parent == tmp_path and not path.exists()
+    assert {demonstrations_path(*request) for request in requests[:3]} == {path}
+    cli.prepare_demonstrations(cells, cpus=2)
+    output = capsys.readouterr().out
+    assert "solving 1 sets, 1 at a time" in output
+    assert "[Flat] demonstrations of mappo_imitation, ddpg_imitation (2 days of oracle)" in output
+    assert path.is_file()
+    stamp = path.stat().st_mtime_ns
+    obs, battery = oracle_demonstrations(*requests[0])  # what a cell reads: the solved set
+    assert obs.shape[:3] == battery.shape == (2, 96, 13) and path.stat().st_mtime_ns == stamp
+    cli.prepare_demonstrations(cells, cpus=2)
+    assert capsys.readouterr().out == ""

@@ -49,8 +49,7 @@ def local_ray():
     """One local Ray for the module (the sweeps reuse a running Ray and leave it running);
     this module's functions travel to the workers by value (a trial's ``post`` hook)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, runtime_env={"env_vars": sweep.WORKER_ENV})
+    ray.init(**sweep.local_ray_options(2), log_to_driver=False)
     yield
     ray.shutdown()
 
