@@ -662,9 +662,9 @@ finished cell's ``checkpoint_latest.pt`` without its replay buffers (several hun
 1.5 GB each on the larger feeders for the off-policy learners, tens of GB over the whole
 leaderboard), and periodic checkpoints by wall time only (``train.checkpoint_minutes``, 10 by
 default) instead of every ``checkpoint_every`` env-steps: a cell is minutes long, and each
-periodic write of its replay buffer took 1.5-7 s of a 44-106 s cell (DDPG on Urban-Scale,
-DDPG with imitation on Grid-Rebound), while an interrupted leaderboard loses at most those
-minutes of a cell."""
+periodic write of its replay buffer took about 3.5 s (DDPG on Urban-Scale, a 44 s cell) to
+7 s (DDPG with imitation on Grid-Rebound, a 106 s cell), while an interrupted leaderboard
+loses at most those minutes of a cell."""
 
 
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:
