@@ -285,7 +285,7 @@ class Trainer:
         train, collector, state = self.config.train, self.collector, self.state
         bar = tqdm(total=train.total_steps, initial=collector.global_step, unit="env-step",
                    unit_scale=True, dynamic_ncols=True, disable=not self.progress)
-        last_checkpoint, saved_step = time.monotonic(), None
+        last_checkpoint = time.monotonic()
         try:
             if state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
@@ -322,15 +322,13 @@ class Trainer:
                     while train.checkpoint_every and state["next_checkpoint"] <= step:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
-                    last_checkpoint, saved_step = time.monotonic(), step
+                    last_checkpoint = time.monotonic()
             if state["last_eval_step"] != collector.global_step:
                 self.evaluate()
-                saved_step = None
-            # the final state, unless the last iteration saved it already as it is to stay
+            # the final state: no periodic checkpoint was written in the last iteration
             drop_buffers = not train.keep_buffers and bool(self.algorithm.experience_attributes)
-            if saved_step != collector.global_step or drop_buffers:
-                save_checkpoint(self.checkpoint(experience=not drop_buffers),
-                                self.run_dir / "checkpoint_latest.pt")
+            save_checkpoint(self.checkpoint(experience=not drop_buffers),
+                            self.run_dir / "checkpoint_latest.pt")
         finally:
             bar.close()
             self.writer.close()

@@ -272,10 +272,11 @@ def prepare_demonstrations(cells: list[Cell], cpus: int) -> None:
     """Solve the oracle demonstrations that ``cells`` clone from and this machine's cache
     (``agents.imitation``) lacks, each distinct set once and ``cpus`` at a time, before the
     cells train: otherwise the first cells of a task, started together, would each solve the
-    same set (minutes per set on the larger feeders) while holding a CPU. A set that fails
+    same set (minutes per set on the larger feeders) while holding a CPU. Sets start in the
+    order of their first cell (``main`` passes the cells largest first). A set that fails
     here is left to its cells, which report the error."""
     jobs: dict[Path, tuple[Cell, tuple[EnvConfig, int, str, str], list[str]]] = {}
-    for cell in largest_first(cells):
+    for cell in cells:
         request = demonstration_request(cell.config)
         if request is None:
             continue
