@@ -62,7 +62,10 @@ Records keep each policy's ``evaluate.summarise`` row and per-day savings; the c
 ``agents.leaderboard`` (share of the task oracle's savings, gain over the best rule, ...) are
 computed from them when the table is made, and aggregated over seeds (interquartile mean and
 95 % bootstrap confidence interval, Agarwal et al. 2021) and written to ``<out>/leaderboard.md``,
-``leaderboard.csv`` and ``leaderboard.png``; the markdown table is printed.
+``leaderboard.csv`` and ``leaderboard.png``; the markdown table is printed. ``leaderboard.md``
+opens with the gain over the best rule as one table (:func:`summary_markdown`: a column per
+task, a row per policy, with how many seeds beat the best rule) and ends with what the cells
+and this run of the command cost (:func:`compute_markdown`).
 """
 
 from __future__ import annotations
@@ -474,7 +477,9 @@ def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], lis
                 continue
             per_seed = [columns(record, ref) for record in records]
             row: dict[str, Any] = {"task": task, "policy": algo, "kind": "learner",
-                                   "seeds": len(records)}
+                                   "seeds": len(records),
+                                   "seeds_above_best_rule": sum(
+                                       values["gain_vs_best_rule"] > 0 for values in per_seed)}
             for key, _ in leaderboard.COLUMNS:
                 row[key] = leaderboard.aggregate([values[key] for values in per_seed])
             rows.append(row)
@@ -510,6 +515,48 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
+    """The gain over the best rule (cost/day; > 0 beats every rule) as one table: a column
+    per task, a row per policy (learners: IQM [95 % CI] over seeds and how many seeds beat
+    the best rule), with the best rule and its cost, the task's oracle, ``zi`` and
+    ``no_p2p`` on top for scale; '' without learners or submitted policies."""
+    tasks = list(refs)
+    entries = {(row["task"], row["policy"]): row for row in rows}
+    policies = list(dict.fromkeys(row["policy"] for row in rows
+                                  if row["kind"] in ("learner", "submitted")))
+    if not policies:
+        return ""
+
+    def gain(row: dict[str, Any] | None) -> str:
+        if row is None:
+            return "–"
+        value, spec = row["gain_vs_best_rule"], FORMATS["gain_vs_best_rule"]
+        text = _format(value["iqm"], spec)
+        if math.isfinite(value["ci_low"]):
+            text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
+        if row["kind"] == "learner":
+            text += f" {row['seeds_above_best_rule']}/{row['seeds']}"
+        return text
+
+    lines = ["| policy | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    best = [best_rule(refs[task]) for task in tasks]
+    lines.append("| best rule: cost/day | " + " | ".join(
+        f"`{name}` {cost:.2f}" for name, cost in best) + " |")
+    lines.append("| oracle | " + " | ".join(
+        f"{gain(entries.get((task, refs[task]['settings']['oracle'])))}"
+        f" (`{refs[task]['settings']['oracle']}`)" for task in tasks) + " |")
+    for name in ("zi", "no_p2p"):
+        if all((task, name) in entries for task in tasks):
+            lines.append(f"| `{name}` | " + " | ".join(
+                gain(entries[(task, name)]) for task in tasks) + " |")
+    for name in policies:
+        kind = next(row["kind"] for row in rows if row["policy"] == name)
+        label = name if kind == "learner" else f"`{name}`"
+        lines.append(f"| {label} | " + " | ".join(
+            gain(entries.get((task, name))) for task in tasks) + " |")
     return "\n".join(lines)
 
 
@@ -830,13 +877,20 @@ def main(argv: list[str] | None = None) -> int:
     if policies:
         title += f"; submitted policies ({len(policies)}): one evaluation each"
     table = markdown(rows)
-    text = (f"# peergrid leaderboard\n\n{title}.\n\n{table}\n\n"
+    summary = summary_markdown(rows, refs)
+    if summary:
+        summary = (f"Gain over the best rule-based baseline, cost/day (> 0 beats every rule; "
+                   f"learners: IQM [95 % CI] over seeds, then the seeds that beat the best "
+                   f"rule):\n\n{summary}\n\n")
+    text = (f"# peergrid leaderboard\n\n{title}.\n\n{summary}{table}\n\n"
             + "".join(f"- {task}: reference oracle `{refs[task]['settings']['oracle']}`, best "
                       f"rule `{best_rule(refs[task])[0]}` ({best_rule(refs[task])[1]:.2f}/day)\n"
                       for task in tasks))
     compute = compute_markdown(cell_records)
     if compute:
-        text += f"\n## Compute\n\n{compute}"
+        text += (f"\n## Compute\n\n{compute}\nThis run of the command: {wall:.0f} s of wall "
+                 f"time (references, demonstrations, training and scoring; a resumed run "
+                 f"counts its last part only).\n")
     atomic_write_text(out / "leaderboard.md", text)
     atomic_write_text(out / "leaderboard.csv", csv_text(rows))
     plot(rows, out / "leaderboard.png", title)

@@ -429,6 +429,51 @@ def test_overrides_may_stand_between_options():
     assert args.seeds == "0" and args.force
 
 
+def _evaluated(cost: float, savings: list[float]) -> dict:
+    """A reference or cell record as the leaderboard keeps it (summary and daily savings)."""
+    return {"summary": {"community_cost_mean": cost, "voltage_violations_mean": 0.0,
+                        "line_violations_mean": 0.0, "savings_gini_mean": 0.1,
+                        "agent_savings": [1.0, 2.0]},
+            "savings_per_day": savings}
+
+
+def test_summary_table_of_gains_over_the_best_rule():
+    """One row per policy, one column per task: the gain over that task's best rule (cost/day),
+    learners as IQM [CI] with the seeds above the best rule, hand-computed."""
+    cli = load_cli()
+    rules = leaderboard.rule_names()
+    refs = {}
+    for task, best_cost, oracle in (("A", 100.0, "oracle"), ("B", 50.0, "oracle_network")):
+        policies = {name: _evaluated(best_cost + 10.0 + i, [1.0, 1.0])
+                    for i, name in enumerate(rules)}
+        policies["community_time_of_use"] = _evaluated(best_cost, [2.0, 2.0])
+        policies["zi"] = _evaluated(best_cost + 7.0, [0.5, 0.5])
+        policies["no_p2p"] = _evaluated(best_cost + 20.0, [0.0, 0.0])
+        policies[oracle] = _evaluated(best_cost - 5.0, [4.0, 4.0])
+        refs[task] = {"settings": {"oracle": oracle}, "policies": policies}
+    cells = {("A", "mappo"): [_evaluated(c, [3.0, 3.0]) for c in (99.0, 98.0, 101.0)],
+             ("B", "mappo"): [_evaluated(c, [3.0, 3.0]) for c in (49.0, 48.0, 47.0)],
+             ("A", "ddpg"): [_evaluated(105.0, [0.0, 0.0])]}  # no ddpg cell on B
+    submitted = {("B", "my.py:Mine"): _evaluated(52.5, [1.0, 1.0])}
+    rows = cli.table_rows(refs, cells, submitted)
+    text = cli.summary_markdown(rows, refs)
+    lines = text.splitlines()
+    assert lines[0] == "| policy | A | B |"
+    assert lines[2] == "| best rule: cost/day | `community_time_of_use` 100.00 | " \
+                       "`community_time_of_use` 50.00 |"
+    assert lines[3] == "| oracle | +5.00 (`oracle`) | +5.00 (`oracle_network`) |"
+    assert lines[4] == "| `zi` | -7.00 | -7.00 |"
+    assert lines[5] == "| `no_p2p` | -20.00 | -20.00 |"
+    # A: gains +1, +2, -1 (IQM of 3 = their mean), 2 of 3 seeds above the rule; the
+    # bootstrap interval of 3 seeds spans their range
+    assert lines[6] == "| mappo | +0.67 [-1.00, +2.00] 2/3 | +2.00 [+1.00, +3.00] 3/3 |"
+    assert lines[7] == "| ddpg | -5.00 0/1 | – |"  # one seed: no interval; no cell on B
+    assert lines[8] == "| `my.py:Mine` | – | -2.50 |"  # a submitted policy: one evaluation
+    assert len(lines) == 9
+    assert cli.summary_markdown([row for row in rows if row["kind"] != "learner"
+                                 and row["kind"] != "submitted"], refs) == ""
+
+
 def test_compute_table_from_the_records():
     cli = load_cli()
     cells = {("Flat", "mappo"): [{"train_wall_s": 10.0, "run_wall_s": 15.0, "score_wall_s": 2.0},
