@@ -500,6 +500,14 @@ def _format(value: float, spec: str) -> str:
     return format(0.0, spec) if float(text) == 0.0 else text  # no "-0.000"
 
 
+def _aggregate_text(value: dict[str, float], spec: str) -> str:
+    """A column's value as printed: the IQM, with its 95 % CI where defined."""
+    text = _format(value["iqm"], spec)
+    if math.isfinite(value["ci_low"]):
+        text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
+    return text
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The leaderboard as a markdown table; learners as ``IQM [95 % CI]`` over seeds."""
     header = ["task", "policy", "seeds", *(label for _, label in leaderboard.COLUMNS)]
@@ -509,11 +517,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         name = row["policy"] if row["kind"] == "learner" else f"`{row['policy']}`"
         cells = [row["task"], name, str(row["seeds"])]
         for key, _ in leaderboard.COLUMNS:
-            value, spec = row[key], FORMATS[key]
-            text = _format(value["iqm"], spec)
-            if math.isfinite(value["ci_low"]):
-                text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
-            cells.append(text)
+            cells.append(_aggregate_text(row[key], FORMATS[key]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -525,18 +529,15 @@ def summary_markdown(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]
     ``no_p2p`` on top for scale; '' without learners or submitted policies."""
     tasks = list(refs)
     entries = {(row["task"], row["policy"]): row for row in rows}
-    policies = list(dict.fromkeys(row["policy"] for row in rows
-                                  if row["kind"] in ("learner", "submitted")))
+    policies = {row["policy"]: row["kind"] for row in rows
+                if row["kind"] in ("learner", "submitted")}
     if not policies:
         return ""
 
     def gain(row: dict[str, Any] | None) -> str:
         if row is None:
             return "–"
-        value, spec = row["gain_vs_best_rule"], FORMATS["gain_vs_best_rule"]
-        text = _format(value["iqm"], spec)
-        if math.isfinite(value["ci_low"]):
-            text += f" [{_format(value['ci_low'], spec)}, {_format(value['ci_high'], spec)}]"
+        text = _aggregate_text(row["gain_vs_best_rule"], FORMATS["gain_vs_best_rule"])
         if row["kind"] == "learner":
             text += f" {row['seeds_above_best_rule']}/{row['seeds']}"
         return text
@@ -552,8 +553,7 @@ def summary_markdown(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]
         if all((task, name) in entries for task in tasks):
             lines.append(f"| `{name}` | " + " | ".join(
                 gain(entries[(task, name)]) for task in tasks) + " |")
-    for name in policies:
-        kind = next(row["kind"] for row in rows if row["policy"] == name)
+    for name, kind in policies.items():
         label = name if kind == "learner" else f"`{name}`"
         lines.append(f"| {label} | " + " | ".join(
             gain(entries.get((task, name))) for task in tasks) + " |")
