@@ -35,18 +35,18 @@ import envs  # noqa: E402
 from agents import registry  # noqa: E402
 from agents.algorithm import EnvSpec  # noqa: E402
 from agents.run_config import make_generator  # noqa: E402
+from envs.config import ConfigError  # noqa: E402
 
 
-def imitate_seconds(task: str, algo: str, epochs: int, minibatch: int) -> float:
-    """Wall seconds of one ``imitate`` call of ``configs/<algo>.yaml`` on ``task`` (seed 0)
-    with ``epochs`` epochs of ``minibatch`` agent-steps a minibatch."""
-    probe = leaderboard.run_config(task, algo, 0, None, [])
-    section = probe.algo
+def imitate_seconds(task: str, algo: str, section: str, spec: EnvSpec, epochs: int,
+                    minibatch: int) -> float:
+    """Wall seconds of one ``imitate`` call of ``configs/<algo>.yaml`` (its algorithm's
+    section ``section``) on ``task`` (seed 0, ``spec`` of its training envs) with ``epochs``
+    epochs of ``minibatch`` agent-steps a minibatch."""
     config = leaderboard.run_config(task, algo, 0, None, [
         f"{section}.imitation.epochs={epochs}", f"{section}.imitation.minibatch={minibatch}"])
-    env = envs.make_batched_env(config.env, n_envs=config.train.n_envs)
-    algorithm = registry.get(config.algo)(config.hyperparameters, EnvSpec.from_env(env),
-                                          config.train, make_generator(0))
+    algorithm = registry.get(config.algo)(config.hyperparameters, spec, config.train,
+                                          make_generator(0))
     start = time.perf_counter()
     algorithm.imitate(config.env)
     return time.perf_counter() - start
@@ -82,16 +82,22 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|" + "---:|" * len(sizes))
     for task in args.tasks.split(","):
         for algo in args.algos.split(","):
-            config = leaderboard.run_config(task, algo, 0, None, [])
-            n_agents = EnvSpec.from_env(envs.make_batched_env(config.env, n_envs=1)).n_agents
+            try:
+                config = leaderboard.run_config(task, algo, 0, None, [])
+            except ConfigError as error:  # an unknown task or config
+                parser.error(str(error))
+            spec = EnvSpec.from_env(envs.make_batched_env(config.env,
+                                                          n_envs=config.train.n_envs))
+            n_agents = spec.n_agents
             shipped = config.hyperparameters.imitation.epochs
             minibatch = {size: int(size[:-1]) * n_agents if size.endswith("n") else int(size)
                          for size in sizes}
             best = {size: math.inf for size in sizes}
             for _ in range(args.rounds):
                 for size in sizes:  # alternating sizes within each round
-                    short = imitate_seconds(task, algo, 1, minibatch[size])
-                    long = imitate_seconds(task, algo, 1 + args.epochs, minibatch[size])
+                    short, long = (imitate_seconds(task, algo, config.algo, spec, epochs,
+                                                   minibatch[size])
+                                   for epochs in (1, 1 + args.epochs))
                     best[size] = min(best[size], (long - short) / args.epochs)
             cells = " | ".join(f"{best[size]:.3f} ({math.ceil(minibatch[size] / n_agents)}), "
                                f"{best[size] * shipped:.0f}"
