@@ -181,17 +181,19 @@ def settings_defaults(algo: str | None = None) -> dict[str, Any]:
     return defaults
 
 
-CHECKPOINT_KEYS = ("keep_buffers", "checkpoint_every", "checkpoint_minutes")
-"""``train`` keys that decide when checkpoints are written and what they keep, not what is
-trained: not one of a cell record's settings (:data:`CELL_OVERRIDES` sets two of them, and
-records made before it did still count)."""
+UNSCORED_KEYS = ("keep_buffers", "checkpoint_every", "checkpoint_minutes", "eval_every")
+"""``train`` keys that decide when checkpoints are written and what they keep, and how often
+training evaluates on its own (they leave the trained state as it was, bit for bit:
+``tests/test_train.py::test_evaluations_do_not_change_what_is_trained``), not what is trained
+and scored: not one of a cell record's settings (:data:`CELL_OVERRIDES` sets three of them,
+and records made before it did still count)."""
 
 
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
-    """What a cell's scores depend on: its resolved run config but :data:`CHECKPOINT_KEYS`,
+    """What a cell's scores depend on: its resolved run config but :data:`UNSCORED_KEYS`,
     the scored days and the seed."""
     run_config = config.to_dict()
-    for key in CHECKPOINT_KEYS:
+    for key in UNSCORED_KEYS:
         del run_config["train"][key]
     return {"run_config": run_config, "days": days, "eval_seed": eval_seed,
             "checkpoint": SCORED_CHECKPOINT}
@@ -704,15 +706,19 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
-CELL_OVERRIDES = ("train.keep_buffers=false", "train.checkpoint_every=0")
+CELL_OVERRIDES = ("train.keep_buffers=false", "train.checkpoint_every=0", "train.eval_every=0")
 """Given to every cell before the command line's overrides (which may change them): a
 finished cell's ``checkpoint_latest.pt`` without its replay buffers (several hundred MB to
 1.5 GB each on the larger feeders for the off-policy learners, tens of GB over the whole
-leaderboard), and periodic checkpoints by wall time only (``train.checkpoint_minutes``, 10 by
+leaderboard), periodic checkpoints by wall time only (``train.checkpoint_minutes``, 10 by
 default) instead of every ``checkpoint_every`` env-steps: a cell is minutes long, and each
 periodic write of its replay buffer took about 3.5 s (DDPG on Urban-Scale, a 44 s cell) to
 7 s (DDPG with imitation on Grid-Rebound, a 106 s cell), while an interrupted leaderboard
-loses at most those minutes of a cell."""
+loses at most those minutes of a cell; and no evaluations during training, only before and
+after it (the cell scores its final checkpoint on the task's test days, not the best one that
+evaluations pick, and they do not change what is trained), so TensorBoard shows a cell's
+``eval/`` curves at those two points (``train.eval_every=10000`` on the command line draws
+them all)."""
 
 
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:

@@ -400,11 +400,11 @@ def test_a_record_older_than_a_config_key_matches_its_default(tmp_path):
         leaderboard.read_record(path, dict(wanted, days=[7]), defaults)
 
 
-def test_a_record_made_before_cells_changed_their_checkpoints_still_counts(tmp_path):
-    """The leaderboard gives its cells train.keep_buffers=false and train.checkpoint_every=0
-    (what the finished run's checkpoint keeps and when checkpoints are written, not its
-    scores): a record made with the shipped config's values, before that, is not a record
-    of other settings."""
+def test_a_record_made_before_cells_changed_checkpoints_and_evaluations_still_counts(tmp_path):
+    """The leaderboard gives its cells train.keep_buffers=false, train.checkpoint_every=0 and
+    train.eval_every=0 (what the finished run's checkpoint keeps, when checkpoints are written
+    and evaluations run, not its scores): a record made with the shipped config's values,
+    before that, is not a record of other settings."""
     cli = load_cli()
     days = [6]
     kept = cli.plan_cell("Flat", "mappo", 0, 100, ["train.keep_buffers=true",
@@ -412,6 +412,7 @@ def test_a_record_made_before_cells_changed_their_checkpoints_still_counts(tmp_p
     dropped = cli.plan_cell("Flat", "mappo", 0, 100, list(cli.CELL_OVERRIDES))
     assert kept.config.train.keep_buffers and not dropped.config.train.keep_buffers
     assert kept.config.train.checkpoint_every > 0 == dropped.config.train.checkpoint_every
+    assert kept.config.train.eval_every > 0 == dropped.config.train.eval_every
     path = kept.record_path(tmp_path)
     leaderboard.write_record(path, {"settings": cli.cell_settings(kept.config, days, 0)})
     assert leaderboard.read_record(path, cli.cell_settings(dropped.config, days, 0),

@@ -3,8 +3,10 @@ determinism, and resume == uninterrupted (short MAPPO runs on a 4-agent syntheti
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -444,3 +446,99 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_message(tmp_p
     err = capsys.readouterr().err
     assert "cannot write the checkpoint" in err and "Traceback" not in err
     assert f"python train.py --resume {only_run(tmp_path / 'runs')}" in err
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluations during training do not change what is trained
+# ------------------------------------------------------------------------------------------
+
+UPDATES_FROM_THE_START = {"mappo": {"rollout_steps": 16}, "qlearning": {"rollout_steps": 16},
+                          "ddpg": {"learning_starts": 64}, "maddpg": {"learning_starts": 64},
+                          "dqn": {"learning_starts": 64}, "sb3_td3": {"learning_starts": 64},
+                          "sb3_dqn": {"learning_starts": 64}}
+"""Sections that make the learners update several times within the short runs below."""
+
+DISCRETE = ("dqn", "qlearning", "sb3_dqn")
+"""The learners that act on the discrete action grid."""
+
+
+def _differences(expected: object, actual: object, where: str = "") -> list[str]:
+    """Where two checkpoint parts differ: tensors bit for bit, everything else by ==."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        if expected.keys() != actual.keys():
+            return [f"{where}: keys {sorted(map(str, expected))} vs {sorted(map(str, actual))}"]
+        return [d for key in expected
+                for d in _differences(expected[key], actual[key], f"{where}.{key}")]
+    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
+        if len(expected) != len(actual):
+            return [f"{where}: lengths {len(expected)} vs {len(actual)}"]
+        return [d for i, (a, b) in enumerate(zip(expected, actual, strict=True))
+                for d in _differences(a, b, f"{where}[{i}]")]
+    if isinstance(expected, bytes) and isinstance(actual, bytes) and expected[:2] == b"PK":
+        return _differences(_zip_members(expected), _zip_members(actual), where)
+    if isinstance(expected, torch.Tensor) and isinstance(actual, torch.Tensor):
+        same = (expected.shape == actual.shape and expected.dtype == actual.dtype
+                and torch.equal(expected, actual))
+        return [] if same else [f"{where}: tensors differ"]
+    return [] if type(expected) is type(actual) and expected == actual else [
+        f"{where}: {expected!r} vs {actual!r}"]
+
+
+def _zip_members(data: bytes) -> dict[str, object]:
+    """The files of a stable-baselines3 model zip (``SB3Algorithm.state_dict``'s ``model``),
+    the ``.pth`` ones as loaded tensors, without time stamps (the zip's, and ``start_time``
+    in ``data``: when training started) and class descriptions."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members: dict[str, object] = {
+            name: torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            if name.endswith(".pth") else archive.read(name) for name in archive.namelist()}
+    # SB3 describes classes and schedules in data as {":type:", ":serialized:", ...}; pickling
+    # a class the first time adds __slotnames__ to it, so the second run's description of the
+    # replay buffer class differs: compare what was trained, not these descriptions
+    members["data"] = {key: value for key, value in json.loads(members["data"]).items()
+                       if key != "start_time"
+                       and not (isinstance(value, dict) and ":serialized:" in value)}
+    return members
+
+
+@pytest.mark.parametrize("algo", registry.names())
+def test_evaluations_do_not_change_what_is_trained(tmp_path, monkeypatch, algo):
+    """A run that evaluates every 2 iterations ends in the same state, bit for bit (networks,
+    optimisers, replay buffers, generator, collector), and with the same final evaluation, as
+    one that evaluates only before and after training: evaluations use their own environments
+    and no random stream of training. The leaderboard relies on it (its cells train with
+    train.eval_every=0, not a record setting: benchmarks/leaderboard.py)."""
+    if algo.startswith("sb3_"):
+        pytest.importorskip("stable_baselines3")
+    calls = []
+    real_evaluate = train.Trainer.evaluate
+
+    def counting_evaluate(self):
+        calls.append(self.collector.global_step)
+        return real_evaluate(self)
+
+    monkeypatch.setattr(train.Trainer, "evaluate", counting_evaluate)
+    states, finals = [], []
+    for eval_every in (2 * ITERATION, 0):
+        data = {"algo": algo, "seed": 5, "name": "evals",
+                "env": {"community": {"feeder": "synthetic", "n_agents": 4},
+                        "network": {"model": "none"},
+                        "action": {"type": "discrete" if algo in DISCRETE else "continuous"}},
+                "train": {"total_steps": 8 * ITERATION, "n_envs": 8, "eval_every": eval_every,
+                          "eval_episodes": 2, "checkpoint_every": 0, "torch_threads": 1},
+                **({algo: UPDATES_FROM_THE_START[algo]} if algo in UPDATES_FROM_THE_START
+                   else {})}
+        config = build_run_config(data)
+        run_dir = train.new_run_dir(tmp_path / str(eval_every), config)
+        calls.clear()
+        metrics = train.Trainer(config, run_dir, progress=False).run()
+        final = metrics["global_step"]
+        # before and after training, and in the first run at least twice in between
+        assert calls[0] == 0 and calls[-1] == final >= 8 * ITERATION, calls
+        assert len(calls) >= 4 if eval_every else len(calls) == 2, calls
+        checkpoint = load_checkpoint(run_dir)
+        states.append({key: checkpoint[key] for key in ("algorithm", "collector", "generator",
+                                                        "global_step")})
+        finals.append(metrics["final_eval"])
+    assert _differences(states[0], states[1]) == []
+    assert finals[0] == finals[1]
