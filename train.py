@@ -185,9 +185,13 @@ class Trainer:
         if train.malloc_threshold_mb:
             raise_malloc_thresholds(train.malloc_threshold_mb)
         self.env = envs.make_batched_env(config.env)
-        eval_config = eval_env_config(config)
-        self.eval_env = envs.make_batched_env(eval_config)
-        self.eval_days = evaluation_days(eval_config, train.eval_episodes)
+        # train.eval_episodes=0: no evaluations, so no evaluation env and no references
+        self.evaluates = train.eval_episodes > 0
+        eval_config = eval_env_config(config) if self.evaluates else None
+        self.eval_env = (envs.make_batched_env(eval_config) if eval_config is not None
+                         else None)
+        self.eval_days = (evaluation_days(eval_config, train.eval_episodes)
+                          if eval_config is not None else [])
         self.generator = make_generator(config.seed, train.device)
         self.algorithm = registry.get(config.algo)(
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
@@ -209,7 +213,8 @@ class Trainer:
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
             self.state = {"references": None, **checkpoint["trainer"]}
-        if train.eval_reference != "none" and self.state["references"] is None:
+        if (self.evaluates and train.eval_reference != "none"
+                and self.state["references"] is None):
             self.state["references"] = evaluation_references(
                 eval_config, [int(day) for day in self.eval_days], config.seed,
                 train.eval_reference)
@@ -260,6 +265,8 @@ class Trainer:
         """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
         ``checkpoint_best.pt`` when ``eval/episodic_return`` improves."""
         step = self.collector.global_step
+        if self.eval_env is None:
+            raise RuntimeError("train.eval_episodes=0: this run has no evaluation environment")
         totals, _ = evaluate_policy(self.eval_env, self.policy, self.eval_days,
                                     seed=self.config.seed)
         scalars = metric_scalars(totals)
@@ -287,7 +294,7 @@ class Trainer:
                    unit_scale=True, dynamic_ncols=True, disable=not self.progress)
         last_checkpoint = time.monotonic()
         try:
-            if state["last_eval_step"] < 0:
+            if self.evaluates and state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
             while collector.global_step < train.total_steps:
                 if stop_after_steps is not None and collector.global_step >= stop_after_steps:
@@ -323,7 +330,7 @@ class Trainer:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
                     last_checkpoint = time.monotonic()
-            if state["last_eval_step"] != collector.global_step:
+            if self.evaluates and state["last_eval_step"] != collector.global_step:
                 self.evaluate()
             # the final state: no periodic checkpoint was written in the last iteration
             drop_buffers = not train.keep_buffers and bool(self.algorithm.experience_attributes)
@@ -356,11 +363,15 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
     lines = [f"run folder: {run_dir}",
              f"trained {metrics['global_step']:,} env-steps ({metrics['agent_steps']:,} "
              f"agent-steps) at {metrics[TIMING_KEY]['agent_steps_per_s']:,.0f} agent-steps/s"]
-    lines.append("final evaluation on held-out test days: " + ", ".join(
-        f"{key} {final[key]:.4g}" for key in ("episodic_return", "community_cost",
-                                              "savings_vs_no_p2p", "oracle_share",
-                                              "gain_vs_best_rule", "self_sufficiency")
-        if key in final))
+    if not final:
+        lines.append("no evaluation (train.eval_episodes=0); score the run with evaluate.py "
+                     f"--policies {run_dir / 'checkpoint_latest.pt'}")
+    else:
+        lines.append("final evaluation on held-out test days: " + ", ".join(
+            f"{key} {final[key]:.4g}" for key in ("episodic_return", "community_cost",
+                                                  "savings_vs_no_p2p", "oracle_share",
+                                                  "gain_vs_best_rule", "self_sufficiency")
+            if key in final))
     lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
     return "\n".join(lines)
 

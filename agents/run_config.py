@@ -59,7 +59,11 @@ class TrainConfig:
     eval_every: int = 50_000
     """Env-steps between evaluations on held-out test days (0 = only before and after)."""
     eval_episodes: int = 26
-    """Test days per evaluation, spread evenly over the test split (one episode each)."""
+    """Test days per evaluation, spread evenly over the test split (one episode each).
+    0 = no evaluations at all (needs ``eval_every`` 0): no evaluation environment, no
+    references, no ``eval/*`` scalars and no ``checkpoint_best.pt``; ``metrics.json``'s
+    ``final_eval`` and ``best_eval`` are empty. For runs scored elsewhere (the leaderboard
+    scores its cells' final checkpoints itself); evaluations never change what is trained."""
     checkpoint_every: int = 100_000
     """Env-steps between ``checkpoint_latest.pt`` writes (0 = only at the end)."""
     checkpoint_minutes: float = 10.0
@@ -98,7 +102,11 @@ class TrainConfig:
         check(1 <= self.n_envs <= MAX_ENVS, "n_envs", f"an integer in [1, {MAX_ENVS}]",
               self.n_envs)
         check(self.eval_every >= 0, "eval_every", ">= 0", self.eval_every)
-        check(self.eval_episodes >= 1, "eval_episodes", ">= 1", self.eval_episodes)
+        check(self.eval_episodes >= 0, "eval_episodes", ">= 0 (0: no evaluations)",
+              self.eval_episodes)
+        check(self.eval_episodes > 0 or self.eval_every == 0, "eval_every",
+              "0 with train.eval_episodes=0 (no evaluations to run every eval_every "
+              "env-steps)", self.eval_every)
         check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
         check(0.0 <= self.checkpoint_minutes < float("inf"), "checkpoint_minutes",
               "a finite number of minutes >= 0", self.checkpoint_minutes)

@@ -691,6 +691,10 @@ class SweepSpec:
         """The :class:`Trial` of ``params`` (validated; raises :class:`ConfigError`)."""
         overrides = self.overrides(params)
         config = build_run_config(self.config_path, overrides)
+        if config.train.eval_episodes == 0:  # nothing to rank the configurations by
+            raise ConfigError("config key 'train.eval_episodes': got 0; allowed in a sweep: "
+                              ">= 1 (a sweep ranks its configurations by --metric, an eval/* "
+                              "value of each run's final evaluation)")
         params = {**params, "seed": config.seed}  # the config's own when not swept
         header = (f"peergrid sweep trial, resolved from {self.config_path} with "
                   f"{' '.join(overrides)}")

@@ -181,12 +181,13 @@ def settings_defaults(algo: str | None = None) -> dict[str, Any]:
     return defaults
 
 
-UNSCORED_KEYS = ("keep_buffers", "checkpoint_every", "checkpoint_minutes", "eval_every")
-"""``train`` keys that decide when checkpoints are written and what they keep, and how often
-training evaluates on its own (they leave the trained state as it was, bit for bit:
-``tests/test_train.py::test_evaluations_do_not_change_what_is_trained``), not what is trained
-and scored: not one of a cell record's settings (:data:`CELL_OVERRIDES` sets three of them,
-and records made before it did still count)."""
+UNSCORED_KEYS = ("keep_buffers", "checkpoint_every", "checkpoint_minutes", "eval_every",
+                 "eval_episodes")
+"""``train`` keys that decide when checkpoints are written and what they keep, and whether
+and how often training evaluates on its own (they leave the trained state as it was, bit for
+bit: ``tests/test_train.py::test_evaluations_do_not_change_what_is_trained``), not what is
+trained and scored: not one of a cell record's settings (:data:`CELL_OVERRIDES` sets four of
+them, and records made before it did still count)."""
 
 
 def cell_settings(config: RunConfig, days: list[int], eval_seed: int) -> dict[str, Any]:
@@ -706,7 +707,8 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
-CELL_OVERRIDES = ("train.keep_buffers=false", "train.checkpoint_every=0", "train.eval_every=0")
+CELL_OVERRIDES = ("train.keep_buffers=false", "train.checkpoint_every=0", "train.eval_every=0",
+                  "train.eval_episodes=0")
 """Given to every cell before the command line's overrides (which may change them): a
 finished cell's ``checkpoint_latest.pt`` without its replay buffers (several hundred MB to
 1.5 GB each on the larger feeders for the off-policy learners, tens of GB over the whole
@@ -714,11 +716,11 @@ leaderboard), periodic checkpoints by wall time only (``train.checkpoint_minutes
 default) instead of every ``checkpoint_every`` env-steps: a cell is minutes long, and each
 periodic write of its replay buffer took about 3.5 s (DDPG on Urban-Scale, a 44 s cell) to
 7 s (DDPG with imitation on Grid-Rebound, a 106 s cell), while an interrupted leaderboard
-loses at most those minutes of a cell; and no evaluations during training, only before and
-after it (the cell scores its final checkpoint on the task's test days, not the best one that
-evaluations pick, and they do not change what is trained), so TensorBoard shows a cell's
-``eval/`` curves at those two points (``train.eval_every=10000`` on the command line draws
-them all)."""
+loses at most those minutes of a cell; and no evaluations by ``train.py`` at all (the cell
+scores its final checkpoint on the task's test days itself, with the task's references, and
+evaluations do not change what is trained), so a cell builds no evaluation environment and
+computes no references of its own, and its TensorBoard has no ``eval/`` curves
+(``train.eval_episodes=26 train.eval_every=10000`` on the command line draws them)."""
 
 
 def _check_overrides(overrides: list[str], algos: list[str]) -> dict[str, list[str]]:

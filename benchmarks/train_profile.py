@@ -142,7 +142,8 @@ def instrument(trainer: train.Trainer, timer: Timer) -> None:
     timer.wrap(trainer.writer, "add_text", "logging")
     timer.wrap(train, "metric_scalars", "logging")
     timer.wrap(trainer, "evaluate", "evaluation")
-    timer.wrap(trainer.eval_env, "step", "env step (core)")
+    if trainer.eval_env is not None:  # none with train.eval_episodes=0
+        timer.wrap(trainer.eval_env, "step", "env step (core)")
     timer.wrap(trainer.policy, "act", "policy (forward, sampling)")
     timer.wrap(trainer, "checkpoint", "checkpoint")
     timer.wrap(train, "save_checkpoint", "checkpoint")

@@ -145,7 +145,7 @@ def tiny_mappo_argv(task: str, out: Path) -> list[str]:
     entries are the run-config overrides."""
     return ["--tasks", task, "--algos", "mappo", "--seeds", "0,1", "--steps", "32",
             "--episodes", "2", "--out", str(out), "--verbose", "0", "train.n_envs=2",
-            "train.eval_every=0", "train.eval_episodes=1", "mappo.rollout_steps=16",
+            "train.eval_every=0", "train.eval_episodes=0", "mappo.rollout_steps=16",
             "mappo.hidden_sizes=[8,8]"]
 
 
@@ -401,10 +401,10 @@ def test_a_record_older_than_a_config_key_matches_its_default(tmp_path):
 
 
 def test_a_record_made_before_cells_changed_checkpoints_and_evaluations_still_counts(tmp_path):
-    """The leaderboard gives its cells train.keep_buffers=false, train.checkpoint_every=0 and
-    train.eval_every=0 (what the finished run's checkpoint keeps, when checkpoints are written
-    and evaluations run, not its scores): a record made with the shipped config's values,
-    before that, is not a record of other settings."""
+    """The leaderboard gives its cells train.keep_buffers=false, train.checkpoint_every=0,
+    train.eval_every=0 and train.eval_episodes=0 (what the finished run's checkpoint keeps,
+    when checkpoints are written and whether evaluations run, not its scores): a record made
+    with the shipped config's values, before that, is not a record of other settings."""
     cli = load_cli()
     days = [6]
     kept = cli.plan_cell("Flat", "mappo", 0, 100, ["train.keep_buffers=true",
@@ -413,6 +413,7 @@ def test_a_record_made_before_cells_changed_checkpoints_and_evaluations_still_co
     assert kept.config.train.keep_buffers and not dropped.config.train.keep_buffers
     assert kept.config.train.checkpoint_every > 0 == dropped.config.train.checkpoint_every
     assert kept.config.train.eval_every > 0 == dropped.config.train.eval_every
+    assert kept.config.train.eval_episodes > 0 == dropped.config.train.eval_episodes
     path = kept.record_path(tmp_path)
     leaderboard.write_record(path, {"settings": cli.cell_settings(kept.config, days, 0)})
     assert leaderboard.read_record(path, cli.cell_settings(dropped.config, days, 0),

@@ -100,6 +100,15 @@ def spec_of(argv: list[str]) -> sweep.SweepSpec:
     return sweep.build_spec(sweep.parse_args(argv))
 
 
+def test_a_sweep_needs_evaluations(config_path, tmp_path):
+    """A sweep ranks configurations by their final evaluation: train.eval_episodes=0 (runs
+    without evaluations) is one error naming the key."""
+    spec = spec_of(["--config", str(config_path), "--seeds", "0", "--out", str(tmp_path),
+                    "train.eval_every=0", "train.eval_episodes=0", "mappo.actor_lr=[1e-3,3e-4]"])
+    with pytest.raises(ConfigError, match=r"train\.eval_episodes.*sweep"):
+        sweep.expand(spec)
+
+
 def test_expand_grid_and_random(config_path, tmp_path):
     spec = spec_of(["--config", str(config_path), "--seeds", "0-1", "--out", str(tmp_path),
                     "mappo.actor_lr=[1e-3,3e-4]", "env.market.mechanism=[uniform,mmr]"])

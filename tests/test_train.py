@@ -87,6 +87,20 @@ def test_bad_override_names_the_key(override, named):
         build_run_config(ROOT / "configs" / "mappo.yaml", [override])
 
 
+@pytest.mark.parametrize(("overrides", "named"), [
+    (["train.eval_episodes=-1"], "train.eval_episodes"),
+    (["train.eval_episodes=0"], "train.eval_every"),  # mappo.yaml evaluates every 50,000
+    (["train.eval_episodes=0", "train.eval_every=10"], "train.eval_every"),
+])
+def test_no_evaluations_needs_no_evaluation_interval(overrides, named):
+    """train.eval_episodes=0 (no evaluations) with an eval_every that would run some is one
+    error naming eval_every, not an interval silently ignored."""
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        build_run_config(ROOT / "configs" / "mappo.yaml", overrides)
+    assert build_run_config(ROOT / "configs" / "mappo.yaml", [
+        "train.eval_episodes=0", "train.eval_every=0"]).train.eval_episodes == 0
+
+
 def test_bad_override_on_the_command_line(tmp_path, capsys):
     code = train.main(["--logdir", str(tmp_path), "train.eval_evry=5"])
     assert code == 2
@@ -483,9 +497,11 @@ def _zip_members(data: bytes) -> dict[str, object]:
 def test_evaluations_do_not_change_what_is_trained(tmp_path, monkeypatch, algo):
     """A run that evaluates every 2 iterations ends in the same state, bit for bit (networks,
     optimisers, replay buffers, generator, collector), and with the same final evaluation, as
-    one that evaluates only before and after training: evaluations use their own environments
-    and no random stream of training. The leaderboard relies on it (its cells train with
-    train.eval_every=0, not a record setting: benchmarks/leaderboard.py)."""
+    one that evaluates only before and after training, and in the same state as one that never
+    evaluates (train.eval_episodes=0: no evaluation env, no checkpoint_best.pt, empty
+    final_eval): evaluations use their own environments and no random stream of training. The
+    leaderboard relies on it (its cells train with train.eval_every=0 and
+    train.eval_episodes=0, not record settings: benchmarks/leaderboard.py)."""
     if algo.startswith("sb3_"):
         pytest.importorskip("stable_baselines3")
     calls = []
@@ -497,23 +513,33 @@ def test_evaluations_do_not_change_what_is_trained(tmp_path, monkeypatch, algo):
 
     monkeypatch.setattr(train.Trainer, "evaluate", counting_evaluate)
     states, finals = [], []
-    for eval_every in (2 * ITERATION, 0):
+    for eval_every, episodes in ((2 * ITERATION, 2), (0, 2), (0, 0)):
         data = {"algo": algo, "seed": 5, "name": "evals",
                 "env": {"community": {"feeder": "synthetic", "n_agents": 4},
                         "network": {"model": "none"},
                         "action": {"type": "discrete" if algo in DISCRETE else "continuous"}},
                 "train": {"total_steps": 8 * ITERATION, "n_envs": 8, "eval_every": eval_every,
-                          "eval_episodes": 2, "checkpoint_every": 0, "torch_threads": 1},
+                          "eval_episodes": episodes, "checkpoint_every": 0,
+                          "torch_threads": 1},
                 **({algo: UPDATES_FROM_THE_START[algo]} if algo in UPDATES_FROM_THE_START
                    else {})}
         config = build_run_config(data)
-        run_dir = train.new_run_dir(tmp_path / str(eval_every), config)
+        run_dir = train.new_run_dir(tmp_path / f"{eval_every}_{episodes}", config)
         calls.clear()
-        metrics = train.Trainer(config, run_dir, progress=False).run()
+        trainer = train.Trainer(config, run_dir, progress=False)
+        metrics = trainer.run()
         final = metrics["global_step"]
-        # before and after training, and in the first run at least twice in between
-        assert calls[0] == 0 and calls[-1] == final >= 8 * ITERATION, calls
-        assert len(calls) >= 4 if eval_every else len(calls) == 2, calls
+        if episodes:
+            # before and after training, and in the first run at least twice in between
+            assert calls[0] == 0 and calls[-1] == final >= 8 * ITERATION, calls
+            assert len(calls) >= 4 if eval_every else len(calls) == 2, calls
+            assert (run_dir / "checkpoint_best.pt").is_file()
+        else:
+            assert calls == [] and trainer.eval_env is None
+            assert metrics["final_eval"] == {} == metrics["best_eval"]
+            assert not (run_dir / "checkpoint_best.pt").exists()
+            assert "no evaluation (train.eval_episodes=0)" in train.summary_text(
+                run_dir, metrics, tmp_path)
         checkpoint = load_checkpoint(run_dir)
         state = {key: checkpoint[key] for key in ("algorithm", "collector", "generator",
                                                   "global_step")}
@@ -522,4 +548,5 @@ def test_evaluations_do_not_change_what_is_trained(tmp_path, monkeypatch, algo):
         states.append(state)
         finals.append(metrics["final_eval"])
     assert_same(states[0], states[1])
+    assert_same(states[0], states[2])
     assert finals[0] == finals[1]
