@@ -186,12 +186,10 @@ class Trainer:
             raise_malloc_thresholds(train.malloc_threshold_mb)
         self.env = envs.make_batched_env(config.env)
         # train.eval_episodes=0: no evaluations, so no evaluation env and no references
-        self.evaluates = train.eval_episodes > 0
-        eval_config = eval_env_config(config) if self.evaluates else None
-        self.eval_env = (envs.make_batched_env(eval_config) if eval_config is not None
-                         else None)
-        self.eval_days = (evaluation_days(eval_config, train.eval_episodes)
-                          if eval_config is not None else [])
+        eval_config = eval_env_config(config) if train.eval_episodes else None
+        self.eval_env = None if eval_config is None else envs.make_batched_env(eval_config)
+        self.eval_days = ([] if eval_config is None
+                          else evaluation_days(eval_config, train.eval_episodes))
         self.generator = make_generator(config.seed, train.device)
         self.algorithm = registry.get(config.algo)(
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
@@ -213,7 +211,7 @@ class Trainer:
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
             self.state = {"references": None, **checkpoint["trainer"]}
-        if (self.evaluates and train.eval_reference != "none"
+        if (eval_config is not None and train.eval_reference != "none"
                 and self.state["references"] is None):
             self.state["references"] = evaluation_references(
                 eval_config, [int(day) for day in self.eval_days], config.seed,
@@ -294,7 +292,7 @@ class Trainer:
                    unit_scale=True, dynamic_ncols=True, disable=not self.progress)
         last_checkpoint = time.monotonic()
         try:
-            if self.evaluates and state["last_eval_step"] < 0:
+            if self.eval_env is not None and state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
             while collector.global_step < train.total_steps:
                 if stop_after_steps is not None and collector.global_step >= stop_after_steps:
@@ -330,7 +328,7 @@ class Trainer:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
                     last_checkpoint = time.monotonic()
-            if self.evaluates and state["last_eval_step"] != collector.global_step:
+            if self.eval_env is not None and state["last_eval_step"] != collector.global_step:
                 self.evaluate()
             # the final state: no periodic checkpoint was written in the last iteration
             drop_buffers = not train.keep_buffers and bool(self.algorithm.experience_attributes)
