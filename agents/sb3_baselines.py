@@ -69,6 +69,7 @@ import torch
 from stable_baselines3 import DQN, PPO, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import Tensor, nn
@@ -335,6 +336,14 @@ _SKIPPED = {"train/n_updates", "train/clip_range"}
 _SEED_HIGH = 2**31 - 1
 
 
+def _quiet_logger() -> Logger:
+    """An SB3 logger with no outputs: ``iterate`` reads its values (``train.py`` writes
+    them to TensorBoard). Without one, every ``model.learn`` call (one per iteration) makes
+    SB3 configure a logger of its own, which creates an empty ``SB3-<date>`` folder in the
+    system's temporary directory: thousands in a run."""
+    return Logger(folder=None, output_formats=[])
+
+
 # --------------------------------------------------------------------------------------------
 # Algorithms
 # --------------------------------------------------------------------------------------------
@@ -361,6 +370,7 @@ class SB3Algorithm(Algorithm):
             self.model = self.sb3_class(
                 "MlpPolicy", self.vec_env, verbose=0, seed=None, device=self.device,
                 **self._model_kwargs())
+        self.model.set_logger(_quiet_logger())
 
     def _model_kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -393,11 +403,13 @@ class SB3Algorithm(Algorithm):
             self.model.learn(self._learn_steps(), callback=self._progress, log_interval=None,
                              reset_num_timesteps=False, progress_bar=False)
         scalars = {}
-        for key, value in self.model.logger.name_to_value.items():
+        logger = self.model.logger
+        for key, value in logger.name_to_value.items():
             if key in _SKIPPED or not (key.startswith("train/") or key in _SCALAR_TAGS):
                 continue
             scalars[_SCALAR_TAGS.get(key, "losses/" + key.removeprefix("train/"))] = float(
                 value)
+        logger.dump()  # no outputs: clears the values, so the next iteration reports its own
         return scalars
 
     # ----------------------------------------------------------------------------------------
@@ -418,6 +430,7 @@ class SB3Algorithm(Algorithm):
         with self._scope(0):  # load() initialises a policy before overwriting it
             self.model = self.sb3_class.load(io.BytesIO(state["model"]), env=self.vec_env,
                                              device=self.device, print_system_info=False)
+        self.model.set_logger(_quiet_logger())
         if state["replay_buffer"] is not None:
             self.model.load_replay_buffer(io.BytesIO(state["replay_buffer"]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,24 @@ def test_iterations_step_through_the_collector(algo, losses):
             assert actions.shape == (4, 4, 2)
             assert bool((actions[..., 0].abs() <= 1).all())
             assert bool(((actions[..., 1] >= 0) & (actions[..., 1] <= 1)).all())
+
+
+@pytest.mark.parametrize("algo", ["sb3_ppo", "sb3_td3", "sb3_dqn"])
+def test_iterations_leave_no_logger_folders(algo, tmp_path, monkeypatch):
+    """SB3 configures a logger of its own at every ``learn`` call unless the model has one,
+    and that creates an empty ``SB3-<date>`` folder in the temporary directory: one per
+    iteration. The baselines' models keep one logger without outputs, also after loading a
+    checkpoint, and still report each iteration's losses."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    algorithm, collector = build(run_config(algo))
+    for _ in range(6):
+        scalars = algorithm.iterate(collector)
+    algorithm.load_state_dict(algorithm.state_dict())
+    scalars_after_load = algorithm.iterate(collector)
+    assert any(key.startswith("losses/") for key in scalars)
+    assert set(scalars_after_load) == set(scalars)
+    assert scalars_after_load != scalars  # this iteration's values, not the last ones again
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("SB3-")] == []
 
 
 def test_action_type_is_checked():
