@@ -26,6 +26,7 @@ of this Trainer).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -60,6 +61,8 @@ from agents.run_config import (
     eval_env_config,
     evaluation_days,
     make_generator,
+    validation_days,
+    validation_env_config,
 )
 from envs import metrics as env_metrics
 from envs.config import ActionConfig, ConfigError, EnvConfig, to_dict
@@ -195,6 +198,13 @@ class Trainer:
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
         self.policy = TrainedPolicy(self.algorithm, config, self.run_dir.name)
         self.collector = Collector(self.env, seed=config.seed)
+        # train.validation_days: the untrained policy, to compare the final one with (kept in
+        # every checkpoint, so that a resumed run compares with the same one)
+        self.validation_env = (envs.make_batched_env(validation_env_config(config))
+                               if train.validation_days else None)
+        self.validation_days = validation_days(config) if train.validation_days else []
+        self.initial_algorithm = (copy.deepcopy(self.algorithm.state_dict(experience=False))
+                                  if train.validation_days else None)
         self.n_agents = self.env.n_agents
         self.state: dict[str, Any] = {
             "next_eval": train.eval_every, "next_checkpoint": train.checkpoint_every,
@@ -211,6 +221,11 @@ class Trainer:
             self.collector.load_state_dict(checkpoint["collector"])
             self.generator.set_state(checkpoint["generator"])
             self.state = {"references": None, **checkpoint["trainer"]}
+            if train.validation_days:
+                if "initial_algorithm" not in checkpoint:
+                    raise CheckpointError(f"{self.run_dir / 'checkpoint_latest.pt'} holds no "
+                                          f"untrained policy for train.validation_days")
+                self.initial_algorithm = checkpoint["initial_algorithm"]
         if (eval_config is not None and train.eval_reference != "none"
                 and self.state["references"] is None):
             self.state["references"] = evaluation_references(
@@ -253,11 +268,38 @@ class Trainer:
         leaves out the replay buffers (``Algorithm.experience_attributes``): a checkpoint to
         act from (``checkpoint_best.pt``), written at every improving evaluation, which the
         buffers would make several times larger and slower."""
-        return {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                "global_step": self.collector.global_step, "experience": experience,
-                "algorithm": self.algorithm.state_dict(experience),
-                "collector": self.collector.state_dict(),
-                "generator": self.generator.get_state(), "trainer": dict(self.state)}
+        checkpoint = {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+                      "global_step": self.collector.global_step, "experience": experience,
+                      "algorithm": self.algorithm.state_dict(experience),
+                      "collector": self.collector.state_dict(),
+                      "generator": self.generator.get_state(), "trainer": dict(self.state)}
+        if self.initial_algorithm is not None:
+            checkpoint["initial_algorithm"] = self.initial_algorithm
+        return checkpoint
+
+    def _validation_return(self) -> float:
+        totals, _ = evaluate_policy(self.validation_env, self.policy, self.validation_days,
+                                    seed=self.config.seed)
+        return metric_scalars(totals)["episodic_return"]
+
+    def validate(self) -> dict[str, Any]:
+        """``train.validation_days``: play the final policy on the validation days
+        (deterministic actions) and go back to the untrained one's parameters where its mean
+        ``episodic_return`` there (played before the first iteration) is higher; returns
+        metrics.json's ``validation`` record (also logged as ``validation/*`` scalars at the
+        final step). Keeping the final policy loads nothing: the run ends as without
+        validation."""
+        step = self.collector.global_step
+        final_return = self._validation_return()
+        initial_return = self.state["initial_validation_return"]
+        kept = "initial" if initial_return > final_return else "final"
+        if kept == "initial":
+            self.algorithm.load_state_dict(copy.deepcopy(self.initial_algorithm))
+        self.writer.add_scalar("validation/episodic_return", final_return, step)
+        self.writer.add_scalar("validation/initial_episodic_return", initial_return, step)
+        self.writer.add_scalar("validation/kept_initial", float(kept == "initial"), step)
+        return {"days": list(self.validation_days), "final_return": final_return,
+                "initial_return": initial_return, "kept": kept}
 
     def evaluate(self) -> dict[str, float]:
         """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
@@ -294,6 +336,8 @@ class Trainer:
         try:
             if self.eval_env is not None and state["last_eval_step"] < 0:
                 self.evaluate()  # the untrained policy: the curve's starting point
+            if self.validation_env is not None and "initial_validation_return" not in state:
+                state["initial_validation_return"] = self._validation_return()
             while collector.global_step < train.total_steps:
                 if stop_after_steps is not None and collector.global_step >= stop_after_steps:
                     return None
@@ -328,6 +372,10 @@ class Trainer:
                         state["next_checkpoint"] += train.checkpoint_every
                     save_checkpoint(self.checkpoint(), self.run_dir / "checkpoint_latest.pt")
                     last_checkpoint = time.monotonic()
+            if self.validation_env is not None and "validation" not in state:
+                state["validation"] = self.validate()
+                if state["validation"]["kept"] == "initial":
+                    state["last_eval_step"] = -1  # evaluate the policy the run ends with
             if self.eval_env is not None and state["last_eval_step"] != collector.global_step:
                 self.evaluate()
             # the final state: no periodic checkpoint was written in the last iteration
@@ -345,6 +393,7 @@ class Trainer:
             "agent_steps": collector.global_step * self.n_agents,
             "final_eval": state["last_eval"], "best_eval": state["best_eval"],
             "train": state["last_train"],
+            **({"validation": state["validation"]} if "validation" in state else {}),
             TIMING_KEY: {"train_time_s": state["train_time_s"],
                          "agent_steps_per_s": collector.global_step * self.n_agents
                          / max(state["train_time_s"], 1e-9),
@@ -370,6 +419,11 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
                                                   "savings_vs_no_p2p", "oracle_share",
                                                   "gain_vs_best_rule", "self_sufficiency")
             if key in final))
+    validation = metrics.get("validation")
+    if validation:
+        lines.append(f"validation on {len(validation['days'])} training days: episodic_return "
+                     f"{validation['final_return']:.4g} final, {validation['initial_return']:.4g} "
+                     f"untrained; the run keeps the {validation['kept']} policy")
     lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
     return "\n".join(lines)
 

@@ -88,6 +88,15 @@ class TrainConfig:
     ``agents.allocator``): freed blocks below them are reused instead of unmapped, which
     makes large-batch updates 1.5x or more faster and changes no result; process-wide.
     0 = leave glibc's defaults; ignored where the C library is not glibc."""
+    validation_days: int = 0
+    """Model selection at the end of training (0 = off): the final policy and the untrained
+    one (step 0; with a residual on a rule, the rule itself, before any cloning) play this
+    many training days, spread evenly over the training split and none of them an imitation
+    demonstration day (:func:`validation_days`); where the untrained policy has the higher
+    mean ``episodic_return`` the run ends with its parameters (``checkpoint_latest.pt``,
+    ``final_eval``), so that it never returns a policy that did worse than where it started
+    on those days. Test days are never used. ``metrics.json``'s ``validation`` and the
+    ``validation/*`` scalars record both returns and which policy was kept."""
     eval_reference: str = "auto"
     """Score each evaluation against references on the same days: ``eval/oracle_share`` (share
     of this oracle's savings against no P2P captured) and ``eval/gain_vs_best_rule`` (the best
@@ -118,6 +127,8 @@ class TrainConfig:
               self.malloc_threshold_mb)
         check(self.eval_reference in EVAL_REFERENCES, "eval_reference",
               f"one of {EVAL_REFERENCES}", self.eval_reference)
+        check(self.validation_days >= 0, "validation_days", ">= 0 (0: off)",
+              self.validation_days)
 
 
 @dataclass(frozen=True)
@@ -256,7 +267,14 @@ def build_run_config(source: str | Path | dict[str, Any],
     check(train.eval_episodes <= n_test_days, "train.eval_episodes",
           f"at most the {n_test_days} test days of env.episode.test_every="
           f"{env.episode.test_every}", train.eval_episodes)
-    return RunConfig(header.algo, header.seed, header.name, env, train, hyperparameters)
+    config = RunConfig(header.algo, header.seed, header.name, env, train, hyperparameters)
+    if train.validation_days:
+        n_days = len(_validation_candidates(config))
+        check(train.validation_days <= n_days, "train.validation_days",
+              f"at most the {n_days} training days of env.episode.test_every="
+              f"{env.episode.test_every} that are not imitation demonstration days",
+              train.validation_days)
+    return config
 
 
 def dump_run_config(config: RunConfig, header: str = "") -> str:
@@ -275,6 +293,32 @@ def eval_env_config(config: RunConfig) -> EnvConfig:
     environment per evaluation episode."""
     episode = dataclasses.replace(config.env.episode, days="test")
     return dataclasses.replace(config.env, episode=episode, n_envs=config.train.eval_episodes)
+
+
+def _validation_candidates(config: RunConfig) -> list[int]:
+    """Training days of ``config`` that are not among its imitation demonstrations."""
+    from agents.imitation import training_days  # imports torch networks; only when used
+
+    imitation = getattr(config.hyperparameters, "imitation", None)
+    demonstrated = set(training_days(config.env, imitation.days)
+                       if imitation is not None and imitation.days else [])
+    return [int(day) for day in day_split(config.env.episode.test_every)[0]
+            if int(day) not in demonstrated]
+
+
+def validation_days(config: RunConfig) -> list[int]:
+    """``train.validation_days`` days of the training split spread evenly over it, none of
+    them a day the algorithm's ``imitation`` clones (always the same ones for a config)."""
+    days = _validation_candidates(config)
+    index = np.linspace(0, len(days) - 1, config.train.validation_days).round().astype(int)
+    return [days[i] for i in index]
+
+
+def validation_env_config(config: RunConfig) -> EnvConfig:
+    """The environment of ``train.validation_days``: the training one, one environment per
+    validation day."""
+    episode = dataclasses.replace(config.env.episode, days="train")
+    return dataclasses.replace(config.env, episode=episode, n_envs=config.train.validation_days)
 
 
 def evaluation_days(env_config: EnvConfig, n_episodes: int) -> list[int]:

@@ -1,0 +1,160 @@
+"""train.validation_days: the final policy against the untrained one on training days that are
+neither test days nor imitation demonstrations; the run keeps the better one, and keeping the
+final one changes nothing (short runs on a 4-agent synthetic community)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from run_records import assert_same, run_metrics, tensorboard_scalars
+
+import train
+from agents import registry
+from agents.checkpoints import load_checkpoint
+from agents.imitation import training_days
+from agents.run_config import build_run_config, validation_days
+from envs.config import ConfigError
+from envs.data import day_split
+
+ITERATION = 8 * 16
+"""Env-steps per MAPPO iteration of the small config: n_envs * rollout_steps."""
+
+SYNTHETIC = {"community": {"feeder": "synthetic", "n_agents": 4}, "network": {"model": "none"}}
+DISCRETE = ("dqn", "qlearning", "sb3_dqn")
+UPDATES_FROM_THE_START = {"mappo": {"rollout_steps": 16}, "qlearning": {"rollout_steps": 16},
+                          "ddpg": {"learning_starts": 64}, "maddpg": {"learning_starts": 64},
+                          "dqn": {"learning_starts": 64}, "sb3_td3": {"learning_starts": 64},
+                          "sb3_dqn": {"learning_starts": 64}}
+
+
+def residual_config(**train_keys) -> dict:
+    """MAPPO acting as a residual on the self-consumption rule: untrained, it is the rule."""
+    return {
+        "algo": "mappo", "seed": 3, "name": "validation",
+        "env": {**SYNTHETIC, "observation": {"rule": "self_consumption"}},
+        "train": {"total_steps": 4 * ITERATION, "n_envs": 8, "eval_every": 0,
+                  "eval_episodes": 4, "checkpoint_every": 2 * ITERATION, "torch_threads": 1,
+                  "validation_days": 6, **train_keys},
+        "mappo": {"rollout_steps": 16, "hidden_sizes": [32, 32], "update_epochs": 2,
+                  "n_minibatches": 2, "residual": True},
+    }
+
+
+def test_validation_days_are_training_days_without_demonstrations():
+    data = {"algo": "ddpg", "seed": 0, "env": SYNTHETIC,
+            "train": {"validation_days": 40},
+            "ddpg": {"imitation": {"days": 60}}}
+    config = build_run_config(data)
+    days = validation_days(config)
+    train_split, test_split = day_split(config.env.episode.test_every)
+    assert len(days) == len(set(days)) == 40 and days == sorted(days)
+    assert set(days) <= set(train_split.tolist())
+    assert not set(days) & set(test_split.tolist())
+    assert not set(days) & set(training_days(config.env, 60))
+    assert days == validation_days(build_run_config(data))  # always the same ones
+    # without imitation every training day is a candidate: the spread starts at the first
+    plain = build_run_config({**data, "ddpg": {}})
+    assert validation_days(plain)[0] == int(train_split[0])
+
+
+@pytest.mark.parametrize(("value", "allowed"), [(-1, ">= 0"), (400, "at most the 254 training")])
+def test_bad_validation_days_name_the_key(value, allowed):
+    data = {"algo": "ddpg", "seed": 0, "env": SYNTHETIC, "train": {"validation_days": value},
+            "ddpg": {"imitation": {"days": 60}}}
+    with pytest.raises(ConfigError, match="train.validation_days") as error:
+        build_run_config(data)
+    assert allowed in str(error.value)
+
+
+def test_a_worse_final_policy_gives_way_to_the_untrained_one(tmp_path, monkeypatch):
+    """Training that wrecks the residual (its actor weights scaled by 30 after every
+    iteration) ends worse than the rule it started as on the validation days: the run keeps
+    the untrained parameters, and its final evaluation is the step-0 one (the same policy on
+    the same test days)."""
+    real_iterate = registry.get("mappo").iterate
+
+    def wrecking_iterate(self, collector):
+        scalars = real_iterate(self, collector)
+        with torch.no_grad():
+            for parameter in self.actor.parameters():
+                parameter.mul_(30.0)
+        return scalars
+
+    monkeypatch.setattr(registry.get("mappo"), "iterate", wrecking_iterate)
+    config = build_run_config(residual_config())
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    untrained = {key: value.clone() for key, value in trainer.algorithm.actor.state_dict().items()}
+    metrics = trainer.run()
+    validation = metrics["validation"]
+    assert validation["kept"] == "initial"
+    assert validation["initial_return"] > validation["final_return"]
+    assert validation["days"] == validation_days(config)
+    final = load_checkpoint(run_dir)["algorithm"]["actor"]
+    for key, value in untrained.items():
+        assert torch.equal(final[key], value), key
+    curves = tensorboard_scalars(run_dir, speed=False)
+    step0 = dict(curves["eval/episodic_return"])[0]
+    assert metrics["final_eval"]["episodic_return"] == pytest.approx(step0, rel=1e-6)
+    assert curves["validation/kept_initial"] == [(metrics["global_step"], 1.0)]
+    assert "keeps the initial policy" in train.summary_text(run_dir, metrics, tmp_path)
+
+
+@pytest.mark.parametrize("algo", registry.names())
+def test_keeping_the_final_policy_changes_nothing(tmp_path, monkeypatch, algo):
+    """Where the final policy wins (forced here: the real validation episodes are played, the
+    untrained policy's return is lowered), the run ends in the same state, bit for bit, with
+    the same final evaluation as a run without validation: validation uses its own
+    environment and no random stream of training, and loads nothing."""
+    if algo.startswith("sb3_"):
+        pytest.importorskip("stable_baselines3")
+    real_return = train.Trainer._validation_return
+    calls = []
+
+    def final_wins(self):
+        calls.append(real_return(self))
+        return calls[-1] - (1e9 if len(calls) % 2 == 1 else 0.0)  # 1st call: the untrained
+
+    monkeypatch.setattr(train.Trainer, "_validation_return", final_wins)
+    states, finals = [], []
+    for days in (3, 0):
+        data = {"algo": algo, "seed": 5, "name": "validation",
+                "env": {**SYNTHETIC,
+                        "action": {"type": "discrete" if algo in DISCRETE else "continuous"}},
+                "train": {"total_steps": 4 * ITERATION, "n_envs": 8, "eval_every": 0,
+                          "eval_episodes": 2, "checkpoint_every": 0, "torch_threads": 1,
+                          "validation_days": days},
+                **({algo: UPDATES_FROM_THE_START[algo]} if algo in UPDATES_FROM_THE_START
+                   else {})}
+        config = build_run_config(data)
+        run_dir = train.new_run_dir(tmp_path / str(days), config)
+        metrics = train.Trainer(config, run_dir, progress=False).run()
+        assert ("validation" in metrics) == bool(days)
+        if days:
+            assert metrics["validation"]["kept"] == "final" and len(calls) == 2
+            assert all(value == value for value in calls)  # real, finite returns
+        checkpoint = load_checkpoint(run_dir)
+        state = {key: checkpoint[key] for key in ("algorithm", "collector", "generator")}
+        if isinstance(state["algorithm"].get("model"), bytes):  # stable-baselines3's zip
+            from test_train import _zip_members
+
+            state["algorithm"]["model"] = _zip_members(state["algorithm"]["model"])
+        states.append(state)
+        finals.append(metrics["final_eval"])
+    assert_same(states[0], states[1])
+    assert finals[0] == finals[1]
+
+
+def test_resume_validates_against_the_same_untrained_policy(tmp_path):
+    """An interrupted run resumed with --resume compares with the policy the run started with
+    (kept in its checkpoints), and ends as the uninterrupted run."""
+    config = build_run_config(residual_config())
+    whole = train.new_run_dir(tmp_path / "whole", config)
+    train.Trainer(config, whole, progress=False).run()
+    parts = train.new_run_dir(tmp_path / "parts", config)
+    assert train.Trainer(config, parts, progress=False).run(
+        stop_after_steps=3 * ITERATION) is None
+    assert "initial_algorithm" in load_checkpoint(parts)
+    assert train.main(["--resume", str(parts), "--no-progress"]) == 0
+    assert run_metrics(whole) == run_metrics(parts)
+    assert "validation" in run_metrics(whole)
