@@ -16,7 +16,9 @@ with deterministic actions, all against ``global_step`` in env-steps), ``config.
 resolved config that ran), ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (best
 ``eval/episodic_return``) and, at the end, ``metrics.json``; all files are written atomically.
 ``--resume`` continues from ``checkpoint_latest.pt`` and gives the results of an uninterrupted
-run. No algorithm math lives here: algorithms implement ``agents.algorithm.Algorithm``; the
+run. ``train.validation_days`` ends a run with its untrained policy where that did better than
+the final one on training days (``validation/*`` scalars, ``metrics.json``'s ``validation``).
+No algorithm math lives here: algorithms implement ``agents.algorithm.Algorithm``; the
 ``eval/*`` curves come from ``agents.evaluation.evaluate_policy``, the function behind
 ``evaluate.py``'s tables. ``--sweep`` hands the command line to ``agents.sweep`` (seeds,
 tasks and hyperparameter grids or distributions on Ray Tune, each trial an ordinary run folder
