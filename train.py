@@ -201,12 +201,12 @@ class Trainer:
         self.policy = TrainedPolicy(self.algorithm, config, self.run_dir.name)
         self.collector = Collector(self.env, seed=config.seed)
         # train.validation_days: the untrained policy, to compare the final one with (kept in
-        # every checkpoint, so that a resumed run compares with the same one)
+        # the checkpoints to resume from, so that a resumed run compares with the same one)
         self.validation_env = (envs.make_batched_env(validation_env_config(config))
                                if train.validation_days else None)
         self.validation_days = validation_days(config) if train.validation_days else []
         self.initial_algorithm = (copy.deepcopy(self.algorithm.state_dict(experience=False))
-                                  if train.validation_days else None)
+                                  if train.validation_days and not resume else None)
         self.n_agents = self.env.n_agents
         self.state: dict[str, Any] = {
             "next_eval": train.eval_every, "next_checkpoint": train.checkpoint_every,
@@ -275,7 +275,7 @@ class Trainer:
                       "algorithm": self.algorithm.state_dict(experience),
                       "collector": self.collector.state_dict(),
                       "generator": self.generator.get_state(), "trainer": dict(self.state)}
-        if self.initial_algorithm is not None:
+        if self.initial_algorithm is not None and experience:  # only resuming needs it
             checkpoint["initial_algorithm"] = self.initial_algorithm
         return checkpoint
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,11 +289,22 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _env_on(config: RunConfig, days: str, n_envs: int) -> EnvConfig:
+    """The training environment on the ``days`` split, ``n_envs`` environments."""
+    episode = dataclasses.replace(config.env.episode, days=days)
+    return dataclasses.replace(config.env, episode=episode, n_envs=n_envs)
+
+
+def _spread(days: Sequence[int], n_days: int) -> list[int]:
+    """``n_days`` of ``days`` spread evenly over them, first and last included."""
+    index = np.linspace(0, len(days) - 1, n_days).round().astype(int)
+    return [int(days[i]) for i in index]
+
+
 def eval_env_config(config: RunConfig) -> EnvConfig:
     """The evaluation environment: the training one on the held-out test days, one
     environment per evaluation episode."""
-    episode = dataclasses.replace(config.env.episode, days="test")
-    return dataclasses.replace(config.env, episode=episode, n_envs=config.train.eval_episodes)
+    return _env_on(config, "test", config.train.eval_episodes)
 
 
 def _validation_candidates(config: RunConfig) -> list[int]:
@@ -309,20 +321,15 @@ def _validation_candidates(config: RunConfig) -> list[int]:
 def validation_days(config: RunConfig) -> list[int]:
     """``train.validation_days`` days of the training split spread evenly over it, none of
     them a day the algorithm's ``imitation`` clones (always the same ones for a config)."""
-    days = _validation_candidates(config)
-    index = np.linspace(0, len(days) - 1, config.train.validation_days).round().astype(int)
-    return [days[i] for i in index]
+    return _spread(_validation_candidates(config), config.train.validation_days)
 
 
 def validation_env_config(config: RunConfig) -> EnvConfig:
     """The environment of ``train.validation_days``: the training one, one environment per
     validation day."""
-    episode = dataclasses.replace(config.env.episode, days="train")
-    return dataclasses.replace(config.env, episode=episode, n_envs=config.train.validation_days)
+    return _env_on(config, "train", config.train.validation_days)
 
 
 def evaluation_days(env_config: EnvConfig, n_episodes: int) -> list[int]:
     """``n_episodes`` test days spread evenly over the test split (always the same ones)."""
-    test_days = day_split(env_config.episode.test_every)[1]
-    index = np.linspace(0, len(test_days) - 1, n_episodes).round().astype(int)
-    return [int(day) for day in test_days[index]]
+    return _spread(day_split(env_config.episode.test_every)[1], n_episodes)

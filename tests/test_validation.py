@@ -155,6 +155,8 @@ def test_resume_validates_against_the_same_untrained_policy(tmp_path):
     assert train.Trainer(config, parts, progress=False).run(
         stop_after_steps=3 * ITERATION) is None
     assert "initial_algorithm" in load_checkpoint(parts)
+    # a checkpoint to act from does not carry it
+    assert "initial_algorithm" not in load_checkpoint(parts / "checkpoint_best.pt")
     assert train.main(["--resume", str(parts), "--no-progress"]) == 0
     assert run_metrics(whole) == run_metrics(parts)
     assert "validation" in run_metrics(whole)
