@@ -4,6 +4,8 @@ final one changes nothing (short runs on a 4-agent synthetic community)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from run_records import assert_same, run_metrics, tensorboard_scalars
@@ -15,6 +17,7 @@ from agents.imitation import training_days
 from agents.run_config import build_run_config, validation_days
 from envs.config import ConfigError
 from envs.data import day_split
+from envs.tasks import task_names
 
 ITERATION = 8 * 16
 """Env-steps per MAPPO iteration of the small config: n_envs * rollout_steps."""
@@ -64,6 +67,29 @@ def test_bad_validation_days_name_the_key(value, allowed):
     with pytest.raises(ConfigError, match="train.validation_days") as error:
         build_run_config(data)
     assert allowed in str(error.value)
+
+
+def test_shipped_configs_with_validation_fall_back_to_a_rule_on_every_task():
+    """A shipped config that sets train.validation_days acts as a residual on a rule, so the
+    policy it may fall back to is that rule (not an untrained network), and its days fit on
+    every task of the suite: training days, none of them a test or demonstration day."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    validated = []
+    for path in sorted(configs.glob("*.yaml")):
+        config = build_run_config(path)
+        if not config.train.validation_days:
+            continue
+        validated.append(path.stem)
+        section = config.hyperparameters
+        assert section.residual and config.env.observation.rule, path.name
+        for task in task_names():
+            on_task = build_run_config(path, train.task_overrides(task, []))
+            days = validation_days(on_task)
+            test_split = day_split(on_task.env.episode.test_every)[1]
+            demonstrations = training_days(on_task.env, section.imitation.days)
+            assert len(set(days)) == on_task.train.validation_days, (path.name, task)
+            assert not set(days) & (set(test_split.tolist()) | set(demonstrations))
+    assert {"mappo_imitation", "maddpg_imitation", "ddpg_imitation"} <= set(validated)
 
 
 def test_a_worse_final_policy_gives_way_to_the_untrained_one(tmp_path, monkeypatch):
