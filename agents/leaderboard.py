@@ -45,9 +45,9 @@ from scipy import stats
 from envs.config import ConfigError
 from envs.files import atomic_write_text, plain_json
 
-__all__ = ["COLUMNS", "NOT_RULES", "WORSE_OFF_TOLERANCE", "aggregate", "best_rule",
-           "bootstrap_ci", "cell_metrics", "iqm", "read_record", "rule_names",
-           "worse_off_share", "write_record"]
+__all__ = ["BEATS_TOLERANCE", "COLUMNS", "NOT_RULES", "WORSE_OFF_TOLERANCE", "aggregate",
+           "beats_best_rule", "best_rule", "bootstrap_ci", "cell_metrics", "iqm", "read_record",
+           "rule_names", "worse_off_share", "write_record"]
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("community_cost", "cost/day"),
@@ -62,6 +62,18 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 WORSE_OFF_TOLERANCE = 1e-6
 """An agent counts as worse off when its mean daily saving is below minus this, currency/day
 (float round-off of a policy that changes nothing for it is not a loss)."""
+
+BEATS_TOLERANCE = 1e-6
+"""A run beats the best rule when its gain over it is above this, currency/day: a policy that
+acts as the rule (a residual that stays at zero, a run that went back to its rule) costs the
+same up to float round-off, and a tie is not a win."""
+
+
+def beats_best_rule(gain: float, tolerance: float = BEATS_TOLERANCE) -> bool:
+    """Whether a run's ``gain_vs_best_rule`` (currency/day) beats the best rule: above
+    ``tolerance``, so float round-off of the rule's own cost counts as a tie."""
+    return gain > tolerance
+
 
 NOT_RULES = ("random",)
 """Baselines of ``agents.baselines.BASELINES`` that are not rule-based traders (left out of

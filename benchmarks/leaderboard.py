@@ -482,7 +482,8 @@ def table_rows(refs: dict[str, dict[str, Any]], cells: dict[tuple[str, str], lis
             row: dict[str, Any] = {"task": task, "policy": algo, "kind": "learner",
                                    "seeds": len(records),
                                    "seeds_above_best_rule": sum(
-                                       values["gain_vs_best_rule"] > 0 for values in per_seed)}
+                                       leaderboard.beats_best_rule(values["gain_vs_best_rule"])
+                                       for values in per_seed)}
             for key, _ in leaderboard.COLUMNS:
                 row[key] = leaderboard.aggregate([values[key] for values in per_seed])
             rows.append(row)
