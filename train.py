@@ -17,7 +17,8 @@ resolved config that ran), ``checkpoint_latest.pt`` and ``checkpoint_best.pt`` (
 ``eval/episodic_return``) and, at the end, ``metrics.json``; all files are written atomically.
 ``--resume`` continues from ``checkpoint_latest.pt`` and gives the results of an uninterrupted
 run. ``train.validation_days`` ends a run with its untrained policy where that did better than
-the final one on training days (``validation/*`` scalars, ``metrics.json``'s ``validation``).
+the final one on training days, and with ``train.validation_every`` with the best policy
+validated during training (``validation/*`` scalars, ``metrics.json``'s ``validation``).
 No algorithm math lives here: algorithms implement ``agents.algorithm.Algorithm``; the
 ``eval/*`` curves come from ``agents.evaluation.evaluate_policy``, the function behind
 ``evaluate.py``'s tables. ``--sweep`` hands the command line to ``agents.sweep`` (seeds,
@@ -207,11 +208,15 @@ class Trainer:
         self.validation_days = validation_days(config) if train.validation_days else []
         self.initial_algorithm = (copy.deepcopy(self.algorithm.state_dict(experience=False))
                                   if train.validation_days and not resume else None)
+        # train.validation_every: the parameters of the best policy validated during training
+        # (None while the untrained one is the best; in the checkpoints to resume from)
+        self.validated_algorithm: dict[str, Any] | None = None
         self.n_agents = self.env.n_agents
         self.state: dict[str, Any] = {
             "next_eval": train.eval_every, "next_checkpoint": train.checkpoint_every,
             "best_return": -math.inf, "best_eval": {}, "last_eval": {}, "last_eval_step": -1,
-            "last_train": {}, "train_time_s": 0.0, "references": None}
+            "last_train": {}, "train_time_s": 0.0, "references": None,
+            "next_validation": train.validation_every, "validation_returns": []}
         if resume:
             checkpoint = load_checkpoint(self.run_dir / "checkpoint_latest.pt")  # on the CPU
             if not checkpoint.get("experience", True):
@@ -228,6 +233,9 @@ class Trainer:
                     raise CheckpointError(f"{self.run_dir / 'checkpoint_latest.pt'} holds no "
                                           f"untrained policy for train.validation_days")
                 self.initial_algorithm = checkpoint["initial_algorithm"]
+                self.validated_algorithm = checkpoint.get("validated_algorithm")
+                self.state.setdefault("next_validation", train.validation_every)
+                self.state.setdefault("validation_returns", [])
         if (eval_config is not None and train.eval_reference != "none"
                 and self.state["references"] is None):
             self.state["references"] = evaluation_references(
@@ -275,8 +283,10 @@ class Trainer:
                       "algorithm": self.algorithm.state_dict(experience),
                       "collector": self.collector.state_dict(),
                       "generator": self.generator.get_state(), "trainer": dict(self.state)}
-        if self.initial_algorithm is not None and experience:  # only resuming needs it
+        if self.initial_algorithm is not None and experience:  # only resuming needs them
             checkpoint["initial_algorithm"] = self.initial_algorithm
+            if self.validated_algorithm is not None:
+                checkpoint["validated_algorithm"] = self.validated_algorithm
         return checkpoint
 
     def _validation_return(self) -> float:
@@ -284,24 +294,54 @@ class Trainer:
                                     seed=self.config.seed)
         return metric_scalars(totals)["episodic_return"]
 
+    def _best_validated(self) -> tuple[int, float]:
+        """``(env-step, return)`` of the best policy validated so far (0: the untrained one):
+        the first of the highest returns, since a later one replaces it only when strictly
+        better."""
+        best = (0, self.state["initial_validation_return"])
+        for step, value in self.state["validation_returns"]:
+            if value > best[1]:
+                best = (step, value)
+        return best
+
+    def validate_now(self) -> float:
+        """``train.validation_every``: play the current policy on the validation days and keep
+        a copy of its parameters where it beats every policy validated before (the untrained
+        one included); logs ``validation/episodic_return``."""
+        step = self.collector.global_step
+        value = self._validation_return()
+        if value > self._best_validated()[1]:
+            self.validated_algorithm = copy.deepcopy(self.algorithm.state_dict(experience=False))
+        self.state["validation_returns"].append([step, value])
+        self.writer.add_scalar("validation/episodic_return", value, step)
+        return value
+
     def validate(self) -> dict[str, Any]:
         """``train.validation_days``: play the final policy on the validation days
-        (deterministic actions) and go back to the untrained one's parameters where its mean
-        ``episodic_return`` there (played before the first iteration) is higher; returns
-        metrics.json's ``validation`` record (also logged as ``validation/*`` scalars at the
-        final step). Keeping the final policy loads nothing: the run ends as without
-        validation."""
+        (deterministic actions) and go back to the parameters of the best policy validated
+        before it (the untrained one, played before the first iteration, or with
+        ``train.validation_every`` one validated during training) where that one's mean
+        ``episodic_return`` there is strictly higher; returns metrics.json's ``validation``
+        record (also logged as ``validation/*`` scalars at the final step). Keeping the final
+        policy loads nothing: the run ends as without validation."""
         step = self.collector.global_step
+        best_step, best_return = self._best_validated()
         final_return = self._validation_return()
         initial_return = self.state["initial_validation_return"]
-        kept = "initial" if initial_return > final_return else "final"
-        if kept == "initial":
-            self.algorithm.load_state_dict(copy.deepcopy(self.initial_algorithm))
+        if best_return > final_return:
+            kept, kept_step = ("initial" if best_step == 0 else "intermediate"), best_step
+            self.algorithm.load_state_dict(copy.deepcopy(
+                self.initial_algorithm if best_step == 0 else self.validated_algorithm))
+        else:
+            kept, kept_step = "final", step
         self.writer.add_scalar("validation/episodic_return", final_return, step)
         self.writer.add_scalar("validation/initial_episodic_return", initial_return, step)
         self.writer.add_scalar("validation/kept_initial", float(kept == "initial"), step)
+        self.writer.add_scalar("validation/kept_step", kept_step, step)
         return {"days": list(self.validation_days), "final_return": final_return,
-                "initial_return": initial_return, "kept": kept}
+                "initial_return": initial_return,
+                "returns": [*self.state["validation_returns"], [step, final_return]],
+                "kept": kept, "kept_step": kept_step}
 
     def evaluate(self) -> dict[str, float]:
         """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
@@ -365,6 +405,12 @@ class Trainer:
                     self.evaluate()
                     while state["next_eval"] <= step:
                         state["next_eval"] += train.eval_every
+                # not in the iteration that ends training: the final validation follows
+                if (train.validation_every and step >= state["next_validation"]
+                        and step < train.total_steps):
+                    self.validate_now()
+                    while state["next_validation"] <= step:
+                        state["next_validation"] += train.validation_every
                 by_steps = train.checkpoint_every and step >= state["next_checkpoint"]
                 by_time = train.checkpoint_minutes and (
                     time.monotonic() - last_checkpoint >= 60.0 * train.checkpoint_minutes)
@@ -376,7 +422,7 @@ class Trainer:
                     last_checkpoint = time.monotonic()
             if self.validation_env is not None and "validation" not in state:
                 state["validation"] = self.validate()
-                if state["validation"]["kept"] == "initial":
+                if state["validation"]["kept"] != "final":
                     state["last_eval_step"] = -1  # evaluate the policy the run ends with
             if self.eval_env is not None and state["last_eval_step"] != collector.global_step:
                 self.evaluate()
@@ -423,9 +469,17 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
             if key in final))
     validation = metrics.get("validation")
     if validation:
+        kept = validation["kept"]
+        if kept == "intermediate":
+            kept = f"{kept} policy of env-step {validation['kept_step']:,}"
+        else:
+            kept = f"{kept} policy"
+        best = max((value for _, value in validation.get("returns", [])), default=None)
+        during = ("" if best is None or len(validation["returns"]) < 2
+                  else f", {best:.4g} the best of {len(validation['returns'])} validations")
         lines.append(f"validation on {len(validation['days'])} training days: episodic_return "
                      f"{validation['final_return']:.4g} final, {validation['initial_return']:.4g} "
-                     f"untrained; the run keeps the {validation['kept']} policy")
+                     f"untrained{during}; the run keeps the {kept}")
     lines.append(f"TensorBoard: tensorboard --logdir {logdir}")
     return "\n".join(lines)
 

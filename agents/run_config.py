@@ -98,6 +98,13 @@ class TrainConfig:
     ``final_eval``), so that it never returns a policy that did worse than where it started
     on those days. Test days are never used. ``metrics.json``'s ``validation`` and the
     ``validation/*`` scalars record both returns and which policy was kept."""
+    validation_every: int = 0
+    """Env-steps between validations during training (0 = only the final policy against the
+    untrained one; needs ``validation_days``). Each validation plays the policy of that
+    moment on the validation days; the run ends with the best of the untrained policy, these
+    and the final one (the final one on a tie, an earlier one only where it is strictly
+    better than every later candidate so far): early stopping on training days that the run
+    did not clone, never on test days. What is trained is the same either way."""
     eval_reference: str = "auto"
     """Score each evaluation against references on the same days: ``eval/oracle_share`` (share
     of this oracle's savings against no P2P captured) and ``eval/gain_vs_best_rule`` (the best
@@ -130,6 +137,11 @@ class TrainConfig:
               f"one of {EVAL_REFERENCES}", self.eval_reference)
         check(self.validation_days >= 0, "validation_days", ">= 0 (0: off)",
               self.validation_days)
+        check(self.validation_every >= 0, "validation_every", ">= 0 (0: at the end only)",
+              self.validation_every)
+        check(self.validation_days > 0 or self.validation_every == 0, "validation_every",
+              "0 with train.validation_days=0 (no validation days to play every "
+              "validation_every env-steps)", self.validation_every)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""train.validation_days: the final policy against the untrained one on training days that are
-neither test days nor imitation demonstrations; the run keeps the better one, and keeping the
+"""train.validation_days: the final policy against the untrained one (and, with
+train.validation_every, the policies of the run's validations) on training days that are
+neither test days nor imitation demonstrations; the run keeps the best one, and keeping the
 final one changes nothing (short runs on a 4-agent synthetic community)."""
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ def test_bad_validation_days_name_the_key(value, allowed):
     assert allowed in str(error.value)
 
 
+@pytest.mark.parametrize(("train_keys", "allowed"), [
+    ({"validation_days": 6, "validation_every": -1}, ">= 0"),
+    ({"validation_every": 1000}, "0 with train.validation_days=0")])
+def test_bad_validation_intervals_name_the_key(train_keys, allowed):
+    data = {"algo": "ddpg", "seed": 0, "env": SYNTHETIC, "train": train_keys}
+    with pytest.raises(ConfigError, match="train.validation_every") as error:
+        build_run_config(data)
+    assert allowed in str(error.value)
+
+
 def test_shipped_configs_with_validation_fall_back_to_a_rule_on_every_task():
     """A shipped config that sets train.validation_days acts as a residual on a rule, so the
     policy it may fall back to is that rule (not an untrained network), and its days fit on
@@ -129,9 +140,10 @@ def test_a_worse_final_policy_gives_way_to_the_untrained_one(tmp_path, monkeypat
 @pytest.mark.parametrize("algo", registry.names())
 def test_keeping_the_final_policy_changes_nothing(tmp_path, monkeypatch, algo):
     """Where the final policy wins (forced here: the real validation episodes are played, the
-    untrained policy's return is lowered), the run ends in the same state, bit for bit, with
-    the same final evaluation as a run without validation: validation uses its own
-    environment and no random stream of training, and loads nothing."""
+    returns of the untrained policy and of those validated during training, every
+    ``train.validation_every`` env-steps, are lowered), the run ends in the same state, bit
+    for bit, with the same final evaluation as a run without validation: validation uses its
+    own environment and no random stream of training, and loads nothing."""
     if algo.startswith("sb3_"):
         pytest.importorskip("stable_baselines3")
     real_return = train.Trainer._validation_return
@@ -139,17 +151,19 @@ def test_keeping_the_final_policy_changes_nothing(tmp_path, monkeypatch, algo):
 
     def final_wins(self):
         calls.append(real_return(self))
-        return calls[-1] - (1e9 if len(calls) % 2 == 1 else 0.0)  # 1st call: the untrained
+        final = self.collector.global_step >= self.config.train.total_steps
+        return calls[-1] - (0.0 if final else 1e9)
 
     monkeypatch.setattr(train.Trainer, "_validation_return", final_wins)
     states, finals = [], []
     for days in (3, 0):
+        calls.clear()
         data = {"algo": algo, "seed": 5, "name": "validation",
                 "env": {**SYNTHETIC,
                         "action": {"type": "discrete" if algo in DISCRETE else "continuous"}},
                 "train": {"total_steps": 4 * ITERATION, "n_envs": 8, "eval_every": 0,
                           "eval_episodes": 2, "checkpoint_every": 0, "torch_threads": 1,
-                          "validation_days": days},
+                          "validation_days": days, "validation_every": ITERATION if days else 0},
                 **({algo: UPDATES_FROM_THE_START[algo]} if algo in UPDATES_FROM_THE_START
                    else {})}
         config = build_run_config(data)
@@ -157,7 +171,11 @@ def test_keeping_the_final_policy_changes_nothing(tmp_path, monkeypatch, algo):
         metrics = train.Trainer(config, run_dir, progress=False).run()
         assert ("validation" in metrics) == bool(days)
         if days:
-            assert metrics["validation"]["kept"] == "final" and len(calls) == 2
+            validation = metrics["validation"]
+            assert validation["kept"] == "final"
+            assert validation["kept_step"] == metrics["global_step"]
+            # the untrained policy, at least one during training, the final one
+            assert len(calls) == 1 + len(validation["returns"]) >= 3
             assert all(value == value for value in calls)  # real, finite returns
         checkpoint = load_checkpoint(run_dir)
         state = {key: checkpoint[key] for key in ("algorithm", "collector", "generator")}
@@ -186,3 +204,62 @@ def test_resume_validates_against_the_same_untrained_policy(tmp_path):
     assert train.main(["--resume", str(parts), "--no-progress"]) == 0
     assert run_metrics(whole) == run_metrics(parts)
     assert "validation" in run_metrics(whole)
+
+
+def test_the_best_policy_validated_during_training_is_kept(tmp_path, monkeypatch):
+    """With train.validation_every the policy of a validation during training that beats the
+    untrained one and every later one (the final one included) is what the run ends with:
+    its parameters in checkpoint_latest.pt, the final evaluation of that policy, and the
+    record naming its env-step. The returns are scripted by env-step; the policies are
+    the run's own."""
+    scripted = {0: 0.0, 2 * ITERATION: 5.0, 3 * ITERATION: 4.0}  # else 1.0, the final one too
+    actors: dict[int, dict] = {}
+
+    def by_step(self):
+        step = self.collector.global_step
+        actors[step] = {key: value.clone()
+                        for key, value in self.algorithm.actor.state_dict().items()}
+        return scripted.get(step, 1.0)
+
+    monkeypatch.setattr(train.Trainer, "_validation_return", by_step)
+    config = build_run_config(residual_config(validation_every=ITERATION, eval_every=ITERATION))
+    run_dir = train.new_run_dir(tmp_path, config)
+    metrics = train.Trainer(config, run_dir, progress=False).run()
+    validation = metrics["validation"]
+    assert validation["kept"] == "intermediate" and validation["kept_step"] == 2 * ITERATION
+    assert validation["returns"] == [[ITERATION, 1.0], [2 * ITERATION, 5.0],
+                                     [3 * ITERATION, 4.0], [4 * ITERATION, 1.0]]
+    assert sorted(actors) == [0, ITERATION, 2 * ITERATION, 3 * ITERATION, 4 * ITERATION]
+    final = load_checkpoint(run_dir)["algorithm"]["actor"]
+    for key, value in actors[2 * ITERATION].items():
+        assert torch.equal(final[key], value), key
+    assert any(not torch.equal(value, actors[4 * ITERATION][key])  # training moved on
+               for key, value in actors[2 * ITERATION].items())
+    # the final evaluation scores the kept policy: the same as its evaluation at that step
+    curves = tensorboard_scalars(run_dir, speed=False)
+    evaluations = dict(curves["eval/episodic_return"])
+    assert metrics["final_eval"]["episodic_return"] == pytest.approx(
+        evaluations[2 * ITERATION], rel=1e-6)
+    assert metrics["final_eval"]["episodic_return"] != pytest.approx(
+        [value for step, value in curves["eval/episodic_return"]
+         if step == 4 * ITERATION][0], rel=1e-6)
+    assert curves["validation/kept_step"] == [(4 * ITERATION, 2.0 * ITERATION)]
+    assert "intermediate policy of env-step 256" in train.summary_text(run_dir, metrics, tmp_path)
+
+
+def test_resume_keeps_the_policy_validated_before_the_interruption(tmp_path, monkeypatch):
+    """The best policy validated before an interruption travels in checkpoint_latest.pt: the
+    resumed run ends with it, as the uninterrupted run does."""
+    monkeypatch.setattr(train.Trainer, "_validation_return",
+                        lambda self: {ITERATION: 5.0}.get(self.collector.global_step, 1.0))
+    config = build_run_config(residual_config(validation_every=ITERATION))
+    whole = train.new_run_dir(tmp_path / "whole", config)
+    train.Trainer(config, whole, progress=False).run()
+    parts = train.new_run_dir(tmp_path / "parts", config)
+    assert train.Trainer(config, parts, progress=False).run(
+        stop_after_steps=3 * ITERATION) is None
+    assert "validated_algorithm" in load_checkpoint(parts)  # written at 2 * ITERATION
+    assert train.main(["--resume", str(parts), "--no-progress"]) == 0
+    assert run_metrics(whole) == run_metrics(parts)
+    assert run_metrics(whole)["validation"]["kept_step"] == ITERATION
+    assert_same(load_checkpoint(whole)["algorithm"], load_checkpoint(parts)["algorithm"])
