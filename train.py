@@ -56,6 +56,7 @@ from agents.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoi
 from agents.collector import Collector
 from agents.evaluation import evaluate_policy, metric_scalars
 from agents.leaderboard import best_rule, rule_names
+from agents.networks import scale_output
 from agents.policy import TrainedPolicy
 from agents.run_config import (
     RunConfig,
@@ -199,6 +200,12 @@ class Trainer:
         self.generator = make_generator(config.seed, train.device)
         self.algorithm = registry.get(config.algo)(
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
+        if train.validation_residual_scales and self.algorithm.residual_network() is None:
+            raise ConfigError(
+                f"config key 'train.validation_residual_scales': got "
+                f"{train.validation_residual_scales}; allowed: [] unless the policy is a "
+                f"residual on a rule (<algo>.residual: true with env.observation.rule, "
+                f"algo one of {', '.join(_residual_algorithms())})")
         self.policy = TrainedPolicy(self.algorithm, config, self.run_dir.name)
         self.collector = Collector(self.env, seed=config.seed)
         # train.validation_days: the untrained policy, to compare the final one with (kept in
@@ -321,14 +328,42 @@ class Trainer:
         (deterministic actions) and go back to the parameters of the best policy validated
         before it (the untrained one, played before the first iteration, or with
         ``train.validation_every`` one validated during training) where that one's mean
-        ``episodic_return`` there is strictly higher; returns metrics.json's ``validation``
-        record (also logged as ``validation/*`` scalars at the final step). Keeping the final
-        policy loads nothing: the run ends as without validation."""
+        ``episodic_return`` there is strictly higher. With
+        ``train.validation_residual_scales`` the residual of the best learned policy (final,
+        or validated during training where strictly better) is also played scaled by each
+        scale, and a scaled one is kept where it is strictly better than every other
+        candidate. Returns metrics.json's ``validation`` record (also logged as
+        ``validation/*`` scalars at the final step). Keeping the final policy loads nothing:
+        the run ends as without validation."""
         step = self.collector.global_step
         best_step, best_return = self._best_validated()
         final_return = self._validation_return()
         initial_return = self.state["initial_validation_return"]
-        if best_return > final_return:
+        scales = self.config.train.validation_residual_scales
+        scaled_returns, scaled = [], None
+        if scales:
+            final = copy.deepcopy(self.algorithm.state_dict(experience=False))
+            # the learned policy to scale: the final one unless one validated during training
+            # did strictly better (validated_algorithm: the best of those, if it beat the
+            # untrained one; the untrained one is the rule, whose residual is zero)
+            learned_step, learned = step, final
+            if self.validated_algorithm is not None and best_return > final_return:
+                learned_step, learned = best_step, self.validated_algorithm
+            for scale in scales:
+                self.algorithm.load_state_dict(copy.deepcopy(learned))
+                scale_output(self.algorithm.residual_network(), scale)
+                value = self._validation_return()
+                scaled_returns.append([scale, value])
+                if value > max(best_return, final_return) and (
+                        scaled is None or value > scaled[1]):
+                    scaled = (scale, value, copy.deepcopy(
+                        self.algorithm.state_dict(experience=False)))
+            self.algorithm.load_state_dict(final)  # as before the line search
+        residual_scale = 1.0
+        if scaled is not None:
+            kept, kept_step, residual_scale = "scaled", learned_step, scaled[0]
+            self.algorithm.load_state_dict(scaled[2])
+        elif best_return > final_return:
             kept, kept_step = ("initial" if best_step == 0 else "intermediate"), best_step
             self.algorithm.load_state_dict(copy.deepcopy(
                 self.initial_algorithm if best_step == 0 else self.validated_algorithm))
@@ -338,10 +373,14 @@ class Trainer:
         self.writer.add_scalar("validation/initial_episodic_return", initial_return, step)
         self.writer.add_scalar("validation/kept_initial", float(kept == "initial"), step)
         self.writer.add_scalar("validation/kept_step", kept_step, step)
-        return {"days": list(self.validation_days), "final_return": final_return,
-                "initial_return": initial_return,
-                "returns": [*self.state["validation_returns"], [step, final_return]],
-                "kept": kept, "kept_step": kept_step}
+        record = {"days": list(self.validation_days), "final_return": final_return,
+                  "initial_return": initial_return,
+                  "returns": [*self.state["validation_returns"], [step, final_return]],
+                  "kept": kept, "kept_step": kept_step}
+        if scales:
+            self.writer.add_scalar("validation/residual_scale", residual_scale, step)
+            record.update(scaled_returns=scaled_returns, residual_scale=residual_scale)
+        return record
 
     def evaluate(self) -> dict[str, float]:
         """Deterministic episodes on the held-out test days, logged under ``eval/``; saves
@@ -453,6 +492,13 @@ class Trainer:
         return metrics
 
 
+def _residual_algorithms() -> list[str]:
+    """Registered algorithms whose config has a ``residual`` option (for error messages)."""
+    return [name for name in registry.names()
+            if dataclasses.is_dataclass(registry.get(name).Config)
+            and any(f.name == "residual" for f in dataclasses.fields(registry.get(name).Config))]
+
+
 def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
     final = metrics["final_eval"]
     lines = [f"run folder: {run_dir}",
@@ -472,6 +518,9 @@ def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:
         kept = validation["kept"]
         if kept == "intermediate":
             kept = f"{kept} policy of env-step {validation['kept_step']:,}"
+        elif kept == "scaled":
+            kept = (f"policy of env-step {validation['kept_step']:,} with its residual scaled "
+                    f"by {validation['residual_scale']:g}")
         else:
             kept = f"{kept} policy"
         best = max((value for _, value in validation.get("returns", [])), default=None)

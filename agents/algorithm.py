@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from agents.collector import Collector
 from agents.run_config import TrainConfig
@@ -139,6 +139,13 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def iterate(self, collector: Collector) -> dict[str, float]:
         """Collect experience through ``collector`` and update; return scalars by tag."""
+
+    def residual_network(self) -> nn.Module | None:
+        """The network whose output a residual policy adds to a rule's action
+        (``agents.actions.RulePrior``), an ``agents.networks.AgentMLP`` or ``PerAgentMLP``;
+        ``None`` for a policy that is no residual (the default). ``train.py`` scales its
+        output (``agents.networks.scale_output``) for ``train.validation_residual_scales``."""
+        return None
 
     def state_dict(self, experience: bool = True) -> dict[str, Any]:
         """The algorithm's state; ``experience=False`` leaves out

@@ -53,7 +53,14 @@ from agents.imitation import (
     demonstrations,
     imitation_loss,
 )
-from agents.networks import ACTIVATIONS, AgentMLP, PerAgentMLP, adam, polyak_update
+from agents.networks import (
+    ACTIVATIONS,
+    AgentMLP,
+    PerAgentMLP,
+    adam,
+    output_layer,
+    polyak_update,
+)
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
@@ -236,10 +243,8 @@ class DDPG(Algorithm):
         self.actor = agent_network(spec.obs_dim, n, a, config, generator, output_gain=0.01,
                                    device=device)
         if self.prior is not None:  # the untrained actor is exactly the rule
-            last = (self.actor.body[-1].weight if isinstance(self.actor, AgentMLP)
-                    else self.actor.weights[-1])
             with torch.no_grad():
-                last.zero_()
+                output_layer(self.actor)[0].zero_()
         self.critic = self._build_critic()
         self.target_actor = frozen_copy(self.actor)
         self.target_critic = frozen_copy(self.critic)
@@ -443,6 +448,10 @@ class DDPG(Algorithm):
     # ----------------------------------------------------------------------------------------
     # Checkpoint
     # ----------------------------------------------------------------------------------------
+
+    def residual_network(self) -> nn.Module | None:
+        """The actor, when ``residual`` (its output is added to the rule's action)."""
+        return None if self.prior is None else self.actor
 
     def state_dict(self, experience: bool = True) -> dict[str, Any]:
         return {**super().state_dict(experience), "n_updates": self.n_updates,

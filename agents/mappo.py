@@ -40,7 +40,7 @@ from agents.algorithm import Algorithm, EnvSpec
 from agents.buffers import RolloutBuffer, generalized_advantages
 from agents.collector import Collector
 from agents.imitation import ImitationConfig, check_rule_feature, clone
-from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, adam, mlp
+from agents.networks import ACTIVATIONS, AgentMLP, RunningMeanStd, adam, mlp, output_layer
 from agents.run_config import TrainConfig
 from envs.config import ConfigError, check
 
@@ -166,7 +166,7 @@ class MAPPO(Algorithm):
                               config.activation, generator, output_gain=0.01,
                               use_agent_id=config.agent_id, device=device)
         if self.prior is not None:  # the untrained policy is exactly the rule
-            torch.nn.init.zeros_(self.actor.body[-1].weight)
+            torch.nn.init.zeros_(output_layer(self.actor)[0])
         self.critic = mlp(spec.state_dim, config.hidden_sizes, n, config.activation,
                           generator, output_gain=1.0, device=device)
         self.log_std = nn.ParameterDict({"log_std": nn.Parameter(
@@ -252,6 +252,10 @@ class MAPPO(Algorithm):
     # ----------------------------------------------------------------------------------------
     # Training
     # ----------------------------------------------------------------------------------------
+
+    def residual_network(self) -> nn.Module | None:
+        """The actor, when ``residual`` (its output is added to the rule's action)."""
+        return None if self.prior is None else self.actor
 
     def state_dict(self, experience: bool = True) -> dict[str, Any]:
         return {**super().state_dict(experience), "imitated": self.imitated}

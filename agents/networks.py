@@ -133,6 +133,27 @@ class PerAgentMLP(nn.Module):
         return hidden.transpose(0, 1).reshape(*batch_shape, x.shape[-2], hidden.shape[-1])
 
 
+def output_layer(network: nn.Module) -> tuple[Tensor, Tensor]:
+    """The weights and biases of the output layer of an :class:`AgentMLP` or a
+    :class:`PerAgentMLP` (its output is ``hidden @ weight.T + bias``, resp. per agent
+    ``hidden @ weight[i] + bias[i]``): what a residual policy zeroes at initialisation and
+    :func:`scale_output` scales."""
+    if isinstance(network, AgentMLP):
+        layer = network.body[-1]
+        return layer.weight, layer.bias
+    if isinstance(network, PerAgentMLP):
+        return network.weights[-1], network.biases[-1]
+    raise TypeError(f"output_layer needs an AgentMLP or a PerAgentMLP, got "
+                    f"{type(network).__name__}")
+
+
+@torch.no_grad()
+def scale_output(network: nn.Module, scale: float) -> None:
+    """Multiply the output of ``network`` (:func:`output_layer`) by ``scale``, in place."""
+    for parameter in output_layer(network):
+        parameter.mul_(scale)
+
+
 @torch.no_grad()
 def polyak_update(online: nn.Module, target: nn.Module, tau: float) -> None:
     """``target <- (1 - tau) target + tau online``, parameter by parameter (``tau >= 1``

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,17 @@ class TrainConfig:
     and the final one (the final one on a tie, an earlier one only where it is strictly
     better than every later candidate so far): early stopping on training days that the run
     did not clone, never on test days. What is trained is the same either way."""
+    validation_residual_scales: list[float] = field(default_factory=list)
+    """A line search on the validation days at the end of training, for a residual policy
+    (``<algo>.residual: true``; needs ``validation_days``; empty = off): the learned residual
+    of the best learned policy (the final one, or the best one validated during training
+    where that did strictly better) is multiplied by each of these scales (``output = rule
+    + scale * residual``, the actor's output layer scaled) and played on the validation days
+    too. The run ends with the best of every candidate (untrained, validated during
+    training, final, scaled), the final one on a tie. A scale below 1 steps only part of the
+    way from the rule to the learned policy, which wins where the full step overshoots (a
+    conservative step, as in Kakade and Langford 2002); values > 0, not 1 (the unscaled
+    policy is always a candidate), without repeats. What is trained is the same either way."""
     eval_reference: str = "auto"
     """Score each evaluation against references on the same days: ``eval/oracle_share`` (share
     of this oracle's savings against no P2P captured) and ``eval/gain_vs_best_rule`` (the best
@@ -142,6 +153,16 @@ class TrainConfig:
         check(self.validation_days > 0 or self.validation_every == 0, "validation_every",
               "0 with train.validation_days=0 (no validation days to play every "
               "validation_every env-steps)", self.validation_every)
+        scales = self.validation_residual_scales
+        check(isinstance(scales, list) and all(
+            isinstance(scale, (int, float)) and not isinstance(scale, bool)
+            and 0.0 < scale < float("inf") and scale != 1.0 for scale in scales)
+              and len(set(scales)) == len(scales), "validation_residual_scales",
+              "a list of distinct finite numbers > 0 other than 1 (the unscaled policy is "
+              "always a candidate)", scales)
+        check(self.validation_days > 0 or not scales, "validation_residual_scales",
+              "[] with train.validation_days=0 (no validation days to compare the scales on)",
+              scales)
 
 
 @dataclass(frozen=True)

@@ -265,3 +265,113 @@ def test_resume_keeps_the_policy_validated_before_the_interruption(tmp_path, mon
     assert run_metrics(whole) == run_metrics(parts)
     assert run_metrics(whole)["validation"]["kept_step"] == ITERATION
     assert_same(load_checkpoint(whole)["algorithm"], load_checkpoint(parts)["algorithm"])
+
+
+@pytest.mark.parametrize(("train_keys", "allowed"), [
+    ({"validation_days": 6, "validation_residual_scales": [1.0]}, "other than 1"),
+    ({"validation_days": 6, "validation_residual_scales": [0.5, 0.5]}, "distinct"),
+    ({"validation_days": 6, "validation_residual_scales": [0.0]}, "> 0"),
+    ({"validation_days": 6, "validation_residual_scales": [float("inf")]}, "finite"),
+    ({"validation_residual_scales": [0.5]}, "[] with train.validation_days=0")])
+def test_bad_residual_scales_name_the_key(train_keys, allowed):
+    data = {"algo": "ddpg", "seed": 0, "env": SYNTHETIC, "train": train_keys}
+    with pytest.raises(ConfigError, match="train.validation_residual_scales") as error:
+        build_run_config(data)
+    assert allowed in str(error.value)
+
+
+def test_residual_scales_need_a_residual_policy(tmp_path):
+    data = residual_config(validation_residual_scales=[0.5])
+    data["mappo"] = {**data["mappo"], "residual": False}
+    config = build_run_config(data)
+    with pytest.raises(ConfigError, match="train.validation_residual_scales") as error:
+        train.Trainer(config, train.new_run_dir(tmp_path, config), progress=False)
+    assert "mappo, ddpg, maddpg" in str(error.value)
+
+
+def _residual_run(algo: str, **train_keys) -> dict:
+    """``algo`` as a residual on the self-consumption rule (DDPG with one network per agent,
+    to cover ``PerAgentMLP``), on the small synthetic community."""
+    if algo == "mappo":
+        return residual_config(**train_keys)
+    data = residual_config(**train_keys)
+    del data["mappo"]
+    return {**data, "algo": algo,
+            algo: {"learning_starts": 64, "hidden_sizes": [32, 32], "residual": True,
+                   "parameter_sharing": False}}
+
+
+@pytest.mark.parametrize("algo", ["mappo", "ddpg"])
+def test_a_scaled_residual_scores_between_the_rule_and_the_policy(tmp_path, algo):
+    """Scale 0 of a trained residual is the rule itself (the same actions as the untrained
+    policy), scale 1 the trained policy, and a scale s multiplies the learned part of the
+    actor's output (before the squash) by s."""
+    from agents.networks import scale_output
+
+    config = build_run_config(_residual_run(algo, validation_days=0))
+    trainer = train.Trainer(config, train.new_run_dir(tmp_path, config), progress=False)
+    obs = trainer.collector.obs
+    rule = trainer.algorithm.act(obs, trainer.env.state(), deterministic=True)
+    trainer.run()
+    network = trainer.algorithm.residual_network()
+    trained = trainer.algorithm.act(obs, trainer.env.state(), deterministic=True)
+    assert not torch.allclose(trained, rule)  # training moved the policy off the rule
+    residual = network(obs.float()).clone()
+    scale_output(network, 0.5)
+    torch.testing.assert_close(network(obs.float()), 0.5 * residual)
+    scale_output(network, 0.0)
+    torch.testing.assert_close(trainer.algorithm.act(obs, trainer.env.state(), deterministic=True),
+                               rule)
+
+
+@pytest.mark.parametrize("algo", ["mappo", "ddpg"])
+def test_the_best_scaled_residual_is_kept(tmp_path, monkeypatch, algo):
+    """The returns are scripted from the residual's size (its output layer's norm against the
+    final policy's): best at half the final residual. With the scales [0.25, 0.5, 2.0] the run
+    ends with the final parameters whose output layer is halved (every other tensor as
+    trained), records every scale's return, logs the scale and names it in the summary; the
+    rule and the unscaled policy tie."""
+    from agents.networks import output_layer
+
+    norms = []
+
+    def by_residual_size(self):
+        norms.append(float(output_layer(self.algorithm.residual_network())[0].detach().norm()))
+        if self.collector.global_step < self.config.train.total_steps:
+            return -0.25  # the untrained policy (the rule: a residual of size 0)
+        final = next(norm for norm in norms if norm > 0.0)  # the first validated at the end
+        return -(norms[-1] / final - 0.5) ** 2
+
+    monkeypatch.setattr(train.Trainer, "_validation_return", by_residual_size)
+    config = build_run_config(_residual_run(algo, validation_residual_scales=[0.25, 0.5, 2.0]))
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    real_validate = trainer.validate
+    trained = {}
+
+    def remember_final():
+        trained.update({key: value.clone() for key, value
+                        in trainer.algorithm.residual_network().state_dict().items()})
+        return real_validate()
+
+    trainer.validate = remember_final
+    metrics = trainer.run()
+    validation = metrics["validation"]
+    assert validation["kept"] == "scaled" and validation["residual_scale"] == 0.5
+    assert validation["kept_step"] == metrics["global_step"]
+    assert validation["final_return"] == pytest.approx(-0.25)
+    assert [scale for scale, _ in validation["scaled_returns"]] == [0.25, 0.5, 2.0]
+    assert [value for _, value in validation["scaled_returns"]] == pytest.approx(
+        [-0.0625, 0.0, -2.25])
+    kept = load_checkpoint(run_dir)["algorithm"]["actor"]
+    weight, bias = output_layer(trainer.algorithm.residual_network())
+    layer_names = {name for name, parameter
+                   in trainer.algorithm.residual_network().named_parameters()
+                   if parameter is weight or parameter is bias}
+    assert len(layer_names) == 2
+    for key, value in trained.items():
+        expected = 0.5 * value if key in layer_names else value
+        assert torch.equal(kept[key], expected), key
+    curves = tensorboard_scalars(run_dir, speed=False)
+    assert curves["validation/residual_scale"] == [(metrics["global_step"], 0.5)]
+    assert "residual scaled by 0.5" in train.summary_text(run_dir, metrics, tmp_path)
