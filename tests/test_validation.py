@@ -375,3 +375,38 @@ def test_the_best_scaled_residual_is_kept(tmp_path, monkeypatch, algo):
     curves = tensorboard_scalars(run_dir, speed=False)
     assert curves["validation/residual_scale"] == [(metrics["global_step"], 0.5)]
     assert "residual scaled by 0.5" in train.summary_text(run_dir, metrics, tmp_path)
+
+
+def test_the_line_search_scales_the_best_policy_validated_during_training(tmp_path, monkeypatch):
+    """Where a policy validated during training beat the final one, the scales apply to it:
+    the kept parameters are that policy's with its output layer scaled, and the record names
+    its env-step."""
+    from agents.networks import output_layer
+
+    layers: list[dict] = []
+
+    def scripted(self):
+        step = self.collector.global_step
+        weight, bias = output_layer(self.algorithm.residual_network())
+        layers.append({"step": step, "weight": weight.detach().clone()})
+        if step < self.config.train.total_steps:
+            return {0: 0.0, 2 * ITERATION: 5.0}.get(step, 1.0)
+        return 1.0 if sum(entry["step"] == step for entry in layers) == 1 else 6.0
+
+    monkeypatch.setattr(train.Trainer, "_validation_return", scripted)
+    config = build_run_config(residual_config(validation_every=ITERATION,
+                                              validation_residual_scales=[0.5]))
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    metrics = trainer.run()
+    validation = metrics["validation"]
+    assert validation["kept"] == "scaled" and validation["kept_step"] == 2 * ITERATION
+    assert validation["scaled_returns"] == [[0.5, 6.0]]
+    intermediate = next(entry["weight"] for entry in layers if entry["step"] == 2 * ITERATION)
+    final = next(entry["weight"] for entry in layers
+                 if entry["step"] == metrics["global_step"])
+    assert not torch.equal(intermediate, final)
+    kept = output_layer(trainer.algorithm.residual_network())[0].detach()
+    assert torch.equal(kept, 0.5 * intermediate)
+    assert "policy of env-step 256 with its residual scaled by 0.5" in train.summary_text(
+        run_dir, metrics, tmp_path)
