@@ -95,6 +95,8 @@ def test_shipped_configs_with_validation_fall_back_to_a_rule_on_every_task():
         assert section.residual and config.env.observation.rule, path.name
         # early stopping: several validations during training, not only at the end
         assert 0 < 2 * config.train.validation_every <= config.train.total_steps, path.name
+        # and a line search over the residual's scale after training
+        assert config.train.validation_residual_scales, path.name
         for task in task_names():
             on_task = build_run_config(path, train.task_overrides(task, []))
             days = validation_days(on_task)
