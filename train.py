@@ -200,12 +200,6 @@ class Trainer:
         self.generator = make_generator(config.seed, train.device)
         self.algorithm = registry.get(config.algo)(
             config.hyperparameters, EnvSpec.from_env(self.env), train, self.generator)
-        if train.validation_residual_scales and self.algorithm.residual_network() is None:
-            raise ConfigError(
-                f"config key 'train.validation_residual_scales': got "
-                f"{train.validation_residual_scales}; allowed: [] unless the policy is a "
-                f"residual on a rule (<algo>.residual: true with env.observation.rule, "
-                f"algo one of {', '.join(_residual_algorithms())})")
         self.policy = TrainedPolicy(self.algorithm, config, self.run_dir.name)
         self.collector = Collector(self.env, seed=config.seed)
         # train.validation_days: the untrained policy, to compare the final one with (kept in
@@ -490,13 +484,6 @@ class Trainer:
         }
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
-
-
-def _residual_algorithms() -> list[str]:
-    """Registered algorithms whose config has a ``residual`` option (for error messages)."""
-    return [name for name in registry.names()
-            if dataclasses.is_dataclass(registry.get(name).Config)
-            and any(f.name == "residual" for f in dataclasses.fields(registry.get(name).Config))]
 
 
 def summary_text(run_dir: Path, metrics: dict[str, Any], logdir: Path) -> str:

@@ -284,6 +284,10 @@ class DDPG(Algorithm):
     # Acting
     # ----------------------------------------------------------------------------------------
 
+    def residual_network(self) -> nn.Module | None:
+        """The actor, when ``residual`` (its output is added to the rule's action)."""
+        return None if self.prior is None else self.actor
+
     def _policy(self, actor: nn.Module, obs: Tensor) -> Tensor:
         """Symmetric actions ``[..., N, A]`` in [-1, 1] of ``actor`` (plus the rule's action
         before the tanh when ``residual``)."""
@@ -448,10 +452,6 @@ class DDPG(Algorithm):
     # ----------------------------------------------------------------------------------------
     # Checkpoint
     # ----------------------------------------------------------------------------------------
-
-    def residual_network(self) -> nn.Module | None:
-        """The actor, when ``residual`` (its output is added to the rule's action)."""
-        return None if self.prior is None else self.actor
 
     def state_dict(self, experience: bool = True) -> dict[str, Any]:
         return {**super().state_dict(experience), "n_updates": self.n_updates,

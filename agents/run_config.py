@@ -301,6 +301,14 @@ def build_run_config(source: str | Path | dict[str, Any],
     check(train.eval_episodes <= n_test_days, "train.eval_episodes",
           f"at most the {n_test_days} test days of env.episode.test_every="
           f"{env.episode.test_every}", train.eval_episodes)
+    if train.validation_residual_scales and not getattr(hyperparameters, "residual", False):
+        residual = [name for name in registry.names() if "residual" in {
+            item.name for item in dataclasses.fields(registry.get(name).Config)}]
+        raise ConfigError(
+            f"config key 'train.validation_residual_scales': got "
+            f"{train.validation_residual_scales}; allowed: [] unless the policy is a residual "
+            f"on a rule (<algo>.residual: true with env.observation.rule, algo one of "
+            f"{', '.join(residual)})")
     config = RunConfig(header.algo, header.seed, header.name, env, train, hyperparameters)
     if train.validation_days:
         n_days = len(_validation_candidates(config))

@@ -282,12 +282,18 @@ def test_bad_residual_scales_name_the_key(train_keys, allowed):
     assert allowed in str(error.value)
 
 
-def test_residual_scales_need_a_residual_policy(tmp_path):
+@pytest.mark.parametrize("algo", ["mappo", "dqn"])
+def test_residual_scales_need_a_residual_policy(algo):
+    """Refused when the config is built, before any run folder exists: MAPPO without
+    ``residual``, and DQN, which has no residual option."""
     data = residual_config(validation_residual_scales=[0.5])
-    data["mappo"] = {**data["mappo"], "residual": False}
-    config = build_run_config(data)
+    if algo == "mappo":
+        data["mappo"] = {**data["mappo"], "residual": False}
+    else:
+        data = {**{key: value for key, value in data.items() if key != "mappo"}, "algo": algo}
+        data["env"] = {**data["env"], "action": {"type": "discrete"}}
     with pytest.raises(ConfigError, match="train.validation_residual_scales") as error:
-        train.Trainer(config, train.new_run_dir(tmp_path, config), progress=False)
+        build_run_config(data)
     assert "mappo, ddpg, maddpg" in str(error.value)
 
 
