@@ -13,7 +13,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+class _SigmoidTanh(torch.autograd.Function):
+    """``tanh(x) = 2 sigmoid(2x) - 1``, with tanh's own backward ``grad (1 - y^2)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = torch.mul(x, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+class Tanh(nn.Module):
+    """The hidden tanh of the algorithms' networks, computed as ``2 sigmoid(2x) - 1``: the
+    same function to float32 rounding (within 1.8e-7 of the exact tanh, against 6e-8 for
+    ``torch.tanh``), 3-4x faster on the CPU, where torch's float32 ``tanh`` costs about
+    3.5 ns an element on one thread (glibc-speed, against 0.6 ns for ``sigmoid``: it was a
+    fifth of MAPPO's training time; README "Where training time goes"). Its backward is
+    ``torch.tanh``'s, ``grad (1 - y^2)``. Other devices use ``torch.tanh``. No parameters, so
+    checkpoints of ``nn.Tanh`` networks load unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu":
+            return torch.tanh(x)
+        return _SigmoidTanh.apply(x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
 FUSED_ADAM_DEVICES = ("cpu", "cuda")

@@ -1,6 +1,8 @@
-"""agents.networks.adam: every algorithm's Adam, fused where torch has it."""
+"""agents.networks: every algorithm's Adam, fused where torch has it; the hidden tanh."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -56,3 +58,40 @@ def test_every_algorithm_steps_a_fused_adam_on_cpu(algo):
                   if isinstance(value, torch.optim.Optimizer)]
     assert optimizers
     assert all(optimizer.defaults["fused"] is True for optimizer in optimizers)
+
+
+def test_tanh_is_torch_tanh_to_float_rounding_with_its_gradient():
+    """The hidden tanh (``2 sigmoid(2x) - 1``) against float64 tanh over its whole range,
+    saturation and zero included, and its gradient against ``torch.tanh``'s (and a finite
+    difference check in float64)."""
+    x = torch.cat([torch.linspace(-30.0, 30.0, 200_001), torch.tensor([0.0, 1e-30, -1e-30])])
+    y = networks.Tanh()(x)
+    assert y.dtype == torch.float32
+    assert (y.double() - torch.tanh(x.double())).abs().max() < 2e-7
+    assert y[-3:].abs().max() < 1e-7 and y.min() == -1.0 and y.max() == 1.0
+    generator = torch.Generator().manual_seed(0)
+    x = (3.0 * torch.randn(512, 64, generator=generator)).requires_grad_(True)
+    grad = torch.randn(512, 64, generator=generator)
+    networks.Tanh()(x).backward(grad)
+    reference = x.detach().clone().requires_grad_(True)
+    torch.tanh(reference).backward(grad)
+    torch.testing.assert_close(x.grad, reference.grad, rtol=0.0, atol=1e-6)
+    assert torch.autograd.gradcheck(networks.Tanh(), torch.randn(
+        8, dtype=torch.float64, generator=generator).requires_grad_(True))
+
+
+def test_tanh_networks_match_nn_tanh_networks():
+    """An ``mlp`` with ``activation: tanh`` is the one of ``nn.Tanh`` (same parameters, so a
+    checkpoint of either loads into the other) to float rounding, outputs and gradients."""
+    fast = networks.mlp(10, [64, 64], 3, "tanh", torch.Generator().manual_seed(1))
+    assert sum(isinstance(layer, networks.Tanh) for layer in fast) == 2
+    exact = torch.nn.Sequential(*[torch.nn.Tanh() if isinstance(layer, networks.Tanh)
+                                  else copy.deepcopy(layer) for layer in fast])
+    exact.load_state_dict(fast.state_dict())
+    x = torch.randn(256, 10, generator=torch.Generator().manual_seed(2))
+    fast_out, exact_out = fast(x), exact(x)
+    torch.testing.assert_close(fast_out, exact_out, rtol=0.0, atol=1e-6)
+    fast_out.square().sum().backward()
+    exact_out.square().sum().backward()
+    for a, b in zip(fast.parameters(), exact.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
