@@ -44,7 +44,8 @@ from envs.files import atomic_write_bytes
 __all__ = ["CACHE_VERSION", "IMITATED_ORACLES", "TIE_BREAKS", "ImitationConfig",
            "check_rule_feature", "clone", "demonstration_batch", "demonstration_request",
            "demonstrations", "demonstrations_path", "imitated_oracle", "imitation_loss",
-           "oracle_demonstrations", "solve_demonstrations", "training_days"]
+           "oracle_demonstrations", "solve_demonstration_sets", "solve_schedules",
+           "training_days"]
 
 CACHE_VERSION = 1
 IMITATED_ORACLES = ("auto", "oracle", "oracle_network", "oracle_household")
@@ -133,25 +134,48 @@ def _rule_schedules(env: Any, days: list[int]) -> np.ndarray:
     return np.stack(energy, axis=1)
 
 
-def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
-           ) -> dict[str, np.ndarray]:
-    from agents.actions import env_actions
+def _references(config: EnvConfig, days: list[int], tie_break: str, data: Any
+                ) -> list[np.ndarray | None]:
+    """Per day of ``days``, the battery schedule ``[T, N]`` the ``rule`` tie-break keeps the
+    optimum nearest to (:func:`_rule_schedules`, every day in one core), else None."""
+    from envs.core import BatchedP2PEnv
+
+    if tie_break != "rule":
+        return [None] * len(days)
+    replay_config = dataclasses.replace(config, n_envs=len(days), device="cpu")
+    return list(_rule_schedules(BatchedP2PEnv(replay_config, data), days))
+
+
+def solve_schedules(config: EnvConfig, days: list[int], oracle: str, tie_break: str,
+                    references: Sequence[np.ndarray | None], data: Any = None) -> np.ndarray:
+    """``[D, T, N]`` kWh into each battery (< 0 out) of ``oracle``'s optimum for the episode
+    from each of ``days`` (``references``: :func:`_references` of these days), one LP after
+    another in a core of one environment: the part of :func:`oracle_demonstrations` that
+    takes the time, and that :func:`solve_demonstration_sets` splits between processes (each
+    day's LP is the same whichever process solves it, so the demonstrations are too).
+    ``data``: the profiles of a core of ``config`` already built (else they are loaded)."""
     from agents.baselines import make_oracle
     from envs.core import BatchedP2PEnv
 
-    solver_env = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu"))
-    replay_config = dataclasses.replace(config, n_envs=len(days), device="cpu")
-    references: list[np.ndarray | None] = [None] * len(days)
-    if tie_break == "rule":
-        references = list(_rule_schedules(BatchedP2PEnv(replay_config, solver_env.data), days))
+    solver_env = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu"), data)
     # One plan per episode (episode.length_days days from each start day).
     solver = make_oracle(oracle, tie_break=tie_break != "none")
     schedules = [solver.solve_episode(solver_env, day, reference)[0]
                  for day, reference in zip(days, references, strict=True)]
-    env = BatchedP2PEnv(replay_config, solver_env.data)
+    return np.stack([(s.charge_kwh - s.discharge_kwh) for s in schedules])
+
+
+def _replay(config: EnvConfig, days: list[int], battery_kwh: np.ndarray, data: Any
+            ) -> dict[str, np.ndarray]:
+    """The demonstrations of the optimal battery schedules ``battery_kwh [D, T, N]``
+    (:func:`solve_schedules`): the fractions of full power, replayed from each of ``days`` in
+    one core for the observations the agents saw."""
+    from agents.actions import env_actions
+    from envs.core import BatchedP2PEnv
+
+    env = BatchedP2PEnv(dataclasses.replace(config, n_envs=len(days), device="cpu"), data)
     power = (env.battery_kw * env.dt_h).double().numpy()  # [N] kWh per step at full power
-    fraction = np.stack([(s.charge_kwh - s.discharge_kwh) for s in schedules])  # [D, T, N]
-    fraction = np.where(power > 0, fraction / np.where(power > 0, power, 1.0), 0.0)
+    fraction = np.where(power > 0, battery_kwh / np.where(power > 0, power, 1.0), 0.0)
     fraction = np.clip(fraction, -1.0, 1.0)
     obs, _ = env.reset(seed=0, days=days)
     observations = []
@@ -161,6 +185,16 @@ def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
         obs, *_ = env.step(env_actions(battery, torch.full_like(battery, 0.5), env))
     return {"obs": np.stack(observations, axis=1).astype(np.float32),  # [D, T, N, O]
             "battery": fraction.astype(np.float32)}  # [D, T, N]
+
+
+def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
+           ) -> dict[str, np.ndarray]:
+    from envs.core import BatchedP2PEnv
+
+    data = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu")).data
+    references = _references(config, days, tie_break, data)
+    return _replay(config, days,
+                   solve_schedules(config, days, oracle, tie_break, references, data), data)
 
 
 def demonstrations_path(config: EnvConfig, n_days: int, oracle: str = "oracle",
@@ -183,14 +217,21 @@ def demonstration_request(run_config: Any) -> tuple[EnvConfig, int, str, str] | 
             imitated_oracle(config, run_config.train.eval_reference), config.tie_break)
 
 
-def solve_demonstrations(request: tuple[EnvConfig, int, str, str]) -> float:
-    """:func:`oracle_demonstrations` of a :func:`demonstration_request` into the cache, with
-    one torch thread (a worker process's job; ``benchmarks/leaderboard.py`` solves the sets
-    its cells need before they train); returns the seconds it took."""
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    oracle_demonstrations(*request)
-    return time.perf_counter() - start
+def _check_request(config: EnvConfig, tie_break: str) -> None:
+    if tie_break not in TIE_BREAKS:
+        raise ConfigError(f"imitation.tie_break: got {tie_break!r}; allowed: {TIE_BREAKS}")
+    if tie_break == "rule" and config.observation.rule == "none":
+        raise ConfigError("config key 'imitation.tie_break': got 'rule'; allowed only with a "
+                          "rule in the observation (set env.observation.rule)")
+
+
+def _store(path: Path, data: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **data)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError:
+        pass  # a cache that cannot be written costs time, not results
 
 
 def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle",
@@ -198,11 +239,7 @@ def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
     """``(obs [D, T, N, obs_dim], battery fraction [D, T, N])`` of the optimum of ``oracle``
     (which of its optimal schedules: ``tie_break``, :class:`ImitationConfig`) on ``n_days``
     training days of ``config`` (float32, CPU), from the cache when there."""
-    if tie_break not in TIE_BREAKS:
-        raise ConfigError(f"imitation.tie_break: got {tie_break!r}; allowed: {TIE_BREAKS}")
-    if tie_break == "rule" and config.observation.rule == "none":
-        raise ConfigError("config key 'imitation.tie_break': got 'rule'; allowed only with a "
-                          "rule in the observation (set env.observation.rule)")
+    _check_request(config, tie_break)
     days = training_days(config, n_days)
     path = demonstrations_path(config, n_days, oracle, tie_break)
     data: dict[str, Any] | None = None
@@ -217,13 +254,84 @@ def oracle_demonstrations(config: EnvConfig, n_days: int, oracle: str = "oracle"
             data = None
     if data is None:
         data = _solve(config, days, oracle, tie_break)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **data)
-        try:
-            atomic_write_bytes(path, buffer.getvalue())
-        except OSError:
-            pass  # a cache that cannot be written costs time, not results
+        _store(path, data)
     return torch.as_tensor(data["obs"]), torch.as_tensor(data["battery"])
+
+
+def _solve_part(config: EnvConfig, days: list[int], oracle: str, tie_break: str,
+                references: list[np.ndarray | None]) -> np.ndarray:
+    """:func:`solve_schedules` in a worker process of :func:`solve_demonstration_sets`."""
+    torch.set_num_threads(1)
+    return solve_schedules(config, days, oracle, tie_break, references)
+
+
+def solve_demonstration_sets(requests: Sequence[tuple[EnvConfig, int, str, str]],
+                             workers: int,
+                             on_done: Callable[[int, float | Exception], None] | None = None
+                             ) -> None:
+    """Solve the demonstrations of ``requests`` (:func:`demonstration_request`s; each as
+    :func:`oracle_demonstrations` would, cached ones again) into the cache, the days of every
+    set split between ``workers`` spawned processes (one torch thread each): a set's LPs,
+    a day each, take the time (up to half a minute a day on the 111-agent feeder), and
+    solving whole sets side by side leaves processes idle while the largest one finishes.
+    This process computes each set's tie-break references and, once its days are solved,
+    replays them (:func:`_replay`) and writes the cache file: the same file, to the bit, as
+    solving the set in one process (every day's LP has the same inputs). Sets are started in
+    the order given. ``on_done(index, seconds)`` is called when the set ``requests[index]``
+    is stored (seconds from its start), ``on_done(index, error)`` when it fails (the rest go
+    on)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from envs.core import BatchedP2PEnv
+
+    report = on_done or (lambda index, outcome: None)
+    sets: dict[int, dict[str, Any]] = {}
+    pending: dict[Any, tuple[int, int]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        try:
+            for index, (config, n_days, oracle, tie_break) in enumerate(requests):
+                start = time.perf_counter()
+                try:
+                    _check_request(config, tie_break)
+                    days = training_days(config, n_days)
+                    data = BatchedP2PEnv(dataclasses.replace(config, n_envs=1,
+                                                             device="cpu")).data
+                    references = _references(config, days, tie_break, data)
+                except Exception as error:
+                    report(index, error)
+                    continue
+                chunks = [chunk.tolist() for chunk in
+                          np.array_split(np.arange(len(days)), min(workers, len(days)))]
+                sets[index] = {"start": start, "days": days, "data": data,
+                               "parts": [None] * len(chunks)}
+                for part, chunk in enumerate(chunks):
+                    future = pool.submit(_solve_part, config, [days[i] for i in chunk], oracle,
+                                         tie_break, [references[i] for i in chunk])
+                    pending[future] = (index, part)
+            for future in as_completed(pending):
+                index, part = pending[future]
+                solving = sets.get(index)
+                if solving is None:  # failed already
+                    continue
+                try:
+                    solving["parts"][part] = future.result()
+                    if any(value is None for value in solving["parts"]):
+                        continue
+                    config, n_days, oracle, tie_break = requests[index]
+                    data = _replay(config, solving["days"], np.concatenate(solving["parts"]),
+                                   solving["data"])
+                    _store(demonstrations_path(config, n_days, oracle, tie_break), data)
+                except Exception as error:
+                    del sets[index]
+                    report(index, error)
+                    continue
+                del sets[index]
+                report(index, time.perf_counter() - solving["start"])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def imitated_oracle(config: ImitationConfig, eval_reference: str) -> str:

@@ -76,13 +76,11 @@ import hashlib
 import importlib.util
 import io
 import math
-import multiprocessing
 import os
 import sys
 import textwrap
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +100,7 @@ from agents.external import file_sha256, spec_source_file  # noqa: E402
 from agents.imitation import (  # noqa: E402
     demonstration_request,
     demonstrations_path,
-    solve_demonstrations,
+    solve_demonstration_sets,
 )
 from agents.leaderboard import rule_names  # noqa: E402
 from agents.policy import PolicyLoadError  # noqa: E402
@@ -276,10 +274,11 @@ def plan_cell(task: str, algo: str, seed: int, steps: int | None,
 
 def prepare_demonstrations(cells: list[Cell], cpus: int) -> None:
     """Solve the oracle demonstrations that ``cells`` clone from and this machine's cache
-    (``agents.imitation``) lacks, each distinct set once and ``cpus`` at a time, before the
-    cells train: otherwise the first cells of a task, started together, would each solve the
-    same set (minutes per set on the larger feeders) while holding a CPU. Sets start in the
-    order of their first cell (``main`` passes the cells largest first). A set that fails
+    (``agents.imitation``) lacks, each distinct set once, before the cells train: otherwise
+    the first cells of a task, started together, would each solve the same set (minutes per
+    set on the larger feeders) while holding a CPU. The days of every set are split between
+    ``cpus`` processes (``agents.imitation.solve_demonstration_sets``), the sets started in
+    the order of their first cell (``main`` passes the cells largest first). A set that fails
     here is left to its cells, which report the error."""
     jobs: dict[Path, tuple[Cell, tuple[EnvConfig, int, str, str], list[str]]] = {}
     for cell in cells:
@@ -294,25 +293,21 @@ def prepare_demonstrations(cells: list[Cell], cpus: int) -> None:
             jobs[path] = (cell, request, [cell.algo])
     if not jobs:
         return
-    print(f"demonstrations: solving {len(jobs)} sets, {min(cpus, len(jobs))} at a time",
-          flush=True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cpus, len(jobs)), mp_context=context) as pool:
-        futures = {pool.submit(solve_demonstrations, request): (cell, request, algos)
-                   for cell, request, algos in jobs.values()}
-        try:
-            for future in as_completed(futures):
-                cell, request, algos = futures[future]
-                what = (f"[{cell.task}] demonstrations of {', '.join(algos)} ({request[1]} days "
-                        f"of {request[2]})")
-                try:
-                    print(f"{what} in {future.result():.0f} s", flush=True)
-                except Exception as error:  # the cells solve it again and report it
-                    print(f"leaderboard.py: warning: {what}: {type(error).__name__}: {error}",
-                          file=sys.stderr, flush=True)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    sets = list(jobs.values())
+    print(f"demonstrations: solving {len(sets)} sets, their days split between {cpus} "
+          f"processes", flush=True)
+
+    def report(index: int, outcome: float | Exception) -> None:
+        cell, request, algos = sets[index]
+        what = (f"[{cell.task}] demonstrations of {', '.join(algos)} ({request[1]} days of "
+                f"{request[2]})")
+        if isinstance(outcome, Exception):  # the cells solve it again and report it
+            print(f"leaderboard.py: warning: {what}: {type(outcome).__name__}: {outcome}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"{what} in {outcome:.0f} s", flush=True)
+
+    solve_demonstration_sets([request for _, request, _ in sets], cpus, report)
 
 
 def largest_first(cells: list[Cell]) -> list[Cell]:

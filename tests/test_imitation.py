@@ -311,3 +311,27 @@ def test_demonstration_anchor_keeps_the_clone_and_is_reloaded_on_resume(cache, a
     assert "losses/imitation_loss" not in scalars and "losses/bc_loss" in scalars
     for mine, theirs in zip(restored.demonstrations, demonstrations, strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_sets_solved_in_parts_are_the_sets_solved_whole(cache):
+    """solve_demonstration_sets splits each set's days between worker processes: the cache
+    file it writes holds the arrays, to the bit, of the set solved whole in one process
+    (oracle_demonstrations), tie-break references included; a set that fails is reported
+    with its error while the others are still stored."""
+    config = dataclasses.replace(run_config().env, observation=dataclasses.replace(
+        run_config().env.observation, rule="time_of_use"))
+    good = (config, 3, "oracle", "rule")
+    bad = (run_config().env, 3, "oracle", "rule")  # no rule in the observation to break ties
+    outcomes: dict = {}
+    imitation.solve_demonstration_sets([bad, good], 2,
+                                       lambda index, outcome: outcomes.update({index: outcome}))
+    assert isinstance(outcomes[0], ConfigError) and "env.observation.rule" in str(outcomes[0])
+    assert isinstance(outcomes[1], float) and outcomes[1] > 0.0
+    path = imitation.demonstrations_path(*good)
+    with np.load(path) as stored:
+        parts = {key: stored[key] for key in ("obs", "battery")}
+    path.unlink()
+    obs, battery = imitation.oracle_demonstrations(*good)  # solved whole, in this process
+    assert parts["battery"].shape == (3, 96, 4) and np.abs(parts["battery"]).max() > 0.1
+    assert np.array_equal(parts["obs"], obs.numpy())
+    assert np.array_equal(parts["battery"], battery.numpy())

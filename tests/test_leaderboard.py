@@ -567,7 +567,7 @@ def test_demonstrations_are_solved_once_before_the_cells(tmp_path, monkeypatch, 
     assert {demonstrations_path(*request) for request in requests[:3]} == {path}
     cli.prepare_demonstrations(cells, cpus=2)
     output = capsys.readouterr().out
-    assert "solving 1 sets, 1 at a time" in output
+    assert "solving 1 sets, their days split between 2 processes" in output
     assert "[Flat] demonstrations of mappo_imitation, ddpg_imitation (2 days of oracle)" in output
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
