@@ -134,16 +134,18 @@ def _rule_schedules(env: Any, days: list[int]) -> np.ndarray:
     return np.stack(energy, axis=1)
 
 
-def _references(config: EnvConfig, days: list[int], tie_break: str, data: Any
-                ) -> list[np.ndarray | None]:
-    """Per day of ``days``, the battery schedule ``[T, N]`` the ``rule`` tie-break keeps the
-    optimum nearest to (:func:`_rule_schedules`, every day in one core), else None."""
+def _references(config: EnvConfig, days: list[int], tie_break: str
+                ) -> tuple[Any, list[np.ndarray | None]]:
+    """The profiles of a core of ``config`` (to build its other cores from) and, per day of
+    ``days``, the battery schedule ``[T, N]`` the ``rule`` tie-break keeps the optimum
+    nearest to (:func:`_rule_schedules`, every day in one core), else None."""
     from envs.core import BatchedP2PEnv
 
+    data = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu")).data
     if tie_break != "rule":
-        return [None] * len(days)
+        return data, [None] * len(days)
     replay_config = dataclasses.replace(config, n_envs=len(days), device="cpu")
-    return list(_rule_schedules(BatchedP2PEnv(replay_config, data), days))
+    return data, list(_rule_schedules(BatchedP2PEnv(replay_config, data), days))
 
 
 def solve_schedules(config: EnvConfig, days: list[int], oracle: str, tie_break: str,
@@ -189,10 +191,7 @@ def _replay(config: EnvConfig, days: list[int], battery_kwh: np.ndarray, data: A
 
 def _solve(config: EnvConfig, days: list[int], oracle: str, tie_break: str
            ) -> dict[str, np.ndarray]:
-    from envs.core import BatchedP2PEnv
-
-    data = BatchedP2PEnv(dataclasses.replace(config, n_envs=1, device="cpu")).data
-    references = _references(config, days, tie_break, data)
+    data, references = _references(config, days, tie_break)
     return _replay(config, days,
                    solve_schedules(config, days, oracle, tie_break, references, data), data)
 
@@ -283,8 +282,6 @@ def solve_demonstration_sets(requests: Sequence[tuple[EnvConfig, int, str, str]]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from envs.core import BatchedP2PEnv
-
     report = on_done or (lambda index, outcome: None)
     sets: dict[int, dict[str, Any]] = {}
     pending: dict[Any, tuple[int, int]] = {}
@@ -296,9 +293,7 @@ def solve_demonstration_sets(requests: Sequence[tuple[EnvConfig, int, str, str]]
                 try:
                     _check_request(config, tie_break)
                     days = training_days(config, n_days)
-                    data = BatchedP2PEnv(dataclasses.replace(config, n_envs=1,
-                                                             device="cpu")).data
-                    references = _references(config, days, tie_break, data)
+                    data, references = _references(config, days, tie_break)
                 except Exception as error:
                     report(index, error)
                     continue
