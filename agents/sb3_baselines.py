@@ -70,7 +70,7 @@ from stable_baselines3 import DQN, PPO, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.noise import VectorizedActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch import Tensor, nn
 
@@ -462,6 +462,35 @@ class SB3PPO(SB3Algorithm):
         return self.config.n_steps * self.vec_env.num_envs
 
 
+class BatchedNormalNoise(VectorizedActionNoise):
+    """TD3's Gaussian exploration noise, independent per sub-environment: the numbers of
+    SB3's ``VectorizedActionNoise`` over one ``NormalActionNoise`` per sub-environment (what
+    SB3 builds from a single ``NormalActionNoise``), drawn in one ``np.random.normal`` call
+    for all ``n_envs`` sub-environments instead of one Python call each. numpy's legacy
+    generator draws the same normals in the same order either way, so runs are unchanged to
+    the bit (tested); with ``B * N`` sub-environments (1,664 on the default community) the
+    per-environment calls were a quarter of ``sb3_td3``'s training time. Gaussian noise has
+    no state, so ``reset`` has nothing to do. An instance of ``VectorizedActionNoise``, so
+    SB3 does not wrap it again."""
+
+    def __init__(self, action_dim: int, sigma: float, n_envs: int,
+                 dtype: Any = np.float32) -> None:
+        self._mu = np.zeros((n_envs, action_dim))
+        self._sigma = np.full((n_envs, action_dim), float(sigma))
+        self._dtype = dtype
+        self.n_envs = n_envs
+
+    def __call__(self) -> np.ndarray:
+        return np.random.normal(self._mu, self._sigma).astype(self._dtype)
+
+    def reset(self, indices: Any = None) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return (f"BatchedNormalNoise(sigma={float(self._sigma.flat[0])}, "
+                f"n_envs={self.n_envs})")
+
+
 class SB3TD3(SB3Algorithm):
     """stable-baselines3 TD3, one shared actor and critic pair for all agents."""
 
@@ -477,9 +506,8 @@ class SB3TD3(SB3Algorithm):
                 "batch_size": config.batch_size, "train_freq": (config.train_freq, "step"),
                 "gradient_steps": config.gradient_steps, "gamma": config.gamma,
                 "tau": config.tau, "learning_rate": config.learning_rate,
-                "action_noise": NormalActionNoise(  # SB3 makes one per sub-environment
-                    np.zeros(self.spec.action_dim), np.full(self.spec.action_dim,
-                                                            config.action_noise)),
+                "action_noise": BatchedNormalNoise(self.spec.action_dim, config.action_noise,
+                                                   self.vec_env.num_envs),
                 "policy_delay": config.policy_delay,
                 "target_policy_noise": config.target_policy_noise,
                 "target_noise_clip": config.target_noise_clip,

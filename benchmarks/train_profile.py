@@ -12,12 +12,13 @@ Categories (exclusive wall time: a timed call nested in another is subtracted fr
   episode accumulator);
 - ``policy (forward, sampling)``: the algorithm's acting calls during the rollout
   (MAPPO ``_policy_output``/``_sample``/``_value``/``_to_env``, DDPG ``_explore``, DQN and
-  Q-learning ``act``);
+  Q-learning ``act``; SB3 TD3's and DQN's ``_sample_action``, with TD3's exploration noise;
+  SB3 PPO's policy forward);
 - ``rollout other``: the rest of ``iterate`` outside the update (buffer writes, GAE, rewards);
 - ``replay buffer add``: off-policy ``buffer.add``;
 - ``update``: the algorithm's ``_update`` (PPO epochs, or each gradient step; DQN's
-  ``_gradient_step``, Q-learning's table update ``learn``), with its
-  ``policy forward`` calls (MAPPO) shown as a sub-row;
+  ``_gradient_step``, Q-learning's table update ``learn``; the SB3 baselines' ``train``),
+  with its ``policy forward`` calls (MAPPO) shown as a sub-row;
 - ``imitation``: behaviour cloning before the first rollout (``imitate``), once per run;
 - ``logging``: ``SummaryWriter.add_scalar``/``add_text``, ``pop_episodes`` and the episode
   metrics (``metric_scalars``) of training;
@@ -70,6 +71,11 @@ PER_STEP = {"env step (core)", "collector", "policy (forward, sampling)", "rollo
 """Categories whose time grows with env-steps (projected by steps; the others by calls)."""
 
 
+_INHERITED = object()
+"""A wrapped attribute that was not the owner's own (an instance's method): restored by
+deleting the wrapper."""
+
+
 class Timer:
     """Exclusive wall time per category of nested timed calls."""
 
@@ -77,6 +83,7 @@ class Timer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[list[Any]] = []  # [label, start, time of timed children]
+        self._wrapped: list[tuple[Any, str, Any]] = []  # (owner, name, own attribute)
 
     def label(self, category: str) -> str:
         if category in GROUPS:
@@ -90,6 +97,7 @@ class Timer:
         """Replace ``owner.name`` (an instance's method or a module's function) by a timed
         call of it."""
         function = getattr(owner, name)
+        self._wrapped.append((owner, name, vars(owner).get(name, _INHERITED)))
 
         @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -108,6 +116,15 @@ class Timer:
                     self._stack[-1][2] += elapsed
 
         setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        """Undo every :meth:`wrap` (a class wrapped stays wrapped in the process otherwise)."""
+        for owner, name, own in reversed(self._wrapped):
+            if own is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+        self._wrapped.clear()
 
 
 ACTING = ("_policy_output", "_sample", "_value", "_to_env", "_explore", "act")
@@ -131,11 +148,15 @@ def instrument(trainer: train.Trainer, timer: Timer) -> None:
     for name in ("buffer", "replay_buffer"):
         if hasattr(getattr(algorithm, name, None), "add"):
             timer.wrap(getattr(algorithm, name), "add", "replay buffer add")
-    updates = [name for name in UPDATES if hasattr(algorithm, name)]
-    if not updates:
-        raise SystemExit(f"train_profile.py: {type(algorithm).__name__} has none of the update "
-                         f"methods it times ({', '.join(UPDATES)})")
-    timer.wrap(algorithm, updates[0], "update")
+    model = getattr(algorithm, "model", None)
+    if model is not None and hasattr(model, "train") and hasattr(model, "policy"):
+        instrument_sb3(model, timer)
+    else:
+        updates = [name for name in UPDATES if hasattr(algorithm, name)]
+        if not updates:
+            raise SystemExit(f"train_profile.py: {type(algorithm).__name__} has none of the "
+                             f"update methods it times ({', '.join(UPDATES)})")
+        timer.wrap(algorithm, updates[0], "update")
     if hasattr(algorithm, "imitate"):
         timer.wrap(algorithm, "imitate", "imitation")
     timer.wrap(trainer.writer, "add_scalar", "logging")
@@ -148,6 +169,22 @@ def instrument(trainer: train.Trainer, timer: Timer) -> None:
     timer.wrap(trainer, "checkpoint", "checkpoint")
     timer.wrap(train, "save_checkpoint", "checkpoint")
     timer.wrap(trainer, "run", "trainer loop other")
+
+
+def instrument_sb3(model: Any, timer: Timer) -> None:
+    """The parts of an SB3 model's ``learn`` (``agents.sb3_baselines``): its ``train`` (the
+    gradient steps) as the update; acting as policy time: off-policy algorithms'
+    ``_sample_action`` (the policy, the exploration noise or random warm-up actions),
+    on-policy ones' policy forward; the replay buffer's ``add``. Wrapped on the classes
+    (this process has one model), since the checkpoints pickle the model's and the replay
+    buffer's instance attributes."""
+    timer.wrap(type(model), "train", "update")
+    if hasattr(model, "_sample_action"):
+        timer.wrap(type(model), "_sample_action", "policy (forward, sampling)")
+    else:
+        timer.wrap(type(model.policy), "forward", "policy (forward, sampling)")
+    if hasattr(getattr(model, "replay_buffer", None), "add"):
+        timer.wrap(type(model.replay_buffer), "add", "replay buffer add")
 
 
 def full_run_calls(config: Any, category: str, short_calls: int) -> float:
@@ -183,7 +220,8 @@ def main() -> None:
     full = build_run_config(path, args.overrides)
     config = build_run_config(path, [*args.overrides, f"train.total_steps={args.steps}"])
 
-    with tempfile.TemporaryDirectory(prefix="train_profile_") as logdir:
+    with tempfile.TemporaryDirectory(prefix="train_profile_",
+                                     ignore_cleanup_errors=True) as logdir:
         start = time.perf_counter()
         trainer = train.Trainer(config, train.new_run_dir(logdir, config), progress=False)
         setup = time.perf_counter() - start

@@ -128,6 +128,47 @@ def test_action_type_is_checked():
         build({**run_config("sb3_dqn"), "env": SYNTHETIC})
 
 
+def test_td3_noise_is_sb3s_per_environment_noise_drawn_at_once():
+    """``BatchedNormalNoise`` draws, in one call, the numbers SB3's ``VectorizedActionNoise``
+    over one ``NormalActionNoise`` per sub-environment draws (also across episode resets),
+    so TD3 trains to the same parameters, to the bit, as with SB3's own noise."""
+    from stable_baselines3.common.noise import NormalActionNoise, VectorizedActionNoise
+
+    from agents.sb3_baselines import BatchedNormalNoise
+
+    batched = BatchedNormalNoise(2, 0.3, 5)
+    sb3 = VectorizedActionNoise(NormalActionNoise(np.zeros(2), np.full(2, 0.3)), 5)
+    np.random.seed(7)  # noqa: NPY002 (the global generator SB3's noise draws from)
+    expected = [sb3() for _ in range(3)]
+    sb3.reset([1, 3])
+    expected.append(sb3())
+    np.random.seed(7)  # noqa: NPY002
+    drawn = [batched() for _ in range(3)]
+    batched.reset([1, 3])
+    drawn.append(batched())
+    for got, want in zip(drawn, expected, strict=True):
+        assert got.dtype == want.dtype == np.float32 and got.shape == (5, 2)
+        np.testing.assert_array_equal(got, want)
+    assert float(np.abs(drawn[0]).max()) > 0.0
+
+    algorithm, collector = build(run_config("sb3_td3"))
+    assert isinstance(algorithm.model.action_noise, BatchedNormalNoise)
+    assert algorithm.model.action_noise.n_envs == algorithm.vec_env.num_envs == 16
+    reference, reference_collector = build(run_config("sb3_td3"))
+    reference.model.action_noise = NormalActionNoise(np.zeros(2), np.full(2, 0.1))
+    for _ in range(8):  # past learning_starts: noisy actions, then gradient steps
+        algorithm.iterate(collector)
+        reference.iterate(reference_collector)
+    assert isinstance(reference.model.action_noise, VectorizedActionNoise)  # SB3 wrapped it
+    assert type(reference.model.action_noise) is not BatchedNormalNoise
+    for got, want in zip(algorithm.model.policy.parameters(),
+                         reference.model.policy.parameters(), strict=True):
+        assert torch.equal(got, want)
+    assert not all(torch.equal(got, want) for got, want in zip(
+        algorithm.model.policy.parameters(),
+        build(run_config("sb3_td3"))[0].model.policy.parameters(), strict=True))
+
+
 def test_dqn_epsilon_follows_the_whole_run():
     algorithm, collector = build(run_config("sb3_dqn", exploration_fraction=0.5))
     scalars = algorithm.iterate(collector)

@@ -3,6 +3,7 @@ determinism, and resume == uninterrupted (short MAPPO runs on a 4-agent syntheti
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -550,3 +551,43 @@ def test_evaluations_do_not_change_what_is_trained(tmp_path, monkeypatch, algo):
     assert_same(states[0], states[1])
     assert_same(states[0], states[2])
     assert finals[0] == finals[1]
+
+
+@pytest.mark.parametrize("algo", registry.names())
+def test_train_profile_times_every_algorithm(tmp_path, algo):
+    """``benchmarks/train_profile.py`` times the parts of a run of every registered
+    algorithm (the SB3 baselines through their model's ``train`` and acting calls), the run
+    still writes its checkpoint (SB3 pickles its model and replay buffer, which must not
+    hold the timing wrappers), and undoing the wrappers leaves the classes as they were."""
+    if algo.startswith("sb3_"):
+        pytest.importorskip("stable_baselines3")
+    spec = importlib.util.spec_from_file_location("train_profile_cli",
+                                                  ROOT / "benchmarks" / "train_profile.py")
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    data = {"algo": algo, "seed": 5, "name": "profile",
+            "env": {"community": {"feeder": "synthetic", "n_agents": 4},
+                    "network": {"model": "none"},
+                    "action": {"type": "discrete" if algo in DISCRETE else "continuous"}},
+            "train": {"total_steps": 4 * ITERATION, "n_envs": 8, "eval_every": 0,
+                      "eval_episodes": 2, "checkpoint_every": 0, "torch_threads": 1},
+            **({algo: UPDATES_FROM_THE_START[algo]} if algo in UPDATES_FROM_THE_START
+               else {})}
+    config = build_run_config(data)
+    run_dir = train.new_run_dir(tmp_path, config)
+    trainer = train.Trainer(config, run_dir, progress=False)
+    model = getattr(trainer.algorithm, "model", None)
+    before = dict(vars(type(model))) if model is not None else {}
+    timer = profile.Timer()
+    profile.instrument(trainer, timer)
+    try:
+        trainer.run()
+    finally:
+        timer.restore()
+    assert timer.calls["update"] > 0 and timer.seconds["update"] > 0.0
+    assert timer.seconds["policy (forward, sampling)"] > 0.0
+    assert timer.calls["env step (core)"] >= 4 * ITERATION // 8
+    assert (run_dir / "checkpoint_latest.pt").is_file()
+    assert not hasattr(trainer.env.step, "__wrapped__")
+    if model is not None:
+        assert dict(vars(type(model))) == before
