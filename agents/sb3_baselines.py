@@ -481,7 +481,7 @@ class BatchedNormalNoise(VectorizedActionNoise):
         self.n_envs = n_envs
 
     def __call__(self) -> np.ndarray:
-        return np.random.normal(self._mu, self._sigma).astype(self._dtype)
+        return np.random.normal(self._mu, self._sigma).astype(self._dtype)  # noqa: NPY002 (SB3's global generator)
 
     def reset(self, indices: Any = None) -> None:
         pass
